@@ -1,0 +1,356 @@
+"""Per-class circuit discovery (paper section 2.2, phase B, Eq. 3) and circuit evaluation.
+
+A circuit of a class is the set of conv channels, per layer, that the class needs.
+Discovery freezes the weights and learns one score per conv output channel; the gate
+is Heaviside(score) in the forward pass and the gradient of sigmoid(score) in the
+backward pass (straight-through). The loss is the cross-entropy on target-class images
+plus ``l0_lambda * sum(sigmoid(score))``. Channels whose score ends above zero form the
+circuit; the others are ablated (set to zero, or to their mean activation).
+
+All requested classes are discovered in one optimisation loop: every class has its
+own gate set, every image is gated by its own class's gates, and each class's loss
+term touches only its own scores. Adam acts element-wise, so this equals running the
+classes one by one on the same batches, at the cost of one larger batch per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageSplit
+from .model import CIRCUIT_LAYERS, SimpleCNN
+from .seeding import torch_generator
+
+Circuit = dict[str, list[int]]
+"""Sorted channel indices per circuit layer, e.g. ``{"conv1": [3, 7], "conv2": [], ...}``."""
+
+ABLATIONS = ("zero", "mean")
+
+
+class HeavisideSTE(torch.autograd.Function):
+    """Heaviside step forward, derivative of the sigmoid backward (straight-through, Eq. 3)."""
+
+    @staticmethod
+    def forward(ctx, score: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(score)
+        return (score > 0).to(score.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (score,) = ctx.saved_tensors
+        s = torch.sigmoid(score)
+        return grad * s * (1.0 - s)
+
+
+def circuit_size(circuit: Circuit) -> int:
+    """Number of channels in a circuit, over all layers."""
+    return sum(len(v) for v in circuit.values())
+
+
+def circuit_masks(circuits: Sequence[Circuit], layer_sizes: Mapping[str, int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Stack circuits into float gates: per layer a (len(circuits), C) tensor of 0 and 1."""
+    masks = {}
+    for layer, size in layer_sizes.items():
+        m = torch.zeros(len(circuits), size, device=device)
+        for row, circuit in enumerate(circuits):
+            channels = circuit.get(layer, [])
+            if channels:
+                m[row, torch.as_tensor(channels, dtype=torch.long, device=device)] = 1.0
+        masks[layer] = m
+    return masks
+
+
+@torch.no_grad()
+def channel_means(model: SimpleCNN, data: ImageSplit, batch_size: int = 2048) -> dict[str, torch.Tensor]:
+    """Mean activation of every channel of every circuit layer over ``data`` (for mean ablation)."""
+    model.eval()
+    device = next(model.parameters()).device
+    if len(data) == 0:
+        raise ValueError("channel means need at least one image")
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for start in range(0, len(data), batch_size):
+        x = data.images[start : start + batch_size].to(device)
+        for layer, act in model.activations(x).items():
+            sums[layer] = sums.get(layer, 0) + act.sum(dim=(0, 2, 3))
+            counts[layer] = counts.get(layer, 0) + act.shape[0] * act.shape[2] * act.shape[3]
+    return {layer: s / counts[layer] for layer, s in sums.items()}
+
+
+def _ablation_fill(model: SimpleCNN, data: ImageSplit, ablation: str, means: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    if ablation == "zero":
+        return None
+    return means if means is not None else channel_means(model, data)
+
+
+class _FrozenWeights:
+    """Context manager: weights need no gradient and the model is in eval mode."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.model.parameters()]
+        self.was_training = self.model.training
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for p, flag in zip(self.model.parameters(), self.flags):
+            p.requires_grad_(flag)
+        self.model.train(self.was_training)
+
+
+def learn_gate_scores(
+    model: SimpleCNN,
+    data: ImageSplit,
+    classes: Sequence[int],
+    *,
+    steps: int = 200,
+    lr: float = 0.1,
+    l0_lambda: float = 0.01,
+    init_score: float = 2.0,
+    batch_per_class: int = 32,
+    ablation: str = "zero",
+    means: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    patience: int | None = None,
+    min_steps: int = 0,
+    check_every: int = 10,
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Optimise the gate scores of Eq. 3 for every class in ``classes`` in one loop.
+
+    Parameters
+    ----------
+    model : SimpleCNN
+        Model whose weights stay frozen.
+    data : ImageSplit
+        Images to discover on; each class draws its own images from its own rows.
+    classes : sequence of int
+        Classes to discover; every one must have at least one example in ``data``.
+    steps, lr, l0_lambda, init_score : int, float, float, float
+        Optimisation steps, Adam learning rate, L0 penalty coefficient and initial score
+        (paper: 200, 0.1, 0.01, 2.0).
+    batch_per_class : int
+        Images of each class per step, drawn with replacement from a stream seeded by
+        ``(seed, class)`` so that a class sees the same images whatever other classes
+        run beside it.
+    ablation : {"zero", "mean"}
+        What a closed channel outputs.
+    means : mapping, optional
+        Channel means for mean ablation; measured on ``data`` when omitted.
+    seed : int
+        Seed of the image draws.
+    patience : int, optional
+        Early stop per class: a class whose gate pattern has not changed for
+        ``patience`` steps (checked every ``check_every`` steps, not before
+        ``min_steps``) is retired and its scores frozen; the loop ends when all are.
+        ``None`` runs all ``steps`` (the paper's protocol).
+
+    Returns
+    -------
+    scores : dict of layer name to tensor
+        Final scores, shape (len(classes), channels).
+    steps_run : list of int
+        Steps each class was optimised for.
+    """
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes repeat: {classes}")
+    device = next(model.parameters()).device
+    data = data.to(device)
+    fill = _ablation_fill(model, data, ablation, means)
+    k = len(classes)
+    draws = []
+    for cls in classes:
+        rows = torch.nonzero(data.labels == cls).flatten()
+        if rows.numel() == 0:
+            raise ValueError(f"class {cls} has no examples in the discovery data")
+        pick = torch.randint(rows.numel(), (steps, batch_per_class), generator=torch_generator(seed, "discovery", cls))
+        draws.append(rows[pick.to(device)])
+    draws_t = torch.stack(draws, dim=1) if k else torch.empty(steps, 0, batch_per_class, dtype=torch.long)  # (steps, K, b)
+    owner = torch.arange(k, device=device).repeat_interleave(batch_per_class)  # gate row of every image
+    target = torch.as_tensor(classes, device=device).repeat_interleave(batch_per_class)
+
+    sizes = model.layer_sizes
+    scores = {layer: torch.full((k, size), float(init_score), device=device, requires_grad=True) for layer, size in sizes.items()}
+    optimizer = torch.optim.Adam(scores.values(), lr=lr)
+    active = torch.ones(k, dtype=torch.bool)
+    steps_run = [steps] * k
+    last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1)
+    last_change = torch.zeros(k, dtype=torch.long)
+    frozen: dict[str, torch.Tensor] = {}
+
+    with _FrozenWeights(model):
+        for step in range(steps):
+            live = torch.nonzero(active).flatten()
+            if live.numel() == 0:
+                break
+            live_dev = live.to(device)
+            idx = draws_t[step, live_dev].flatten()
+            rows = torch.isin(owner, live_dev) if live.numel() < k else slice(None)
+            gate_rows = owner[rows]
+            x = data.images[idx]
+            gates = {layer: HeavisideSTE.apply(s)[gate_rows] for layer, s in scores.items()}
+            logits = model(x, gates, fill)
+            # Sum of per-class means: each class's term only reaches its own scores.
+            ce = F.cross_entropy(logits, target[rows], reduction="sum") / batch_per_class
+            l0 = sum(torch.sigmoid(s[live_dev]).sum() for s in scores.values())
+            loss = ce + l0_lambda * l0
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if frozen:  # Adam's momentum would still move retired rows: put them back.
+                with torch.no_grad():
+                    retired = (~active).to(device)
+                    for layer, s in scores.items():
+                        s[retired] = frozen[layer][retired]
+            if patience is not None and (step + 1) % check_every == 0:
+                pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1).cpu()
+                changed = (pattern != last_pattern).any(dim=1)
+                last_change[changed] = step + 1
+                last_pattern = pattern
+                done = active & ~changed & (step + 1 - last_change >= patience) & (step + 1 >= min_steps)
+                if done.any():
+                    for c in torch.nonzero(done).flatten().tolist():
+                        steps_run[c] = step + 1
+                    active &= ~done
+                    frozen = {layer: s.detach().clone() for layer, s in scores.items()}
+    return {layer: s.detach() for layer, s in scores.items()}, steps_run
+
+
+def circuits_from_scores(scores: Mapping[str, torch.Tensor], classes: Sequence[int]) -> dict[int, Circuit]:
+    """Threshold scores at zero: the channels with a positive score form each class's circuit."""
+    return {
+        int(cls): {layer: torch.nonzero(s[row] > 0).flatten().tolist() for layer, s in scores.items()}
+        for row, cls in enumerate(classes)
+    }
+
+
+def discover_circuits(model: SimpleCNN, data: ImageSplit, classes: Sequence[int], **settings: object) -> dict[int, Circuit]:
+    """Discover the circuit of every class in ``classes`` on ``data`` (paper Eq. 3).
+
+    ``settings`` are those of :func:`learn_gate_scores`. Returns ``{class: circuit}``.
+    """
+    scores, _ = learn_gate_scores(model, data, classes, **settings)  # type: ignore[arg-type]
+    return circuits_from_scores(scores, classes)
+
+
+@dataclass(frozen=True)
+class CircuitScores:
+    """How a circuit behaves on a model.
+
+    Attributes
+    ----------
+    sufficiency : float
+        Accuracy on target-class images with only the circuit's channels active (the
+        paper's circuit accuracy and cross-evaluation metric).
+    specificity : float
+        Fraction of non-target images not classified as the target with only the
+        circuit active. A circuit that answers "target" for everything has sufficiency
+        1 and specificity 0: sufficiency alone cannot tell it from a real circuit.
+    necessity : float
+        Accuracy on target-class images with the circuit's channels ablated and all
+        others active; low means the circuit is needed.
+    num_target, num_other : int
+        Images the scores were measured on. A score is NaN when its count is zero.
+    """
+
+    sufficiency: float
+    specificity: float
+    necessity: float
+    num_target: int
+    num_other: int
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
+    return [float(n) / int(d) if int(d) else float("nan") for n, d in zip(num.tolist(), den.tolist())]
+
+
+@torch.no_grad()
+def evaluate_circuits(
+    model: SimpleCNN,
+    data: ImageSplit,
+    circuits: Sequence[tuple[int, Circuit]],
+    *,
+    ablation: str = "zero",
+    means: Mapping[str, torch.Tensor] | None = None,
+    rows_per_pass: int = 2048,
+) -> list[CircuitScores]:
+    """Score many ``(target class, circuit)`` pairs on ``data`` in few batched passes.
+
+    The ungated first block (:meth:`SimpleCNN.stem`) is computed once per image and
+    shared by all circuits; each pass then runs the gated rest of the network on up
+    to ``rows_per_pass`` (circuit, image) rows.
+    """
+    if not circuits:
+        return []
+    model.eval()
+    device = next(model.parameters()).device
+    data = data.to(device)
+    fill = _ablation_fill(model, data, ablation, means)
+    m = len(circuits)
+    targets = torch.as_tensor([int(c) for c, _ in circuits], device=device)
+    keep = circuit_masks([circ for _, circ in circuits], model.layer_sizes, device)
+    drop = {layer: 1.0 - g for layer, g in keep.items()}
+    suff = torch.zeros(m, dtype=torch.long, device=device)
+    n_target = torch.zeros_like(suff)
+    spec = torch.zeros_like(suff)
+    n_other = torch.zeros_like(suff)
+    nec = torch.zeros_like(suff)
+    chunk = max(1, rows_per_pass // m)
+    for start in range(0, len(data), chunk):
+        y = data.labels[start : start + chunk]
+        stem = model.stem(data.images[start : start + chunk])
+        b = y.shape[0]
+        # Every circuit on every image: sufficiency (target rows) and specificity (the rest).
+        pred = model.head(stem.repeat(m, 1, 1, 1), {l: g.repeat_interleave(b, 0) for l, g in keep.items()}, fill).argmax(1).view(m, b)
+        is_target = y.unsqueeze(0) == targets.unsqueeze(1)
+        says_target = pred == targets.unsqueeze(1)
+        suff += (says_target & is_target).sum(1)
+        n_target += is_target.sum(1)
+        spec += (~says_target & ~is_target).sum(1)
+        n_other += (~is_target).sum(1)
+        # Necessity: each circuit ablated, on its target rows only.
+        circ_idx, img_idx = torch.nonzero(is_target, as_tuple=True)
+        if circ_idx.numel():
+            pred_nec = model.head(stem[img_idx], {l: g[circ_idx] for l, g in drop.items()}, fill).argmax(1)
+            nec += torch.bincount(circ_idx[pred_nec == targets[circ_idx]], minlength=m)
+    return [
+        CircuitScores(s, p, n, int(t), int(o))
+        for s, p, n, t, o in zip(_ratio(suff, n_target), _ratio(spec, n_other), _ratio(nec, n_target), n_target.tolist(), n_other.tolist())
+    ]
+
+
+@torch.no_grad()
+def circuit_edges(model: SimpleCNN, circuit: Circuit, target_class: int | None = None) -> dict[str, list[tuple[int, int]]]:
+    """Edges of a circuit: nonzero weights between active channels of consecutive layers.
+
+    Returns, per destination layer, ``(source, destination)`` pairs: ``conv1`` edges come
+    from input image channels, ``conv2``/``conv3`` from the previous layer's circuit
+    channels, and ``fc`` edges go from conv3 circuit channels to ``target_class`` (to
+    every class when it is None).
+    """
+    edges: dict[str, list[tuple[int, int]]] = {}
+    previous: list[int] | None = None  # None: the input, whose channels are all present
+    for layer in CIRCUIT_LAYERS:
+        w = getattr(model, layer).weight.detach().abs().sum(dim=(2, 3)).cpu()  # (out, in)
+        dst = torch.as_tensor(circuit.get(layer, []), dtype=torch.long)
+        src = torch.arange(w.shape[1]) if previous is None else torch.as_tensor(previous, dtype=torch.long)
+        sub = w[dst][:, src] if dst.numel() and src.numel() else torch.zeros(0, 0)
+        pairs = torch.nonzero(sub > 0)
+        edges[layer] = [(int(src[j]), int(dst[i])) for i, j in pairs.tolist()]
+        previous = circuit.get(layer, [])
+    fc = model.fc.weight.detach().abs().cpu()
+    channels = model.conv3.out_channels
+    per_channel = fc.view(fc.shape[0], channels, -1).sum(dim=2)  # (classes, conv3 channels)
+    outputs = range(fc.shape[0]) if target_class is None else [int(target_class)]
+    edges["fc"] = [(c, k) for k in outputs for c in (previous or []) if float(per_channel[k, c]) > 0]
+    return edges

@@ -1,0 +1,378 @@
+"""One typed experiment config: a TOML file plus overrides, validated with clear errors.
+
+An experiment is a TOML file under ``experiments/`` (or any path). Overrides use
+dotted keys, ``train.sparsity=0.995``, from the command line (``--set``) or from
+Flower's run config (``flwr run . --run-config``). The config crosses the Flower
+boundary as a flat run config (:meth:`ExperimentConfig.to_run_config`), so that the
+ServerApp and every ClientApp rebuild exactly the same config, in simulation and in
+deployment alike.
+
+Every field is checked when the config is built: its type, its range or choices, and
+unknown keys (with a did-you-mean). A :class:`ConfigError` names the field, the value
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "fedmedian", "fedtrimmedavg")
+PARTITIONS = ("iid", "dirichlet", "classes-per-client", "shared-class", "class-map")
+DATASET_NAMES = ("mnist", "fashion-mnist")
+
+
+class ConfigError(ValueError):
+    """An experiment config is invalid; the message names the field and what is allowed."""
+
+
+def _spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, choices: tuple = (), doc: str = "", factory: Any = None) -> Any:
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """Dataset, partition among clients, and the server's probe and evaluation splits."""
+
+    dataset: str = _spec("mnist", choices=DATASET_NAMES, doc="dataset to load")
+    partition: str = _spec("iid", choices=PARTITIONS, doc="how training examples are split among clients")
+    alpha: float = _spec(0.5, lo=0.0, lo_open=True, doc="Dirichlet concentration (partition = dirichlet)")
+    min_client_size: int = _spec(10, lo=1, doc="smallest client a Dirichlet draw may produce")
+    classes_per_client: int = _spec(2, lo=1, doc="disjoint classes per client (partition = classes-per-client)")
+    shared_class: int = _spec(0, lo=0, doc="class every client holds (partition = shared-class)")
+    distinct_per_client: int = _spec(2, lo=0, doc="classes of its own per client (partition = shared-class)")
+    class_map: list[list[int]] | None = _spec(None, doc="explicit classes of each client (partition = class-map)")
+    max_per_client: int | None = _spec(None, lo=1, doc="keep at most this many training examples per client (seeded subset)")
+    holdout_fraction: float = _spec(0.1, lo=0.0, hi=1.0, hi_open=True, doc="share of a client's examples held out for its evaluate()")
+    probe_fraction: float = _spec(0.5, lo=0.0, hi=1.0, lo_open=True, hi_open=True, doc="share of the test split the server discovers global circuits on; the rest evaluates")
+    eval_per_class: int | None = _spec(None, lo=1, doc="evaluate circuits and accuracy on at most this many images per class of the evaluation split")
+
+
+@dataclass
+class TrainConfig:
+    """Sparse local training (paper section 2.2, phase A)."""
+
+    epochs: int = _spec(5, lo=1, doc="local epochs per round")
+    lr: float = _spec(1e-3, lo=0.0, lo_open=True, doc="Adam learning rate")
+    batch_size: int = _spec(256, lo=1, doc="batch size")
+    sparsity: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="target weight sparsity; 0 trains densely")
+    min_per_neuron: int = _spec(4, lo=0, doc="minimum nonzero weights per conv filter and linear row (Eq. 2)")
+    anneal_fraction: float = _spec(0.5, lo=0.0, hi=1.0, lo_open=True, doc="share of local steps over which sparsity rises from 0 to the target")
+
+
+@dataclass
+class DiscoveryConfig:
+    """Circuit discovery (paper section 2.2, phase B, Eq. 3); field names are those of ``learn_gate_scores``."""
+
+    steps: int = _spec(200, lo=1, doc="optimisation steps")
+    lr: float = _spec(0.1, lo=0.0, lo_open=True, doc="Adam learning rate of the gate scores")
+    l0_lambda: float = _spec(0.01, lo=0.0, doc="L0 penalty coefficient")
+    init_score: float = _spec(2.0, doc="initial gate score (positive: all gates open)")
+    batch_per_class: int = _spec(32, lo=1, doc="images of each class per step")
+    ablation: str = _spec("zero", choices=("zero", "mean"), doc="what a closed channel outputs")
+    patience: int | None = _spec(None, lo=1, doc="stop a class early once its gates have not changed for this many steps")
+    min_steps: int = _spec(0, lo=0, doc="never stop early before this many steps")
+
+
+@dataclass
+class AnalysisConfig:
+    """Which circuits are found and how they are scored."""
+
+    classes: list[int] | None = _spec(None, doc="classes to analyse; omitted: every class a client holds")
+    min_class_examples: int = _spec(20, lo=1, doc="a client analyses a class only if it holds at least this many examples of it")
+    evaluate_local: bool = _spec(True, doc="clients score their circuits on their own model and held-out slice")
+
+
+@dataclass
+class StrategyConfig:
+    """The Flower aggregation strategy and its parameters."""
+
+    name: str = _spec("fedavg", choices=STRATEGIES, doc="aggregation strategy")
+    fraction_fit: float = _spec(1.0, lo=0.0, hi=1.0, lo_open=True, doc="share of clients sampled for training each round")
+    fraction_evaluate: float = _spec(0.0, lo=0.0, hi=1.0, doc="share of clients sampled for federated evaluation each round")
+    min_fit_clients: int | None = _spec(None, lo=1, doc="fewest clients a round trains on; default: all sampled")
+    accept_failures: bool = _spec(True, doc="aggregate the clients that reported when others failed")
+    proximal_mu: float = _spec(0.01, lo=0.0, doc="FedProx proximal coefficient")
+    server_learning_rate: float = _spec(1.0, lo=0.0, lo_open=True, doc="FedAvgM server learning rate")
+    server_momentum: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="FedAvgM server momentum")
+    eta: float = _spec(0.01, lo=0.0, lo_open=True, doc="server learning rate of FedAdam / FedAdagrad / FedYogi")
+    beta_1: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="first moment decay (FedAdam, FedYogi)")
+    beta_2: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="second moment decay (FedAdam, FedYogi)")
+    tau: float = _spec(1e-3, lo=0.0, lo_open=True, doc="adaptivity (FedAdam, FedAdagrad, FedYogi)")
+    trim_beta: float = _spec(0.2, lo=0.0, hi=0.5, hi_open=True, doc="share trimmed from each end (FedTrimmedAvg)")
+
+
+@dataclass
+class ResourcesConfig:
+    """Where clients run."""
+
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"), doc="auto: CUDA when available, else CPU")
+    client_cpus: float = _spec(1.0, lo=0.0, lo_open=True, doc="CPUs per Ray virtual client (also its torch threads)")
+    client_gpus: float = _spec(0.0, lo=0.0, doc="GPU fraction per Ray virtual client")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment. Build it with :func:`load_experiment` or :meth:`from_run_config`."""
+
+    name: str = _spec("unnamed", doc="experiment name")
+    description: str = _spec("", doc="one line on what the experiment shows")
+    seed: int = _spec(0, lo=0, doc="the run's seed; every random choice derives from it")
+    rounds: int = _spec(10, lo=1, doc="federated rounds")
+    clients: int = _spec(5, lo=1, doc="number of clients (partitions)")
+    data: DataConfig = _spec(factory=DataConfig)
+    train: TrainConfig = _spec(factory=TrainConfig)
+    discovery: DiscoveryConfig = _spec(factory=DiscoveryConfig)
+    analysis: AnalysisConfig = _spec(factory=AnalysisConfig)
+    strategy: StrategyConfig = _spec(factory=StrategyConfig)
+    resources: ResourcesConfig = _spec(factory=ResourcesConfig)
+
+    # ------------------------------------------------------------------ conversions
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (what a TOML file holds)."""
+        return dataclasses.asdict(self)
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flat Flower run config: dotted keys, lists as JSON strings, ``None`` left out."""
+        flat: dict[str, bool | int | float | str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}{k}.", v)
+            elif value is not None:
+                flat[prefix[:-1]] = json.dumps(value) if isinstance(value, list) else value
+
+        walk("", self.to_dict())
+        return flat
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any], source: str = "config") -> "ExperimentConfig":
+        """Build and validate a config from a nested dict."""
+        config = _build(cls, table, "", source)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> "ExperimentConfig":
+        """Rebuild a config from a Flower run config.
+
+        An ``experiment`` key names an experiment file (or path) to start from; every
+        other dotted key matching a field overrides it. Keys of other kinds (``out``,
+        ``data-root``) are ignored here.
+        """
+        base = load_experiment(str(run_config["experiment"])).to_dict() if run_config.get("experiment") else {}
+        overrides = {k: v for k, v in run_config.items() if k not in RUNTIME_KEYS}
+        return cls.from_dict(apply_overrides(base, overrides), "run config")
+
+    # ------------------------------------------------------------------ checks across fields
+
+    def validate(self, source: str = "config") -> None:
+        """Checks that involve several fields; single fields are checked while building."""
+
+        def fail(key: str, value: Any, why: str) -> None:
+            raise ConfigError(f"{source}: {key} = {value!r} {why}")
+
+        d = self.data
+        if d.partition == "classes-per-client" and self.clients * d.classes_per_client > 10:
+            fail("data.classes_per_client", d.classes_per_client, f"with {self.clients} clients needs {self.clients * d.classes_per_client} disjoint classes; the dataset has 10")
+        if d.partition == "shared-class":
+            if d.shared_class > 9:
+                fail("data.shared_class", d.shared_class, "is not a class (0..9)")
+            if self.clients * d.distinct_per_client > 9:
+                fail("data.distinct_per_client", d.distinct_per_client, f"with {self.clients} clients needs {self.clients * d.distinct_per_client} classes besides the shared one; 9 exist")
+        if d.partition == "class-map":
+            if d.class_map is None:
+                fail("data.class_map", None, "must be given when data.partition = 'class-map'")
+            if len(d.class_map) != self.clients:
+                fail("data.class_map", d.class_map, f"has {len(d.class_map)} entries but clients = {self.clients}; give one class list per client")
+            for i, classes in enumerate(d.class_map):
+                if not classes or any(not 0 <= c <= 9 for c in classes):
+                    fail("data.class_map", d.class_map, f"entry {i} must be a non-empty list of classes in 0..9")
+        if self.analysis.classes is not None:
+            if not self.analysis.classes or any(not 0 <= c <= 9 for c in self.analysis.classes):
+                fail("analysis.classes", self.analysis.classes, "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)")
+        if self.strategy.min_fit_clients is not None and self.strategy.min_fit_clients > self.clients:
+            fail("strategy.min_fit_clients", self.strategy.min_fit_clients, f"exceeds clients = {self.clients}")
+        if self.discovery.patience is not None and self.discovery.min_steps > self.discovery.steps:
+            fail("discovery.min_steps", self.discovery.min_steps, f"exceeds discovery.steps = {self.discovery.steps}")
+
+
+RUNTIME_KEYS = frozenset({"experiment", "out", "data-root", "resume"})
+"""Run-config keys that are not experiment fields: where to read and write."""
+
+
+# ---------------------------------------------------------------------- building and checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert JSON strings and ints where harmless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key, source)
+    if origin is list:
+        if isinstance(value, str):  # lists travel through Flower's run config as JSON
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{source}: {key} = {value!r} is not a list; write it as [1, 2] (JSON/TOML)") from None
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a list ({_type_name(tp)})")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{source}: {key} = {value!r} must be a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], key: str, source: str) -> None:
+    if value is None:
+        return
+    if meta["choices"] and value not in meta["choices"]:
+        near = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{source}: {key} = {value!r} is not allowed{hint}; choose one of {', '.join(map(repr, meta['choices']))}")
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is None and hi is None or not isinstance(value, (int, float)):
+        return
+    bad = (lo is not None and (value <= lo if meta["lo_open"] else value < lo)) or (hi is not None and (value >= hi if meta["hi_open"] else value > hi))
+    if bad:
+        left = "(" if meta["lo_open"] else "["
+        right = ")" if meta["hi_open"] else "]"
+        allowed = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        raise ConfigError(f"{source}: {key} = {value!r} is out of range; allowed: {allowed}")
+
+
+def _build(cls: type, table: Mapping[str, Any], prefix: str, source: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: [{prefix[:-1]}] must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {prefix + near[0]!r}?" if near else ""
+            raise ConfigError(f"{source}: unknown key {prefix + key!r}{hint} (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, table.get(name, {}), f"{key}.", source)
+            continue
+        if name not in table:
+            continue
+        value = _coerce(table[name], tp, key, source)
+        _check_range(value, f.metadata, key, source)
+        values[name] = value
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` with a TOML value (``0.9``, ``true``, ``[0, 1]``, ``"x"``); bare words are strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.sparsity=0.995")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(table: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of nested ``table`` with dotted-key ``overrides`` applied."""
+    out = json.loads(json.dumps(table))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is a value, not a table")
+            node = child
+        node[leaf] = value
+    return out
+
+
+# ---------------------------------------------------------------------- experiment files
+
+
+def experiments_dir() -> Path:
+    """Folder of the bundled experiments: ``$FEDMI_EXPERIMENTS``, else ``experiments/`` beside the package."""
+    env = os.environ.get(EXPERIMENTS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "experiments"
+
+
+def list_experiments() -> dict[str, Path]:
+    """Bundled experiments by name."""
+    folder = experiments_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """Resolve an experiment name (``quickstart``) or a TOML path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"experiment file {path} does not exist")
+        return path
+    known = list_experiments()
+    if name_or_path not in known:
+        near = difflib.get_close_matches(name_or_path, list(known), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown experiment {name_or_path!r}{hint}; `fedmi list` shows {', '.join(known) or 'none (no experiments folder found)'}")
+    return known[name_or_path]
+
+
+def load_experiment(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Load an experiment file, apply dotted-key overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        On an unreadable file, an unknown key or a value out of range.
+    """
+    path = experiment_path(name_or_path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    table.setdefault("name", path.stem)
+    return ExperimentConfig.from_dict(apply_overrides(table, overrides or {}), str(path))

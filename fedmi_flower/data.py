@@ -1,0 +1,406 @@
+"""Datasets as in-memory tensors, and the partitioners that split them among clients.
+
+Each split is read once per process through torchvision's dataset classes and kept as
+a uint8 tensor; a client or the server takes the rows it needs as normalised float32
+and batches by index. No per-sample PIL transform runs in any training loop.
+
+Partitioners return plain lists of sorted indices, one list per client, and depend
+only on the labels, their parameters and a seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision
+
+from .seeding import numpy_rng
+
+DATA_ROOT_ENV = "FEDMI_DATA_ROOT"
+
+_IDX_IMAGES_MAGIC = 0x00000803
+_IDX_LABELS_MAGIC = 0x00000801
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be found or read; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the loader needs to know about one dataset."""
+
+    factory: Callable[..., torchvision.datasets.VisionDataset]
+    folder: str  # torchvision's folder under the data root
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int = 10
+    # Folders where a distribution package puts the gzip files (read-only).
+    system_dirs: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(torchvision.datasets.MNIST, "MNIST", (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetSpec(
+        torchvision.datasets.FashionMNIST,
+        "FashionMNIST",
+        (0.2860,),
+        (0.3530,),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+}
+
+_IDX_FILES = {
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """Normalised images and their labels, kept together.
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        float32, shape (N, C, H, W), normalised with the dataset's mean and std.
+    labels : torch.Tensor
+        int64, shape (N,).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> "ImageSplit":
+        """Return the rows at ``indices`` (a copy)."""
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.labels.device)
+        return ImageSplit(self.images[idx], self.labels[idx])
+
+    def of_class(self, cls: int) -> "ImageSplit":
+        """Return the rows labelled ``cls``."""
+        return self.subset(torch.nonzero(self.labels == cls).flatten())
+
+    def to(self, device: torch.device | str) -> "ImageSplit":
+        """Return the split on ``device`` (itself when already there)."""
+        return ImageSplit(self.images.to(device), self.labels.to(device))
+
+    def class_counts(self, num_classes: int = 10) -> list[int]:
+        """Return the number of examples of each class."""
+        return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """Return the data root: the argument, else ``$FEDMI_DATA_ROOT``, else ``./data``."""
+    if data_root:
+        return Path(data_root).expanduser()
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path("data")
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """Return the spec of a dataset by name, or raise a clear ``ValueError``."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
+
+
+def _check_idx_file(path: Path, magic: int, dims: int) -> int:
+    """Check an IDX file's header against its size; return the number of items.
+
+    torchvision's reader asserts on a bad header and fails inside numpy on a truncated
+    body, so the file is checked here first to say which file is broken.
+    """
+    fix = (
+        f"delete {path} and provide the dataset again (a complete copy of the original file, "
+        "or let torchvision download it on a machine with internet access)"
+    )
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        header = fh.read(4 + 4 * dims)
+    if len(header) < 4 + 4 * dims:
+        raise DatasetError(f"dataset file {path} is truncated ({size} bytes, not even a header); {fix}")
+    found_magic, *shape = struct.unpack(f">I{dims}I", header)
+    if found_magic != magic:
+        raise DatasetError(f"dataset file {path} is not an IDX file of the expected kind (magic {found_magic:#010x}, expected {magic:#010x}); {fix}")
+    expected = 4 + 4 * dims + int(np.prod(shape))
+    if size != expected:
+        raise DatasetError(f"dataset file {path} is corrupt or truncated: {size} bytes, its header announces {expected}; {fix}")
+    return int(shape[0])
+
+
+def _stage_system_copy(spec: DatasetSpec, raw_dir: Path) -> bool:
+    """Decompress the gzip files of a distribution package into torchvision's layout.
+
+    Returns True when every file was staged. Debian's ``dataset-fashion-mnist`` ships
+    the original gzip files; torchvision's class reads only the decompressed ones.
+    """
+    names = _IDX_FILES[True] + _IDX_FILES[False]
+    for system_dir in spec.system_dirs:
+        sources = [Path(system_dir) / f"{n}.gz" for n in names]
+        if not all(s.is_file() for s in sources):
+            continue
+        try:
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            for src, name in zip(sources, names):
+                dst = raw_dir / name
+                if dst.exists():
+                    continue
+                tmp = dst.with_suffix(".partial")
+                with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                tmp.replace(dst)
+        except (OSError, EOFError, gzip.BadGzipFile) as err:
+            raise DatasetError(
+                f"found {spec.folder} in {system_dir} but could not unpack it into {raw_dir}: {err}; "
+                "make the data root writable (--data-root or $FEDMI_DATA_ROOT) or reinstall the package"
+            ) from err
+        return True
+    return False
+
+
+@lru_cache(maxsize=8)
+def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load one split as (uint8 images (N, H, W), int64 labels); cached per process.
+
+    Looks in ``data_root/<Folder>/raw`` (torchvision's layout), then in the folders of
+    a distribution package (Fashion-MNIST from Debian's ``dataset-fashion-mnist``),
+    then tries torchvision's download. Raises :class:`DatasetError` naming every place
+    it looked and how to provide the files.
+    """
+    spec = dataset_spec(name)
+    root = Path(data_root)
+    raw_dir = root / spec.folder / "raw"
+    image_file, label_file = (raw_dir / n for n in _IDX_FILES[train])
+
+    if not (image_file.is_file() and label_file.is_file()):
+        if not _stage_system_copy(spec, raw_dir):
+            try:
+                spec.factory(str(root), train=train, download=True)
+            except Exception as err:  # offline: URLError, RuntimeError, OSError...
+                looked = [str(raw_dir)] + list(spec.system_dirs)
+                raise DatasetError(
+                    f"{spec.folder} ({'train' if train else 'test'} split) not found; looked in "
+                    f"{', '.join(looked)} and torchvision's download failed ({str(err).splitlines()[0]}). "
+                    f"Put {image_file.name} and {label_file.name} (uncompressed IDX files) in {raw_dir}, "
+                    f"or point --data-root / ${DATA_ROOT_ENV} at a folder that holds {spec.folder}/raw/"
+                ) from err
+
+    n_images = _check_idx_file(image_file, _IDX_IMAGES_MAGIC, 3)
+    n_labels = _check_idx_file(label_file, _IDX_LABELS_MAGIC, 1)
+    if n_images != n_labels:
+        raise DatasetError(f"{image_file} holds {n_images} images but {label_file} holds {n_labels} labels; provide a matching pair")
+    try:
+        ds = spec.factory(str(root), train=train, download=False)
+    except Exception as err:
+        raise DatasetError(f"torchvision could not read {raw_dir}: {err}") from err
+    images, labels = ds.data, ds.targets.to(torch.int64)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
+        raise DatasetError(f"{label_file} holds labels outside 0..{spec.num_classes - 1}; the file is corrupt, provide it again")
+    return images, labels
+
+
+def load_labels(name: str, train: bool = True, data_root: str | os.PathLike | None = None) -> np.ndarray:
+    """Return the labels of a split as an int64 numpy array (what partitioners take)."""
+    return load_raw(name, train, str(resolve_data_root(data_root)))[1].numpy()
+
+
+def load_split(
+    name: str,
+    train: bool = True,
+    data_root: str | os.PathLike | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> ImageSplit:
+    """Return a split (or the rows ``indices`` of it) as normalised float32 tensors.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`DATASETS` (``"mnist"``, ``"fashion-mnist"``).
+    train : bool
+        The training split if True, else the test split.
+    data_root : path, optional
+        See :func:`resolve_data_root`.
+    indices : sequence of int, optional
+        Rows to take; all rows when omitted.
+    """
+    spec = dataset_spec(name)
+    images, labels = load_raw(name, train, str(resolve_data_root(data_root)))
+    if indices is not None:
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= labels.shape[0]):
+            raise IndexError(f"indices out of range for {name} ({labels.shape[0]} rows)")
+        images, labels = images[idx], labels[idx]
+    x = images.to(torch.float32).div_(255.0)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return ImageSplit(((x - mean) / std).contiguous(), labels.clone())
+
+
+# --------------------------------------------------------------------------- partitioners
+
+
+def _num_classes(labels: np.ndarray, num_classes: int | None) -> int:
+    return int(num_classes) if num_classes is not None else int(labels.max()) + 1
+
+
+def _check_clients(num_clients: int) -> None:
+    if int(num_clients) < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}")
+
+
+def _split_evenly(indices: np.ndarray, parts: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return np.array_split(rng.permutation(indices), parts)
+
+
+def _as_lists(parts: Sequence[np.ndarray]) -> list[list[int]]:
+    return [np.sort(np.asarray(p, dtype=np.int64)).tolist() for p in parts]
+
+
+def partition_iid(labels: np.ndarray, num_clients: int, seed: int = 0) -> list[list[int]]:
+    """Shuffle all examples and split them evenly (sizes differ by at most one)."""
+    _check_clients(num_clients)
+    labels = np.asarray(labels)
+    if len(labels) < num_clients:
+        raise ValueError(f"cannot split {len(labels)} examples among {num_clients} clients")
+    rng = numpy_rng(seed, "partition-iid")
+    return _as_lists(_split_evenly(np.arange(len(labels)), num_clients, rng))
+
+
+def partition_dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    seed: int = 0,
+    min_client_size: int = 10,
+    num_classes: int | None = None,
+    max_tries: int = 100,
+) -> list[list[int]]:
+    """Split each class among clients with proportions drawn from Dirichlet(alpha).
+
+    Small ``alpha`` gives strong label skew, large ``alpha`` approaches IID. Draws are
+    repeated (from the same seeded stream) until every client holds at least
+    ``min_client_size`` examples.
+    """
+    _check_clients(num_clients)
+    if not alpha > 0:
+        raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+    labels = np.asarray(labels)
+    if min_client_size * num_clients > len(labels):
+        raise ValueError(f"min_client_size {min_client_size} x {num_clients} clients exceeds the {len(labels)} examples")
+    rng = numpy_rng(seed, "partition-dirichlet")
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for cls in range(_num_classes(labels, num_classes)):
+            idx = rng.permutation(np.flatnonzero(labels == cls))
+            cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, alpha))) * len(idx)).astype(int)[:-1]
+            for client, chunk in enumerate(np.split(idx, cuts)):
+                parts[client].append(chunk)
+        merged = [np.concatenate(p) for p in parts]
+        if min(len(m) for m in merged) >= min_client_size:
+            return _as_lists(merged)
+    raise ValueError(
+        f"no Dirichlet(alpha={alpha}) draw in {max_tries} tries gave every one of {num_clients} clients "
+        f">= {min_client_size} examples; raise alpha or lower min_client_size"
+    )
+
+
+def partition_by_class_map(labels: np.ndarray, class_map: Sequence[Sequence[int]], seed: int = 0, num_classes: int | None = None) -> list[list[int]]:
+    """Give client i the classes ``class_map[i]``.
+
+    A class held by several clients is split evenly at random among them (disjoint
+    shares); a class held by one client goes to it whole.
+    """
+    labels = np.asarray(labels)
+    n_classes = _num_classes(labels, num_classes)
+    _check_clients(len(class_map))
+    holders: dict[int, list[int]] = {}
+    for client, classes in enumerate(class_map):
+        if len(classes) == 0:
+            raise ValueError(f"client {client} has no classes in the class map")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"client {client} lists a class twice: {list(classes)}")
+        for cls in classes:
+            if not 0 <= int(cls) < n_classes:
+                raise ValueError(f"client {client} asks for class {cls}, but the dataset has classes 0..{n_classes - 1}")
+            holders.setdefault(int(cls), []).append(client)
+    rng = numpy_rng(seed, "partition-class-map")
+    parts: list[list[np.ndarray]] = [[] for _ in class_map]
+    for cls in sorted(holders):
+        idx = np.flatnonzero(labels == cls)
+        if len(idx) < len(holders[cls]):
+            raise ValueError(f"class {cls} has {len(idx)} examples, too few for {len(holders[cls])} clients")
+        for client, share in zip(holders[cls], _split_evenly(idx, len(holders[cls]), rng)):
+            parts[client].append(share)
+    return _as_lists([np.concatenate(p) for p in parts])
+
+
+def classes_per_client_map(num_clients: int, k: int, num_classes: int = 10) -> list[list[int]]:
+    """Return the disjoint class map where client i holds classes i*k .. i*k+k-1."""
+    _check_clients(num_clients)
+    if k < 1:
+        raise ValueError(f"classes per client must be at least 1, got {k}")
+    if num_clients * k > num_classes:
+        raise ValueError(f"{num_clients} clients x {k} disjoint classes = {num_clients * k} classes, but the dataset has {num_classes}")
+    return [list(range(i * k, i * k + k)) for i in range(num_clients)]
+
+
+def shared_class_map(num_clients: int, shared: int, k_distinct: int, num_classes: int = 10) -> list[list[int]]:
+    """Return the map where every client holds ``shared`` plus ``k_distinct`` classes of its own.
+
+    Distinct classes are handed out in order, skipping the shared one: with shared 0 and
+    two distinct classes, clients get {0,1,2}, {0,3,4}, {0,5,6} (paper section 3.2.2).
+    """
+    _check_clients(num_clients)
+    if not 0 <= shared < num_classes:
+        raise ValueError(f"shared class {shared} is not one of 0..{num_classes - 1}")
+    if k_distinct < 0:
+        raise ValueError(f"distinct classes per client must be >= 0, got {k_distinct}")
+    others = [c for c in range(num_classes) if c != shared]
+    if num_clients * k_distinct > len(others):
+        raise ValueError(f"{num_clients} clients x {k_distinct} distinct classes need {num_clients * k_distinct} classes besides {shared}, but only {len(others)} exist")
+    return [[shared] + others[i * k_distinct : (i + 1) * k_distinct] for i in range(num_clients)]
+
+
+def partition_classes_per_client(labels: np.ndarray, num_clients: int, k: int, seed: int = 0, num_classes: int | None = None) -> list[list[int]]:
+    """Pathological label skew: client i holds all examples of classes i*k .. i*k+k-1."""
+    n_classes = _num_classes(labels, num_classes)
+    return partition_by_class_map(labels, classes_per_client_map(num_clients, k, n_classes), seed, n_classes)
+
+
+def partition_shared_class(labels: np.ndarray, num_clients: int, shared: int, k_distinct: int, seed: int = 0, num_classes: int | None = None) -> list[list[int]]:
+    """Every client holds a share of ``shared`` plus ``k_distinct`` classes of its own."""
+    n_classes = _num_classes(labels, num_classes)
+    return partition_by_class_map(labels, shared_class_map(num_clients, shared, k_distinct, n_classes), seed, n_classes)
+
+
+def cap_partition(indices: Sequence[int], max_size: int | None, seed: int, partition_id: int) -> list[int]:
+    """Keep a seeded random subset of at most ``max_size`` indices (all when None)."""
+    if max_size is None or len(indices) <= max_size:
+        return list(indices)
+    rng = numpy_rng(seed, "partition-cap", partition_id)
+    return np.sort(rng.choice(np.asarray(indices, dtype=np.int64), size=max_size, replace=False)).tolist()
+
+
+def split_holdout(indices: Sequence[int], fraction: float, seed: int, partition_id: int) -> tuple[list[int], list[int]]:
+    """Split a client's indices into (train, held-out) with ``fraction`` held out."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"held-out fraction must be in [0, 1), got {fraction}")
+    idx = numpy_rng(seed, "holdout", partition_id).permutation(np.asarray(indices, dtype=np.int64))
+    n_out = int(round(fraction * len(idx)))
+    return np.sort(idx[n_out:]).tolist(), np.sort(idx[:n_out]).tolist()

@@ -1,0 +1,77 @@
+"""Circuit similarity (IoU) and the circuit-preservation views of paper section 2.3.
+
+IoU of two channel sets is |A & B| / |A | B|. When both sets are empty the IoU is
+undefined: these functions return NaN for it and leave it out of every average (an
+average of nothing but NaN is NaN). Two empty circuits are not "identical circuits";
+they are usually a degenerate model, and reporting 1.0 would hide that.
+
+The IoU functions return per-layer values plus ``"mean"``, the average over layers.
+The fourth view, cross-evaluation, is functional rather than structural.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Hashable, Iterable, Mapping, Sequence
+
+from .circuits import Circuit, CircuitScores, evaluate_circuits
+from .data import ImageSplit
+from .model import CIRCUIT_LAYERS, SimpleCNN
+
+MEAN = "mean"
+
+
+def nanmean(values: Iterable[float]) -> float:
+    """Mean of the values that are not NaN; NaN when there are none."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def iou(a: Iterable[int], b: Iterable[int]) -> float:
+    """Intersection over union of two channel sets; NaN when both are empty."""
+    sa, sb = set(a), set(b)
+    union = len(sa | sb)
+    return len(sa & sb) / union if union else float("nan")
+
+
+def circuit_iou(a: Circuit, b: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+    """IoU of two circuits per layer, and their mean over layers."""
+    out = {layer: iou(a.get(layer, []), b.get(layer, [])) for layer in layers}
+    out[MEAN] = nanmean(out[layer] for layer in layers)
+    return out
+
+
+def inter_client_iou(circuits: Mapping[Hashable, Circuit], layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+    """Inter-client consistency (RQ1): mean pairwise IoU among the clients' circuits of one class.
+
+    ``circuits`` maps client to its circuit for the class; only clients holding the class
+    belong in it. Fewer than two clients: every value is NaN.
+    """
+    pairs = [circuit_iou(a, b, layers) for a, b in itertools.combinations(circuits.values(), 2)]
+    out = {layer: nanmean(p[layer] for p in pairs) for layer in layers}
+    out[MEAN] = nanmean(out[layer] for layer in layers)
+    return out
+
+
+def intra_client_stability(current: Circuit, previous: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+    """Intra-client stability (RQ2): IoU of a client's circuit in round t and in round t-1."""
+    return circuit_iou(current, previous, layers)
+
+
+def local_global_iou(local: Circuit, global_: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+    """Local-to-global preservation: IoU of a client's local circuit and the global model's circuit of the same class."""
+    return circuit_iou(local, global_, layers)
+
+
+def cross_evaluation(global_model: SimpleCNN, data: ImageSplit, local_circuits: Mapping[Hashable, tuple[int, Circuit]], **settings: object) -> dict[Hashable, CircuitScores]:
+    """Cross-evaluation: each local circuit applied to the global weights (paper section 3.2).
+
+    ``local_circuits`` maps a key (say ``(client, class)``) to ``(class, circuit)``;
+    ``settings`` go to :func:`~fedmi_flower.circuits.evaluate_circuits`. A local circuit
+    that still scores high sufficiency (with specificity) on the global model kept its
+    function through aggregation, whatever its structural IoU.
+    """
+    keys = list(local_circuits)
+    scores = evaluate_circuits(global_model, data, [local_circuits[k] for k in keys], **settings)  # type: ignore[arg-type]
+    return dict(zip(keys, scores))
