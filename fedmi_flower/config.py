@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import os
 import tomllib
@@ -361,18 +362,54 @@ def experiment_path(name_or_path: str) -> Path:
     return known[name_or_path]
 
 
-def load_experiment(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """Load an experiment file, apply dotted-key overrides, validate.
-
-    Raises
-    ------
-    ConfigError
-        On an unreadable file, an unknown key or a value out of range.
-    """
+def _read_experiment(name_or_path: str) -> tuple[Path, dict[str, Any], dict[str, list[Any]]]:
+    """Read an experiment file; return its path, its table and its ``[sweep]`` table."""
     path = experiment_path(name_or_path)
     try:
         table = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     table.setdefault("name", path.stem)
+    sweep = table.pop("sweep", {})
+    if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
+        raise ConfigError(f"{path}: [sweep] must map dotted keys to non-empty lists of values, e.g. \"train.sparsity\" = [0.95, 0.99]")
+    return path, table, sweep
+
+
+def load_experiment(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Load an experiment file, apply dotted-key overrides, validate.
+
+    A ``[sweep]`` table is ignored here (the base experiment is returned); see
+    :func:`load_sweep`.
+
+    Raises
+    ------
+    ConfigError
+        On an unreadable file, an unknown key or a value out of range.
+    """
+    path, table, _ = _read_experiment(name_or_path)
     return ExperimentConfig.from_dict(apply_overrides(table, overrides or {}), str(path))
+
+
+def _label(value: Any) -> str:
+    return json.dumps(value).replace(" ", "").replace('"', "")
+
+
+def load_sweep(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> list[ExperimentConfig]:
+    """Load an experiment as one config per point of its ``[sweep]`` (one config without a sweep).
+
+    A swept key that ``overrides`` also sets is not swept. Each config is named
+    ``<experiment>-<key>=<value>`` after the swept values, e.g.
+    ``sparsity-ablation-sparsity=0.95``.
+    """
+    overrides = dict(overrides or {})
+    path, table, sweep = _read_experiment(name_or_path)
+    sweep = {k: v for k, v in sweep.items() if k not in overrides}
+    configs = []
+    for values in itertools.product(*sweep.values()):
+        point = dict(zip(sweep, values))
+        config = ExperimentConfig.from_dict(apply_overrides(table, {**point, **overrides}), str(path))
+        if point:
+            config.name = "-".join([config.name] + [f"{k.rsplit('.', 1)[-1]}={_label(v)}" for k, v in point.items()])
+        configs.append(config)
+    return configs

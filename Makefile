@@ -1,0 +1,28 @@
+# Two commands: `make demo` sets up and runs the quickstart experiment; `make test` sets up and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Offline workspaces keep MNIST beside the repository; elsewhere ./data is used (torchvision downloads it).
+ifeq ($(FEDMI_DATA_ROOT),)
+  ifneq ($(wildcard ../shared/data/MNIST/raw),)
+    export FEDMI_DATA_ROOT := $(abspath ../shared/data)
+  endif
+endif
+
+.PHONY: setup demo test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/fedmi run quickstart
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/bench_core.py --quick

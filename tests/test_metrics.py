@@ -1,0 +1,52 @@
+"""IoU and the preservation views against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+from fedmi_flower.metrics import circuit_iou, inter_client_iou, intra_client_stability, iou, local_global_iou, nanmean
+
+
+def test_iou_basic_cases():
+    assert iou([1, 2, 3], [2, 3, 4]) == 0.5
+    assert iou([1], [1]) == 1.0
+    assert iou([1], []) == 0.0
+    assert math.isnan(iou([], []))
+
+
+def test_nan_stays_out_of_averages():
+    assert nanmean([0.5, float("nan"), 1.0]) == 0.75
+    assert math.isnan(nanmean([float("nan")]))
+    a = {"conv1": [1, 2], "conv2": [], "conv3": [5]}
+    b = {"conv1": [2], "conv2": [], "conv3": [6]}
+    out = circuit_iou(a, b)
+    assert out["conv1"] == 0.5 and math.isnan(out["conv2"]) and out["conv3"] == 0.0
+    assert out["mean"] == 0.25
+
+
+def test_inter_client_iou_is_the_mean_over_pairs():
+    circuits = {
+        0: {"conv1": [1, 2], "conv2": [1], "conv3": []},
+        1: {"conv1": [2, 3], "conv2": [1], "conv3": []},
+        2: {"conv1": [1, 2, 3], "conv2": [2], "conv3": [4]},
+    }
+    out = inter_client_iou(circuits)
+    # conv1 pairs: (0,1) 1/3, (0,2) 2/3, (1,2) 2/3
+    assert abs(out["conv1"] - (1 / 3 + 2 / 3 + 2 / 3) / 3) < 1e-12
+    # conv2 pairs: 1, 0, 0
+    assert abs(out["conv2"] - 1 / 3) < 1e-12
+    # conv3 pairs: NaN (both empty), 0, 0 -> NaN left out
+    assert out["conv3"] == 0.0
+    assert abs(out["mean"] - (out["conv1"] + out["conv2"] + out["conv3"]) / 3) < 1e-12
+
+
+def test_fewer_than_two_clients_is_undefined():
+    out = inter_client_iou({0: {"conv1": [1], "conv2": [1], "conv3": [1]}})
+    assert all(math.isnan(v) for v in out.values())
+
+
+def test_stability_and_local_global_are_circuit_iou():
+    a = {"conv1": [1, 2, 3, 4], "conv2": [1], "conv3": [9]}
+    b = {"conv1": [1, 2], "conv2": [1], "conv3": [8]}
+    assert intra_client_stability(a, b) == circuit_iou(a, b) == local_global_iou(a, b)
+    assert circuit_iou(a, b)["conv1"] == 0.5

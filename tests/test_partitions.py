@@ -1,0 +1,118 @@
+"""Partitioners: sizes, disjointness, class sets, determinism, and errors on bad requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmi_flower.data import (
+    cap_partition,
+    classes_per_client_map,
+    partition_by_class_map,
+    partition_classes_per_client,
+    partition_dirichlet,
+    partition_iid,
+    partition_shared_class,
+    shared_class_map,
+    split_holdout,
+)
+
+LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 100))  # 100 per class, shuffled
+
+
+def classes_of(parts):
+    return [sorted(set(LABELS[p].tolist())) for p in parts]
+
+
+def assert_disjoint(parts):
+    flat = [i for p in parts for i in p]
+    assert len(flat) == len(set(flat))
+
+
+def test_iid_splits_evenly_and_covers_everything():
+    parts = partition_iid(LABELS, 3, seed=1)
+    assert sorted(len(p) for p in parts) == [333, 333, 334]
+    assert_disjoint(parts)
+    assert sorted(i for p in parts for i in p) == list(range(1000))
+    assert all(p == sorted(p) and all(isinstance(i, int) for i in p) for p in parts)
+    assert all(len(c) == 10 for c in classes_of(parts))
+
+
+@pytest.mark.parametrize("k, expected", [(1, [[0], [1], [2]]), (2, [[0, 1], [2, 3], [4, 5]]), (3, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])])
+def test_classes_per_client_gives_the_paper_class_sets(k, expected):
+    parts = partition_classes_per_client(LABELS, 3, k, seed=0)
+    assert classes_of(parts) == expected
+    assert [len(p) for p in parts] == [100 * k] * 3  # every example of its classes
+    assert_disjoint(parts)
+
+
+def test_shared_class_gives_the_paper_class_sets_and_splits_the_shared_class():
+    parts = partition_shared_class(LABELS, 3, shared=0, k_distinct=2, seed=0)
+    assert classes_of(parts) == [[0, 1, 2], [0, 3, 4], [0, 5, 6]]
+    assert_disjoint(parts)
+    zeros = [int((LABELS[p] == 0).sum()) for p in parts]
+    assert sorted(zeros) == [33, 33, 34]
+    assert shared_class_map(3, 5, 2) == [[5, 0, 1], [5, 2, 3], [5, 4, 6]]
+
+
+def test_explicit_class_map():
+    parts = partition_by_class_map(LABELS, [[0, 9], [9], [4]], seed=0)
+    assert classes_of(parts) == [[0, 9], [9], [4]]
+    assert [int((LABELS[p] == 9).sum()) for p in parts[:2]] == [50, 50]
+    assert_disjoint(parts)
+
+
+def test_dirichlet_is_skewed_for_small_alpha_and_respects_min_size():
+    parts = partition_dirichlet(LABELS, 4, alpha=0.1, seed=3, min_client_size=20)
+    assert_disjoint(parts)
+    assert sum(len(p) for p in parts) == 1000
+    assert min(len(p) for p in parts) >= 20
+    shares = np.array([[int((LABELS[p] == c).sum()) for c in range(10)] for p in parts]) / 100
+    assert shares.max(axis=0).mean() > 0.6  # most of a class lands on one client
+    flat = partition_dirichlet(LABELS, 4, alpha=1000.0, seed=3)
+    flat_shares = np.array([[int((LABELS[p] == c).sum()) for c in range(10)] for p in flat]) / 100
+    assert flat_shares.max(axis=0).mean() < 0.4
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: partition_iid(LABELS, 5, seed=s),
+        lambda s: partition_dirichlet(LABELS, 5, 0.5, seed=s),
+        lambda s: partition_shared_class(LABELS, 3, 0, 2, seed=s),
+        lambda s: partition_by_class_map(LABELS, [[1, 2], [2, 3]], seed=s),
+    ],
+)
+def test_partitions_are_deterministic_under_a_seed(make):
+    assert make(7) == make(7)
+    assert make(7) != make(8)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: partition_iid(LABELS, 0), "at least 1"),
+        (lambda: partition_classes_per_client(LABELS, 4, 3), "12 classes"),
+        (lambda: partition_classes_per_client(LABELS, 3, 0), "at least 1"),
+        (lambda: partition_dirichlet(LABELS, 3, alpha=0.0), "alpha must be > 0"),
+        (lambda: partition_dirichlet(LABELS, 3, alpha=-1.0), "alpha must be > 0"),
+        (lambda: partition_shared_class(LABELS, 5, 0, 2), "only 9 exist"),
+        (lambda: partition_by_class_map(LABELS, [[0, 11]]), "classes 0..9"),
+        (lambda: partition_by_class_map(LABELS, [[]]), "no classes"),
+        (lambda: classes_per_client_map(0, 1), "at least 1"),
+    ],
+)
+def test_invalid_requests_raise_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_cap_and_holdout_are_seeded_subsets():
+    idx = list(range(100, 200))
+    capped = cap_partition(idx, 30, seed=1, partition_id=0)
+    assert len(capped) == 30 and set(capped) <= set(idx) and capped == cap_partition(idx, 30, 1, 0)
+    assert cap_partition(idx, None, 1, 0) == idx
+    train, held = split_holdout(idx, 0.1, seed=1, partition_id=2)
+    assert len(held) == 10 and not set(train) & set(held) and sorted(train + held) == idx
+    with pytest.raises(ValueError):
+        split_holdout(idx, 1.0, 1, 0)
