@@ -19,6 +19,7 @@ import difflib
 import itertools
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -105,6 +106,7 @@ class StrategyConfig:
     fraction_evaluate: float = _spec(0.0, lo=0.0, hi=1.0, doc="share of clients sampled for federated evaluation each round")
     min_fit_clients: int | None = _spec(None, lo=1, doc="fewest clients a round trains on; default: all sampled")
     accept_failures: bool = _spec(True, doc="aggregate the clients that reported when others failed")
+    wait_for_clients: float = _spec(300.0, lo=0.0, lo_open=True, doc="seconds to wait for all clients to connect before a round fails with an error")
     proximal_mu: float = _spec(0.01, lo=0.0, doc="FedProx proximal coefficient")
     server_learning_rate: float = _spec(1.0, lo=0.0, lo_open=True, doc="FedAvgM server learning rate")
     server_momentum: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="FedAvgM server momentum")
@@ -172,11 +174,14 @@ class ExperimentConfig:
         """Rebuild a config from a Flower run config.
 
         An ``experiment`` key names an experiment file (or path) to start from; every
-        other dotted key matching a field overrides it. Keys of other kinds (``out``,
+        other dotted key matching a field overrides it, and so does every ``key=value``
+        in the ``set`` string (``flwr run`` only overrides keys that pyproject.toml
+        declares, so ``set`` carries the rest). Keys of other kinds (``out``,
         ``data-root``) are ignored here.
         """
         base = load_experiment(str(run_config["experiment"])).to_dict() if run_config.get("experiment") else {}
         overrides = {k: v for k, v in run_config.items() if k not in RUNTIME_KEYS}
+        overrides.update(parse_overrides(str(run_config.get("set") or "")))
         return cls.from_dict(apply_overrides(base, overrides), "run config")
 
     # ------------------------------------------------------------------ checks across fields
@@ -212,7 +217,7 @@ class ExperimentConfig:
             fail("discovery.min_steps", self.discovery.min_steps, f"exceeds discovery.steps = {self.discovery.steps}")
 
 
-RUNTIME_KEYS = frozenset({"experiment", "out", "data-root", "resume"})
+RUNTIME_KEYS = frozenset({"experiment", "set", "out", "data-root", "resume"})
 """Run-config keys that are not experiment fields: where to read and write."""
 
 
@@ -317,6 +322,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def parse_overrides(text: str) -> dict[str, Any]:
+    """Parse ``"train.sparsity=0.99 analysis.classes=[0, 1]; rounds=5"`` (spaces or ``;`` between pairs)."""
+    pairs = [p for p in re.split(r"[;\s]+(?=[A-Za-z_][\w.-]*\s*=)", text.strip().strip(";")) if p.strip()]
+    return dict(parse_override(p.strip().rstrip(";")) for p in pairs)
+
+
 def apply_overrides(table: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of nested ``table`` with dotted-key ``overrides`` applied."""
     out = json.loads(json.dumps(table))  # deep copy of plain data
@@ -408,7 +419,8 @@ def load_sweep(name_or_path: str, overrides: Mapping[str, Any] | None = None) ->
     configs = []
     for values in itertools.product(*sweep.values()):
         point = dict(zip(sweep, values))
-        config = ExperimentConfig.from_dict(apply_overrides(table, {**point, **overrides}), str(path))
+        source = f"{path} with --set {', '.join(overrides)}" if overrides else str(path)
+        config = ExperimentConfig.from_dict(apply_overrides(table, {**point, **overrides}), source)
         if point:
             config.name = "-".join([config.name] + [f"{k.rsplit('.', 1)[-1]}={_label(v)}" for k, v in point.items()])
         configs.append(config)

@@ -10,20 +10,25 @@ only on the labels, their parameters and a seed.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
 import os
 import shutil
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 import torchvision
 
 from .seeding import numpy_rng
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 DATA_ROOT_ENV = "FEDMI_DATA_ROOT"
 
@@ -193,9 +198,11 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
                 spec.factory(str(root), train=train, download=True)
             except Exception as err:  # offline: URLError, RuntimeError, OSError...
                 looked = [str(raw_dir)] + list(spec.system_dirs)
+                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+                reason = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else type(err).__name__)
                 raise DatasetError(
                     f"{spec.folder} ({'train' if train else 'test'} split) not found; looked in "
-                    f"{', '.join(looked)} and torchvision's download failed ({str(err).splitlines()[0]}). "
+                    f"{', '.join(looked)} and torchvision's download failed ({reason}). "
                     f"Put {image_file.name} and {label_file.name} (uncompressed IDX files) in {raw_dir}, "
                     f"or point --data-root / ${DATA_ROOT_ENV} at a folder that holds {spec.folder}/raw/"
                 ) from err
@@ -404,3 +411,103 @@ def split_holdout(indices: Sequence[int], fraction: float, seed: int, partition_
     idx = numpy_rng(seed, "holdout", partition_id).permutation(np.asarray(indices, dtype=np.int64))
     n_out = int(round(fraction * len(idx)))
     return np.sort(idx[n_out:]).tolist(), np.sort(idx[:n_out]).tolist()
+
+
+# --------------------------------------------------------------------------- experiment splits
+
+
+@dataclass(frozen=True)
+class ClientPartition:
+    """One client's training rows and held-out rows (indices into the training split)."""
+
+    train: list[int]
+    holdout: list[int]
+
+
+def make_partitions(
+    labels: np.ndarray,
+    scheme: str,
+    num_clients: int,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    min_client_size: int = 10,
+    classes_per_client: int = 2,
+    shared_class: int = 0,
+    distinct_per_client: int = 2,
+    class_map: Sequence[Sequence[int]] | None = None,
+    max_per_client: int | None = None,
+    holdout_fraction: float = 0.1,
+    num_classes: int = 10,
+) -> list[ClientPartition]:
+    """Partition the training labels with ``scheme``, cap each client, split off its held-out rows.
+
+    ``scheme`` is one of ``iid``, ``dirichlet``, ``classes-per-client``, ``shared-class``,
+    ``class-map``; the keyword arguments are those of the matching partitioner.
+    """
+    if scheme == "iid":
+        parts = partition_iid(labels, num_clients, seed)
+    elif scheme == "dirichlet":
+        parts = partition_dirichlet(labels, num_clients, alpha, seed, min_client_size, num_classes)
+    elif scheme == "classes-per-client":
+        parts = partition_classes_per_client(labels, num_clients, classes_per_client, seed, num_classes)
+    elif scheme == "shared-class":
+        parts = partition_shared_class(labels, num_clients, shared_class, distinct_per_client, seed, num_classes)
+    elif scheme == "class-map":
+        if class_map is None or len(class_map) != num_clients:
+            raise ValueError(f"a class map with one entry per client ({num_clients}) is needed")
+        parts = partition_by_class_map(labels, class_map, seed, num_classes)
+    else:
+        raise ValueError(f"unknown partition scheme {scheme!r}")
+    out = []
+    for pid, part in enumerate(parts):
+        capped = cap_partition(part, max_per_client, seed, pid)
+        train, holdout = split_holdout(capped, holdout_fraction, seed, pid)
+        if not train:
+            raise ValueError(f"client {pid} has no training examples left after the held-out split; lower holdout_fraction")
+        out.append(ClientPartition(train, holdout))
+    return out
+
+
+def server_splits(test_labels: np.ndarray, probe_fraction: float, seed: int, eval_per_class: int | None = None) -> tuple[list[int], list[int]]:
+    """Split the test set into the server's probe rows (global discovery) and evaluation rows.
+
+    The evaluation rows are capped at ``eval_per_class`` per class (seeded) when given.
+    """
+    if not 0.0 < probe_fraction < 1.0:
+        raise ValueError(f"probe fraction must be in (0, 1), got {probe_fraction}")
+    test_labels = np.asarray(test_labels)
+    order = numpy_rng(seed, "server-split").permutation(len(test_labels))
+    n_probe = int(round(probe_fraction * len(order)))
+    probe, evaluation = order[:n_probe], order[n_probe:]
+    if eval_per_class is not None:
+        evaluation = np.concatenate([evaluation[test_labels[evaluation] == c][:eval_per_class] for c in np.unique(test_labels)])
+    return np.sort(probe).tolist(), np.sort(evaluation).tolist()
+
+
+def experiment_partitions(data: "DataConfig", clients: int, seed: int, data_root: str | os.PathLike | None = None) -> list[ClientPartition]:
+    """Every client's rows for an experiment's data settings (cached per process).
+
+    Deterministic from the settings and the seed, so that the server and each client
+    compute the same partition independently.
+    """
+    return _experiment_partitions(json.dumps(dataclasses.asdict(data), sort_keys=True), clients, seed, str(resolve_data_root(data_root)))
+
+
+@lru_cache(maxsize=4)
+def _experiment_partitions(data_json: str, clients: int, seed: int, data_root: str) -> list[ClientPartition]:
+    d = json.loads(data_json)
+    return make_partitions(
+        load_labels(d["dataset"], True, data_root),
+        d["partition"],
+        clients,
+        seed,
+        alpha=d["alpha"],
+        min_client_size=d["min_client_size"],
+        classes_per_client=d["classes_per_client"],
+        shared_class=d["shared_class"],
+        distinct_per_client=d["distinct_per_client"],
+        class_map=d["class_map"],
+        max_per_client=d["max_per_client"],
+        holdout_fraction=d["holdout_fraction"],
+    )

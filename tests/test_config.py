@@ -70,3 +70,9 @@ def test_sweep_expands_into_named_configs():
     only = load_sweep("sparsity-ablation", {"train.sparsity": 0.97})
     assert len(only) == 1 and only[0].train.sparsity == 0.97 and only[0].name == "sparsity-ablation"
     assert len(load_sweep("quickstart")) == 1
+
+
+def test_set_string_carries_overrides_through_flowers_run_config():
+    config = ExperimentConfig.from_run_config({"experiment": "quickstart", "set": "train.sparsity=0.99 analysis.classes=[0, 1]; rounds=5", "out": "x"})
+    assert (config.train.sparsity, config.analysis.classes, config.rounds) == (0.99, [0, 1], 5)
+    assert config.name == "quickstart"

@@ -1,0 +1,118 @@
+"""CircuitClient: sparse local training plus per-class circuit discovery, as a Flower NumPyClient."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+from flwr.common import NDArrays, Scalar
+
+from fedmi_flower.circuits import channel_means, circuits_from_scores, evaluate_circuits, learn_gate_scores
+from fedmi_flower.config import AnalysisConfig
+from fedmi_flower.data import ImageSplit
+from fedmi_flower.model import build_model, evaluate, get_weights, set_weights
+from fedmi_flower.protocol import ClientReport, FitInstructions, report_to_metrics
+from fedmi_flower.seeding import derive_seed, torch_generator
+from fedmi_flower.sparsity import sparsity_report, train_sparse
+
+
+class CircuitClient(NumPyClient):
+    """One client: trains a weight-sparse CNN on its data and finds a circuit per class.
+
+    Parameters
+    ----------
+    partition_id : int
+        Which partition this client holds; reported with every fit.
+    train, holdout : ImageSplit
+        The client's training rows and its held-out rows (for ``evaluate`` and for
+        scoring its own circuits). Both are moved to ``device`` once.
+    device : torch.device
+        Where training and discovery run: CUDA when present, else CPU.
+    num_classes : int
+        Classes of the dataset.
+    """
+
+    def __init__(self, partition_id: int, train: ImageSplit, holdout: ImageSplit, device: torch.device | str = "cpu", num_classes: int = 10) -> None:
+        self.partition_id = int(partition_id)
+        self.device = torch.device(device)
+        self.train = train.to(self.device)
+        self.holdout = holdout.to(self.device)
+        self.num_classes = num_classes
+        self.class_counts = self.train.class_counts(num_classes)
+
+    def _model(self, parameters: NDArrays) -> torch.nn.Module:
+        model = build_model(num_classes=self.num_classes).to(self.device)
+        set_weights(model, parameters)
+        return model
+
+    def analysed_classes(self, analysis: AnalysisConfig) -> list[int]:
+        """Classes this client finds circuits for: those asked for that it holds enough of."""
+        wanted = range(self.num_classes) if analysis.classes is None else analysis.classes
+        return [c for c in sorted(set(wanted)) if self.class_counts[c] >= analysis.min_class_examples]
+
+    def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
+        return get_weights(build_model(num_classes=self.num_classes))
+
+    def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        """Train, discover circuits, score them locally; return weights, size and the report."""
+        began = time.perf_counter()
+        orders = FitInstructions.parse(config)
+        cfg, rnd, pid = orders.config, orders.server_round, self.partition_id
+        model = self._model(parameters)
+
+        t0 = time.perf_counter()
+        stats = train_sparse(
+            model,
+            self.train,
+            epochs=cfg.train.epochs,
+            lr=cfg.train.lr,
+            batch_size=cfg.train.batch_size,
+            sparsity=cfg.train.sparsity or None,
+            min_per_neuron=cfg.train.min_per_neuron,
+            anneal_fraction=cfg.train.anneal_fraction,
+            generator=torch_generator(cfg.seed, "train", rnd, pid),
+            proximal_mu=orders.proximal_mu,
+        )
+        t_train = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        classes = self.analysed_classes(cfg.analysis)
+        means = channel_means(model, self.train) if cfg.discovery.ablation == "mean" else None
+        circuits, steps_run = {}, []
+        if classes:
+            scores, steps_run = learn_gate_scores(
+                model, self.train, classes, means=means, seed=derive_seed(cfg.seed, "client-discovery", rnd, pid), **dataclasses.asdict(cfg.discovery)
+            )
+            circuits = circuits_from_scores(scores, classes)
+        t_discovery = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        local_scores = {}
+        if cfg.analysis.evaluate_local and circuits and len(self.holdout):
+            scored = evaluate_circuits(model, self.holdout, list(circuits.items()), ablation=cfg.discovery.ablation, means=means)
+            local_scores = {c: {"sufficiency": s.sufficiency, "specificity": s.specificity, "necessity": s.necessity} for c, s in zip(circuits, scored)}
+        t_evaluate = time.perf_counter() - t0
+
+        report = ClientReport(
+            partition_id=pid,
+            num_examples=len(self.train),
+            circuits=circuits,
+            train_loss=stats.loss,
+            train_accuracy=stats.accuracy,
+            sparsity=sparsity_report(model).overall,
+            timings={"t_train": t_train, "t_discovery": t_discovery, "t_evaluate": t_evaluate, "t_total": time.perf_counter() - began},
+            class_counts=self.class_counts,
+            local_scores=local_scores,
+            discovery_steps=dict(zip(classes, steps_run)),
+            device=str(self.device),
+        )
+        return get_weights(model), len(self.train), report_to_metrics(report, model.layer_sizes)
+
+    def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
+        """Loss and accuracy of the global model on this client's held-out rows."""
+        result = evaluate(self._model(parameters), self.holdout, num_classes=self.num_classes)
+        loss = result.loss if np.isfinite(result.loss) else 0.0
+        return float(loss), result.num_examples, {"accuracy": result.accuracy, "partition_id": self.partition_id}

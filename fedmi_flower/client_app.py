@@ -1,0 +1,74 @@
+"""Flower ClientApp: ``client_fn`` builds a CircuitClient for the node's partition.
+
+The node's ``partition-id`` and ``num-partitions`` come from its node config (set by
+the simulation, or by ``flower-supernode --node-config``); the experiment comes from
+the run config. A node loads only its own partition: it recomputes the partition from
+the experiment's scheme and seed, never receiving the partition map from the server.
+The data root is the node config's ``data-root``, else the run config's, else
+``$FEDMI_DATA_ROOT``, else ``./data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from flwr.client import Client, ClientApp
+from flwr.common import Context
+
+from clients import CircuitClient
+
+from .config import ExperimentConfig
+from .data import experiment_partitions, load_split
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("resources.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def data_root_of(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str | None:
+    """The node's data root, else the run's; None lets the loader use ``$FEDMI_DATA_ROOT`` or ``./data``."""
+    root = node_config.get("data-root") or run_config.get("data-root")
+    return str(root) if root else None
+
+
+def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> CircuitClient:
+    """Build the CircuitClient of the node described by ``node_config``."""
+    config = ExperimentConfig.from_run_config(run_config)
+    try:
+        pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError as err:
+        raise ValueError(f"node config lacks {err}; start the SuperNode with --node-config \"partition-id=0 num-partitions={config.clients}\"") from None
+    if n != config.clients:
+        raise ValueError(f"this node belongs to a federation of {n} partitions but experiment {config.name!r} has clients = {config.clients}; make them match")
+    if not 0 <= pid < n:
+        raise ValueError(f"partition-id {pid} is outside 0..{n - 1}")
+    torch.set_num_threads(max(1, int(config.resources.client_cpus)))
+    root = data_root_of(run_config, node_config)
+    part = experiment_partitions(config.data, config.clients, config.seed, root)[pid]
+    train = load_split(config.data.dataset, True, root, part.train)
+    holdout = load_split(config.data.dataset, True, root, part.holdout)
+    return CircuitClient(pid, train, holdout, pick_device(config.resources.device))
+
+
+def client_fn(context: Context) -> Client:
+    """Flower entry point: one CircuitClient per node and message."""
+    return build_client(context.run_config, context.node_config).to_client()
+
+
+def make_client_app(run_config: Mapping[str, Any]) -> ClientApp:
+    """A ClientApp bound to a run config (the in-process simulation passes the config this way)."""
+    bound = dict(run_config)
+
+    def bound_client_fn(context: Context) -> Client:
+        return build_client({**bound, **context.run_config}, context.node_config).to_client()
+
+    return ClientApp(client_fn=bound_client_fn)
+
+
+app = ClientApp(client_fn=client_fn)

@@ -1,0 +1,269 @@
+"""What crosses the wire between server and clients, and the checks on it.
+
+Server to client: the fit instructions (train, discovery and analysis settings of the
+experiment, the round and the seed) as a flat Flower config.
+
+Client to server: weights, plus a :class:`ClientReport` carried in the fit metrics:
+the circuits as packed bit masks (``circuits``, bytes), scalars Flower tools can read
+as they are (``partition_id``, ``train_loss``, ...), and the nested rest as one JSON
+string (``report``). The server treats all of it as untrusted: every decode checks
+sizes, ranges and types and raises :class:`PayloadError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from .circuits import Circuit
+from .config import ConfigError, ExperimentConfig
+
+FIT_SECTIONS = ("train", "discovery", "analysis")
+CIRCUITS_MAGIC = b"FMC1"
+MAX_REPORT_BYTES = 64 * 1024
+MAX_CIRCUIT_BYTES = 64 * 1024
+TIMING_KEYS = ("t_train", "t_discovery", "t_evaluate", "t_total")
+
+
+class PayloadError(ValueError):
+    """A client's payload is malformed; the message says what is wrong with it."""
+
+
+# ---------------------------------------------------------------------------- server -> client
+
+
+def fit_instructions(config: ExperimentConfig, server_round: int) -> dict[str, bool | int | float | str]:
+    """The fit config of one round: the experiment's train, discovery and analysis settings."""
+    flat = {k: v for k, v in config.to_run_config().items() if k.split(".", 1)[0] in FIT_SECTIONS}
+    flat.update(seed=config.seed, server_round=int(server_round))
+    return flat
+
+
+@dataclass(frozen=True)
+class FitInstructions:
+    """A client's view of :func:`fit_instructions`, validated."""
+
+    server_round: int
+    config: ExperimentConfig  # its train, discovery, analysis and seed are the server's
+    proximal_mu: float = 0.0  # set by FedProx's configure_fit
+
+    @classmethod
+    def parse(cls, fit_config: Mapping[str, Any]) -> "FitInstructions":
+        """Validate and decode a fit config; raise :class:`ConfigError` naming the bad field."""
+        rest = dict(fit_config)
+        server_round = rest.pop("server_round", 0)
+        mu = rest.pop("proximal_mu", 0.0)
+        if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
+            raise ConfigError(f"fit config: server_round = {server_round!r} must be a non-negative integer")
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
+            raise ConfigError(f"fit config: proximal_mu = {mu!r} must be a finite number >= 0")
+        return cls(server_round, ExperimentConfig.from_run_config(rest), float(mu))
+
+
+# ---------------------------------------------------------------------------- circuits
+
+
+def encode_circuits(circuits: Mapping[int, Circuit], layer_sizes: Mapping[str, int]) -> bytes:
+    """Pack circuits into bytes: magic, class count, then per class its id and its bit mask.
+
+    The mask of a class concatenates the layers in ``layer_sizes`` order (224 bits,
+    28 bytes, for the paper's CNN).
+    """
+    total = sum(layer_sizes.values())
+    parts = [CIRCUITS_MAGIC, struct.pack(">H", len(circuits))]
+    for cls in sorted(circuits):
+        bits = np.zeros(total, dtype=np.uint8)
+        offset = 0
+        for layer, size in layer_sizes.items():
+            channels = circuits[cls].get(layer, [])
+            if channels:
+                bits[offset + np.asarray(channels, dtype=np.int64)] = 1
+            offset += size
+        parts.append(struct.pack(">B", int(cls)))
+        parts.append(np.packbits(bits).tobytes())
+    return b"".join(parts)
+
+
+def decode_circuits(blob: Any, layer_sizes: Mapping[str, int], num_classes: int = 10) -> dict[int, Circuit]:
+    """Unpack :func:`encode_circuits` output, checking every byte of it.
+
+    Raises
+    ------
+    PayloadError
+        Wrong type, size, magic or padding; a class id out of range or repeated.
+    """
+    if not isinstance(blob, (bytes, bytearray)):
+        raise PayloadError(f"circuits must be bytes, got {type(blob).__name__}")
+    if len(blob) > MAX_CIRCUIT_BYTES:
+        raise PayloadError(f"circuits payload is {len(blob)} bytes, over the {MAX_CIRCUIT_BYTES}-byte limit")
+    if len(blob) < 6 or blob[:4] != CIRCUITS_MAGIC:
+        raise PayloadError("circuits payload does not start with the FMC1 header")
+    (count,) = struct.unpack(">H", blob[4:6])
+    total = sum(layer_sizes.values())
+    mask_bytes = (total + 7) // 8
+    expected = 6 + count * (1 + mask_bytes)
+    if len(blob) != expected:
+        raise PayloadError(f"circuits payload is {len(blob)} bytes; {count} classes of {total} channels need {expected}")
+    out: dict[int, Circuit] = {}
+    pos = 6
+    for _ in range(count):
+        cls = blob[pos]
+        if cls >= num_classes:
+            raise PayloadError(f"circuits payload names class {cls}; classes are 0..{num_classes - 1}")
+        if cls in out:
+            raise PayloadError(f"circuits payload repeats class {cls}")
+        bits = np.unpackbits(np.frombuffer(bytes(blob[pos + 1 : pos + 1 + mask_bytes]), dtype=np.uint8))
+        if bits[total:].any():
+            raise PayloadError(f"circuit of class {cls} sets channels beyond the model's {total}")
+        circuit, offset = {}, 0
+        for layer, size in layer_sizes.items():
+            circuit[layer] = np.flatnonzero(bits[offset : offset + size]).tolist()
+            offset += size
+        out[int(cls)] = circuit
+        pos += 1 + mask_bytes
+    return out
+
+
+# ---------------------------------------------------------------------------- client report
+
+
+@dataclass
+class ClientReport:
+    """Everything a client reports about its round besides its weights."""
+
+    partition_id: int
+    num_examples: int
+    circuits: dict[int, Circuit]
+    train_loss: float = float("nan")
+    train_accuracy: float = float("nan")
+    sparsity: float = float("nan")
+    timings: dict[str, float] = field(default_factory=dict)
+    class_counts: list[int] = field(default_factory=list)
+    local_scores: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    discovery_steps: dict[int, int] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def report_to_metrics(report: ClientReport, layer_sizes: Mapping[str, int]) -> dict[str, bool | int | float | str | bytes]:
+    """Encode a report as Flower fit metrics."""
+    nested = {
+        "class_counts": report.class_counts,
+        "local_scores": {str(c): {k: None if v is None or math.isnan(v) else v for k, v in s.items()} for c, s in report.local_scores.items()},
+        "discovery_steps": {str(c): n for c, n in report.discovery_steps.items()},
+        "device": report.device,
+    }
+    metrics: dict[str, bool | int | float | str | bytes] = {
+        "partition_id": int(report.partition_id),
+        "train_loss": float(report.train_loss),
+        "train_accuracy": float(report.train_accuracy),
+        "sparsity": float(report.sparsity),
+        "circuits": encode_circuits(report.circuits, layer_sizes),
+        "report": json.dumps(nested, allow_nan=False, default=_json_none),
+    }
+    metrics.update({k: float(report.timings[k]) for k in TIMING_KEYS if k in report.timings})
+    return metrics
+
+
+def _json_none(value: Any) -> Any:
+    raise TypeError(f"not JSON: {value!r}")
+
+
+def _number(metrics: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
+    value = metrics.get(key, float("nan"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PayloadError(f"{key} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        return value
+    if not lo <= value <= hi:
+        raise PayloadError(f"{key} = {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _score(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise PayloadError(f"{where} must be a fraction in [0, 1] or null, got {value!r}")
+    return float(value)
+
+
+def report_from_metrics(
+    metrics: Mapping[str, Any],
+    num_examples: int,
+    *,
+    num_clients: int,
+    layer_sizes: Mapping[str, int],
+    num_classes: int = 10,
+) -> ClientReport:
+    """Decode and validate a client's fit metrics.
+
+    Raises
+    ------
+    PayloadError
+        Naming the first field that is missing, of the wrong type, out of range or too big.
+    """
+    pid = metrics.get("partition_id")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < num_clients:
+        raise PayloadError(f"partition_id = {pid!r} must be an integer in 0..{num_clients - 1}")
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise PayloadError(f"num_examples = {num_examples!r} must be a positive integer")
+    circuits = decode_circuits(metrics.get("circuits"), layer_sizes, num_classes)
+    raw = metrics.get("report", "{}")
+    if not isinstance(raw, str):
+        raise PayloadError(f"report must be a JSON string, got {type(raw).__name__}")
+    if len(raw) > MAX_REPORT_BYTES:
+        raise PayloadError(f"report is {len(raw)} characters, over the {MAX_REPORT_BYTES} limit")
+    try:
+        nested = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise PayloadError(f"report is not valid JSON: {err}") from None
+    if not isinstance(nested, dict):
+        raise PayloadError("report must be a JSON object")
+    counts = nested.get("class_counts", [])
+    if not isinstance(counts, list) or len(counts) not in (0, num_classes) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+        raise PayloadError(f"class_counts must be {num_classes} non-negative integers")
+    local_scores: dict[int, dict[str, float | None]] = {}
+    for key, scores in (nested.get("local_scores") or {}).items():
+        cls = _class_key(key, circuits, "local_scores")
+        if not isinstance(scores, dict):
+            raise PayloadError(f"local_scores[{key}] must be an object")
+        local_scores[cls] = {name: _score(scores.get(name), f"local_scores[{key}].{name}") for name in ("sufficiency", "specificity", "necessity")}
+    steps: dict[int, int] = {}
+    for key, n in (nested.get("discovery_steps") or {}).items():
+        cls = _class_key(key, circuits, "discovery_steps")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise PayloadError(f"discovery_steps[{key}] must be a non-negative integer")
+        steps[cls] = n
+    device = nested.get("device", "cpu")
+    if not isinstance(device, str) or len(device) > 64:
+        raise PayloadError("device must be a short string")
+    timings = {k: _number(metrics, k, 0.0, 1e7) for k in TIMING_KEYS if k in metrics}
+    return ClientReport(
+        partition_id=pid,
+        num_examples=num_examples,
+        circuits=circuits,
+        train_loss=_number(metrics, "train_loss", 0.0, 1e6),
+        train_accuracy=_number(metrics, "train_accuracy", 0.0, 1.0),
+        sparsity=_number(metrics, "sparsity", 0.0, 1.0),
+        timings=timings,
+        class_counts=counts,
+        local_scores=local_scores,
+        discovery_steps=steps,
+        device=device,
+    )
+
+
+def _class_key(key: str, circuits: Mapping[int, Circuit], where: str) -> int:
+    try:
+        cls = int(key)
+    except (TypeError, ValueError):
+        raise PayloadError(f"{where} has a key {key!r} that is not a class") from None
+    if cls not in circuits:
+        raise PayloadError(f"{where} names class {cls}, which has no circuit in the payload")
+    return cls

@@ -1,0 +1,184 @@
+"""The run directory: what a run leaves behind, written so that a crash never corrupts it.
+
+::
+
+    RUN_DIR/
+      config.toml          the resolved experiment (what to rerun it with)
+      partitions.json      each client's training and held-out rows, the server's probe and evaluation rows
+      rounds.jsonl         one JSON object per finished round: every circuit, every metric
+      summary.csv          one row per round of the scalar summaries
+      global_weights.npz   the global model after the last finished round
+
+Every file is replaced atomically (written beside, flushed, renamed), so an
+interrupted run leaves every finished round readable. Undefined values (NaN) are
+written as JSON ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .config import ExperimentConfig
+from .data import ClientPartition
+
+CONFIG_FILE = "config.toml"
+PARTITIONS_FILE = "partitions.json"
+ROUNDS_FILE = "rounds.jsonl"
+SUMMARY_FILE = "summary.csv"
+WEIGHTS_FILE = "global_weights.npz"
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN and infinities by None, recursively, and tuples by lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def config_to_toml(config: ExperimentConfig) -> str:
+    """The experiment as a TOML file that :func:`~fedmi_flower.config.load_experiment` reads back.
+
+    Written by hand because the standard library reads TOML but does not write it; the
+    config holds only scalars, lists and one level of tables. ``None`` fields are left out.
+    """
+    top, tables = [], []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            lines = [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+            tables.append(f"[{key}]\n" + "\n".join(lines))
+        elif value is not None:
+            top.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+class RunDirectory:
+    """Reads and writes one run's directory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def create(self, exist_ok: bool = False) -> "RunDirectory":
+        """Create the folder; refuse to write into a run that already has rounds unless ``exist_ok``."""
+        if not exist_ok and (self.path / ROUNDS_FILE).exists():
+            raise FileExistsError(f"{self.path} already holds a run; choose another --out (or resume it)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # ------------------------------------------------------------------ writing
+
+    def write_config(self, config: ExperimentConfig) -> None:
+        atomic_write(self.path / CONFIG_FILE, config_to_toml(config))
+
+    def write_partitions(self, partitions: Sequence[ClientPartition], probe: Sequence[int], evaluation: Sequence[int], labels: np.ndarray | None = None) -> None:
+        clients = {}
+        for pid, part in enumerate(partitions):
+            entry: dict[str, Any] = {"train": list(part.train), "holdout": list(part.holdout)}
+            if labels is not None:
+                entry["class_counts"] = np.bincount(labels[part.train], minlength=10).tolist()
+            clients[str(pid)] = entry
+        atomic_write(self.path / PARTITIONS_FILE, json.dumps({"clients": clients, "server": {"probe": list(probe), "evaluation": list(evaluation)}}))
+
+    def append_round(self, record: Mapping[str, Any]) -> None:
+        """Add a finished round (replacing a record of the same round, as a resumed run does)."""
+        records = [r for r in self.read_rounds() if r["round"] != record["round"]]
+        records.append(json_safe(record))
+        records.sort(key=lambda r: r["round"])
+        atomic_write(self.path / ROUNDS_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+        atomic_write(self.path / SUMMARY_FILE, summary_csv(records))
+
+    def write_weights(self, arrays: Sequence[np.ndarray], server_round: int) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, *arrays, round=np.asarray(server_round))
+        atomic_write(self.path / WEIGHTS_FILE, buf.getvalue())
+
+    # ------------------------------------------------------------------ reading
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        """All finished rounds, in order; an empty list for a run with none."""
+        path = self.path / ROUNDS_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def read_config(self) -> ExperimentConfig:
+        from .config import load_experiment
+
+        return load_experiment(str(self.path / CONFIG_FILE))
+
+    def read_partitions(self) -> dict[str, Any]:
+        return json.loads((self.path / PARTITIONS_FILE).read_text())
+
+    def read_weights(self) -> tuple[list[np.ndarray], int]:
+        with np.load(self.path / WEIGHTS_FILE) as npz:
+            arrays = [npz[f"arr_{i}"] for i in range(len(npz.files) - 1)]
+            return arrays, int(npz["round"])
+
+
+def summary_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per round: the round, its summaries and its server timings."""
+    rows = []
+    for r in records:
+        row = {"round": r["round"], **r.get("summary", {})}
+        row.update({f"t_{k}": v for k, v in r.get("timings", {}).items()})
+        rows.append(row)
+    return rows
+
+
+def summary_csv(records: Iterable[Mapping[str, Any]]) -> str:
+    rows = summary_rows(records)
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return out.getvalue()

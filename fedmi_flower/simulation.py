@@ -1,0 +1,59 @@
+"""Run an experiment in this process on Flower's simulation runtime (Ray virtual clients)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from flwr.simulation import run_simulation
+
+from .client_app import make_client_app
+from .config import ExperimentConfig
+from .data import load_labels
+from .server_app import default_run_dir, make_server_app
+
+
+def backend_config(config: ExperimentConfig) -> dict[str, Any]:
+    """Ray backend settings: each virtual client gets the config's CPU and GPU share.
+
+    Ray joins an existing cluster when ``RAY_ADDRESS`` is set; otherwise it starts a
+    local one sized to this machine.
+    """
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if not os.environ.get("RAY_ADDRESS"):
+        init_args["num_cpus"] = os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": config.resources.client_cpus, "num_gpus": config.resources.client_gpus},
+        "init_args": init_args,
+    }
+
+
+def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, data_root: str | None = None, verbose: bool = False) -> Path:
+    """Run ``config`` as a Flower simulation; return the run directory.
+
+    The ServerApp runs in this process (the circuit analysis with it); every client
+    runs in a Ray actor with ``resources.client_cpus`` CPUs (its torch threads) and
+    ``resources.client_gpus`` of a GPU.
+    """
+    # Fail on a missing dataset here, with the loader's message, before Ray starts.
+    load_labels(config.data.dataset, True, data_root)
+    load_labels(config.data.dataset, False, data_root)
+    run_dir = Path(out) if out else default_run_dir(config)
+    run_config = {**config.to_run_config(), "out": str(run_dir)}
+    if data_root:
+        run_config["data-root"] = str(data_root)
+    with warnings.catch_warnings():
+        # run_simulation is Flower's in-process entry point; `flwr run` is the other one.
+        warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated", category=DeprecationWarning)
+        # Ray's notice about a future default; the current one (hide GPUs from clients given no GPU share) is what we want.
+        warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*", category=FutureWarning)
+        run_simulation(
+            server_app=make_server_app(run_config),
+            client_app=make_client_app(run_config),
+            num_supernodes=config.clients,
+            backend_config=backend_config(config),
+            verbose_logging=verbose,
+        )
+    return run_dir

@@ -1,0 +1,80 @@
+"""Strategies by name: any FedAvg-derived Flower strategy, with the circuit analysis mixed in."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from flwr.common import Metrics, Parameters
+from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi
+
+from fedmi_flower.analysis import RoundAnalyst
+from fedmi_flower.config import ExperimentConfig, StrategyConfig
+from fedmi_flower.results import RunDirectory
+
+from .circuit_analysis_mixin import CircuitAnalysisMixin
+from .circuit_fedavg import CircuitFedAvg
+
+# Each entry: the Flower class and the parameters it takes from the experiment's [strategy] table.
+STRATEGIES: dict[str, tuple[type[FedAvg], Callable[[StrategyConfig], dict[str, Any]]]] = {
+    "fedavg": (FedAvg, lambda s: {}),
+    "fedprox": (FedProx, lambda s: {"proximal_mu": s.proximal_mu}),
+    "fedavgm": (FedAvgM, lambda s: {"server_learning_rate": s.server_learning_rate, "server_momentum": s.server_momentum}),
+    "fedadam": (FedAdam, lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau}),
+    "fedadagrad": (FedAdagrad, lambda s: {"eta": s.eta, "tau": s.tau}),
+    "fedyogi": (FedYogi, lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau}),
+    "fedmedian": (FedMedian, lambda s: {}),
+    "fedtrimmedavg": (FedTrimmedAvg, lambda s: {"beta": s.trim_beta}),
+}
+
+
+@functools.cache
+def circuit_strategy_class(base: type[FedAvg]) -> type[FedAvg]:
+    """The class ``Circuit<Base>(CircuitAnalysisMixin, Base)``; FedAvg gets :class:`CircuitFedAvg`."""
+    if base is FedAvg:
+        return CircuitFedAvg
+    if not issubclass(base, FedAvg):
+        raise TypeError(f"{base.__name__} does not derive from FedAvg; the circuit analysis wraps FedAvg's aggregate_fit")
+    return type(f"Circuit{base.__name__}", (CircuitAnalysisMixin, base), {"__doc__": f"{base.__name__} with the circuit analysis in aggregate_fit."})
+
+
+def weighted_train_metrics(metrics: list[tuple[int, Metrics]]) -> Metrics:
+    """Example-weighted mean of the clients' training loss and accuracy (Flower's fit metrics hook)."""
+    total = sum(n for n, _ in metrics)
+    out: Metrics = {}
+    for key in ("train_loss", "train_accuracy"):
+        values = [(n, m[key]) for n, m in metrics if isinstance(m.get(key), (int, float))]
+        if values and total:
+            out[key] = sum(n * float(v) for n, v in values) / sum(n for n, _ in values)
+    return out
+
+
+def build_strategy(config: ExperimentConfig, *, analyst: RoundAnalyst, run_dir: RunDirectory, initial_parameters: Parameters) -> FedAvg:
+    """The experiment's strategy, with the circuit analysis, ready for a ServerApp."""
+    base, specific = STRATEGIES[config.strategy.name]
+    s = config.strategy
+    sampled = max(1, int(config.clients * s.fraction_fit))
+    evaluated = int(config.clients * s.fraction_evaluate)
+    cls = circuit_strategy_class(base)
+    return cls(
+        experiment=config,
+        analyst=analyst,
+        run_dir=run_dir,
+        fraction_fit=s.fraction_fit,
+        fraction_evaluate=s.fraction_evaluate,
+        min_fit_clients=s.min_fit_clients or sampled,
+        min_evaluate_clients=max(1, evaluated),
+        min_available_clients=config.clients,
+        accept_failures=s.accept_failures,
+        initial_parameters=initial_parameters,
+        fit_metrics_aggregation_fn=weighted_train_metrics,
+        evaluate_metrics_aggregation_fn=weighted_eval_metrics,
+        **specific(s),
+    )
+
+
+def weighted_eval_metrics(metrics: list[tuple[int, Metrics]]) -> Metrics:
+    """Example-weighted mean of the clients' held-out accuracy."""
+    values = [(n, float(m["accuracy"])) for n, m in metrics if isinstance(m.get("accuracy"), (int, float)) and n > 0]
+    total = sum(n for n, _ in values)
+    return {"accuracy": sum(n * v for n, v in values) / total} if total else {}

@@ -1,0 +1,137 @@
+"""End to end: the `fedmi` command and `flwr run .` run real simulations through Ray on a slice of MNIST."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmi_flower.config import load_experiment, parse_override
+from fedmi_flower.results import RunDirectory
+from processes import stop_processes_mentioning
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
+SMALL = ["rounds=2", "data.max_per_client=2000", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=100"]
+
+
+def fedmi(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedmi_flower.cli", *args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, mnist_root) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "run"
+    sets = list(itertools.chain.from_iterable(("--set", s) for s in SMALL))
+    proc = fedmi("run", "quickstart", *sets, "--out", str(out), "--data-root", mnist_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[round 2/2] 3/3 clients reported" in proc.stdout + proc.stderr
+    return out
+
+
+def assert_valid_circuit(circuit: dict) -> None:
+    assert set(circuit) == set(SIZES)
+    for layer, channels in circuit.items():
+        assert channels == sorted(set(channels)) and all(isinstance(c, int) and 0 <= c < SIZES[layer] for c in channels)
+
+
+def assert_iou_rule(value, sets_a: list[list[int]], sets_b: list[list[int]]) -> None:
+    """An IoU is in [0, 1]; it is undefined (null) exactly when every compared pair is two empty sets."""
+    all_empty = all(not a and not b for a, b in zip(sets_a, sets_b))
+    if value is None:
+        assert all_empty or not sets_a
+    else:
+        assert 0.0 <= value <= 1.0 and not all_empty
+
+
+def test_run_directory_is_complete(quick_run):
+    run = RunDirectory(quick_run)
+    rounds = run.read_rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert run.read_config() == load_experiment("quickstart", dict(parse_override(s) for s in SMALL))
+    parts = run.read_partitions()["clients"]
+    trains = [set(p["train"]) | set(p["holdout"]) for p in parts.values()]
+    assert len(trains) == 3 and all(len(t) == 2000 for t in trains) and not (trains[0] & trains[1])
+    weights, last = run.read_weights()
+    assert last == 2 and len(weights) == 8 and all(np.isfinite(w).all() for w in weights)
+    assert len((quick_run / "summary.csv").read_text().splitlines()) == 3
+
+
+def test_circuits_and_metrics_follow_the_rules(quick_run):
+    for record in RunDirectory(quick_run).read_rounds():
+        assert record["rejected"] == [] and record["failures"] == []
+        assert record["global"]["accuracy"] > 0.3  # chance is 0.1
+        global_circuits = record["global"]["circuits"]
+        assert sorted(global_circuits) == ["0", "1", "2", "7"]
+        for circuit in global_circuits.values():
+            assert_valid_circuit(circuit)
+        clients = record["clients"]
+        for client in clients.values():
+            assert sorted(client["circuits"]) == ["0", "1", "2", "7"]
+            for circuit in client["circuits"].values():
+                assert_valid_circuit(circuit)
+        for cls, entry in record["inter_client_iou"].items():
+            holders = [clients[str(p)]["circuits"][cls] for p in entry["clients"]]
+            for layer in SIZES:
+                pairs = list(itertools.combinations(holders, 2))
+                assert_iou_rule(entry[layer], [a[layer] for a, _ in pairs], [b[layer] for _, b in pairs])
+        for pid, per_class in record["local_global_iou"].items():
+            for cls, entry in per_class.items():
+                for layer in SIZES:
+                    assert_iou_rule(entry[layer], [clients[pid]["circuits"][cls][layer]], [global_circuits[cls][layer]])
+        for per_class in record["cross_eval"].values():
+            for s in per_class.values():
+                assert 0 <= s["sufficiency"] <= 1 and 0 <= s["specificity"] <= 1
+    last = RunDirectory(quick_run).read_rounds()[-1]
+    assert set(last["stability"]) == {"0", "1", "2"}
+
+
+def test_cli_reports_bad_input_without_a_traceback():
+    proc = fedmi("run", "quickstart", "--set", "train.sparsity=1.5")
+    assert proc.returncode == 2 and "train.sparsity = 1.5 is out of range" in proc.stderr and "Traceback" not in proc.stderr
+    proc = fedmi("run", "quickstart", env={"FEDMI_DATA_ROOT": "/nonexistent"})
+    assert proc.returncode == 2 and "/nonexistent/MNIST/raw" in proc.stderr
+    proc = fedmi("list")
+    assert proc.returncode == 0 and "noniid-3class-50rounds" in proc.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_root):
+    home = tmp_path / "flwr-home"
+    out = tmp_path / "flwr-run"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FEDMI_DATA_ROOT": mnist_root,
+    }
+    home.mkdir()
+    (home / "config.toml").write_text((REPO / "deploy" / "flower-config.toml").read_text())
+    overrides = "rounds=1 data.max_per_client=600 discovery.steps=10 data.eval_per_class=20"
+    try:
+        proc = subprocess.run(
+            ["flwr", "run", ".", "fedmi-local", "--stream", "--run-config", f'set="{overrides}" out="{out}"'],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        # `flwr run` leaves its local SuperLink (and the simulation's Ray processes) running:
+        # stop exactly the process tree started for this FLWR_HOME.
+        stop_processes_mentioning(str(home))
+    assert (REPO / "pyproject.toml").read_text().count("MIGRATION NOTICE") == 0  # flwr must not rewrite our pyproject
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (record,) = RunDirectory(out).read_rounds()
+    assert sorted(record["clients"]) == ["0", "1", "2"] and record["global"]["circuits"]

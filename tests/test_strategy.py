@@ -1,0 +1,182 @@
+"""The strategy's analysis, driven with hand-made FitRes objects (no Ray), against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import Code, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_proxy import ClientProxy
+
+from fedmi_flower.analysis import RoundAnalyst
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.data import ImageSplit
+from fedmi_flower.model import get_weights
+from fedmi_flower.protocol import ClientReport, report_to_metrics
+from fedmi_flower.results import RunDirectory
+from planted import PLANTED, bright_images, concat, planted_model
+from strategies import STRATEGIES, build_strategy
+
+SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
+P3, P8 = PLANTED[3], PLANTED[8]
+ROUND1 = {
+    0: {3: P3, 8: P8},
+    1: {3: {"conv1": [5, 6], "conv2": [10], "conv3": [20, 21]}},
+    2: {3: {"conv1": [], "conv2": [], "conv3": [20]}, 8: {"conv1": [17], "conv2": [41, 42], "conv3": []}},
+}
+
+
+class Proxy(ClientProxy):
+    """A stand-in for a connected client: only its id matters to aggregate_fit."""
+
+    def get_properties(self, *a, **k):  # pragma: no cover - never called
+        raise NotImplementedError
+
+    get_parameters = fit = evaluate = reconnect = get_properties
+
+
+def fit_res(pid: int, client_circuits, weights=None, **metric_patch) -> tuple[Proxy, FitRes]:
+    weights = get_weights(planted_model()) if weights is None else weights
+    report = ClientReport(partition_id=pid, num_examples=100, circuits=client_circuits, train_loss=0.1, train_accuracy=0.9, sparsity=0.99)
+    metrics = {**report_to_metrics(report, SIZES), **metric_patch}
+    return Proxy(f"node-{pid}"), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 100, metrics)
+
+
+def server_data() -> ImageSplit:
+    dark = ImageSplit(torch.zeros(100, 1, 28, 28), torch.zeros(100, dtype=torch.int64))
+    return concat(bright_images(50, 3, seed=1), bright_images(50, 8, seed=1), dark)
+
+
+def make_strategy(tmp_path, name="fedavg", steps=100, folder=None):
+    config = ExperimentConfig.from_dict({"clients": 3, "rounds": 2, "strategy": {"name": name}, "analysis": {"classes": [3, 8]}, "discovery": {"steps": steps}})
+    data = server_data()
+    analyst = RoundAnalyst(config, probe=data, evaluation=data)
+    run_dir = RunDirectory(tmp_path / (folder or name)).create()
+    return build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(get_weights(planted_model()))), run_dir
+
+
+def close(a, b):
+    return abs(a - b) < 1e-9
+
+
+def test_round_metrics_equal_hand_computations(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path)
+    params, metrics = strategy.aggregate_fit(1, [fit_res(p, c) for p, c in ROUND1.items()], [])
+    (record,) = run_dir.read_rounds()
+
+    # The global model is the planted one: its circuits are the planted circuits.
+    assert record["global"]["circuits"] == {"3": P3, "8": P8}
+
+    inter3 = record["inter_client_iou"]["3"]
+    assert close(inter3["conv1"], 1 / 6) and close(inter3["conv2"], 1 / 3) and close(inter3["conv3"], 2 / 3)
+    assert close(inter3["mean"], 7 / 18) and inter3["clients"] == [0, 1, 2]
+    inter8 = record["inter_client_iou"]["8"]
+    assert (inter8["conv1"], inter8["conv2"], inter8["conv3"], inter8["clients"]) == (1.0, 0.5, 0.0, [0, 2])
+
+    lg = record["local_global_iou"]
+    assert lg["0"]["3"]["mean"] == 1.0 and lg["0"]["8"]["mean"] == 1.0
+    assert (lg["1"]["3"]["conv1"], lg["1"]["3"]["conv2"], lg["1"]["3"]["conv3"]) == (0.5, 1.0, 0.5)
+    assert close(lg["2"]["3"]["mean"], 1 / 3) and close(lg["2"]["8"]["mean"], 0.5)
+
+    cross = record["cross_eval"]
+    assert cross["0"]["3"]["sufficiency"] == 1.0 and close(cross["0"]["3"]["specificity"], 100 / 150)
+    assert cross["2"]["3"]["sufficiency"] == 0.0 and cross["2"]["3"]["specificity"] == 1.0  # a cut circuit collapses
+    assert record["summary"]["cross_collapsed"] == 1 + 1  # client 2's class-3 and class-8 circuits
+    assert record["stability"] == {}  # nothing to compare with in round 1
+    assert record["global"]["scores"]["3"]["sufficiency"] == 1.0
+    assert record["rejected"] == [] and record["failures"] == []
+    assert close(metrics["inter_client_iou"], (7 / 18 + 0.5) / 2)
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(parameters_to_ndarrays(params), get_weights(planted_model())))
+
+    # Round 2: client 0 repeats itself, client 1 grows its conv1 set, client 2 stays away.
+    round2 = {0: ROUND1[0], 1: {3: {"conv1": [5, 6, 7, 8], "conv2": [10], "conv3": [20, 21]}}}
+    strategy.aggregate_fit(2, [fit_res(p, c) for p, c in round2.items()], [])
+    record2 = run_dir.read_rounds()[1]
+    assert record2["stability"]["0"]["3"]["mean"] == 1.0 and record2["stability"]["0"]["8"]["previous_round"] == 1
+    assert record2["stability"]["1"]["3"]["conv1"] == 0.5 and "2" not in record2["stability"]
+    assert record2["inter_client_iou"]["8"]["clients"] == [0] and record2["inter_client_iou"]["8"]["mean"] is None
+
+
+def test_malformed_payloads_do_not_crash_the_round(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path, steps=20)
+    nan_weights = [w.copy() for w in get_weights(planted_model())]
+    nan_weights[0][0, 0, 0, 0] = float("nan")
+    wrong_shape = get_weights(planted_model())[:-1]
+    results = [
+        fit_res(0, ROUND1[0]),
+        fit_res(1, ROUND1[1], circuits=b"garbage"),  # circuits unreadable: weights still count
+        fit_res(2, ROUND1[2], weights=nan_weights),  # NaN weights: not aggregated
+        fit_res(2, ROUND1[2], weights=wrong_shape),
+        fit_res(0, ROUND1[0]),  # a second claim on partition 0
+        fit_res(1, ROUND1[1], report="{broken"),
+    ]
+    results = [(Proxy(f"node-{i}"), res) for i, (_, res) in enumerate(results)]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    (record,) = run_dir.read_rounds()
+    assert sorted(record["clients"]) == ["0"]
+    rejected = {r["client"]: (r["weights_aggregated"], r["reason"]) for r in record["rejected"]}
+    assert rejected["node-1"][0] and "FMC1 header" in rejected["node-1"][1]
+    assert not rejected["node-2"][0] and "NaN" in rejected["node-2"][1]
+    assert not rejected["node-3"][0] and "expected 8 weight tensors" in rejected["node-3"][1]
+    assert rejected["node-4"][0] and "already reported" in rejected["node-4"][1]
+    assert rejected["node-5"][0] and "not valid JSON" in rejected["node-5"][1]
+    assert all(np.isfinite(a).all() for a in parameters_to_ndarrays(params))
+
+
+def test_failures_are_recorded_and_survivors_analysed(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path, steps=20)
+    strategy.aggregate_fit(1, [fit_res(0, ROUND1[0]), fit_res(2, ROUND1[2])], [RuntimeError("client 1 died")])
+    (record,) = run_dir.read_rounds()
+    assert sorted(record["clients"]) == ["0", "2"] and record["sampled"] == 3
+    assert record["failures"] == [{"client": None, "error": "RuntimeError('client 1 died')"}]
+    assert record["inter_client_iou"]["3"]["clients"] == [0, 2]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_gives_records_of_the_same_shape(tmp_path, name):
+    reference, ref_dir = make_strategy(tmp_path, "fedavg", steps=20, folder="reference")
+    reference.aggregate_fit(1, [fit_res(p, c) for p, c in ROUND1.items()], [])
+    strategy, run_dir = make_strategy(tmp_path, name, steps=20)
+    assert type(strategy).__name__.lower() == f"circuit{name}"
+    params, _ = strategy.aggregate_fit(1, [fit_res(p, c) for p, c in ROUND1.items()], [])
+    assert params is not None
+    (ref,), (got,) = ref_dir.read_rounds(), run_dir.read_rounds()
+
+    def shape(value):
+        if isinstance(value, dict):
+            return {k: shape(v) for k, v in value.items() if k != "timings"}
+        return type(value).__name__ if not isinstance(value, (int, float)) or isinstance(value, bool) else "number"
+
+    assert shape(got) == shape(ref)
+
+
+def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
+    from clients import CircuitClient
+    from flwr.server.client_manager import SimpleClientManager
+
+    strategy, _ = make_strategy(tmp_path, "fedprox")
+
+    class Manager(SimpleClientManager):
+        def sample(self, num_clients, min_num_clients=None, criterion=None):
+            return [Proxy("node-0")]
+
+        def num_available(self):
+            return 3
+
+        def wait_for(self, num_clients, timeout=0):
+            return True
+
+    start = get_weights(planted_model())
+    ((_, ins),) = strategy.configure_fit(1, ndarrays_to_parameters(start), Manager())
+    assert ins.config["proximal_mu"] == strategy.proximal_mu and ins.config["server_round"] == 1
+    data = concat(bright_images(64, 3), bright_images(64, 8))
+    client = CircuitClient(0, data, data.subset(range(8)))
+    drift = {}
+    for mu in (0.0, 100.0):
+        config = {**ins.config, "proximal_mu": mu, "train.sparsity": 0.0, "discovery.steps": 2, "train.lr": 0.01, "train.epochs": 3, "train.batch_size": 16}
+        weights, n, metrics = client.fit(start, config)
+        drift[mu] = sum(float(((w - s) ** 2).sum()) for w, s in zip(weights, start))
+        assert n == 128 and metrics["partition_id"] == 0
+    assert drift[100.0] < 0.2 * drift[0.0]
