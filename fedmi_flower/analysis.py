@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from .circuits import Circuit, CircuitScores, circuit_size, discover_circuits, evaluate_circuits
 from .config import ExperimentConfig
 from .data import ImageSplit
-from .metrics import MEAN, inter_client_iou, intra_client_stability, local_global_iou, nanmean
+from .metrics import MEAN, class_pair_iou, inter_client_iou, intra_client_stability, local_global_iou, nanmean
 from .model import SimpleCNN, evaluate
 from .protocol import ClientReport
 from .seeding import derive_seed
@@ -150,6 +150,7 @@ class RoundAnalyst:
             entry: dict[str, Any] = dict(inter_client_iou(holders))
             entry["clients"] = sorted(holders)
             record["inter_client_iou"][str(cls)] = entry
+        record["class_pair_iou"] = {f"{a}-{b}": v for (a, b), v in class_pair_iou({r.partition_id: r.circuits for r in reports}).items()}
         record["local_global_iou"] = {
             str(r.partition_id): {str(c): local_global_iou(circ, global_circuits[c]) for c, circ in sorted(r.circuits.items()) if c in global_circuits}
             for r in reports
@@ -182,6 +183,7 @@ class RoundAnalyst:
             "global_accuracy": record["global"]["accuracy"],
             "global_loss": record["global"]["loss"],
             "inter_client_iou": nanmean(v[MEAN] for v in record["inter_client_iou"].values()),
+            "class_pair_iou": nanmean(v[MEAN] for v in record["class_pair_iou"].values()),
             "local_global_iou": nanmean(v[MEAN] for per in record["local_global_iou"].values() for v in per.values()),
             "stability": nanmean(v[MEAN] for per in record["stability"].values() for v in per.values()),
             "cross_sufficiency": nanmean(suff),

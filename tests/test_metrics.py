@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fedmi_flower.metrics import circuit_iou, inter_client_iou, intra_client_stability, iou, local_global_iou, nanmean
+from fedmi_flower.metrics import circuit_iou, class_pair_iou, inter_client_iou, intra_client_stability, iou, local_global_iou, nanmean
 
 
 def test_iou_basic_cases():
@@ -50,3 +50,19 @@ def test_stability_and_local_global_are_circuit_iou():
     b = {"conv1": [1, 2], "conv2": [1], "conv3": [8]}
     assert intra_client_stability(a, b) == circuit_iou(a, b) == local_global_iou(a, b)
     assert circuit_iou(a, b)["conv1"] == 0.5
+
+
+def test_class_pair_iou_compares_different_classes_of_different_clients():
+    circuits = {
+        0: {0: {"conv1": [1, 2], "conv2": [], "conv3": []}, 1: {"conv1": [9], "conv2": [], "conv3": []}},
+        1: {1: {"conv1": [2, 3], "conv2": [], "conv3": []}},
+        2: {2: {"conv1": [1], "conv2": [], "conv3": []}},
+    }
+    out = class_pair_iou(circuits)
+    # (0, 1): client 0's class 0 vs client 1's class 1 only (client 0's own class 1 is the same client)
+    assert abs(out[(0, 1)]["conv1"] - 1 / 3) < 1e-12 and math.isnan(out[(0, 1)]["conv2"])
+    assert out[(0, 1)]["mean"] == out[(0, 1)]["conv1"]
+    # (1, 2): client 0's class 1 vs client 2's class 2 (0.0), client 1's class 1 vs client 2's class 2 (0.0)
+    assert out[(1, 2)]["conv1"] == 0.0
+    assert out[(0, 2)]["conv1"] == 0.5
+    assert set(out) == {(0, 1), (0, 2), (1, 2)}

@@ -85,6 +85,7 @@ def test_round_metrics_equal_hand_computations(tmp_path):
     assert cross["2"]["3"]["sufficiency"] == 0.0 and cross["2"]["3"]["specificity"] == 1.0  # a cut circuit collapses
     assert record["summary"]["cross_collapsed"] == 1 + 1  # client 2's class-3 and class-8 circuits
     assert record["stability"] == {}  # nothing to compare with in round 1
+    assert record["class_pair_iou"]["3-8"]["mean"] == 0.0  # the hand-made circuits of 3 and 8 share no channel
     assert record["global"]["scores"]["3"]["sufficiency"] == 1.0
     assert record["rejected"] == [] and record["failures"] == []
     assert close(metrics["inter_client_iou"], (7 / 18 + 0.5) / 2)
