@@ -13,6 +13,7 @@ from flwr.common import NDArrays, Scalar
 from fedmi_flower.circuits import channel_means, circuits_from_scores, evaluate_circuits, learn_gate_scores
 from fedmi_flower.config import AnalysisConfig
 from fedmi_flower.data import ImageSplit
+from fedmi_flower.faults import InjectedFailure, should_fail
 from fedmi_flower.model import build_model, evaluate, get_weights, set_weights
 from fedmi_flower.protocol import ClientReport, FitInstructions, report_to_metrics
 from fedmi_flower.seeding import derive_seed, torch_generator
@@ -53,6 +54,10 @@ class CircuitClient(NumPyClient):
         wanted = range(self.num_classes) if analysis.classes is None else analysis.classes
         return [c for c in sorted(set(wanted)) if self.class_counts[c] >= analysis.min_class_examples]
 
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        """The partition this node holds (the server samples clients by it)."""
+        return {"partition_id": self.partition_id}
+
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
         return get_weights(build_model(num_classes=self.num_classes))
 
@@ -61,6 +66,8 @@ class CircuitClient(NumPyClient):
         began = time.perf_counter()
         orders = FitInstructions.parse(config)
         cfg, rnd, pid = orders.config, orders.server_round, self.partition_id
+        if should_fail(cfg.faults, cfg.seed, rnd, pid):
+            raise InjectedFailure(f"client {pid} fails in round {rnd}, as the experiment's [faults] table asks")
         model = self._model(parameters)
 
         t0 = time.perf_counter()

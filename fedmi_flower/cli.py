@@ -1,6 +1,7 @@
 """The ``fedmi`` command: run experiments and list them.
 
     fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
+    fedmi run --resume RUN_DIR
     fedmi list
 """
 
@@ -28,9 +29,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume(args: argparse.Namespace) -> int:
+    from .simulation import simulate
+
+    run = RunDirectory(args.resume)
+    if not (run.path / "config.toml").is_file():
+        raise ConfigError(f"{run.path} is not a run directory (no config.toml); give the folder `fedmi run` wrote")
+    if args.experiment or args.set or args.seed is not None:
+        raise ConfigError("--resume continues a run with its own config.toml; drop EXPERIMENT, --set and --seed")
+    config = run.read_config()
+    checkpoint = run.read_checkpoint()
+    done = checkpoint.server_round if checkpoint else 0
+    if done >= config.rounds:
+        print(f"fedmi: {run.path} already finished all {config.rounds} rounds")
+        return 0
+    print(f"fedmi: resuming {config.name} after round {done} of {config.rounds} -> {run.path}", flush=True)
+    simulate(config, run.path, args.data_root, verbose=args.verbose, resume=True)
+    print(f"fedmi: {config.name} finished {len(run.read_rounds())} rounds; results in {run.path}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .simulation import simulate  # Flower and Ray load only when a run starts
 
+    if args.resume:
+        return _resume(args)
+    if not args.experiment:
+        raise ConfigError("name an experiment (see `fedmi list`) or give --resume RUN_DIR")
     overrides = dict(parse_override(text) for text in args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
@@ -55,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment as a Flower simulation (Ray virtual clients)")
-    run.add_argument("experiment", help="experiment name (see `fedmi list`) or path to a TOML file")
+    run.add_argument("experiment", nargs="?", help="experiment name (see `fedmi list`) or path to a TOML file")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished round")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. --set train.sparsity=0.995 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
     run.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
@@ -72,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileExistsError) as err:
+    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError) as err:
         print(f"fedmi: error: {err}", file=sys.stderr)
         return 2
 

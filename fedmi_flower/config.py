@@ -127,6 +127,15 @@ class ResourcesConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """Client failures injected on purpose, to see what a run survives."""
+
+    fail_clients: list[int] | None = _spec(None, doc="partition ids whose fit raises (in fail_rounds, or every round)")
+    fail_rounds: list[int] | None = _spec(None, doc="rounds in which fail_clients raise; omitted: every round")
+    fail_probability: float = _spec(0.0, lo=0.0, hi=1.0, doc="every client's fit raises with this probability per round (seeded)")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment. Build it with :func:`load_experiment` or :meth:`from_run_config`."""
 
@@ -141,6 +150,7 @@ class ExperimentConfig:
     analysis: AnalysisConfig = _spec(factory=AnalysisConfig)
     strategy: StrategyConfig = _spec(factory=StrategyConfig)
     resources: ResourcesConfig = _spec(factory=ResourcesConfig)
+    faults: FaultsConfig = _spec(factory=FaultsConfig)
 
     # ------------------------------------------------------------------ conversions
 
@@ -213,6 +223,9 @@ class ExperimentConfig:
                 fail("analysis.classes", self.analysis.classes, "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)")
         if self.strategy.min_fit_clients is not None and self.strategy.min_fit_clients > self.clients:
             fail("strategy.min_fit_clients", self.strategy.min_fit_clients, f"exceeds clients = {self.clients}")
+        for key, ids, top in (("faults.fail_clients", self.faults.fail_clients, self.clients), ("faults.fail_rounds", self.faults.fail_rounds, self.rounds + 1)):
+            if ids is not None and any(not 0 <= i < top for i in ids):
+                fail(key, ids, f"must hold values in 0..{top - 1}")
         if self.discovery.patience is not None and self.discovery.min_steps > self.discovery.steps:
             fail("discovery.min_steps", self.discovery.min_steps, f"exceeds discovery.steps = {self.discovery.steps}")
 

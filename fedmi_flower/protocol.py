@@ -23,10 +23,11 @@ import numpy as np
 from .circuits import Circuit
 from .config import ConfigError, ExperimentConfig
 
-FIT_SECTIONS = ("train", "discovery", "analysis")
+FIT_SECTIONS = ("train", "discovery", "analysis", "faults")
 CIRCUITS_MAGIC = b"FMC1"
 MAX_REPORT_BYTES = 64 * 1024
 MAX_CIRCUIT_BYTES = 64 * 1024
+MAX_METRICS_BYTES = 256 * 1024
 TIMING_KEYS = ("t_train", "t_discovery", "t_evaluate", "t_total")
 
 
@@ -208,6 +209,9 @@ def report_from_metrics(
     PayloadError
         Naming the first field that is missing, of the wrong type, out of range or too big.
     """
+    size = sum(len(k) + (len(v) if isinstance(v, (str, bytes, bytearray)) else 8) for k, v in metrics.items())
+    if size > MAX_METRICS_BYTES:
+        raise PayloadError(f"fit metrics hold {size} bytes, over the {MAX_METRICS_BYTES}-byte limit")
     pid = metrics.get("partition_id")
     if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < num_clients:
         raise PayloadError(f"partition_id = {pid!r} must be an integer in 0..{num_clients - 1}")

@@ -8,9 +8,12 @@
       rounds.jsonl         one JSON object per finished round: every circuit, every metric
       summary.csv          one row per round of the scalar summaries
       global_weights.npz   the global model after the last finished round
+      checkpoint.npz       what `fedmi run --resume` needs: round, global weights, strategy and analysis state
 
 Every file is replaced atomically (written beside, flushed, renamed), so an
-interrupted run leaves every finished round readable. Undefined values (NaN) are
+interrupted run leaves every finished round readable. The checkpoint is written
+last: it is the commit point of a round, and a resumed run redoes any round recorded
+after it. Undefined values (NaN) are
 written as JSON ``null``.
 """
 
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,6 +39,7 @@ PARTITIONS_FILE = "partitions.json"
 ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.csv"
 WEIGHTS_FILE = "global_weights.npz"
+CHECKPOINT_FILE = "checkpoint.npz"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -98,6 +103,21 @@ def config_to_toml(config: ExperimentConfig) -> str:
     return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
 
 
+@dataclass
+class Checkpoint:
+    """Everything a run needs to continue after ``server_round``.
+
+    There is no random-number-generator state to keep: every random choice derives
+    from ``(seed, purpose, round, client, class)`` (see :mod:`fedmi_flower.seeding`).
+    """
+
+    server_round: int
+    weights: list[np.ndarray]
+    strategy_state: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    analyst_state: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
 class RunDirectory:
     """Reads and writes one run's directory."""
 
@@ -137,6 +157,42 @@ class RunDirectory:
         buf = io.BytesIO()
         np.savez(buf, *arrays, round=np.asarray(server_round))
         atomic_write(self.path / WEIGHTS_FILE, buf.getvalue())
+
+    def write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        arrays: dict[str, np.ndarray] = {f"weights/{i}": w for i, w in enumerate(checkpoint.weights)}
+        for name, values in checkpoint.strategy_state.items():
+            arrays.update({f"strategy/{name}/{i}": v for i, v in enumerate(values)})
+        meta = {
+            "round": checkpoint.server_round,
+            "seed": checkpoint.seed,
+            "weights": len(checkpoint.weights),
+            "strategy": {name: len(v) for name, v in checkpoint.strategy_state.items()},
+            "analyst": checkpoint.analyst_state,
+        }
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.asarray(json.dumps(json_safe(meta))), **arrays)
+        atomic_write(self.path / CHECKPOINT_FILE, buf.getvalue())
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint, or None when no round has finished."""
+        path = self.path / CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        with np.load(path) as npz:
+            meta = json.loads(str(npz["meta"]))
+            return Checkpoint(
+                server_round=int(meta["round"]),
+                weights=[npz[f"weights/{i}"] for i in range(meta["weights"])],
+                strategy_state={name: [npz[f"strategy/{name}/{i}"] for i in range(n)] for name, n in meta["strategy"].items()},
+                analyst_state=meta["analyst"],
+                seed=int(meta["seed"]),
+            )
+
+    def truncate_rounds(self, last_round: int) -> None:
+        """Drop the records of rounds after ``last_round`` (redone by a resumed run)."""
+        records = [r for r in self.read_rounds() if r["round"] <= last_round]
+        atomic_write(self.path / ROUNDS_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+        atomic_write(self.path / SUMMARY_FILE, summary_csv(records))
 
     # ------------------------------------------------------------------ reading
 

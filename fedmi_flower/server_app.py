@@ -24,7 +24,7 @@ from .analysis import RoundAnalyst
 from .config import ExperimentConfig
 from .data import experiment_partitions, load_labels, load_split, server_splits
 from .model import build_model, get_weights
-from .results import RunDirectory
+from .results import Checkpoint, RunDirectory
 from .seeding import derive_seed
 
 
@@ -40,32 +40,57 @@ def server_device(config: ExperimentConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str | None) -> tuple[RunDirectory, RoundAnalyst, list[np.ndarray]]:
-    """Create the run directory, load the server's data, initialise the global model.
+def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str | None, resume: bool = False) -> tuple[RunDirectory, RoundAnalyst, list[np.ndarray], Checkpoint | None]:
+    """Create (or reopen, to resume) the run directory, load the server's data, get the global model.
 
-    Returns the run directory, the analyst and the initial weights (from the seed).
+    Returns the run directory, the analyst, the global weights to start from (the
+    seed's initialisation, or the checkpoint's) and the checkpoint when resuming.
     """
-    run_dir = RunDirectory(out or default_run_dir(config)).create()
-    run_dir.write_config(config)
+    run_dir = RunDirectory(out or default_run_dir(config))
+    checkpoint = None
+    if resume:
+        if not run_dir.path.is_dir():
+            raise FileNotFoundError(f"cannot resume {run_dir.path}: no such run directory")
+        saved = run_dir.read_config()
+        if saved != config:
+            raise ValueError(f"cannot resume {run_dir.path}: its config.toml differs from the config given; resume with the run's own config")
+        checkpoint = run_dir.read_checkpoint()
+        run_dir.truncate_rounds(checkpoint.server_round if checkpoint else 0)
+    else:
+        run_dir.create()
+        run_dir.write_config(config)
     train_labels = load_labels(config.data.dataset, True, data_root)
     test_labels = load_labels(config.data.dataset, False, data_root)
     partitions = experiment_partitions(config.data, config.clients, config.seed, data_root)
     probe_idx, eval_idx = server_splits(test_labels, config.data.probe_fraction, config.seed, config.data.eval_per_class)
-    run_dir.write_partitions(partitions, probe_idx, eval_idx, train_labels)
+    if not resume:
+        run_dir.write_partitions(partitions, probe_idx, eval_idx, train_labels)
     device = server_device(config)
     probe = load_split(config.data.dataset, False, data_root, probe_idx).to(device)
     evaluation = load_split(config.data.dataset, False, data_root, eval_idx).to(device)
-    weights = get_weights(build_model(seed=derive_seed(config.seed, "init")))
-    return run_dir, RoundAnalyst(config, probe, evaluation), weights
+    analyst = RoundAnalyst(config, probe, evaluation)
+    if checkpoint is not None:
+        analyst.load_state_dict(checkpoint.analyst_state)
+        weights = checkpoint.weights
+    else:
+        weights = get_weights(build_model(seed=derive_seed(config.seed, "init")))
+    return run_dir, analyst, weights, checkpoint
 
 
 def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
-    """Strategy and server config for a run config."""
+    """Strategy and server config for a run config (``resume`` continues the run in ``out``)."""
     config = ExperimentConfig.from_run_config(run_config)
-    run_dir, analyst, weights = prepare_run(config, run_config.get("out") or None, run_config.get("data-root") or None)
-    log(INFO, "fedmi: experiment %r, %d clients x %d rounds, strategy %s; writing %s", config.name, config.clients, config.rounds, config.strategy.name, run_dir.path.resolve())
-    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights))
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.rounds))
+    resume = str(run_config.get("resume", "")).lower() in ("1", "true", "yes")
+    run_dir, analyst, weights, checkpoint = prepare_run(config, run_config.get("out") or None, run_config.get("data-root") or None, resume)
+    done = checkpoint.server_round if checkpoint else 0
+    if done >= config.rounds:
+        raise ValueError(f"{run_dir.path} already finished all {config.rounds} rounds; nothing to resume")
+    log(INFO, "fedmi: experiment %r, %d clients x %d rounds, strategy %s; %s %s", config.name, config.clients, config.rounds, config.strategy.name,
+        f"resuming after round {done} in" if resume else "writing", run_dir.path.resolve())
+    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights), start_round=done)
+    if checkpoint is not None:
+        strategy.load_strategy_state(checkpoint.strategy_state)
+    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.rounds - done))
 
 
 def server_fn(context: Context) -> ServerAppComponents:

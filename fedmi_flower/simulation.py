@@ -30,8 +30,10 @@ def backend_config(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, data_root: str | None = None, verbose: bool = False) -> Path:
+def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, data_root: str | None = None, verbose: bool = False, resume: bool = False) -> Path:
     """Run ``config`` as a Flower simulation; return the run directory.
+
+    With ``resume``, continue the run in ``out`` after its last checkpoint.
 
     The ServerApp runs in this process (the circuit analysis with it); every client
     runs in a Ray actor with ``resources.client_cpus`` CPUs (its torch threads) and
@@ -41,7 +43,7 @@ def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, dat
     load_labels(config.data.dataset, True, data_root)
     load_labels(config.data.dataset, False, data_root)
     run_dir = Path(out) if out else default_run_dir(config)
-    run_config = {**config.to_run_config(), "out": str(run_dir)}
+    run_config = {**config.to_run_config(), "out": str(run_dir), "resume": resume}
     if data_root:
         run_config["data-root"] = str(data_root)
     with warnings.catch_warnings():

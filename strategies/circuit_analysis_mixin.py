@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.common import FitIns, FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
@@ -16,19 +17,37 @@ from fedmi_flower.analysis import RoundAnalyst
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.model import SimpleCNN, build_model, set_weights
 from fedmi_flower.protocol import ClientReport, PayloadError, fit_instructions, report_from_metrics
-from fedmi_flower.results import RunDirectory
+from fedmi_flower.results import Checkpoint, RunDirectory
+
+from .seeded_client_manager import SeededClientManager
 
 Result = tuple[ClientProxy, FitRes]
+
+
+def describe_failure(failure: Result | BaseException) -> str:
+    """One readable line for a failed client: its own exception message, not Ray's traceback around it."""
+    if isinstance(failure, tuple):
+        return f"status {failure[1].status.code.name}: {failure[1].status.message}"
+    text = str(failure)
+    # Simulation wraps the client's exception as "... Exception X occurred. Message: <msg>'>) ..." (escaped).
+    found = re.findall(r"Message: (.+?)\\*'>\)", text)
+    if found:
+        return found[-1].replace("\\'", "'").replace("\\n", " ").strip()
+    return f"{type(failure).__name__}: {text}"[:500]
+
+# Attributes in which Flower's strategies keep state across rounds (FedOpt family, FedAvgM).
+STATE_ATTRIBUTES = ("current_weights", "m_t", "v_t", "momentum_vector")
 
 
 class CircuitAnalysisMixin:
     """Circuit analysis inside ``aggregate_fit``, for a strategy derived from ``FedAvg``.
 
     Put it first among the bases, ``class CircuitFedProx(CircuitAnalysisMixin, FedProx)``,
-    so that it wraps the parent's aggregation: it screens the clients' results, lets
-    the parent aggregate the valid ones, then analyses the new global model with a
-    :class:`~fedmi_flower.analysis.RoundAnalyst` and writes the round to the run
-    directory. It also adds the experiment's fit instructions to every ``FitIns``.
+    so that it wraps the parent: it screens the clients' results, lets the parent
+    aggregate the valid ones, analyses the new global model with a
+    :class:`~fedmi_flower.analysis.RoundAnalyst`, and writes the round and a checkpoint
+    to the run directory. It adds the experiment's fit instructions to every
+    ``FitIns`` and samples clients reproducibly (:class:`SeededClientManager`).
 
     Parameters
     ----------
@@ -37,28 +56,51 @@ class CircuitAnalysisMixin:
     analyst : RoundAnalyst
         Holds the server's probe and evaluation data and the analysis state.
     run_dir : RunDirectory
-        Where round records and weights go.
+        Where round records, weights and checkpoints go.
+    start_round : int
+        Rounds already finished (a resumed run): Flower counts from 1 again, the
+        parent strategy and every record see the true round.
     **kwargs
-        Passed to the parent strategy.
+        Passed to the parent strategy; ``initial_parameters`` is required.
     """
 
-    def __init__(self, *args: Any, experiment: ExperimentConfig, analyst: RoundAnalyst, run_dir: RunDirectory, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, experiment: ExperimentConfig, analyst: RoundAnalyst, run_dir: RunDirectory, start_round: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.experiment = experiment
         self.analyst = analyst
         self.run_dir = run_dir
+        self.round_offset = start_round
         self.template: SimpleCNN = build_model()
+        self._current: Parameters = kwargs["initial_parameters"]
+        self._partition_of: dict[str, int] = {}
+        self._sampled: list[str] = []
         self._round_started = time.perf_counter()
+
+    # ------------------------------------------------------------------ state
+
+    def strategy_state(self) -> dict[str, list[np.ndarray]]:
+        """The parent strategy's cross-round state (server optimiser moments, momentum)."""
+        state = {name: [np.asarray(a) for a in getattr(self, name)] for name in STATE_ATTRIBUTES if getattr(self, name, None)}
+        if isinstance(getattr(self, "initial_parameters", None), Parameters):  # FedAvgM keeps its reference weights here
+            state["initial_parameters"] = parameters_to_ndarrays(self.initial_parameters)  # type: ignore[attr-defined]
+        return state
+
+    def load_strategy_state(self, state: dict[str, list[np.ndarray]]) -> None:
+        """Restore :meth:`strategy_state` output."""
+        for name, arrays in state.items():
+            setattr(self, name, ndarrays_to_parameters(arrays) if name == "initial_parameters" else [np.array(a) for a in arrays])
 
     # ------------------------------------------------------------------ hooks
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
-        """The parent's fit instructions, under the experiment's settings for this round.
+        """The parent's fit instructions under the experiment's, sampled reproducibly.
 
         Raises ``RuntimeError`` when fewer SuperNodes than the experiment's clients connect
         within ``strategy.wait_for_clients`` seconds (Flower itself would wait a day).
         """
+        rnd = server_round + self.round_offset
         self._round_started = time.perf_counter()
+        self._current = parameters
         wanted = self.experiment.clients
         if not client_manager.wait_for(wanted, timeout=int(self.experiment.strategy.wait_for_clients)):
             raise RuntimeError(
@@ -67,9 +109,18 @@ class CircuitAnalysisMixin:
                 f"(simulation: options.num-supernodes = {wanted} in the SuperLink connection of FLWR_HOME/config.toml) "
                 f"or set clients = {client_manager.num_available()}"
             )
-        pairs = super().configure_fit(server_round, parameters, client_manager)  # type: ignore[misc]
-        ours = fit_instructions(self.experiment, server_round)
+        sampler = SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of)
+        pairs = super().configure_fit(rnd, parameters, sampler)  # type: ignore[misc]
+        ours = fit_instructions(self.experiment, rnd)
+        self._sampled = [proxy.cid for proxy, _ in pairs]
         return [(proxy, FitIns(ins.parameters, {**ours, **ins.config})) for proxy, ins in pairs]
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        rnd = server_round + self.round_offset
+        return super().configure_evaluate(rnd, parameters, SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of))  # type: ignore[misc]
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
+        return super().aggregate_evaluate(server_round + self.round_offset, results, failures)  # type: ignore[misc]
 
     def screen_weights(self, res: FitRes) -> None:
         """Raise ``PayloadError`` if the weights cannot be loaded into the model (shape, dtype, NaN)."""
@@ -91,7 +142,7 @@ class CircuitAnalysisMixin:
         s = record.get("summary", {})
         log(
             INFO,
-            "[round %d/%d] %d/%d clients reported (%d failed, %d rejected) | global acc %.3f | inter-client IoU %.2f | "
+            "[round %d/%d] %d/%d clients reported (%d failed, %d rejected)%s | global acc %.3f | inter-client IoU %.2f | "
             "local-global IoU %.2f | stability %.2f | cross-eval suff %.2f spec %.2f | %.1f s",
             server_round,
             self.experiment.rounds,
@@ -99,6 +150,7 @@ class CircuitAnalysisMixin:
             record["sampled"],
             len(record["failures"]),
             len(record["rejected"]),
+            "" if record["aggregated"] else " NOT AGGREGATED",
             s.get("global_accuracy", float("nan")),
             s.get("inter_client_iou", float("nan")),
             s.get("local_global_iou", float("nan")),
@@ -110,9 +162,8 @@ class CircuitAnalysisMixin:
 
     # ------------------------------------------------------------------ aggregation
 
-    def aggregate_fit(self, server_round: int, results: list[Result], failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
-        """Screen results, aggregate with the parent strategy, analyse the global model, record the round."""
-        began = time.perf_counter()
+    def _screen(self, rnd: int, results: list[Result]) -> tuple[list[Result], list[ClientReport], list[dict[str, Any]]]:
+        """Split results into those to aggregate, the valid reports, and the rejections."""
         accepted: list[Result] = []
         reports: list[ClientReport] = []
         rejected: list[dict[str, Any]] = []
@@ -122,7 +173,7 @@ class CircuitAnalysisMixin:
                 self.screen_weights(res)
             except PayloadError as err:
                 rejected.append({"client": proxy.cid, "reason": str(err), "weights_aggregated": False})
-                log(WARNING, "round %d: client %s rejected, its weights are not aggregated: %s", server_round, proxy.cid, err)
+                log(WARNING, "round %d: client %s rejected, its weights are not aggregated: %s", rnd, proxy.cid, err)
                 continue
             accepted.append((proxy, res))
             try:
@@ -133,30 +184,51 @@ class CircuitAnalysisMixin:
                 reports.append(report)
             except PayloadError as err:
                 rejected.append({"client": proxy.cid, "reason": str(err), "weights_aggregated": True})
-                log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", server_round, proxy.cid, err)
+                log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", rnd, proxy.cid, err)
+        return accepted, reports, rejected
 
-        parameters, metrics = super().aggregate_fit(server_round, accepted, failures)  # type: ignore[misc]
-        failure_notes = [{"client": f[0].cid, "error": f"status {f[1].status.code.name}: {f[1].status.message}"} if isinstance(f, tuple) else {"client": None, "error": repr(f)} for f in failures]
-        if parameters is None:
-            log(WARNING, "round %d: no aggregate (%d accepted, %d failures); the global model is unchanged", server_round, len(accepted), len(failures))
-            return None, {}
+    def aggregate_fit(self, server_round: int, results: list[Result], failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Screen results, aggregate with the parent strategy, analyse the global model, record the round.
 
+        A round the parent does not aggregate (no valid result, or failures with
+        ``accept_failures = false``) keeps the global model; it is still recorded, with
+        ``aggregated: false``, the reason, and the analysis of the unchanged model.
+        """
+        rnd = server_round + self.round_offset
+        began = time.perf_counter()
+        accepted, reports, rejected = self._screen(rnd, results)
+        parameters, metrics = super().aggregate_fit(rnd, accepted, failures)  # type: ignore[misc]
+        # Flower reports an exception without its client: name the sampled clients that did not answer.
+        answered = {proxy.cid for proxy, _ in results} | {f[0].cid for f in failures if isinstance(f, tuple)}
+        silent = [{"client": cid, "partition_id": self._partition_of.get(cid)} for cid in self._sampled if cid not in answered]
+        failure_notes = [{"client": f[0].cid if isinstance(f, tuple) else None, "error": describe_failure(f)} for f in failures]
+        aggregated = parameters is not None
+        if not aggregated:
+            reason = "no valid result" if not accepted else f"{len(failures)} client(s) failed and accept_failures is false"
+            log(WARNING, "round %d: not aggregated (%s); the global model is unchanged", rnd, reason)
+            parameters, metrics, reports = self._current, {}, []
         arrays = parameters_to_ndarrays(parameters)
         model = build_model()
         set_weights(model, arrays)
         model.to(self.analyst.evaluation.images.device)
         try:
-            record = self.analyst.analyse(server_round, model, reports)
+            record = self.analyst.analyse(rnd, model, reports)
         except Exception:  # a bug in the analysis must not lose the training run
-            log(WARNING, "round %d: circuit analysis failed, training goes on:\n%s", server_round, traceback.format_exc())
-            record = {"round": server_round, "analysis_error": traceback.format_exc(), "timings": {}}
+            log(WARNING, "round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
+            record = {"round": rnd, "analysis_error": traceback.format_exc(), "timings": {}}
+        record["aggregated"] = aggregated
+        if not aggregated:
+            record["not_aggregated_because"] = reason
         record["sampled"] = len(results) + len(failures)
         record["failures"] = failure_notes
+        record["silent_clients"] = silent
         record["rejected"] = rejected
         record.setdefault("timings", {})["server"] = time.perf_counter() - began
         record["timings"]["round"] = time.perf_counter() - self._round_started
         self.run_dir.append_round(record)
-        self.run_dir.write_weights(arrays, server_round)
-        self.on_round_end(server_round, record)
+        self.run_dir.write_weights(arrays, rnd)
+        # The checkpoint is the round's commit point: written last.
+        self.run_dir.write_checkpoint(Checkpoint(rnd, arrays, self.strategy_state(), self.analyst.state_dict(), self.experiment.seed))
+        self.on_round_end(rnd, record)
         summary = {k: v for k, v in record.get("summary", {}).items() if isinstance(v, (int, float)) and np.isfinite(v)}
-        return ndarrays_to_parameters(arrays), {**metrics, **summary}
+        return (ndarrays_to_parameters(arrays) if aggregated else None), {**metrics, **summary}

@@ -49,8 +49,8 @@ def weighted_train_metrics(metrics: list[tuple[int, Metrics]]) -> Metrics:
     return out
 
 
-def build_strategy(config: ExperimentConfig, *, analyst: RoundAnalyst, run_dir: RunDirectory, initial_parameters: Parameters) -> FedAvg:
-    """The experiment's strategy, with the circuit analysis, ready for a ServerApp."""
+def build_strategy(config: ExperimentConfig, *, analyst: RoundAnalyst, run_dir: RunDirectory, initial_parameters: Parameters, start_round: int = 0) -> FedAvg:
+    """The experiment's strategy, with the circuit analysis, ready for a ServerApp (``start_round``: rounds already done)."""
     base, specific = STRATEGIES[config.strategy.name]
     s = config.strategy
     sampled = max(1, int(config.clients * s.fraction_fit))
@@ -60,6 +60,7 @@ def build_strategy(config: ExperimentConfig, *, analyst: RoundAnalyst, run_dir: 
         experiment=config,
         analyst=analyst,
         run_dir=run_dir,
+        start_round=start_round,
         fraction_fit=s.fraction_fit,
         fraction_evaluate=s.fraction_evaluate,
         min_fit_clients=s.min_fit_clients or sampled,

@@ -159,3 +159,33 @@ def test_circuit_edges_follow_nonzero_weights_between_active_channels():
     edges = circuit_edges(planted_model(), PLANTED[3], target_class=3)
     assert edges == {"conv1": [(0, 5)], "conv2": [(5, 10)], "conv3": [(10, 20)], "fc": [(20, 3)]}
     assert circuit_edges(planted_model(), PLANTED[3], target_class=8)["fc"] == []
+
+
+def test_circuit_only_subnetwork_equals_the_gated_dense_network():
+    from fedmi_flower.circuits import circuit_masks, circuit_only_logits
+
+    model = build_model(seed=2)
+    images = torch.randn(40, 1, 28, 28)
+    g = torch.Generator().manual_seed(1)
+    circuits = [
+        {l: torch.nonzero(torch.rand(n, generator=g) < 0.3).flatten().tolist() for l, n in model.layer_sizes.items()},
+        {"conv1": [], "conv2": [1, 2], "conv3": [5]},  # nothing flows into conv2: biases alone
+        {"conv1": [0, 3], "conv2": [], "conv3": [7, 9]},
+        {"conv1": [4], "conv2": [8], "conv3": []},  # no conv3 channel: the fc bias alone
+    ]
+    with torch.no_grad():
+        stem = model.stem(images)
+        for circuit in circuits:
+            gates = {l: m[0] for l, m in circuit_masks([circuit], model.layer_sizes).items()}
+            torch.testing.assert_close(circuit_only_logits(model, stem, circuit), model.head(stem, gates), rtol=1e-5, atol=1e-5)
+
+
+def test_discovery_without_the_stem_cache_gives_the_same_scores(monkeypatch):
+    import fedmi_flower.circuits as circuits_mod
+
+    model, data = planted_model(), planted_data()
+    cached, _ = learn_gate_scores(model, data, [3, 8], steps=30, seed=2)
+    monkeypatch.setattr(circuits_mod, "STEM_CACHE_BYTES", 0)
+    uncached, _ = learn_gate_scores(model, data, [3, 8], steps=30, seed=2)
+    for layer in cached:
+        torch.testing.assert_close(cached[layer], uncached[layer], rtol=0, atol=1e-6)

@@ -1,0 +1,78 @@
+"""SeededClientManager: client sampling that depends on the run's seed, not on node ids."""
+
+from __future__ import annotations
+
+from logging import WARNING
+from flwr.common import GetPropertiesIns, log
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.criterion import Criterion
+
+from fedmi_flower.seeding import numpy_rng
+
+
+class SeededClientManager(ClientManager):
+    """Wraps a Flower ``ClientManager`` so that partial participation is reproducible.
+
+    Flower samples ``random.sample`` over node ids, which a simulation draws afresh
+    every run: the same seed would train different clients. This manager asks each
+    node once for its ``partition_id`` (``get_properties``) and samples partition ids
+    with a stream derived from ``(seed, round)``. Everything else is delegated.
+
+    Parameters
+    ----------
+    inner : ClientManager
+        Flower's manager of the connected nodes.
+    seed : int
+        The run's seed.
+    server_round : int
+        The round being sampled for.
+    partition_of : dict
+        Shared cache ``cid -> partition id``, kept by the caller across rounds.
+    """
+
+    def __init__(self, inner: ClientManager, seed: int, server_round: int, partition_of: dict[str, int]) -> None:
+        self.inner = inner
+        self.seed = seed
+        self.server_round = server_round
+        self.partition_of = partition_of
+
+    def _known(self, proxies: dict[str, ClientProxy]) -> dict[int, ClientProxy]:
+        for cid, proxy in proxies.items():
+            if cid in self.partition_of:
+                continue
+            try:
+                res = proxy.get_properties(GetPropertiesIns({}), timeout=None, group_id=self.server_round)
+                self.partition_of[cid] = int(res.properties["partition_id"])
+            except Exception as err:  # an unreachable node is simply not sampled this round
+                log(WARNING, "node %s did not tell its partition id (%s); it is not sampled this round", cid, err)
+        return {self.partition_of[cid]: p for cid, p in proxies.items() if cid in self.partition_of}
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None) -> list[ClientProxy]:
+        """Sample ``num_clients`` nodes, chosen by partition id from the seeded stream."""
+        self.inner.wait_for(min_num_clients if min_num_clients is not None else num_clients)
+        proxies = self.inner.all()
+        if criterion is not None:
+            proxies = {cid: p for cid, p in proxies.items() if criterion.select(p)}
+        if num_clients >= len(proxies):
+            return list(proxies.values())
+        by_partition = self._known(proxies)
+        ids = sorted(by_partition)
+        chosen = numpy_rng(self.seed, "client-sampling", self.server_round).choice(len(ids), size=min(num_clients, len(ids)), replace=False)
+        return [by_partition[ids[i]] for i in sorted(chosen)]
+
+    # Delegation: the rest of the ClientManager interface.
+    def num_available(self) -> int:
+        return self.inner.num_available()
+
+    def register(self, client: ClientProxy) -> bool:
+        return self.inner.register(client)
+
+    def unregister(self, client: ClientProxy) -> None:
+        self.inner.unregister(client)
+
+    def all(self) -> dict[str, ClientProxy]:
+        return self.inner.all()
+
+    def wait_for(self, num_clients: int, timeout: int) -> bool:
+        return self.inner.wait_for(num_clients, timeout)
