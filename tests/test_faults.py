@@ -13,7 +13,7 @@ from fedmi_flower.model import get_weights
 from fedmi_flower.protocol import encode_circuits
 from planted import planted_model
 from strategies.seeded_client_manager import SeededClientManager
-from test_strategy import ROUND1, SIZES, Proxy, fit_res, make_strategy
+from fakes import ROUND1, SIZES, Proxy, fit_res, make_strategy
 
 
 def test_listed_clients_fail_in_listed_rounds_and_probability_is_seeded():
