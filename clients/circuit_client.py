@@ -54,6 +54,16 @@ class CircuitClient(NumPyClient):
         wanted = range(self.num_classes) if analysis.classes is None else analysis.classes
         return [c for c in sorted(set(wanted)) if self.class_counts[c] >= analysis.min_class_examples]
 
+    def local_eval_split(self, seed: int, max_rows: int = 2000) -> ImageSplit:
+        """Where a client scores its own circuits: its held-out rows, or (holding none out) up to
+        ``max_rows`` of its training rows, a seeded sample."""
+        if len(self.holdout):
+            return self.holdout
+        if len(self.train) <= max_rows:
+            return self.train
+        g = torch_generator(seed, "local-eval", self.partition_id)
+        return self.train.subset(torch.randperm(len(self.train), generator=g)[:max_rows].sort().values)
+
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """The partition this node holds (the server samples clients by it)."""
         return {"partition_id": self.partition_id}
@@ -98,8 +108,8 @@ class CircuitClient(NumPyClient):
 
         t0 = time.perf_counter()
         local_scores = {}
-        if cfg.analysis.evaluate_local and circuits and len(self.holdout):
-            scored = evaluate_circuits(model, self.holdout, list(circuits.items()), ablation=cfg.discovery.ablation, means=means)
+        if cfg.analysis.evaluate_local and circuits:
+            scored = evaluate_circuits(model, self.local_eval_split(cfg.seed), list(circuits.items()), ablation=cfg.discovery.ablation, means=means)
             local_scores = {c: {"sufficiency": s.sufficiency, "specificity": s.specificity, "necessity": s.necessity} for c, s in zip(circuits, scored)}
         t_evaluate = time.perf_counter() - t0
 

@@ -212,15 +212,15 @@ def learn_gate_scores(
     last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1)
     last_change = torch.zeros(k, dtype=torch.long)
     frozen: dict[str, torch.Tensor] = {}
+    retired = torch.zeros(k, dtype=torch.bool, device=device)
 
+    live = torch.arange(k, device=device)  # classes still optimised; changes only when one retires
+    rows: torch.Tensor | slice = slice(None)
     with _FrozenWeights(model):
         for step in range(steps):
-            live = torch.nonzero(active).flatten()
             if live.numel() == 0:
                 break
-            live_dev = live.to(device)
-            idx = draws_t[step, live_dev].flatten()
-            rows = torch.isin(owner, live_dev) if live.numel() < k else slice(None)
+            idx = draws_t[step, live].flatten()
             gate_rows = owner[rows]
             if stems is None:
                 with torch.no_grad():
@@ -231,14 +231,13 @@ def learn_gate_scores(
             logits = model.head(stem, gates, fill)
             # Sum of per-class means: each class's term only reaches its own scores.
             ce = F.cross_entropy(logits, target[rows], reduction="sum") / batch_per_class
-            l0 = sum(torch.sigmoid(s[live_dev]).sum() for s in scores.values())
+            l0 = sum(torch.sigmoid(s[live]).sum() for s in scores.values())
             loss = ce + l0_lambda * l0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if frozen:  # Adam's momentum would still move retired rows: put them back.
                 with torch.no_grad():
-                    retired = (~active).to(device)
                     for layer, s in scores.items():
                         s[retired] = frozen[layer][retired]
             if patience is not None and (step + 1) % check_every == 0:
@@ -252,6 +251,9 @@ def learn_gate_scores(
                         steps_run[c] = step + 1
                     active &= ~done
                     frozen = {layer: s.detach().clone() for layer, s in scores.items()}
+                    retired = (~active).to(device)
+                    live = torch.nonzero(active).flatten().to(device)
+                    rows = torch.isin(owner, live)
     return {layer: s.detach() for layer, s in scores.items()}, steps_run
 
 

@@ -94,7 +94,7 @@ class AnalysisConfig:
 
     classes: list[int] | None = _spec(None, doc="classes to analyse; omitted: every class a client holds")
     min_class_examples: int = _spec(20, lo=1, doc="a client analyses a class only if it holds at least this many examples of it")
-    evaluate_local: bool = _spec(True, doc="clients score their circuits on their own model and held-out slice")
+    evaluate_local: bool = _spec(True, doc="clients score their circuits on their own model and held-out rows (training rows when none are held out)")
 
 
 @dataclass
