@@ -99,10 +99,10 @@ class LocalDeployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         link_port, *node_ports = free_ports(1 + self.num_supernodes)
         self.address = f"{HOST}:{link_port}"
-        link_home = self._home("superlink")
-        self._start_service("superlink", link_home, [
-            "flower-superlink", "--insecure", "--host", HOST, "--port", str(link_port),
-            "--database", str(link_home / "state.db"), "--disable-runtime-dependency-installation",
+        # No --database: state in memory, so that a reused workdir cannot hold SuperNodes of an
+        # earlier deployment that still count as online.
+        self._start_service("superlink", self._home("superlink"), [
+            "flower-superlink", "--insecure", "--host", HOST, "--port", str(link_port), "--disable-runtime-dependency-installation",
         ])
         deadline = time.monotonic() + self.startup_timeout
         # SuperNodes that find no SuperLink retry with a growing back-off: start them once it listens.
