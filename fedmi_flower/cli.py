@@ -2,18 +2,24 @@
 
     fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
     fedmi run --resume RUN_DIR
+    fedmi deploy-local EXPERIMENT [--clients N] [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR] [--workdir DIR]
     fedmi list
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from .config import ConfigError, list_experiments, load_experiment, load_sweep, parse_override
-from .data import DatasetError
+from .config import ConfigError, ExperimentConfig, list_experiments, load_experiment, load_sweep, parse_override
+from .data import DatasetError, load_labels
+from .deploy import DeploymentError, LocalDeployment
 from .results import RunDirectory
 
 
@@ -49,6 +55,22 @@ def _resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted-key overrides of ``--set`` and ``--seed``."""
+    overrides = dict(parse_override(text) for text in args.set)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return overrides
+
+
+def _report(name: str, out: Path, began: float) -> None:
+    rounds = RunDirectory(out).read_rounds()
+    print(f"fedmi: {name} finished {len(rounds)} rounds in {time.perf_counter() - began:.0f} s; results in {out}")
+    if rounds:
+        s = rounds[-1].get("summary", {})
+        print("  last round: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if v is not None))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .simulation import simulate  # Flower and Ray load only when a run starts
 
@@ -56,10 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _resume(args)
     if not args.experiment:
         raise ConfigError("name an experiment (see `fedmi list`) or give --resume RUN_DIR")
-    overrides = dict(parse_override(text) for text in args.set)
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    configs = load_sweep(args.experiment, overrides)
+    configs = load_sweep(args.experiment, _overrides(args))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(args.out) if args.out else Path("runs") / f"{configs[0].name if len(configs) == 1 else args.experiment}-{stamp}"
     for i, config in enumerate(configs):
@@ -67,11 +86,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
         began = time.perf_counter()
         simulate(config, out, args.data_root, verbose=args.verbose)
-        rounds = RunDirectory(out).read_rounds()
-        print(f"fedmi: {config.name} finished {len(rounds)} rounds in {time.perf_counter() - began:.0f} s; results in {out}")
-        if rounds:
-            s = rounds[-1].get("summary", {})
-            print("  last round: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if v is not None))
+        _report(config.name, out, began)
+    return 0
+
+
+def _deployment_run_config(experiment: str, overrides: dict[str, Any], config: ExperimentConfig) -> dict[str, str]:
+    """The run config (``experiment`` and ``set``) from which the ServerApp and every ClientApp rebuild ``config``.
+
+    An experiment name resolves inside the app that ``flwr run`` ships (its
+    ``experiments/`` folder travels with it); a TOML file is passed by absolute path.
+    """
+    ref = str(Path(experiment).resolve()) if experiment.endswith(".toml") or Path(experiment).is_file() else experiment
+    run_config = {"experiment": ref, "set": " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())}
+    try:
+        survives = ExperimentConfig.from_run_config(run_config) == config
+    except ConfigError:
+        survives = False
+    if not survives:
+        raise ConfigError(f"the overrides {run_config['set']!r} do not survive the run config's `set` string; write string values without spaces and '='")
+    return run_config
+
+
+def _cmd_deploy_local(args: argparse.Namespace) -> int:
+    from .server_app import default_run_dir  # Flower loads only when a run starts
+
+    overrides = _overrides(args)
+    configs = load_sweep(args.experiment, overrides)
+    if len(configs) > 1:
+        raise ConfigError(f"{args.experiment} is a sweep of {len(configs)} runs; deploy-local runs one: fix the swept key with --set, or use `fedmi run`")
+    (config,) = configs
+    if args.clients is not None and args.clients != config.clients:
+        raise ConfigError(f"--clients {args.clients} but experiment {config.name!r} has clients = {config.clients}; drop --clients, or add --set clients={args.clients} to change the experiment")
+    run_config = _deployment_run_config(args.experiment, overrides, config)
+    # Fail on a missing dataset here, with the loader's message, before any process starts.
+    load_labels(config.data.dataset, True, args.data_root)
+    load_labels(config.data.dataset, False, args.data_root)
+    out = Path(args.out) if args.out else default_run_dir(config)
+    if RunDirectory(out).read_rounds():  # the ServerApp would refuse it, in a log
+        raise FileExistsError(f"{out} already holds a run; choose another --out")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedmi-deploy-"))
+    # `kill` (SIGTERM) stops the deployment like Ctrl-C does, instead of leaving its processes behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    began = time.perf_counter()
+    print(f"fedmi: starting a SuperLink and {config.clients} SuperNodes; state and logs in {workdir}", flush=True)
+    try:
+        with LocalDeployment(workdir, config.clients, args.data_root) as deployment:
+            print(f"fedmi: SuperLink on {deployment.address}, {config.clients} SuperNodes online after {time.perf_counter() - began:.1f} s; running {config.name} -> {out}", flush=True)
+            deployment.run(run_config, out, timeout=args.timeout, echo=sys.stdout)
+    except KeyboardInterrupt:
+        print(f"fedmi: interrupted; every process of the deployment is stopped; logs in {workdir / 'logs'}", file=sys.stderr)
+        return 130
+    _report(config.name, out, began)
     return 0
 
 
@@ -89,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     run.set_defaults(func=_cmd_run)
 
+    dep = sub.add_parser("deploy-local", help="run an experiment on Flower's deployment runtime: a SuperLink and one SuperNode per client on this machine")
+    dep.add_argument("experiment", help="experiment name (see `fedmi list`) or path to a TOML file")
+    dep.add_argument("--clients", type=int, help="SuperNodes to start; must equal the experiment's clients (the default)")
+    dep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. --set rounds=2 (repeatable)")
+    dep.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
+    dep.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
+    dep.add_argument("--data-root", help="folder holding MNIST/raw, given to the ServerApp and every SuperNode (default: $FEDMI_DATA_ROOT, else ./data)")
+    dep.add_argument("--workdir", help="folder for the processes' state and logs (default: a new temporary folder)")
+    dep.add_argument("--timeout", type=float, help="seconds the run may take before it is stopped (default: no limit)")
+    dep.set_defaults(func=_cmd_deploy_local)
+
     lst = sub.add_parser("list", help="list the bundled experiments")
     lst.set_defaults(func=_cmd_list)
     return parser
@@ -98,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, DeploymentError, FileExistsError, FileNotFoundError) as err:
         print(f"fedmi: error: {err}", file=sys.stderr)
         return 2
 

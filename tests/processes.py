@@ -1,11 +1,12 @@
-"""Stop exactly the processes a test started: those whose command line names a test-owned path, and their descendants."""
+"""Find and stop exactly the processes a test started, never a process by its name."""
 
 from __future__ import annotations
 
 import os
-import signal
-import time
+import threading
 from pathlib import Path
+
+from fedmi_flower.deploy import process_tree, stop_process_trees
 
 
 def _cmdline(pid: int) -> str:
@@ -15,40 +16,57 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def process_tree(roots: list[int]) -> list[int]:
-    seen, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in seen:
-            seen.append(pid)
-            todo.extend(_children(pid))
-    return seen
+def _start_time_and_state(pid: int) -> tuple[int, str] | None:
+    """Start time (clock ticks after boot: tells a process from a later one with its PID) and state."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[19]), fields[0]
 
 
 def stop_processes_mentioning(text: str, grace: float = 5.0) -> list[int]:
-    """SIGTERM every process whose command line contains ``text``, with all its descendants; SIGKILL stragglers."""
+    """Stop every process whose command line contains ``text``, with all its descendants."""
     roots = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid() and text in _cmdline(int(e.name))]
-    tree = process_tree(roots)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in tree:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and _cmdline(p) for p in tree):
-            time.sleep(0.2)
-    return tree
+    return stop_process_trees(roots, grace)
+
+
+class DescendantRecorder:
+    """Remember every descendant of this process that runs while the ``with`` block does.
+
+    Sampled every ``interval`` seconds from ``/proc``, independently of the code under
+    test: :meth:`leftovers` then names those still running.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.seen: dict[tuple[int, int], str] = {}  # (pid, start time) -> command line
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "DescendantRecorder":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            for pid in process_tree([os.getpid()]):
+                info = _start_time_and_state(pid)
+                if pid != os.getpid() and info is not None and (pid, info[0]) not in self.seen:
+                    self.seen[(pid, info[0])] = _cmdline(pid)
+            if self._done.wait(self.interval):
+                return
+
+    def commands(self) -> list[str]:
+        """Command lines of every process seen."""
+        return list(self.seen.values())
+
+    def leftovers(self) -> list[str]:
+        """Stop every process seen that still runs (a zombie has ended); return their command lines."""
+        alive = {pid: cmd for (pid, started), cmd in self.seen.items() if (info := _start_time_and_state(pid)) is not None and info[0] == started and info[1] != "Z"}
+        stop_process_trees(list(alive))
+        return [f"{pid}: {cmd}" for pid, cmd in alive.items()]

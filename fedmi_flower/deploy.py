@@ -1,0 +1,334 @@
+"""Run the app on Flower's deployment runtime on this machine: a SuperLink, N SuperNodes, ``flwr run``.
+
+Every process is the real Flower component, talking HTTP over loopback exactly as it
+would between hosts; only TLS and SuperNode authentication are off (``--insecure``).
+SuperNode ``i`` gets the node config ``partition-id=i num-partitions=N`` (plus
+``data-root``), so its ClientApp loads its own partition and nothing else.
+
+``flwr run`` ships the app folder to the SuperLink as a FAB; the SuperLink and every
+SuperNode unpack it under their ``$FLWR_HOME/apps`` and import the app's code from
+there, with the dependencies of this Python environment: the SuperLink is started with
+``--disable-runtime-dependency-installation`` (by default it would ``uv sync`` a fresh
+environment for every run), and a SuperNode installs dependencies only when started
+with ``--allow-runtime-dependency-installation``, which is not given here.
+
+Processes are found and stopped through ``/proc``, so this module needs Linux.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+APP_DIR = Path(__file__).resolve().parent.parent
+"""The Flower app folder (it holds ``pyproject.toml``) of this checkout."""
+
+BIN_DIR = Path(sys.executable).parent
+"""Where this environment's ``flower-*`` and ``flwr*`` commands live."""
+
+CONNECTION = "fedmi-deployment"
+"""Name of the SuperLink connection written to the deployment's own ``$FLWR_HOME/config.toml``."""
+
+HOST = "127.0.0.1"
+
+
+class DeploymentError(RuntimeError):
+    """A process of the deployment failed; the message names the log to read."""
+
+
+class LocalDeployment:
+    """One SuperLink and ``num_supernodes`` SuperNodes on loopback, started and stopped as a unit.
+
+    Parameters
+    ----------
+    workdir : str | os.PathLike
+        Folder for the processes' state (one ``$FLWR_HOME`` each) and their logs (``logs/``).
+    num_supernodes : int
+        SuperNodes to start; SuperNode ``i`` serves partition ``i`` of ``num_supernodes``.
+    data_root : str | os.PathLike | None
+        Dataset folder given to every SuperNode (node config) and to the ServerApp (run
+        config); None leaves it to ``$FEDMI_DATA_ROOT`` or ``./data``.
+    startup_timeout : float
+        Seconds to wait for every SuperNode to connect to the SuperLink.
+
+    Examples
+    --------
+    >>> with LocalDeployment("/tmp/fedmi-deploy", num_supernodes=3) as deployment:
+    ...     run_dir = deployment.run({"experiment": "quickstart", "set": "rounds=2"}, out="runs/deployed")
+    """
+
+    def __init__(self, workdir: str | os.PathLike, num_supernodes: int, data_root: str | os.PathLike | None = None, startup_timeout: float = 120.0) -> None:
+        if num_supernodes < 1:
+            raise ValueError(f"num_supernodes = {num_supernodes}; a deployment needs at least one SuperNode")
+        self.workdir = Path(workdir).resolve()
+        self.logs = self.workdir / "logs"
+        self.num_supernodes = num_supernodes
+        self.data_root = Path(data_root).resolve() if data_root else None
+        self.startup_timeout = startup_timeout
+        self.address: str | None = None  # host:port of the SuperLink's Fleet, Control and Runtime HTTP API
+        self._services: dict[str, subprocess.Popen] = {}  # must stay up while the deployment is in use
+        self._processes: list[subprocess.Popen] = []  # every process started, to stop on exit
+
+    def __enter__(self) -> "LocalDeployment":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the SuperLink and the SuperNodes; return once every SuperNode is online."""
+        if not (BIN_DIR / "flower-superlink").exists():
+            raise DeploymentError(f"flower-superlink is not installed beside {sys.executable}; install flwr in this environment")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        link_port, *node_ports = free_ports(1 + self.num_supernodes)
+        self.address = f"{HOST}:{link_port}"
+        # No --database: state in memory, so that a reused workdir cannot hold SuperNodes of an
+        # earlier deployment that still count as online.
+        self._start_service("superlink", self._home("superlink"), [
+            "flower-superlink", "--insecure", "--host", HOST, "--port", str(link_port), "--disable-runtime-dependency-installation",
+        ])
+        deadline = time.monotonic() + self.startup_timeout
+        # SuperNodes that find no SuperLink retry with a growing back-off: start them once it listens.
+        while not _listening(link_port):
+            self._check_services("while starting")
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"the SuperLink did not listen on {self.address} within {self.startup_timeout:g} s; read {self.logs}/superlink.log")
+            time.sleep(0.2)
+        for i, port in enumerate(node_ports):
+            node_config = f"partition-id={i} num-partitions={self.num_supernodes}"
+            if self.data_root:
+                node_config += f" data-root={json.dumps(str(self.data_root))}"
+            self._start_service(f"supernode-{i}", self._home(f"supernode-{i}"), [
+                "flower-supernode", "--insecure", "--superlink", self.address,
+                "--host", HOST, "--port", str(port), "--node-config", node_config,
+            ])
+        (self._home("cli") / "config.toml").write_text(f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n')
+        while (online := self._online_supernodes()) < self.num_supernodes:
+            self._check_services("while starting")
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"{online} of {self.num_supernodes} SuperNodes connected within {self.startup_timeout:g} s; read {self.logs}/supernode-*.log and superlink.log")
+            time.sleep(1.0)
+
+    def run(self, run_config: Mapping[str, bool | int | float | str], out: str | os.PathLike, app_dir: str | os.PathLike = APP_DIR, timeout: float | None = None, echo: IO[str] | None = None) -> Path:
+        """Submit the app with ``flwr run`` and wait for the run to finish; return its run directory.
+
+        Parameters
+        ----------
+        run_config : Mapping
+            Run config overrides (keys of ``[tool.flwr.app.config]``); ``out`` and,
+            when the deployment has one, ``data-root`` are added.
+        out : str | os.PathLike
+            The run directory the ServerApp writes.
+        app_dir : str | os.PathLike
+            The Flower app folder (holding ``pyproject.toml``) to ship as a FAB.
+        timeout : float | None
+            Seconds the run may take; None waits for as long as it runs.
+        echo : IO[str] | None
+            Where to copy the run's log stream (the ServerApp's log) as it arrives.
+
+        Raises
+        ------
+        DeploymentError
+            When a SuperLink or SuperNode dies, the run times out, or it does not
+            finish as completed; the message names the logs to read.
+        """
+        if self.address is None:
+            raise RuntimeError("the deployment is not started; use it as a context manager or call start()")
+        app_dir = Path(app_dir).resolve()
+        if not (app_dir / "pyproject.toml").is_file():
+            raise DeploymentError(f"{app_dir} holds no pyproject.toml; pass the folder of a fedmi-flower checkout as app_dir")
+        out = Path(out).resolve()  # the ServerApp runs in another working directory
+        config = {**run_config, "out": str(out)}
+        if self.data_root:
+            config.setdefault("data-root", str(self.data_root))
+        config_file = self.workdir / "run-config.toml"
+        config_file.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in config.items()))
+
+        earlier_runs = set(self._runs())
+        log = self.logs / "flwr-run.log"
+        with log.open("a") as stream:
+            stream.write(f"---- run config: {json.dumps(config)}\n")
+        with log.open() as stream:
+            stream.seek(0, os.SEEK_END)  # echo this run only
+            flwr_run = self._start("flwr-run", self._home("cli"), ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file)])
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while flwr_run.poll() is None:
+                if echo is not None:
+                    echo.write(stream.read())
+                    echo.flush()
+                self._check_services("during the run")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeploymentError(f"the run did not finish within {timeout:g} s; read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)")
+                time.sleep(1.0)
+            if echo is not None:
+                echo.write(stream.read())
+
+        runs = [run for run_id, run in self._runs().items() if run_id not in earlier_runs]
+        if flwr_run.returncode != 0 or [run["status"] for run in runs] != ["finished:completed"]:
+            statuses = ", ".join(f"{run['status']} ({run.get('status-details')})" for run in runs) or "no run was created"
+            raise DeploymentError(
+                f"flwr run exited with code {flwr_run.returncode}, run status: {statuses}; "
+                f"read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)"
+            )
+        return out
+
+    def stop(self) -> None:
+        """Stop every process this deployment started, with all their descendants (ServerApp, ClientApps)."""
+        stop_process_trees(p.pid for p in self._processes if p.poll() is None)
+        for process in self._processes:
+            process.wait(timeout=10)  # reap, so that no zombie is left either
+        self._processes.clear()
+        self._services.clear()
+        self.address = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _home(self, name: str) -> Path:
+        """The ``$FLWR_HOME`` (and working directory) of one process."""
+        home = self.workdir / name
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def _start(self, name: str, home: Path, command: list[str]) -> subprocess.Popen:
+        """Start ``command`` with its own ``$FLWR_HOME``; its output is appended to ``logs/<name>.log``."""
+        # The SuperLink and SuperNodes launch flower-superexec, flwr-serverapp and flwr-clientapp
+        # by name: put this environment's commands first so that they run here.
+        env = {**os.environ, "FLWR_HOME": str(home), "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")])}
+        # Only matters for `flwr run` against a local simulation SuperLink, which it starts itself.
+        env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+        with (self.logs / f"{name}.log").open("ab") as log:
+            # A session of its own: Ctrl-C reaches only this process, which then stops the deployment in order.
+            process = subprocess.Popen(command, cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._processes.append(process)
+        return process
+
+    def _start_service(self, name: str, home: Path, command: list[str]) -> None:
+        self._services[name] = self._start(name, home, command)
+
+    def _check_services(self, when: str) -> None:
+        for name, process in self._services.items():
+            if process.poll() is not None:
+                raise DeploymentError(f"{name} exited with code {process.returncode} {when}; read {self.logs / name}.log")
+
+    def _flwr_json(self, *args: str) -> dict:
+        """Output of a ``flwr ... --format json`` command on this deployment's connection; {} when it fails."""
+        env = {**os.environ, "FLWR_HOME": str(self._home("cli"))}
+        proc = subprocess.run([str(BIN_DIR / "flwr"), *args, CONNECTION, "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        try:
+            reply = json.loads(proc.stdout)
+        except ValueError:
+            return {}
+        return reply if reply.get("success") else {}
+
+    def _online_supernodes(self) -> int:
+        return sum(node.get("status") == "online" for node in self._flwr_json("supernode", "ls").get("nodes", []))
+
+    def _runs(self) -> dict[str, dict]:
+        return {run["run-id"]: run for run in self._flwr_json("ls").get("runs", [])}
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that are free on loopback right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:  # held open together, so that the ports differ
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- process trees
+
+
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """State (``R``, ``S``, ``Z``, ...) and parent PID of a process; None when there is none."""
+    try:
+        # The command name in parentheses may hold spaces: split after its closing one.
+        state, ppid = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return None
+    return state, int(ppid)
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """The processes ``roots`` that exist, with all their descendants."""
+    children = defaultdict(list)
+    existing = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
+            existing.add(int(entry.name))
+            children[stat[1]].append(int(entry.name))
+    tree: list[int] = []
+    todo = [pid for pid in roots if pid in existing]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.append(pid)
+            todo.extend(children[pid])
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie has ended."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _send(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_process_trees(roots: Iterable[int], grace: float = 10.0) -> list[int]:
+    """Stop the processes ``roots`` and all their descendants; return the PIDs signalled.
+
+    The trees are frozen (SIGSTOP) first, until a walk finds no new process: a process
+    that spawned a child between the walk and the signal would otherwise leave it
+    orphaned and unseen. Then every process gets SIGTERM, and SIGKILL if it still runs
+    after ``grace`` seconds.
+    """
+    tree: list[int] = []
+    found = list(roots)
+    try:
+        while new := [pid for pid in process_tree(found + tree) if pid not in tree]:
+            _send(new, signal.SIGSTOP)
+            tree += new
+            found = []
+    finally:  # never leave a frozen process behind, even when interrupted
+        _send(tree, signal.SIGTERM)
+        _send(tree, signal.SIGCONT)
+    deadline = time.monotonic() + grace
+    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _send([pid for pid in tree if _alive(pid)], signal.SIGKILL)
+    return tree

@@ -1,0 +1,109 @@
+"""End to end on Flower's deployment runtime: `fedmi deploy-local` runs a real SuperLink and one SuperNode per client on loopback."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedmi_flower.deploy import DeploymentError, LocalDeployment
+from fedmi_flower.results import RunDirectory
+from processes import DescendantRecorder
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["rounds=2", "data.max_per_client=600", "discovery.steps=10", "data.eval_per_class=20"]
+LAYERS = {"conv1", "conv2", "conv3"}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, mnist_root) -> dict:
+    """One deployment of 3 SuperNodes: a run that fails, then quickstart for 2 rounds; what they left behind."""
+    base = tmp_path_factory.mktemp("deploy")
+    out, workdir, echo = base / "run", base / "work", io.StringIO()
+    with DescendantRecorder() as recorder:
+        with LocalDeployment(workdir, num_supernodes=3, data_root=mnist_root) as deployment:
+            try:
+                deployment.run({"experiment": "no-such-experiment"}, base / "failed", timeout=120)
+                failure = ""
+            except DeploymentError as err:
+                failure = str(err)
+            deployment.run({"experiment": "quickstart", "set": " ".join(SMALL)}, out, timeout=400, echo=echo)
+    return {"out": out, "workdir": workdir, "echo": echo.getvalue(), "failure": failure, "leftovers": recorder.leftovers(), "commands": recorder.commands()}
+
+
+def test_a_failed_run_is_an_error_naming_the_log(deployed):
+    # `flwr run --stream` exits with 0 when the ServerApp fails: the run's status must be checked.
+    assert "finished:failed" in deployed["failure"] and "unknown experiment 'no-such-experiment'" in deployed["failure"]
+    assert str(deployed["workdir"] / "logs" / "flwr-run.log") in deployed["failure"]
+
+
+def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
+    assert "[round 2/2] 3/3 clients reported" in deployed["echo"]  # the ServerApp's log, streamed through `flwr run`
+    rounds = RunDirectory(deployed["out"]).read_rounds()
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert sorted(record["clients"]) == ["0", "1", "2"] and record["failures"] == [] and record["rejected"] == []
+        assert math.isfinite(record["global"]["accuracy"]) and 0.0 <= record["global"]["accuracy"] <= 1.0
+        for circuits in [record["global"]["circuits"]] + [c["circuits"] for c in record["clients"].values()]:
+            assert sorted(circuits) == ["0", "1", "2", "7"]
+            assert all(set(circuit) == LAYERS for circuit in circuits.values())
+
+
+def test_every_supernode_trained_on_its_own_partition_only(deployed):
+    partitions = RunDirectory(deployed["out"]).read_partitions()["clients"]
+    counts = [partitions[pid]["class_counts"] for pid in ("0", "1", "2")]
+    assert counts[0] != counts[1] != counts[2] != counts[0]  # else the check below could not tell them apart
+    for record in RunDirectory(deployed["out"]).read_rounds():
+        for pid, client in record["clients"].items():
+            assert client["class_counts"] == partitions[pid]["class_counts"]
+            assert client["num_examples"] == len(partitions[pid]["train"])
+    # Each SuperNode unpacked the app that `flwr run` shipped and ran its ClientApp itself.
+    for i in range(3):
+        assert len(list((deployed["workdir"] / f"supernode-{i}" / "apps").iterdir())) == 1
+        assert "Start `flwr-clientapp` process" in (deployed["workdir"] / "logs" / f"supernode-{i}.log").read_text()
+
+
+def test_deployment_leaves_no_process_running(deployed):
+    commands = " ".join(deployed["commands"])
+    for started in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp"):
+        assert started in commands  # the recorder saw the whole tree, so an empty list of leftovers means something
+    assert deployed["leftovers"] == []
+
+
+def test_interrupt_stops_every_process(tmp_path, mnist_root):
+    out, workdir = tmp_path / "run", tmp_path / "work"
+    first_node_log = workdir / "logs" / "supernode-0.log"
+    with DescendantRecorder() as recorder, (tmp_path / "fedmi.log").open("w") as log:
+        sets = list(itertools.chain.from_iterable(("--set", s) for s in SMALL))
+        command = ["deploy-local", "quickstart", "--clients", "3", *sets, "--out", str(out), "--workdir", str(workdir), "--data-root", mnist_root]
+        proc = subprocess.Popen([sys.executable, "-m", "fedmi_flower.cli", *command], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 150
+            # Interrupt in the middle of a round, while ClientApp processes run.
+            while not (first_node_log.exists() and "Start `flwr-clientapp` process" in first_node_log.read_text()):
+                assert proc.poll() is None and time.monotonic() < deadline, "no ClientApp started while the deployment ran"
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    leftovers = recorder.leftovers()
+    output = (tmp_path / "fedmi.log").read_text()
+    assert proc.returncode == 130, output[-3000:]
+    assert "interrupted; every process of the deployment is stopped" in output
+    # The ServerApp rebuilt the experiment from the run config the command made of --set.
+    assert "fedmi: experiment 'quickstart', 3 clients x 2 rounds" in (workdir / "logs" / "flwr-run.log").read_text()
+    assert any("flwr-clientapp" in c for c in recorder.commands())
+    assert leftovers == []
+
+
+def test_clients_must_match_the_experiment():
+    proc = subprocess.run([sys.executable, "-m", "fedmi_flower.cli", "deploy-local", "quickstart", "--clients", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--clients 4 but experiment 'quickstart' has clients = 3" in proc.stderr and "--set clients=4" in proc.stderr
