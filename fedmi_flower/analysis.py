@@ -12,6 +12,7 @@ Plain PyTorch and Python: no Flower type appears here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Mapping, Sequence
@@ -88,20 +89,17 @@ class RoundAnalyst:
         probe_classes = [c for c in classes if bool((self.probe.labels == c).any())]
         disc = self.config.discovery
         t0 = time.perf_counter()
-        global_circuits = discover_circuits(
-            model,
-            self.probe.to(device),
-            probe_classes,
-            steps=disc.steps,
-            lr=disc.lr,
-            l0_lambda=disc.l0_lambda,
-            init_score=disc.init_score,
-            batch_per_class=disc.batch_per_class,
-            ablation=disc.ablation,
-            seed=derive_seed(self.config.seed, "server-discovery", server_round),
-            patience=disc.patience,
-            min_steps=disc.min_steps,
-        ) if probe_classes else {}
+        global_circuits = (
+            discover_circuits(
+                model,
+                self.probe.to(device),
+                probe_classes,
+                seed=derive_seed(self.config.seed, "server-discovery", server_round),
+                **dataclasses.asdict(disc),
+            )
+            if probe_classes
+            else {}
+        )
         t_discovery = time.perf_counter() - t0
 
         # One batched evaluation: global circuits, then every local circuit on the global weights.

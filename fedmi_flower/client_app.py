@@ -20,6 +20,7 @@ from clients import CircuitClient
 
 from .config import ExperimentConfig
 from .data import experiment_partitions, load_split
+from .memory import return_large_blocks_to_os
 
 
 def pick_device(choice: str) -> torch.device:
@@ -49,6 +50,7 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
     if not 0 <= pid < n:
         raise ValueError(f"partition-id {pid} is outside 0..{n - 1}")
     torch.set_num_threads(max(1, int(config.resources.client_cpus)))
+    return_large_blocks_to_os()
     root = data_root_of(run_config, node_config)
     part = experiment_partitions(config.data, config.clients, config.seed, root)[pid]
     train = load_split(config.data.dataset, True, root, part.train)

@@ -54,6 +54,9 @@ class SimpleCNN(nn.Module):
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
         side = image_size // 8
         self.fc = nn.Linear(c3 * side * side, num_classes)
+        # oneDNN's convolutions and pooling run 1.6x (training) to 2.5x (inference) faster
+        # on channels-last tensors on this CPU (bench/README.md); activations follow the weights.
+        self.to(memory_format=torch.channels_last)
 
     @property
     def layer_sizes(self) -> dict[str, int]:

@@ -23,6 +23,7 @@ from strategies import build_strategy
 from .analysis import RoundAnalyst
 from .config import ExperimentConfig
 from .data import experiment_partitions, load_labels, load_split, server_splits
+from .memory import return_large_blocks_to_os
 from .model import build_model, get_weights
 from .results import Checkpoint, RunDirectory
 from .seeding import derive_seed
@@ -46,6 +47,7 @@ def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str
     Returns the run directory, the analyst, the global weights to start from (the
     seed's initialisation, or the checkpoint's) and the checkpoint when resuming.
     """
+    return_large_blocks_to_os()
     run_dir = RunDirectory(out or default_run_dir(config))
     checkpoint = None
     if resume:

@@ -12,6 +12,7 @@ from flwr.simulation import run_simulation
 from .client_app import make_client_app
 from .config import ExperimentConfig
 from .data import load_labels
+from .memory import return_large_blocks_to_os
 from .server_app import default_run_dir, make_server_app
 
 
@@ -39,6 +40,7 @@ def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, dat
     runs in a Ray actor with ``resources.client_cpus`` CPUs (its torch threads) and
     ``resources.client_gpus`` of a GPU.
     """
+    return_large_blocks_to_os()  # before Ray starts, so that its workers inherit the setting
     # Fail on a missing dataset here, with the loader's message, before Ray starts.
     load_labels(config.data.dataset, True, data_root)
     load_labels(config.data.dataset, False, data_root)
