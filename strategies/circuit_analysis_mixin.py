@@ -117,6 +117,7 @@ class CircuitAnalysisMixin:
         reports: list[ClientReport] = []
         rejected: list[dict[str, Any]] = []
         claimed: set[int] = set()
+        local_weights: dict[int, Parameters] = {}  # by partition id: the weights each report's circuits were found on
         for proxy, res in results:
             try:
                 self.screen_weights(res)
@@ -131,6 +132,7 @@ class CircuitAnalysisMixin:
                     raise PayloadError(f"partition_id {report.partition_id} was already reported this round")
                 claimed.add(report.partition_id)
                 reports.append(report)
+                local_weights[report.partition_id] = res.parameters
             except PayloadError as err:
                 rejected.append({"client": proxy.cid, "reason": str(err), "weights_aggregated": True})
                 log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", server_round, proxy.cid, err)
@@ -157,6 +159,7 @@ class CircuitAnalysisMixin:
         record["timings"]["round"] = time.perf_counter() - self._round_started
         self.run_dir.append_round(record)
         self.run_dir.write_weights(arrays, server_round)
+        self.run_dir.write_round_weights(server_round, arrays, {pid: parameters_to_ndarrays(p) for pid, p in local_weights.items()})
         self.on_round_end(server_round, record)
         summary = {k: v for k, v in record.get("summary", {}).items() if isinstance(v, (int, float)) and np.isfinite(v)}
         return ndarrays_to_parameters(arrays), {**metrics, **summary}
