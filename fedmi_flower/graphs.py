@@ -40,6 +40,9 @@ COLUMNS: tuple[str, ...] = ("input", *CIRCUIT_LAYERS, "output")
 Node = tuple[str, int]
 Edge = tuple[Node, Node]
 
+GRAPH_DPI = 100
+"""PNG resolution of graph figures: hundreds of thin, translucent edges make large PNGs (the SVG has every detail)."""
+
 SHARED, ONLY_A, ONLY_B = "#6a3d9a", "#1f78b4", "#e6550d"
 """Colours: shared by both circuits (purple), only the first (blue), only the second (orange)."""
 
@@ -90,10 +93,10 @@ class _Weights:
         if key not in self.cache:
             arrays = self.dir.read_round_weights(server_round, client)
             if arrays is not None:
-                note = f"client {client}'s local weights of round {server_round}" if client is not None else f"global weights of round {server_round}"
+                note = f"client {client}'s local weights of round {server_round}" if client is not None else f"the global weights of round {server_round}"
             elif (self.run.path / WEIGHTS_FILE).exists():
                 arrays, last = self.dir.read_weights()
-                note = f"final global weights (round {last}): this run kept no per-round weights"
+                note = f"the final global weights (round {last}): this run kept no per-round weights"
             else:
                 raise RunError(f"{self.run.path} holds no weights ({WEIGHTS_FILE} is missing); circuit graphs need them: rerun the experiment")
             model = build_model()
@@ -177,14 +180,18 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
         groups = [(a.edges, a.nodes, SHARED)]
     else:
         groups = [(a.edges - b_edges, a.nodes - b_nodes, ONLY_A), (b_edges - a.edges, b_nodes - a.nodes, ONLY_B), (a.edges & b_edges, a.nodes & b_nodes, SHARED)]
-    for edges, _, colour in groups:
+    # In an overlay the differences matter: shared edges recede, edges of one circuit only stand out on top.
+    faint = b is not None
+    for edges, _, colour in sorted(groups, key=lambda g: g[2] != SHARED):
         if edges:
-            ax.add_collection(LineCollection([[pos[s], pos[d]] for s, d in edges], colors=colour, linewidths=0.5, alpha=0.35, zorder=1))
+            shared = colour == SHARED
+            width, alpha = (0.4, 0.18) if shared and faint else (0.5, 0.35) if shared else (0.9, 0.75)
+            ax.add_collection(LineCollection([[pos[s], pos[d]] for s, d in sorted(edges)], colors=colour, linewidths=width, alpha=alpha, zorder=1 if shared else 2))
     counts = {column: sum(1 for layer, _ in nodes if layer == column) for column in COLUMNS}
     for group_nodes, colour in ((g[1], g[2]) for g in groups):
         if group_nodes:
-            xy = np.array([pos[n] for n in group_nodes])
-            ax.scatter(xy[:, 0], xy[:, 1], s=18, color=colour, edgecolors="white", linewidths=0.4, zorder=3)
+            xy = np.array([pos[n] for n in sorted(group_nodes)])
+            ax.scatter(xy[:, 0], xy[:, 1], s=18 if colour == SHARED else 30, color=colour, edgecolors="white" if colour == SHARED else "black", linewidths=0.4, zorder=3)
     for (column, ch), (x, y) in pos.items():
         if counts[column] <= 40 and column in CIRCUIT_LAYERS:
             ax.text(x + 0.06, y, str(ch), fontsize=5, va="center", color="0.3", zorder=4)
@@ -222,16 +229,16 @@ def _legend(ax: Axes, a: CircuitGraph, b: CircuitGraph | None) -> None:
 
 def graph_figure(a: CircuitGraph, b: CircuitGraph | None, title: str) -> Figure:
     """One circuit, or two overlaid, with a legend counting channels and edges and a note on the weights used."""
-    fig, ax = plt.subplots(figsize=(9, 6.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, 6.2), layout="constrained", dpi=GRAPH_DPI)
     draw(ax, a, b)
     _legend(ax, a, b)
     notes = {a.weights} | ({b.weights} if b is not None else set())
-    fig.suptitle(title + "\nedges: nonzero weights between circuit channels, from the " + "; ".join(sorted(notes)), fontsize=9)
+    fig.suptitle(title + "\nedges: nonzero weights between circuit channels in " + "; ".join(sorted(notes)), fontsize=9)
     return fig
 
 
 def _message_figure(title: str, message: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 2.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 2.5), layout="constrained", dpi=GRAPH_DPI)
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=9, wrap=True)
     fig.suptitle(title, fontsize=9)

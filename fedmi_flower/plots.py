@@ -41,6 +41,7 @@ from .series import (  # noqa: E402
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 110
+"""Resolution of the PNG figures; circuit graphs use their own (graphs.GRAPH_DPI): many thin edges make large PNGs."""
 GREY = "#d9d9d9"
 
 
@@ -70,22 +71,25 @@ def _unit_axis(ax: Axes, label: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def _note_if_undefined(ax: Axes, curves: Sequence[np.ndarray], why: str) -> bool:
-    """Say so on the axes when no value is defined; return whether that was the case."""
-    if any(np.isfinite(c).any() for c in curves):
-        return False
-    ax.text(0.5, 0.5, f"undefined in every round\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35", wrap=True)
-    return True
+def _note_if_undefined(ax: Axes, curves: Sequence[np.ndarray], why: str) -> None:
+    """Say so on the axes when no value is defined: an empty panel is not a plotting failure."""
+    if not any(np.isfinite(c).any() for c in curves):
+        ax.text(0.5, 0.5, f"undefined in every round\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35", wrap=True)
 
 
-def _legend(fig: Figure, ax: Axes, title: str | None = None) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, title=title, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title_fontsize=8, frameon=False)
+def _legend(fig: Figure, axes: Sequence[Axes], title: str | None = None, order: Callable[[str], object] | None = None, fontsize: float = 8) -> None:
+    """One legend for the figure, right of the panels: every label any of ``axes`` carries, once."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = sorted(handles, key=order) if order else list(handles)
+    if labels:
+        fig.legend([handles[k] for k in labels], labels, title=title, loc="outside right center", fontsize=fontsize, title_fontsize=fontsize, frameon=False)
 
 
 def _figure(nrows: int, ncols: int, width: float = 3.2, height: float = 2.5) -> tuple[Figure, np.ndarray]:
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.6), squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.6), squeeze=False, sharex=True, layout="constrained", dpi=DPI)
     return fig, axes
 
 
@@ -117,7 +121,7 @@ def fig_global_accuracy(run: Run) -> Figure:
     for ax in (left, right):
         _round_axis(ax, rounds)
         _unit_axis(ax, "accuracy")
-    _legend(fig, right)
+    _legend(fig, [right])
     _title(fig, run, "Global model accuracy")
     return fig
 
@@ -139,7 +143,7 @@ def _per_layer_figure(run: Run, series: Series, label: Callable[[Hashable], str]
         ax.set_title("mean over layers" if layer == "mean" else layer, fontsize=9)
         _round_axis(ax, rounds)
         _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
-    _legend(fig, axes[0][0])
+    _legend(fig, list(axes.flat))
     _title(fig, run, what)
     return fig
 
@@ -194,13 +198,7 @@ def _client_grid(run: Run, series: Series, what: str, why: str) -> Figure:
             _round_axis(ax, rounds)
             _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
     _bottom_labels_only(axes)
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    if handles:
-        order = sorted(handles, key=lambda s: int(s.split()[-1]))
-        fig.legend([handles[k] for k in order], order, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    _legend(fig, list(axes.flat), order=lambda label: int(label.split()[-1]))
     _title(fig, run, what)
     return fig
 
@@ -258,7 +256,7 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
     sufficiency 1 and specificity 0. Red values are collapsed (sufficiency < 10%).
     """
     n_rows = max(1, len(_cross_matrix(run, "sufficiency")[0]))
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.45 * len(run.records) * 2 + 2, 1.6 + 0.28 * n_rows), squeeze=False, layout="constrained", sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.45 * len(run.records) * 2 + 2, 1.6 + 0.28 * n_rows), squeeze=False, layout="constrained", sharey=True, dpi=DPI)
     for ax, score in zip(axes[0], ("sufficiency", "specificity")):
         image = _heatmap(ax, run, score, ylabels=score == "sufficiency")
         ax.set_title(score, fontsize=9)
@@ -292,11 +290,7 @@ def fig_cross_eval_curves(run: Run) -> Figure:
         if i >= 0 and i < len(clients):
             axes.flat[i].xaxis.set_tick_params(labelbottom=True)
             axes.flat[i].set_xlabel("round")
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    _legend(fig, list(axes.flat), fontsize=7)
     _title(fig, run, "Cross-evaluation: each local circuit on the global weights (solid: sufficiency, dashed: specificity)")
     return fig
 
@@ -355,7 +349,7 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
         ax.set_title(what, fontsize=9)
         _unit_axis(ax, "")
     _bottom_labels_only(axes)
-    _legend(fig, axes[0][0], title=setting)
+    _legend(fig, [axes[0][0]], title=setting)
     fig.suptitle(f"Runs side by side by {setting}" + (" (lines: mean over seeds; bands: min-max)" if any(len(g) > 1 for g in groups) else ""), fontsize=10)
     return fig
 
@@ -365,7 +359,7 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
     nrows = max(len(g) for g in groups)
     heights = max(len(_cross_matrix(r, "sufficiency")[0]) for g in groups for r in g)
     max_rounds = max(len(r.records) for g in groups for r in g)
-    fig, axes = plt.subplots(nrows, len(groups), figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), (1.0 + 0.22 * heights) * nrows + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(nrows, len(groups), figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), (1.0 + 0.22 * heights) * nrows + 0.8), squeeze=False, layout="constrained", dpi=DPI)
     image = None
     for col, (runs, label) in enumerate(zip(groups, labels)):
         for row in range(nrows):
@@ -400,6 +394,16 @@ GRAPH_FIGURES = ("circuit_graph", "overlay_two_clients", "overlay_rounds", "over
 COMPARE_FIGURES = ("compare_summary", "compare_cross_eval")
 
 
+def _palette_png(path: Path) -> None:
+    """Rewrite a PNG with a 256-colour palette: a chart has few colours, and its file shrinks about threefold."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    # Octree keeps the rare colours (an overlay's few unique edges); no dithering keeps lines clean.
+    rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 def save(fig: Figure, out: Path, name: str, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write ``fig`` as ``out/name.<format>`` for each format and close it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -408,7 +412,10 @@ def save(fig: Figure, out: Path, name: str, formats: Sequence[str] = FORMATS) ->
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fedmi"}):
         for fmt in formats:
             path = out / f"{name}.{fmt}"
-            fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
+            # Constrained layout already fits titles and legends: no second, "tight" drawing pass.
+            fig.savefig(path, dpi="figure", metadata={"Date": None} if fmt == "svg" else None, facecolor="white")
+            if fmt == "png":
+                _palette_png(path)
             paths.append(path)
     plt.close(fig)
     return paths
