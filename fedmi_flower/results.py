@@ -7,9 +7,9 @@
       partitions.json      each client's training and held-out rows, the server's probe and evaluation rows
       rounds.jsonl         one JSON object per finished round: every circuit, every metric
       summary.csv          one row per round of the scalar summaries
-      global_weights.npz   the global model after the last finished round
       weights/round-<t>/   compressed global.npz and client-<id>.npz of every round: the weights each
                            round's circuits were found on, for circuit graphs (paper Fig. 11-13)
+      global_weights.npz   the global model after the last finished round
 
 Every file is replaced atomically (written beside, flushed, renamed), so an
 interrupted run leaves every finished round readable. Undefined values (NaN) are
@@ -36,8 +36,8 @@ CONFIG_FILE = "config.toml"
 PARTITIONS_FILE = "partitions.json"
 ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.csv"
-WEIGHTS_FILE = "global_weights.npz"
 ROUND_WEIGHTS_DIR = "weights"
+WEIGHTS_FILE = "global_weights.npz"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -141,21 +141,6 @@ class RunDirectory:
         np.savez(buf, *arrays, round=np.asarray(server_round))
         atomic_write(self.path / WEIGHTS_FILE, buf.getvalue())
 
-    def write_round_weights(self, server_round: int, global_arrays: Sequence[np.ndarray], client_arrays: Mapping[int, Sequence[np.ndarray]]) -> None:
-        """Keep this round's global weights and each client's local weights (what its circuits were found on).
-
-        Circuit graphs (paper Fig. 11-13) draw a circuit's edges, the nonzero weights
-        between its channels, and those are only honest on the weights the circuit was
-        discovered on. Sparse weights compress well (about 10 KB at 99.5% sparsity, 80 KB
-        at 90%), so every round keeps them.
-        """
-        folder = self.path / ROUND_WEIGHTS_DIR / f"round-{int(server_round)}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, arrays in [("global", global_arrays), *((f"client-{int(pid)}", a) for pid, a in sorted(client_arrays.items()))]:
-            buf = io.BytesIO()
-            np.savez_compressed(buf, *arrays)
-            atomic_write(folder / f"{name}.npz", buf.getvalue())
-
     # ------------------------------------------------------------------ reading
 
     def read_rounds(self) -> list[dict[str, Any]]:
@@ -177,6 +162,21 @@ class RunDirectory:
         with np.load(self.path / WEIGHTS_FILE) as npz:
             arrays = [npz[f"arr_{i}"] for i in range(len(npz.files) - 1)]
             return arrays, int(npz["round"])
+
+    def write_round_weights(self, server_round: int, global_arrays: Sequence[np.ndarray], client_arrays: Mapping[int, Sequence[np.ndarray]]) -> None:
+        """Keep this round's global weights and each client's local weights (what its circuits were found on).
+
+        Circuit graphs (paper Fig. 11-13) draw a circuit's edges, the nonzero weights
+        between its channels, and those are only honest on the weights the circuit was
+        discovered on. Sparse weights compress well (about 10 KB at 99.5% sparsity, 80 KB
+        at 90%), so every round keeps them.
+        """
+        folder = self.path / ROUND_WEIGHTS_DIR / f"round-{int(server_round)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arrays in [("global", global_arrays), *((f"client-{int(pid)}", a) for pid, a in sorted(client_arrays.items()))]:
+            buf = io.BytesIO()
+            np.savez_compressed(buf, *arrays)
+            atomic_write(folder / f"{name}.npz", buf.getvalue())
 
     def read_round_weights(self, server_round: int, client: int | None = None) -> list[np.ndarray] | None:
         """The global weights (``client=None``) or a client's local weights of a round; None if not kept."""

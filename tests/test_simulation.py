@@ -111,7 +111,7 @@ def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_
         "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FEDMI_DATA_ROOT": mnist_root,
-        # The environment's own `flwr` (and the SuperLink it starts), also when pytest runs as .venv/bin/python without an activated venv.
+        # flwr, and the flower-superlink it starts, come from this environment even when it is not activated.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     home.mkdir()
