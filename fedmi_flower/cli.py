@@ -1,7 +1,8 @@
-"""The ``fedmi`` command: run experiments, list them, plot and report their runs.
+"""The ``fedmi`` command: run experiments and list them.
 
-    fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N | --seeds 0,1,2] [--data-root DIR]
+    fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
     fedmi list
+    fedmi run EXPERIMENT --seeds 0,1,2 [...]
     fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
     fedmi plot --compare RUN_DIR... [--out DIR]
     fedmi report RUN_DIR... [--out FILE]
@@ -10,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -72,7 +72,9 @@ def parse_seeds(text: str) -> list[int]:
 
 def _common_folder(paths: list[Path]) -> Path:
     """The folder holding all ``paths`` (a sweep's output folder); the current one if that is the filesystem root."""
-    common = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+    from os.path import commonpath
+
+    common = Path(commonpath([p.resolve().parent for p in paths]))
     return common if common != Path(common.anchor) else Path.cwd()
 
 
