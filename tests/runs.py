@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SMALL_IID = ["rounds=2", "data.max_per_client=2000", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=100"]
 """The quickstart, small: 3 IID clients x 2 rounds."""
-SMALL_NONIID = ["train.sparsity=0.95", "rounds=3", "train.epochs=1", "data.max_per_client=1500", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=50"]
+SMALL_NONIID = ["train.sparsity=0.95", "rounds=3", "train.epochs=1", "data.max_per_client=1000", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=30"]
 """noniid-2class, small: 3 clients x 3 rounds of 1 epoch, 2 disjoint classes each, at 95% sparsity (99.5% is degenerate in 3 rounds)."""
 NONIID_SEEDS = (0, 1)
 

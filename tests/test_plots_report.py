@@ -21,7 +21,7 @@ import pytest
 from fedmi_flower.cli import main, parse_seeds
 from fedmi_flower.config import ConfigError, load_sweep
 from fedmi_flower.plots import COMPARE_FIGURES, GRAPH_FIGURES, RUN_FIGURES, fig_inter_client, fig_local_global, plot_run
-from fedmi_flower.report import DECLINE, aggregate, collapse_numbers, format_spread, format_value, rq_table
+from fedmi_flower.report import DECLINE, aggregate, collapse_numbers, format_spread, format_value, rq_table, write_report
 from fedmi_flower.series import Run, RunError, comparison, load_run
 
 LAYERS = ("conv1", "conv2", "conv3", "mean")
@@ -178,7 +178,7 @@ def test_fedmi_plot_compare_sets_seeds_side_by_side(noniid_runs, tmp_path):
     assert code == 0 and "2 runs" in out, err
 
 
-def test_compare_groups_seeds_by_the_one_setting_that_differs(noniid_runs):
+def test_compare_groups_seeds_by_the_one_setting_that_differs(noniid_runs, tmp_path):
     """Grouping only: real records under configs that differ in sparsity (as a sweep's would), seeds kept together."""
     seed0, seed1 = (load_run(p) for p in noniid_runs)
     other = Run(seed0.path, dataclasses.replace(seed0.config, train=dataclasses.replace(seed0.config.train, sparsity=0.99)), seed0.records)
@@ -188,6 +188,13 @@ def test_compare_groups_seeds_by_the_one_setting_that_differs(noniid_runs):
     two = Run(seed0.path, dataclasses.replace(other.config, rounds=7), seed0.records)
     with pytest.raises(RunError, match="differ in 2: rounds, train.sparsity"):
         comparison([seed0, two])
+    # A sweep's page: one column per configuration, seeds summarised within it.
+    md, _ = write_report([seed0, seed1, other], tmp_path / "sweep.md", command="test")
+    page = md.read_text()
+    assert "| | train.sparsity = 0.95 (2 seeds) | train.sparsity = 0.99 |" in page.replace("|  |", "| |")
+    spread = format_spread(("Overview", "global accuracy (final round)", "value"), aggregate([rq_table(seed0.records), rq_table(seed1.records)])[("Overview", "global accuracy (final round)", "value")])
+    single = format_value(("Overview", "global accuracy (final round)", "value"), seed0.records[-1]["global"]["accuracy"])
+    assert f"| global accuracy (final round) | {spread} | {single} |" in page
 
 
 # ---------------------------------------------------------------------- report
