@@ -4,6 +4,10 @@
     fedmi run --resume RUN_DIR
     fedmi deploy-local EXPERIMENT [--clients N] [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR] [--workdir DIR]
     fedmi list
+    fedmi run EXPERIMENT --seeds 0,1,2 [...]
+    fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
+    fedmi plot --compare RUN_DIR... [--out DIR]
+    fedmi report RUN_DIR... [--out FILE]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from .config import ConfigError, ExperimentConfig, list_experiments, load_experi
 from .data import DatasetError, load_labels
 from .deploy import DeploymentError, LocalDeployment
 from .results import RunDirectory
+from .series import RunError
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -41,8 +46,8 @@ def _resume(args: argparse.Namespace) -> int:
     run = RunDirectory(args.resume)
     if not (run.path / "config.toml").is_file():
         raise ConfigError(f"{run.path} is not a run directory (no config.toml); give the folder `fedmi run` wrote")
-    if args.experiment or args.set or args.seed is not None:
-        raise ConfigError("--resume continues a run with its own config.toml; drop EXPERIMENT, --set and --seed")
+    if args.experiment or args.set or args.seed is not None or args.seeds is not None:
+        raise ConfigError("--resume continues a run with its own config.toml; drop EXPERIMENT, --set, --seed and --seeds")
     config = run.read_config()
     checkpoint = run.read_checkpoint()
     done = checkpoint.server_round if checkpoint else 0
@@ -78,15 +83,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _resume(args)
     if not args.experiment:
         raise ConfigError("name an experiment (see `fedmi list`) or give --resume RUN_DIR")
-    configs = load_sweep(args.experiment, _overrides(args))
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    configs = load_sweep(args.experiment, _overrides(args), seeds=seeds)
+    swept = len(configs) > 1 or seeds is not None  # every point of a sweep (or seed) in its own folder under --out
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(args.out) if args.out else Path("runs") / f"{configs[0].name if len(configs) == 1 else args.experiment}-{stamp}"
+    base = Path(args.out) if args.out else Path("runs") / f"{args.experiment if swept else configs[0].name}-{stamp}"
     for i, config in enumerate(configs):
-        out = base / config.name if len(configs) > 1 else base
+        out = base / config.name if swept else base
         print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
         began = time.perf_counter()
         simulate(config, out, args.data_root, verbose=args.verbose)
         _report(config.name, out, began)
+    if swept:
+        print(f"fedmi: {len(configs)} runs in {base}; `fedmi report {base}` summarises them")
     return 0
 
 
@@ -140,6 +149,75 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; distinct non-negative whole numbers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} must be whole numbers separated by commas, e.g. --seeds 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r} must list distinct non-negative seeds, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    """The folder holding all ``paths`` (a sweep's output folder); the current one if that is the filesystem root."""
+    from os.path import commonpath
+
+    common = Path(commonpath([p.resolve().parent for p in paths]))
+    return common if common != Path(common.anchor) else Path.cwd()
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_compare, plot_run  # matplotlib loads only for plotting
+    from .series import comparison, find_runs, load_run, setting_label
+
+    paths = find_runs(args.runs)
+    if args.compare:
+        runs = [load_run(p) for p in paths]
+        setting, groups = comparison(runs)
+        labels = [setting_label(g[0].config, [setting]) for g in groups]
+        out = Path(args.out) if args.out else _common_folder(paths) / "figures-compare"
+        made = plot_compare(groups, labels, setting, out)
+        print(f"fedmi: {len(runs)} runs side by side by {setting} ({', '.join(labels)})")
+    else:
+        if len(paths) != 1:
+            raise RunError(f"fedmi plot draws one run, but {' '.join(args.runs)} holds {len(paths)}; name one of them, or add --compare to set them side by side")
+        run = load_run(paths[0])
+        out = Path(args.out) if args.out else run.path / "figures"
+        made = plot_run(run, out, graph_class=args.graph_class, graph_round=args.graph_round)
+    print(f"fedmi: wrote {len(made)} files to {out}: " + ", ".join(sorted({p.stem for p, _ in made})))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .series import find_runs, load_run
+
+    paths = find_runs(args.runs)
+    runs = [load_run(p) for p in paths]
+    out = Path(args.out) if args.out else (paths[0] if len(paths) == 1 else _common_folder(paths)) / "report" / "report.md"
+    md, html = write_report(runs, out)
+    print(f"fedmi: report on {len(runs)} run{'s' if len(runs) > 1 else ''}: {md} and {html}")
+    return 0
+
+
+def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
+    """``fedmi plot`` and ``fedmi report``: figures and pages from run directories."""
+    plot = sub.add_parser("plot", help="draw every figure of the paper from a run directory (PNG and SVG)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run directory; with --compare several (or a folder holding a sweep's runs)")
+    plot.add_argument("--compare", action="store_true", help="set runs that differ in one setting side by side (paper Fig. 19)")
+    plot.add_argument("--out", help="folder for the figures (default: RUN_DIR/figures; with --compare: figures-compare beside the runs)")
+    plot.add_argument("--graph-class", type=int, help="class whose circuit graphs to draw (default: one that two clients hold)")
+    plot.add_argument("--graph-round", type=int, help="round whose circuit graphs to draw (default: the last)")
+    plot.set_defaults(func=_cmd_plot)
+
+    report = sub.add_parser("report", help="one-page Markdown and HTML report of runs: config, figures, RQ1/RQ2 tables, collapse; seeds as mean and spread")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them (a sweep's or --seeds output)")
+    report.add_argument("--out", help="the Markdown file; the HTML goes beside it (default: RUN_DIR/report/report.md, or report/report.md beside several runs)")
+    report.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmi", description="Circuit preservation in federated learning, on Flower.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished round")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. --set train.sparsity=0.995 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
-    run.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
+    seed = run.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
+    seed.add_argument("--seeds", metavar="S,S,...", help="run once per seed, each into <out>/<name>-seed=<s> (with a [sweep]: every point once per seed)")
     run.add_argument("--data-root", help="folder holding MNIST/raw (default: $FEDMI_DATA_ROOT, else ./data)")
     run.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     run.set_defaults(func=_cmd_run)
@@ -167,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list the bundled experiments")
     lst.set_defaults(func=_cmd_list)
+    add_plot_and_report_commands(sub)
     return parser
 
 
@@ -174,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, DeploymentError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, DeploymentError, FileExistsError, FileNotFoundError, RunError) as err:
         print(f"fedmi: error: {err}", file=sys.stderr)
         return 2
 

@@ -25,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "fedmedian", "fedtrimmedavg")
@@ -419,15 +419,20 @@ def _label(value: Any) -> str:
     return json.dumps(value).replace(" ", "").replace('"', "")
 
 
-def load_sweep(name_or_path: str, overrides: Mapping[str, Any] | None = None) -> list[ExperimentConfig]:
+def load_sweep(name_or_path: str, overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None) -> list[ExperimentConfig]:
     """Load an experiment as one config per point of its ``[sweep]`` (one config without a sweep).
 
-    A swept key that ``overrides`` also sets is not swept. Each config is named
-    ``<experiment>-<key>=<value>`` after the swept values, e.g.
-    ``sparsity-ablation-sparsity=0.95``.
+    A swept key that ``overrides`` also sets is not swept. ``seeds`` adds (or
+    replaces) ``seed`` as the last swept key: every point runs once per seed. Each
+    config is named ``<experiment>-<key>=<value>`` after the swept values, e.g.
+    ``sparsity-ablation-sparsity=0.95-seed=1``.
     """
     overrides = dict(overrides or {})
     path, table, sweep = _read_experiment(name_or_path)
+    if seeds is not None:
+        if "seed" in overrides:
+            raise ConfigError(f"{path}: seed is set both by an override ({overrides['seed']!r}) and by seeds {list(seeds)}; give one of them")
+        sweep = {k: v for k, v in sweep.items() if k != "seed"} | {"seed": list(seeds)}
     sweep = {k: v for k, v in sweep.items() if k not in overrides}
     configs = []
     for values in itertools.product(*sweep.values()):

@@ -137,6 +137,23 @@ class CircuitAnalysisMixin:
         """Decode and validate the client's report; raise ``PayloadError`` naming what is wrong."""
         return report_from_metrics(res.metrics, res.num_examples, num_clients=self.experiment.clients, layer_sizes=self.template.layer_sizes)
 
+    def keep_round_weights(self, server_round: int, arrays: list[np.ndarray], accepted: list[Result], reports: list[ClientReport]) -> None:
+        """Write the round's global weights and the local weights of every client whose circuits were accepted.
+
+        Circuit graphs (paper Fig. 11-13) read a circuit's edges from the weights it was
+        found on: a client's are the weights it sent with its report.
+        """
+        wanted = {r.partition_id for r in reports}
+        local: dict[int, list[np.ndarray]] = {}
+        for _, res in accepted:
+            try:
+                pid = self.screen_report(res).partition_id
+            except PayloadError:
+                continue
+            if pid in wanted and pid not in local:  # the first claim on a partition is the one analysed
+                local[pid] = parameters_to_ndarrays(res.parameters)
+        self.run_dir.write_round_weights(server_round, arrays, local)
+
     def on_round_end(self, server_round: int, record: dict[str, Any]) -> None:
         """Called with every finished round record; logs a one-line progress summary."""
         s = record.get("summary", {})
@@ -225,6 +242,7 @@ class CircuitAnalysisMixin:
         record["rejected"] = rejected
         record.setdefault("timings", {})["server"] = time.perf_counter() - began
         record["timings"]["round"] = time.perf_counter() - self._round_started
+        self.keep_round_weights(record["round"], arrays, accepted, reports)
         self.run_dir.append_round(record)
         self.run_dir.write_weights(arrays, rnd)
         # The checkpoint is the round's commit point: written last.

@@ -1,10 +1,18 @@
-"""Shared fixtures. Real-data tests need MNIST: they fail (never skip) when it is missing."""
+"""Shared fixtures. Real-data tests need MNIST: they fail (never skip) when it is missing.
+
+The real runs are made once per session through the `fedmi` command and shared by
+every test that reads a run directory: a small IID quickstart, and a small non-IID
+run with two seeds (``fedmi run --seeds``), so that multi-seed reports get real runs.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from fedmi_flower.data import load_raw, resolve_data_root
+from runs import NONIID_SEEDS, SMALL_IID, SMALL_NONIID, fedmi, sets
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +22,29 @@ def mnist_root() -> str:
     load_raw("mnist", True, root)  # raises DatasetError naming where it looked and how to fix it
     load_raw("mnist", False, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def iid_run(tmp_path_factory, mnist_root) -> Path:
+    """`fedmi run quickstart` with :data:`runs.SMALL_IID`: 3 IID clients x 2 rounds."""
+    out = tmp_path_factory.mktemp("iid") / "run"
+    proc = fedmi("run", "quickstart", *sets(SMALL_IID), "--out", str(out), "--data-root", mnist_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[round 2/2] 3/3 clients reported" in proc.stdout + proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def noniid_runs(tmp_path_factory, mnist_root) -> list[Path]:
+    """`fedmi run noniid-2class --seeds 0,1` with :data:`runs.SMALL_NONIID`: one run directory per seed."""
+    base = tmp_path_factory.mktemp("noniid") / "seeds"
+    seeds = ",".join(map(str, NONIID_SEEDS))
+    proc = fedmi("run", "noniid-2class", *sets(SMALL_NONIID), "--seeds", seeds, "--out", str(base), "--data-root", mnist_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [base / f"noniid-2class-seed={s}" for s in NONIID_SEEDS]
+
+
+@pytest.fixture(scope="session")
+def noniid_run(noniid_runs) -> Path:
+    """The first seed's run of :func:`noniid_runs`."""
+    return noniid_runs[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import socket
 import subprocess
@@ -16,24 +15,15 @@ import pytest
 from fedmi_flower.config import load_experiment, parse_override
 from fedmi_flower.results import RunDirectory
 from processes import stop_processes_mentioning
+from runs import REPO, SMALL_IID as SMALL, fedmi
 
-REPO = Path(__file__).resolve().parent.parent
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
-SMALL = ["rounds=2", "data.max_per_client=2000", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=100"]
-
-
-def fedmi(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedmi_flower.cli", *args], cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, mnist_root) -> Path:
-    out = tmp_path_factory.mktemp("sim") / "run"
-    sets = list(itertools.chain.from_iterable(("--set", s) for s in SMALL))
-    proc = fedmi("run", "quickstart", *sets, "--out", str(out), "--data-root", mnist_root)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[round 2/2] 3/3 clients reported" in proc.stdout + proc.stderr
-    return out
+def quick_run(iid_run) -> Path:
+    """The session's small quickstart run (tests/conftest.py), made once for every test module."""
+    return iid_run
 
 
 def assert_valid_circuit(circuit: dict) -> None:
@@ -61,6 +51,9 @@ def test_run_directory_is_complete(quick_run):
     assert len(trains) == 3 and all(len(t) == 2000 for t in trains) and not (trains[0] & trains[1])
     weights, last = run.read_weights()
     assert last == 2 and len(weights) == 8 and all(np.isfinite(w).all() for w in weights)
+    for t in (1, 2):  # every round's global and local weights, for circuit graphs
+        assert run.read_round_weights(t) is not None and all(run.read_round_weights(t, pid) is not None for pid in range(3))
+    assert all(np.array_equal(a, b) for a, b in zip(run.read_round_weights(2), weights))
     assert len((quick_run / "summary.csv").read_text().splitlines()) == 3
 
 

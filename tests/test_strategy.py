@@ -44,6 +44,11 @@ def test_round_metrics_equal_hand_computations(tmp_path):
     assert record["rejected"] == [] and record["failures"] == []
     assert close(metrics["inter_client_iou"], (7 / 18 + 0.5) / 2)
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(parameters_to_ndarrays(params), get_weights(planted_model())))
+    # The round's weights are kept for circuit graphs: each client's as sent, and the aggregate.
+    for pid in ROUND1:
+        assert all(np.array_equal(a, b) for a, b in zip(run_dir.read_round_weights(1, pid), get_weights(planted_model())))
+    assert all(np.array_equal(a, b) for a, b in zip(run_dir.read_round_weights(1), parameters_to_ndarrays(params)))
+    assert run_dir.read_round_weights(2) is None
 
     # Round 2: client 0 repeats itself, client 1 grows its conv1 set, client 2 stays away.
     round2 = {0: ROUND1[0], 1: {3: {"conv1": [5, 6, 7, 8], "conv2": [10], "conv3": [20, 21]}}}
@@ -77,6 +82,8 @@ def test_malformed_payloads_do_not_crash_the_round(tmp_path):
     assert not rejected["node-3"][0] and "expected 8 weight tensors" in rejected["node-3"][1]
     assert rejected["node-4"][0] and "already reported" in rejected["node-4"][1]
     assert rejected["node-5"][0] and "not valid JSON" in rejected["node-5"][1]
+    # Local weights are kept only for the client whose circuits were accepted (the ones a graph can draw).
+    assert run_dir.read_round_weights(1, 0) is not None and run_dir.read_round_weights(1, 1) is None and run_dir.read_round_weights(1, 2) is None
     assert all(np.isfinite(a).all() for a in parameters_to_ndarrays(params))
 
 

@@ -1,0 +1,298 @@
+"""Circuit graphs (paper Fig. 11-13): a circuit as a layered node-link drawing, and overlays of two circuits.
+
+A circuit's graph has the input channel, the circuit's channels of conv1..conv3 and
+the output class as nodes, and as edges the nonzero weights between active channels
+of consecutive layers (:func:`~fedmi_flower.circuits.circuit_edges`). Edges are read
+from the weights the circuit was discovered on: a client's local weights of that
+round, or the global weights of that round, which the run directory keeps under
+``weights/round-<t>/``. Runs written before it kept them draw every circuit on the
+final global weights; the figure says so.
+
+An overlay draws two circuits in one picture: nodes and edges they share in one
+colour, those of only one circuit in two others. Three overlays follow the paper:
+two clients in one round (Fig. 11), one client in two rounds (Fig. 12), a client
+against the global model (Fig. 13).
+
+No Flower imports here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from .circuits import Circuit, circuit_edges  # noqa: E402
+from .model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights  # noqa: E402
+from .results import WEIGHTS_FILE, RunDirectory  # noqa: E402
+from .series import Run, RunError  # noqa: E402
+
+COLUMNS: tuple[str, ...] = ("input", *CIRCUIT_LAYERS, "output")
+Node = tuple[str, int]
+Edge = tuple[Node, Node]
+
+GRAPH_DPI = 100
+"""PNG resolution of graph figures: hundreds of thin, translucent edges make large PNGs (the SVG has every detail)."""
+
+SHARED, ONLY_A, ONLY_B = "#6a3d9a", "#1f78b4", "#e6550d"
+"""Colours: shared by both circuits (purple), only the first (blue), only the second (orange)."""
+
+
+@dataclass(frozen=True)
+class CircuitGraph:
+    """One circuit's nodes and edges, with what it is and which weights gave its edges."""
+
+    nodes: frozenset[Node]
+    edges: frozenset[Edge]
+    label: str
+    weights: str
+    layer_sizes: Mapping[str, int]
+
+    @property
+    def channels(self) -> int:
+        """Circuit channels (conv nodes), the size the records report."""
+        return sum(1 for layer, _ in self.nodes if layer in CIRCUIT_LAYERS)
+
+
+def circuit_graph(model: SimpleCNN, circuit: Circuit, target_class: int, label: str, weights: str) -> CircuitGraph:
+    """The graph of ``circuit`` (of ``target_class``) on ``model``'s weights."""
+    found = circuit_edges(model, circuit, target_class)
+    edges: set[Edge] = set()
+    previous = "input"
+    for layer in CIRCUIT_LAYERS:
+        edges.update(((previous, s), (layer, d)) for s, d in found[layer])
+        previous = layer
+    edges.update(((previous, c), ("output", k)) for c, k in found["fc"])
+    nodes = {("input", i) for i in range(model.conv1.in_channels)} | {("output", int(target_class))}
+    nodes |= {(layer, int(ch)) for layer in CIRCUIT_LAYERS for ch in circuit.get(layer, [])}
+    return CircuitGraph(frozenset(nodes), frozenset(edges), label, weights, dict(model.layer_sizes))
+
+
+# ---------------------------------------------------------------------- weights of a round
+
+
+class _Weights:
+    """Models of a run's rounds, loaded once each: a client's local or the global weights of a round."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.dir = RunDirectory(run.path)
+        self.cache: dict[tuple[int, int | None], tuple[SimpleCNN, str]] = {}
+
+    def model(self, server_round: int, client: int | None) -> tuple[SimpleCNN, str]:
+        key = (server_round, client)
+        if key not in self.cache:
+            arrays = self.dir.read_round_weights(server_round, client)
+            if arrays is not None:
+                note = f"client {client}'s local weights of round {server_round}" if client is not None else f"the global weights of round {server_round}"
+            elif (self.run.path / WEIGHTS_FILE).exists():
+                arrays, last = self.dir.read_weights()
+                note = f"the final global weights (round {last}): this run kept no per-round weights"
+            else:
+                raise RunError(f"{self.run.path} holds no weights ({WEIGHTS_FILE} is missing); circuit graphs need them: rerun the experiment")
+            model = build_model()
+            set_weights(model, arrays)
+            self.cache[key] = (model, note)
+        return self.cache[key]
+
+    def graph(self, server_round: int, client: int | None, cls: int) -> CircuitGraph:
+        record = _record(self.run, server_round)
+        if client is None:
+            circuit = record["global"]["circuits"].get(str(cls), {})
+            label = f"global model, class {cls}, round {server_round}"
+        else:
+            circuit = record["clients"][str(client)]["circuits"].get(str(cls), {})
+            label = f"client {client}, class {cls}, round {server_round}"
+        model, note = self.model(server_round, client)
+        return circuit_graph(model, circuit, cls, label, note)
+
+
+def _record(run: Run, server_round: int) -> Mapping[str, Any]:
+    for record in run.records:
+        if record["round"] == server_round and "clients" in record:
+            return record
+    analysed = [r["round"] for r in run.records if "clients" in r]
+    raise RunError(f"{run.path} has no analysed round {server_round}; choose one of {analysed}")
+
+
+def _holders(record: Mapping[str, Any], cls: int) -> list[int]:
+    return sorted(int(p) for p, c in record["clients"].items() if str(cls) in c.get("circuits", {}))
+
+
+def choose(run: Run, cls: int | None = None, server_round: int | None = None) -> tuple[int, int]:
+    """The round and class the graphs show.
+
+    By default the last analysed round and, among its classes, the first that two
+    clients hold (else any), preferring a non-empty global circuit, then the most
+    clients with a non-empty circuit of the class: the class with the most to draw.
+
+    Raises
+    ------
+    RunError
+        When the round or class is not in the run.
+    """
+    analysed = [r for r in run.records if "clients" in r]
+    record = _record(run, server_round) if server_round is not None else analysed[-1]
+    classes = [int(c) for c in record.get("classes", [])]
+    if cls is not None:
+        if cls not in classes:
+            raise RunError(f"class {cls} was not analysed in round {record['round']} of {run.path}; choose one of {classes}")
+        return int(record["round"]), cls
+    if not classes:
+        raise RunError(f"round {record['round']} of {run.path} analysed no class; there is no circuit to draw")
+    global_sizes = record["global"].get("circuit_sizes", {})
+
+    def rank(c: int) -> tuple[bool, bool, int]:
+        drawn = sum(1 for client in record["clients"].values() if client.get("circuit_sizes", {}).get(str(c)))
+        return (len(_holders(record, c)) < 2, not global_sizes.get(str(c)), -drawn)
+
+    return int(record["round"]), min(classes, key=rank)
+
+
+# ---------------------------------------------------------------------- drawing
+
+
+def _positions(nodes: set[Node]) -> dict[Node, tuple[float, float]]:
+    pos = {}
+    for x, column in enumerate(COLUMNS):
+        members = sorted(ch for layer, ch in nodes if layer == column)
+        for i, ch in enumerate(members):
+            pos[(column, ch)] = (float(x), 1.0 - (i + 0.5) / len(members))
+    return pos
+
+
+def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
+    """Draw ``a`` alone, or ``a`` and ``b`` overlaid (shared, only ``a``, only ``b`` in three colours)."""
+    b_nodes = b.nodes if b is not None else frozenset()
+    b_edges = b.edges if b is not None else frozenset()
+    nodes = set(a.nodes | b_nodes)
+    pos = _positions(nodes)
+    if b is None:
+        groups = [(a.edges, a.nodes, SHARED)]
+    else:
+        groups = [(a.edges - b_edges, a.nodes - b_nodes, ONLY_A), (b_edges - a.edges, b_nodes - a.nodes, ONLY_B), (a.edges & b_edges, a.nodes & b_nodes, SHARED)]
+    # In an overlay the differences matter: shared edges recede, edges of one circuit only stand out on top.
+    faint = b is not None
+    for edges, _, colour in sorted(groups, key=lambda g: g[2] != SHARED):
+        if edges:
+            shared = colour == SHARED
+            width, alpha = (0.4, 0.18) if shared and faint else (0.5, 0.35) if shared else (0.9, 0.75)
+            ax.add_collection(LineCollection([[pos[s], pos[d]] for s, d in sorted(edges)], colors=colour, linewidths=width, alpha=alpha, zorder=1 if shared else 2))
+    counts = {column: sum(1 for layer, _ in nodes if layer == column) for column in COLUMNS}
+    for group_nodes, colour in ((g[1], g[2]) for g in groups):
+        if group_nodes:
+            xy = np.array([pos[n] for n in sorted(group_nodes)])
+            ax.scatter(xy[:, 0], xy[:, 1], s=18 if colour == SHARED else 30, color=colour, edgecolors="white" if colour == SHARED else "black", linewidths=0.4, zorder=3)
+    for (column, ch), (x, y) in pos.items():
+        if counts[column] <= 40 and column in CIRCUIT_LAYERS:
+            ax.text(x + 0.06, y, str(ch), fontsize=5, va="center", color="0.3", zorder=4)
+    for x, column in enumerate(COLUMNS):
+        if column in CIRCUIT_LAYERS:
+            size = a.layer_sizes.get(column, 0)
+            head = f"{column}\n{counts[column]} of {size} channels"
+        elif column == "input":
+            head = "input"
+        else:
+            head = "output\n" + ", ".join(f"class {ch}" for layer, ch in sorted(nodes) if layer == "output")
+        ax.text(x, 1.04, head, ha="center", va="bottom", fontsize=8)
+        if column in CIRCUIT_LAYERS and counts[column] == 0:
+            ax.text(x, 0.5, "(none)", ha="center", va="center", fontsize=7, color="0.5")
+    ax.set_xlim(-0.4, len(COLUMNS) - 0.6)
+    ax.set_ylim(-0.03, 1.16)
+    ax.axis("off")
+
+
+def _legend(ax: Axes, a: CircuitGraph, b: CircuitGraph | None) -> None:
+    def entry(colour: str, text: str) -> Line2D:
+        return Line2D([0], [0], color=colour, marker="o", linewidth=1.5, label=text)
+
+    if b is None:
+        handles = [entry(SHARED, f"{a.label}: {a.channels} channels, {len(a.edges)} edges")]
+    else:
+        both = CircuitGraph(a.nodes & b.nodes, a.edges & b.edges, "", "", {})
+        handles = [
+            entry(SHARED, f"shared: {both.channels} channels, {len(both.edges)} edges"),
+            entry(ONLY_A, f"only {a.label}: {a.channels - both.channels} channels, {len(a.edges - b.edges)} edges"),
+            entry(ONLY_B, f"only {b.label}: {b.channels - both.channels} channels, {len(b.edges - a.edges)} edges"),
+        ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=1, fontsize=8, frameon=False)
+
+
+def graph_figure(a: CircuitGraph, b: CircuitGraph | None, title: str) -> Figure:
+    """One circuit, or two overlaid, with a legend counting channels and edges and a note on the weights used."""
+    fig, ax = plt.subplots(figsize=(9, 6.2), layout="constrained", dpi=GRAPH_DPI)
+    draw(ax, a, b)
+    _legend(ax, a, b)
+    notes = {a.weights} | ({b.weights} if b is not None else set())
+    fig.suptitle(title + "\nedges: nonzero weights between circuit channels in " + "; ".join(sorted(notes)), fontsize=9)
+    return fig
+
+
+def _message_figure(title: str, message: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 2.5), layout="constrained", dpi=GRAPH_DPI)
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=9, wrap=True)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def graph_figures(run: Run, cls: int | None = None, server_round: int | None = None) -> Iterator[tuple[str, Figure, str]]:
+    """The four circuit-graph figures of a run: ``(name, figure, caption)``.
+
+    ``circuit_graph``: the global model's circuit of the class; ``overlay_two_clients``
+    (Fig. 11): two holders of the class (two clients' different classes when no class
+    has two holders); ``overlay_rounds`` (Fig. 12): a client's circuit in its previous
+    round and in this one; ``overlay_client_global`` (Fig. 13): a client's circuit and
+    the global model's.
+    """
+    server_round, cls = choose(run, cls, server_round)
+    record = _record(run, server_round)
+    weights = _Weights(run)
+    holders = _holders(record, cls)
+    clients = sorted(int(p) for p, c in record["clients"].items() if c.get("circuits"))
+    where = f"round {server_round} of {run.name}"
+
+    global_graph = weights.graph(server_round, None, cls)
+    yield "circuit_graph", graph_figure(global_graph, None, f"Circuit of class {cls} in the global model, {where}"), f"Circuit graph: the global model's circuit of class {cls}, {where}."
+
+    title = "Two clients in one round (paper Fig. 11)"
+    if len(holders) >= 2:
+        a, b = weights.graph(server_round, holders[0], cls), weights.graph(server_round, holders[1], cls)
+        fig = graph_figure(a, b, f"{title}: class {cls}, {where}")
+    elif len(clients) >= 2:
+        first = holders[0] if holders else clients[0]
+        second = next(p for p in clients if p != first)
+        sizes = record["clients"][str(second)].get("circuit_sizes", {})
+        cls_a = cls if holders else min(int(c) for c in record["clients"][str(first)]["circuits"])
+        cls_b = max(sorted(int(c) for c in record["clients"][str(second)]["circuits"]), key=lambda c: sizes.get(str(c), 0))
+        a, b = weights.graph(server_round, first, cls_a), weights.graph(server_round, second, cls_b)
+        fig = graph_figure(a, b, f"{title}: no class has two holders, so different classes, {where}")
+    else:
+        fig = _message_figure(title, f"only {len(clients)} client reported circuits in {where}")
+    yield "overlay_two_clients", fig, "Overlay of two clients' circuits in one round (paper Fig. 11): shared in purple, each client's own in blue and orange."
+
+    title = "One client in two rounds (paper Fig. 12)"
+    client = holders[0] if holders else None
+    previous = [r["round"] for r in run.records if r["round"] < server_round and "clients" in r and client is not None and str(cls) in r["clients"].get(str(client), {}).get("circuits", {})]
+    if client is not None and previous:
+        a, b = weights.graph(previous[-1], client, cls), weights.graph(server_round, client, cls)
+        fig = graph_figure(a, b, f"{title}: client {client}, class {cls}, rounds {previous[-1]} and {server_round} of {run.name}")
+    else:
+        fig = _message_figure(title, f"no client has a circuit of class {cls} in a round before {server_round}" if client is not None else f"no client holds class {cls}")
+    yield "overlay_rounds", fig, "Overlay of one client's circuit in two consecutive rounds it reported (paper Fig. 12)."
+
+    title = "A client against the global model (paper Fig. 13)"
+    if client is not None:
+        fig = graph_figure(weights.graph(server_round, client, cls), global_graph, f"{title}: class {cls}, {where}")
+    else:
+        fig = _message_figure(title, f"no client holds class {cls} in {where}")
+    yield "overlay_client_global", fig, "Overlay of a client's local circuit and the global model's circuit of the same class (paper Fig. 13)."

@@ -1,0 +1,448 @@
+"""Every figure of the paper from a run directory (``fedmi plot``), and runs side by side (``fedmi plot --compare``).
+
+Each ``fig_*`` function takes a :class:`~fedmi_flower.series.Run` (the comparison
+figures take groups of runs) and returns a matplotlib figure; :func:`plot_run` and
+:func:`plot_compare` save them as PNG and SVG. The values come from
+:mod:`fedmi_flower.series`: an undefined value is NaN and shows as a gap (lines carry
+markers so that a lone defined round stays visible; heatmap cells are grey), never
+as zero. IoU and score axes run from 0 to 1.
+
+Matplotlib runs on the Agg backend (files only, no display). No Flower imports here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Hashable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .analysis import COLLAPSE_THRESHOLD  # noqa: E402
+from .series import (  # noqa: E402
+    LAYERS,
+    Run,
+    Series,
+    accuracy_series,
+    class_pair_series,
+    cross_eval_series,
+    inter_client_series,
+    layer_curve,
+    local_global_series,
+    stability_series,
+)
+
+FORMATS: tuple[str, ...] = ("png", "svg")
+DPI = 110
+"""Resolution of the PNG figures; circuit graphs use their own (graphs.GRAPH_DPI): many thin edges make large PNGs."""
+GREY = "#d9d9d9"
+
+
+def class_colour(cls: int) -> tuple[float, ...]:
+    """One colour per class in every figure."""
+    return plt.get_cmap("tab10")(int(cls) % 10)
+
+
+def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: object) -> None:
+    # Markers keep a defined value between two gaps visible; clip_on=False keeps 0 and 1 whole.
+    ax.plot(x, y, marker=style.pop("marker", "o"), markersize=style.pop("markersize", 3.5), clip_on=False, **style)
+
+
+def _round_axis(ax: Axes, rounds: Sequence[int]) -> None:
+    ax.set_xlabel("round")
+    if len(rounds):
+        ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
+    if len(rounds) <= 12:
+        ax.set_xticks(list(rounds))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _unit_axis(ax: Axes, label: str) -> None:
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+
+
+def _note_if_undefined(ax: Axes, curves: Sequence[np.ndarray], why: str) -> None:
+    """Say so on the axes when no value is defined: an empty panel is not a plotting failure."""
+    if not any(np.isfinite(c).any() for c in curves):
+        ax.text(0.5, 0.5, f"undefined in every round\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35", wrap=True)
+
+
+def _legend(fig: Figure, axes: Sequence[Axes], title: str | None = None, order: Callable[[str], object] | None = None, fontsize: float = 8) -> None:
+    """One legend for the figure, right of the panels: every label any of ``axes`` carries, once."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = sorted(handles, key=order) if order else list(handles)
+    if labels:
+        fig.legend([handles[k] for k in labels], labels, title=title, loc="outside right center", fontsize=fontsize, title_fontsize=fontsize, frameon=False)
+
+
+def _figure(nrows: int, ncols: int, width: float = 3.2, height: float = 2.5) -> tuple[Figure, np.ndarray]:
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.6), squeeze=False, sharex=True, layout="constrained", dpi=DPI)
+    return fig, axes
+
+
+def _bottom_labels_only(axes: np.ndarray) -> None:
+    """Rows share the round axis: only the bottom row names it."""
+    for ax in axes[:-1].flat:
+        ax.set_xlabel("")
+
+
+def _title(fig: Figure, run: Run, what: str) -> None:
+    fig.suptitle(f"{what}\n{run.name}: {run.config.description or run.config.name}", fontsize=10)
+
+
+# ---------------------------------------------------------------------- accuracy
+
+
+def fig_global_accuracy(run: Run) -> Figure:
+    """Global model accuracy over rounds, overall and per class, on the server's evaluation split."""
+    acc = accuracy_series(run.records)
+    rounds = run.rounds
+    fig, axes = _figure(1, 2, width=4.2)
+    left, right = axes[0]
+    _line(left, rounds, acc.get("overall", np.full(len(rounds), np.nan)), color="black", label="overall")
+    left.set_title("overall", fontsize=9)
+    for cls, values in acc.items():
+        if cls != "overall":
+            _line(right, rounds, values, color=class_colour(cls), label=f"class {cls}", markersize=3)
+    right.set_title("per class", fontsize=9)
+    for ax in (left, right):
+        _round_axis(ax, rounds)
+        _unit_axis(ax, "accuracy")
+    _legend(fig, [right])
+    _title(fig, run, "Global model accuracy")
+    return fig
+
+
+# ---------------------------------------------------------------------- structural views
+
+
+def _per_layer_figure(run: Run, series: Series, label: Callable[[Hashable], str], colour: Callable[[Hashable, int], object], what: str, why: str) -> Figure:
+    """One panel per layer (and the mean over layers), one line per key of ``series`` (its last element is the layer)."""
+    rounds = run.rounds
+    fig, axes = _figure(1, len(LAYERS))
+    lines = list(dict.fromkeys(k[:-1] for k in series))
+    for ax, layer in zip(axes[0], LAYERS):
+        curves = [series[(*line, layer)] for line in lines if (*line, layer) in series]
+        for i, line in enumerate(lines):
+            if (*line, layer) in series:
+                _line(ax, rounds, series[(*line, layer)], color=colour(line, i), label=label(line))
+        _note_if_undefined(ax, curves, why)
+        ax.set_title("mean over layers" if layer == "mean" else layer, fontsize=9)
+        _round_axis(ax, rounds)
+        _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
+    _legend(fig, list(axes.flat))
+    _title(fig, run, what)
+    return fig
+
+
+def fig_inter_client(run: Run) -> Figure:
+    """Inter-client consistency (RQ1, paper Fig. 1 and 6): mean pairwise IoU of the clients' circuits of each class."""
+    return _per_layer_figure(
+        run,
+        inter_client_series(run.records),
+        label=lambda k: f"class {k[0]}",
+        colour=lambda k, i: class_colour(k[0]),
+        what="Inter-client consistency: mean pairwise IoU of the circuits of a class across clients",
+        why="(no class has two holders with a circuit,\nor all circuits are empty; see class-pair IoU)",
+    )
+
+
+def fig_class_pair(run: Run) -> Figure:
+    """Class-pair IoU (paper Fig. 3 and 14): IoU of different classes' circuits on different clients.
+
+    Under disjoint label skew no class has two holders; this is the inter-client view there.
+    """
+    series = class_pair_series(run.records)
+    pairs = list(dict.fromkeys(k[0] for k in series))
+    cmap = plt.get_cmap("tab20")
+    why = "(all circuits empty)" if series else "(this run's records predate class-pair IoU)"
+    return _per_layer_figure(
+        run,
+        series,
+        label=lambda k: f"classes {k[0]}",
+        colour=lambda k, i: cmap(pairs.index(k[0]) % 20),
+        what="Class-pair IoU: circuits of different classes on different clients (inter-client view under label skew)",
+        why=why,
+    )
+
+
+def _client_grid(run: Run, series: Series, what: str, why: str) -> Figure:
+    """Rows: clients; columns: layers and their mean; one line per class."""
+    rounds = run.rounds
+    clients = sorted({k[0] for k in series}) or sorted(int(p) for r in run.records for p in r.get("clients", {}))[:1]
+    fig, axes = _figure(max(len(clients), 1), len(LAYERS), width=3.0, height=2.1)
+    for row, pid in zip(axes, clients):
+        classes = sorted({k[1] for k in series if k[0] == pid})
+        for ax, layer in zip(row, LAYERS):
+            curves = []
+            for cls in classes:
+                values = series.get((pid, cls, layer))
+                if values is not None:
+                    curves.append(values)
+                    _line(ax, rounds, values, color=class_colour(cls), label=f"class {cls}")
+            _note_if_undefined(ax, curves, why)
+            ax.set_title(f"client {pid}, {'mean over layers' if layer == 'mean' else layer}", fontsize=9)
+            _round_axis(ax, rounds)
+            _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
+    _bottom_labels_only(axes)
+    _legend(fig, list(axes.flat), order=lambda label: int(label.split()[-1]))
+    _title(fig, run, what)
+    return fig
+
+
+def fig_stability(run: Run) -> Figure:
+    """Intra-client stability (RQ2, paper Fig. 10): IoU of each client's circuit with its circuit of the previous round it reported."""
+    return _client_grid(run, stability_series(run.records), "Intra-client stability: IoU of a client's circuit in round t and in its previous round", "(needs two rounds;\nor all circuits empty)")
+
+
+def fig_local_global(run: Run) -> Figure:
+    """Local-global preservation (paper Fig. 2, 5, 8, 15-18): IoU of each client's circuit and the global model's circuit of the class."""
+    return _client_grid(run, local_global_series(run.records), "Local-global preservation: IoU of a client's circuit and the global model's circuit", "(all circuits empty)")
+
+
+# ---------------------------------------------------------------------- cross-evaluation
+
+
+def _cross_matrix(run: Run, score: str) -> tuple[list[tuple[int, int]], np.ndarray]:
+    series = cross_eval_series(run.records, score)
+    keys = list(series)
+    matrix = np.vstack([series[k] for k in keys]) if keys else np.full((1, len(run.records)), np.nan)
+    return keys, matrix
+
+
+def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: bool = True) -> object:
+    keys, matrix = _cross_matrix(run, score)
+    cmap = plt.get_cmap("viridis").with_extremes(bad=GREY)  # a missing value is grey, not a colour of the scale
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    rounds = run.rounds
+    step = max(1, len(rounds) // 12)
+    ax.set_xticks(range(0, len(rounds), step), [str(r) for r in rounds[::step]])
+    ax.set_xlabel("round")
+    ax.set_yticks(range(len(keys)), [f"client {p}, class {c}" for p, c in keys], fontsize=7)
+    ax.tick_params(labelleft=ylabels)
+    for i in range(1, len(keys)):  # a line between clients
+        if keys[i][0] != keys[i - 1][0]:
+            ax.axhline(i - 0.5, color="white", linewidth=1.5)
+    if annotate and matrix.size <= 240:
+        for (i, j), v in np.ndenumerate(matrix):
+            if math.isnan(v):
+                ax.text(j, i, "–", ha="center", va="center", fontsize=6, color="0.4")
+            else:
+                collapsed = score == "sufficiency" and v < COLLAPSE_THRESHOLD
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="red" if collapsed else ("black" if v > 0.6 else "white"), fontweight="bold" if collapsed else "normal")
+    if not keys:
+        ax.text(0.5, 0.5, "no client circuit was evaluated", transform=ax.transAxes, ha="center", va="center", fontsize=8)
+    return image
+
+
+def fig_cross_eval_heatmap(run: Run) -> Figure:
+    """Cross-evaluation (paper Fig. 4, 7, 9): each local circuit on that round's global weights, client-class x round.
+
+    Sufficiency (the paper's circuit accuracy) beside specificity (non-target images
+    not called the target): a circuit that answers its class for everything scores
+    sufficiency 1 and specificity 0. Red values are collapsed (sufficiency < 10%).
+    """
+    n_rows = max(1, len(_cross_matrix(run, "sufficiency")[0]))
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.45 * len(run.records) * 2 + 2, 1.6 + 0.28 * n_rows), squeeze=False, layout="constrained", sharey=True, dpi=DPI)
+    for ax, score in zip(axes[0], ("sufficiency", "specificity")):
+        image = _heatmap(ax, run, score, ylabels=score == "sufficiency")
+        ax.set_title(score, fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="score on the global weights")
+    _title(fig, run, f"Cross-evaluation: local circuits on the global weights (red: sufficiency < {COLLAPSE_THRESHOLD:.0%}, collapsed; grey: not evaluated)")
+    return fig
+
+
+def fig_cross_eval_curves(run: Run) -> Figure:
+    """Cross-evaluation over rounds (paper Fig. 4, 7, 9): sufficiency (solid) and specificity (dashed), one panel per client."""
+    suff = cross_eval_series(run.records, "sufficiency")
+    spec = cross_eval_series(run.records, "specificity")
+    clients = sorted({p for p, _ in suff}) or [0]
+    ncols = min(3, len(clients))
+    nrows = math.ceil(len(clients) / ncols)
+    fig, axes = _figure(nrows, ncols, width=3.4, height=2.5)
+    rounds = run.rounds
+    for ax, pid in zip(axes.flat, clients):
+        for (p, cls), values in suff.items():
+            if p == pid:
+                _line(ax, rounds, values, color=class_colour(cls), label=f"class {cls} sufficiency")
+                _line(ax, rounds, spec[(p, cls)], color=class_colour(cls), linestyle="--", marker="s", markerfacecolor="none", label=f"class {cls} specificity")
+        ax.axhline(COLLAPSE_THRESHOLD, color="red", linewidth=0.8, linestyle=":", label="collapse threshold")
+        ax.set_title(f"client {pid}", fontsize=9)
+        _round_axis(ax, rounds)
+        _unit_axis(ax, "score on global weights")
+    for ax in axes.flat[len(clients):]:
+        ax.set_visible(False)
+    _bottom_labels_only(axes)
+    for i in range(len(clients) - ncols, len(clients)):  # the lowest visible panel of each column names the rounds
+        if i >= 0 and i < len(clients):
+            axes.flat[i].xaxis.set_tick_params(labelbottom=True)
+            axes.flat[i].set_xlabel("round")
+    _legend(fig, list(axes.flat), fontsize=7)
+    _title(fig, run, "Cross-evaluation: each local circuit on the global weights (solid: sufficiency, dashed: specificity)")
+    return fig
+
+
+# ---------------------------------------------------------------------- comparison (paper Fig. 19)
+
+
+def _aligned(runs: Sequence[Run], curve: Callable[[Run], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rounds present in any run, and a (runs x rounds) matrix of each run's curve (NaN where a run lacks the round)."""
+    rounds = sorted({int(r) for run in runs for r in run.rounds})
+    matrix = np.full((len(runs), len(rounds)), np.nan)
+    for i, run in enumerate(runs):
+        values = curve(run)
+        for r, v in zip(run.rounds, values):
+            matrix[i, rounds.index(int(r))] = v
+    return np.array(rounds), matrix
+
+
+def collapsed_share(run: Run) -> np.ndarray:
+    """Per round, the share of evaluated local circuits whose sufficiency on the global weights is below the collapse threshold."""
+    _, matrix = _cross_matrix(run, "sufficiency")
+    defined = np.isfinite(matrix).sum(axis=0)
+    collapsed = np.where(np.isfinite(matrix), matrix < COLLAPSE_THRESHOLD, False).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined > 0, collapsed / np.maximum(defined, 1), np.nan)
+
+
+SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray]]] = [
+    ("global accuracy", lambda run: accuracy_series(run.records).get("overall", np.full(len(run.records), np.nan))),
+    ("inter-client IoU (same class)", lambda run: layer_curve(inter_client_series(run.records), "mean", len(run.records))),
+    ("class-pair IoU (different classes)", lambda run: layer_curve(class_pair_series(run.records), "mean", len(run.records))),
+    ("local-global IoU", lambda run: layer_curve(local_global_series(run.records), "mean", len(run.records))),
+    ("intra-client stability", lambda run: layer_curve(stability_series(run.records), "mean", len(run.records))),
+    (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share),
+]
+"""The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers)."""
+
+
+def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
+    """Runs that differ in one setting: each summary curve per group, mean over the group's seeds with a min-max band."""
+    fig, axes = _figure(2, 3, width=3.6, height=2.6)
+    cmap = plt.get_cmap("viridis" if len(groups) > 4 else "tab10")
+    for ax, (what, curve) in zip(axes.flat, SUMMARY_CURVES):
+        curves = []
+        for g, (runs, label) in enumerate(zip(groups, labels)):
+            rounds, matrix = _aligned(runs, curve)
+            colour = cmap(g / max(len(groups) - 1, 1)) if len(groups) > 4 else cmap(g)
+            masked = np.ma.masked_invalid(matrix)  # a run lacking a value leaves it out; no run: a gap
+            mean = masked.mean(axis=0).filled(np.nan)
+            curves.append(mean)
+            _line(ax, rounds, mean, color=colour, label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+            if len(runs) > 1:
+                ax.fill_between(rounds, masked.min(axis=0).filled(np.nan), masked.max(axis=0).filled(np.nan), color=colour, alpha=0.15, linewidth=0)
+            _round_axis(ax, rounds)
+        _note_if_undefined(ax, curves, "")
+        ax.set_title(what, fontsize=9)
+        _unit_axis(ax, "")
+    _bottom_labels_only(axes)
+    _legend(fig, [axes[0][0]], title=setting)
+    fig.suptitle(f"Runs side by side by {setting}" + (" (lines: mean over seeds; bands: min-max)" if any(len(g) > 1 for g in groups) else ""), fontsize=10)
+    return fig
+
+
+def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
+    """Cross-evaluation stability side by side (paper Fig. 19): sufficiency heatmaps, one column per group, one row per seed."""
+    nrows = max(len(g) for g in groups)
+    heights = max(len(_cross_matrix(r, "sufficiency")[0]) for g in groups for r in g)
+    max_rounds = max(len(r.records) for g in groups for r in g)
+    fig, axes = plt.subplots(nrows, len(groups), figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), (1.0 + 0.22 * heights) * nrows + 0.8), squeeze=False, layout="constrained", dpi=DPI)
+    image = None
+    for col, (runs, label) in enumerate(zip(groups, labels)):
+        for row in range(nrows):
+            ax = axes[row][col]
+            if row >= len(runs):
+                ax.set_visible(False)
+                continue
+            run = runs[row]
+            image = _heatmap(ax, run, "sufficiency", annotate=False, ylabels=col == 0)
+            ax.set_title(label if setting == "seed" else f"{label}\nseed {run.config.seed}", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="sufficiency on the global weights")
+    fig.suptitle(f"Cross-evaluation side by side by {setting}: local circuits on the global weights (grey: not evaluated)", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------- saving
+
+
+RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
+    ("global_accuracy", fig_global_accuracy, "Global model accuracy over rounds, overall and per class."),
+    ("inter_client_iou", fig_inter_client, "Inter-client consistency (RQ1, paper Fig. 1, 6): mean pairwise IoU of the clients' circuits of each class, per layer."),
+    ("class_pair_iou", fig_class_pair, "Class-pair IoU (paper Fig. 3, 14): circuits of different classes on different clients; the inter-client view under disjoint label skew."),
+    ("stability", fig_stability, "Intra-client stability (RQ2, paper Fig. 10): IoU of each client's circuit with its previous one, per class and layer."),
+    ("local_global_iou", fig_local_global, "Local-global preservation (paper Fig. 2, 5, 8, 15-18): IoU of each client's circuit and the global circuit, per class and layer."),
+    ("cross_eval_heatmap", fig_cross_eval_heatmap, "Cross-evaluation (paper Fig. 4, 7, 9): each local circuit on the global weights, sufficiency beside specificity."),
+    ("cross_eval_curves", fig_cross_eval_curves, "Cross-evaluation over rounds (paper Fig. 4, 7, 9): sufficiency (solid) and specificity (dashed)."),
+]
+"""Name, figure function and caption of every per-run figure; circuit graphs are added by :func:`plot_run`."""
+
+GRAPH_FIGURES = ("circuit_graph", "overlay_two_clients", "overlay_rounds", "overlay_client_global")
+COMPARE_FIGURES = ("compare_summary", "compare_cross_eval")
+
+
+def _palette_png(path: Path) -> None:
+    """Rewrite a PNG with a 256-colour palette: a chart has few colours, and its file shrinks about threefold."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    # Octree keeps the rare colours (an overlay's few unique edges); no dithering keeps lines clean.
+    rgb.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def save(fig: Figure, out: Path, name: str, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` as ``out/name.<format>`` for each format and close it."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    # SVG text stays text (smaller, searchable, editable); no date, so reruns give the same file.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fedmi"}):
+        for fmt in formats:
+            path = out / f"{name}.{fmt}"
+            # Constrained layout already fits titles and legends: no second, "tight" drawing pass.
+            fig.savefig(path, dpi="figure", metadata={"Date": None} if fmt == "svg" else None, facecolor="white")
+            if fmt == "png":
+                _palette_png(path)
+            paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def plot_run(run: Run, out: str | Path, formats: Sequence[str] = FORMATS, graph_class: int | None = None, graph_round: int | None = None) -> list[tuple[Path, str]]:
+    """Every per-run figure of the paper, saved under ``out``; returns ``(path, caption)`` of every file.
+
+    Circuit graphs (paper Fig. 11-13) show ``graph_class`` in ``graph_round``
+    (default: chosen by :func:`fedmi_flower.graphs.choose`).
+    """
+    from .graphs import choose, graph_figures  # torch loads only for the graphs
+
+    graph_round, graph_class = choose(run, graph_class, graph_round)  # a bad class or round fails before any drawing
+    out = Path(out)
+    made: list[tuple[Path, str]] = []
+    for name, make, caption in RUN_FIGURES:
+        made += [(p, caption) for p in save(make(run), out, name, formats)]
+    for name, fig, caption in graph_figures(run, graph_class, graph_round):
+        made += [(p, caption) for p in save(fig, out, name, formats)]
+    return made
+
+
+def plot_compare(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str, out: str | Path, formats: Sequence[str] = FORMATS) -> list[tuple[Path, str]]:
+    """The comparison figures of runs grouped by one setting (paper Fig. 19), saved under ``out``."""
+    out = Path(out)
+    seeds = " (seeds as rows)" if any(len(g) > 1 for g in groups) else ""
+    made = [(p, f"Summary curves side by side by {setting}: mean over seeds, band min-max.") for p in save(fig_compare_summary(groups, labels, setting), out, "compare_summary", formats)]
+    made += [(p, f"Cross-evaluation stability side by side by {setting} (paper Fig. 19){seeds}.") for p in save(fig_compare_cross_eval(groups, labels, setting), out, "compare_cross_eval", formats)]
+    return made

@@ -1,0 +1,444 @@
+"""One-page report of a run, of a run's seeds, or of a sweep: config, figures, RQ1 and RQ2 tables, collapse.
+
+The numbers are plain functions of a run's round records (:func:`rq_table` and the
+functions it joins), so tests recompute them independently. Each returns
+:data:`Numbers`, a flat ``{(table, row, column): value}`` map; over several runs of
+one configuration (seeds) every entry is summarised by :func:`spread` as mean, sample
+standard deviation and min-max. The page is built once as a list of blocks and
+rendered to Markdown and to a small HTML file (standard library only).
+
+Definitions used on every page (paper sections 2.3 and 3):
+
+- A local circuit **collapses** in a round when its sufficiency on the global weights
+  of that round (cross-evaluation) is below :data:`COLLAPSE_THRESHOLD` (10%).
+- The **collapse rate** is the share of evaluated client-class-rounds that collapse.
+- A circuit, one client's circuit of one class, **never recovers** when it collapsed
+  in some round and is still below the threshold in the last round it was evaluated
+  (the run's last round for a client that reported then). Since the last round is a
+  round, this is the same as: collapsed in the last round it was evaluated.
+- The local-global IoU **peaks, then declines** (paper Fig. 5) when the round of its
+  highest value (the first, on ties) comes before the last round and the last value
+  lies at least :data:`DECLINE` below the peak.
+- **Spread** over n runs: mean, sample standard deviation (n - 1 in the denominator,
+  undefined for one run) and [min, max] of the values the runs define; when some run
+  leaves a value undefined, the cell says how many runs define it.
+
+No Flower imports here.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .analysis import COLLAPSE_THRESHOLD
+from .results import CONFIG_FILE
+from .series import (
+    LAYERS,
+    Record,
+    Run,
+    RunError,
+    accuracy_series,
+    circuit_size_series,
+    class_pair_series,
+    cross_eval_series,
+    differing_settings,
+    finite,
+    group_runs,
+    inter_client_series,
+    layer_curve,
+    local_global_series,
+    setting_label,
+    stability_series,
+)
+
+DECLINE = 0.05
+"""How far below its peak the last local-global IoU must be to count as a decline."""
+
+Key = tuple[str, str, str]
+Numbers = dict[Key, float]
+"""``{(table, row, column): value}``; NaN where the run leaves a value undefined."""
+
+OVERVIEW = "Overview"
+RQ1 = "RQ1: inter-client consistency (Fig. 1, 3, 6, 14)"
+RQ2_STABILITY = "RQ2: intra-client stability (Fig. 10)"
+RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
+COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
+
+FINAL, MEAN_OVER_ROUNDS = "final round", "mean over rounds"
+PEAK_ROUND, PEAK, LAST, DROP, DECLINES = "peak round", "peak", "final round", "drop (peak - final)", "peaks, then declines"
+VALUE = "value"
+
+_COUNTS = {"rounds", "empty local circuits (final round)", "client-class-rounds evaluated", "collapsed client-class-rounds", "circuits (client, class)", "collapsed at least once", "never recovered", PEAK_ROUND}
+_VERDICTS = {DECLINES}
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    kept = finite(values)
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def _last(curve: np.ndarray) -> float:
+    return float(curve[-1]) if len(curve) else float("nan")
+
+
+# ---------------------------------------------------------------------- the numbers
+
+
+def overview_numbers(records: Sequence[Record]) -> Numbers:
+    """Rounds, global accuracy, and circuit sizes (empty circuits mark a degenerate run)."""
+    n = len(records)
+    acc = accuracy_series(records).get("overall", np.full(n, np.nan))
+    sizes = circuit_size_series(records)
+    local_final = [v[-1] for k, v in sizes.items() if k[0] != "global"]
+    global_final = [v[-1] for k, v in sizes.items() if k[0] == "global"]
+    return {
+        (OVERVIEW, "rounds", VALUE): float(n),
+        (OVERVIEW, "global accuracy (final round)", VALUE): _last(acc),
+        (OVERVIEW, "global accuracy (best round)", VALUE): max(finite(acc), default=float("nan")),
+        (OVERVIEW, "local circuit size, channels (final round mean)", VALUE): _mean(local_final),
+        (OVERVIEW, "global circuit size, channels (final round mean)", VALUE): _mean(global_final),
+        (OVERVIEW, "empty local circuits (final round)", VALUE): float(sum(1 for v in finite(local_final) if v == 0)),
+    }
+
+
+def rq1_numbers(records: Sequence[Record]) -> Numbers:
+    """RQ1, inter-client consistency, per layer: the last round's value and the mean over rounds.
+
+    A round's value is the mean over classes of the mean pairwise IoU of the clients
+    holding the class (``same class``), and the mean over class pairs of the IoU of
+    different classes' circuits on different clients (``class pair``; the only
+    inter-client view under disjoint label skew, paper Fig. 3 and 14).
+    """
+    n, out = len(records), {}
+    for label, series in (("same class", inter_client_series(records)), ("class pair", class_pair_series(records))):
+        for layer in LAYERS:
+            curve = layer_curve(series, layer, n)
+            out[(RQ1, f"{label}, {layer}", FINAL)] = _last(curve)
+            out[(RQ1, f"{label}, {layer}", MEAN_OVER_ROUNDS)] = _mean(curve)
+    return out
+
+
+def rq2_numbers(records: Sequence[Record]) -> Numbers:
+    """RQ2: intra-client stability per layer (last round, mean over rounds), and the local-global IoU trend.
+
+    Both curves are round-wise means over clients and classes. The trend gives the
+    round of the peak, the peak, the last value, the drop (peak minus last) and
+    whether the curve peaks, then declines (see the module's definitions).
+    """
+    n, out = len(records), {}
+    rounds = [int(r["round"]) for r in records]
+    stab = stability_series(records)
+    for layer in LAYERS:
+        curve = layer_curve(stab, layer, n)
+        out[(RQ2_STABILITY, layer, FINAL)] = _last(curve)
+        out[(RQ2_STABILITY, layer, MEAN_OVER_ROUNDS)] = _mean(curve)
+    lg = local_global_series(records)
+    for layer in LAYERS:
+        curve = layer_curve(lg, layer, n)
+        defined = ~np.isnan(curve)
+        if not defined.any():
+            peak_round = peak = float("nan")
+        else:
+            i = int(np.flatnonzero(curve == np.nanmax(curve))[0])
+            peak_round, peak = float(rounds[i]), float(curve[i])
+        last = _last(curve)
+        drop = peak - last
+        declines = float("nan") if math.isnan(drop) else float(peak_round < rounds[-1] and drop >= DECLINE)
+        out.update({(RQ2_TREND, layer, PEAK_ROUND): peak_round, (RQ2_TREND, layer, PEAK): peak, (RQ2_TREND, layer, LAST): last, (RQ2_TREND, layer, DROP): drop, (RQ2_TREND, layer, DECLINES): declines})
+    return out
+
+
+def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRESHOLD) -> Numbers:
+    """Cross-evaluation collapse: the collapse rate, circuits that collapsed, circuits that never recover.
+
+    See the module's definitions; ``threshold`` is the sufficiency below which a
+    local circuit on the global weights counts as collapsed.
+    """
+    suff = cross_eval_series(records, "sufficiency")
+    spec = cross_eval_series(records, "specificity")
+    values = [v for series in suff.values() for v in finite(series)]
+    collapsed = sum(1 for v in values if v < threshold)
+    ever = [k for k, s in suff.items() if any(v < threshold for v in finite(s))]
+    never = [k for k, s in suff.items() if finite(s) and finite(s)[-1] < threshold]
+    return {
+        (COLLAPSE, "client-class-rounds evaluated", VALUE): float(len(values)),
+        (COLLAPSE, "collapsed client-class-rounds", VALUE): float(collapsed),
+        (COLLAPSE, "collapse rate", VALUE): collapsed / len(values) if values else float("nan"),
+        (COLLAPSE, "circuits (client, class)", VALUE): float(sum(1 for s in suff.values() if finite(s))),
+        (COLLAPSE, "collapsed at least once", VALUE): float(len(ever)),
+        (COLLAPSE, "never recovered", VALUE): float(len(never)),
+        (COLLAPSE, "sufficiency (final round mean)", VALUE): _mean([s[-1] for s in suff.values()]),
+        (COLLAPSE, "specificity (final round mean)", VALUE): _mean([s[-1] for s in spec.values()]),
+    }
+
+
+def rq_table(records: Sequence[Record]) -> Numbers:
+    """Every number a report shows for one run, in page order."""
+    return {**overview_numbers(records), **rq1_numbers(records), **rq2_numbers(records), **collapse_numbers(records)}
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One number over several runs: mean, sample std, min, max of the ``n`` runs (of ``total``) that define it."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+    total: int
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Summarise one number over runs; NaN values (undefined in a run) are left out and counted."""
+    kept = finite(values)
+    if not kept:
+        nan = float("nan")
+        return Spread(nan, nan, nan, nan, 0, len(values))
+    std = statistics.stdev(kept) if len(kept) > 1 else float("nan")
+    return Spread(statistics.fmean(kept), std, min(kept), max(kept), len(kept), len(values))
+
+
+def aggregate(tables: Sequence[Numbers]) -> dict[Key, Spread]:
+    """:func:`spread` of every entry over several runs' :func:`rq_table` results."""
+    keys = list(dict.fromkeys(k for t in tables for k in t))
+    return {k: spread([t.get(k, float("nan")) for t in tables]) for k in keys}
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+def _kind(key: Key) -> str:
+    _, row, column = key
+    if column in _VERDICTS:
+        return "verdict"
+    return "count" if row in _COUNTS or column in _COUNTS else "float"
+
+
+def format_value(key: Key, value: float) -> str:
+    """One run's value as the page shows it; undefined is an em dash."""
+    if math.isnan(value):
+        return "—"
+    kind = _kind(key)
+    if kind == "verdict":
+        return "yes" if value else "no"
+    return f"{value:.0f}" if kind == "count" else f"{value:.3f}"
+
+
+def format_spread(key: Key, s: Spread) -> str:
+    """Several runs' value: ``mean ± std [min, max]`` (verdicts: ``k of n runs``)."""
+    if s.n == 0:
+        return "—"
+    kind = _kind(key)
+    if kind == "verdict":
+        text = f"{s.mean * s.n:.0f} of {s.n} runs"
+    else:
+        digits = 1 if kind == "count" else 3
+        low, high = (f"{s.min:.0f}", f"{s.max:.0f}") if kind == "count" else (f"{s.min:.3f}", f"{s.max:.3f}")
+        std = "—" if math.isnan(s.std) else f"{s.std:.{digits}f}"
+        text = f"{s.mean:.{digits}f} ± {std} [{low}, {high}]"
+    return text if s.n == s.total else f"{text} (defined in {s.n} of {s.total} runs)"
+
+
+# ---------------------------------------------------------------------- the page as blocks
+
+Block = tuple[Any, ...]
+"""``("h", level, text)``, ``("p", text)``, ``("list", items)``, ``("code", text)``, ``("table", header, rows)``, ``("img", path, caption)``."""
+
+DEFINITIONS = [
+    f"**Collapse**: a local circuit collapses in a round when its sufficiency on that round's global weights (cross-evaluation) is below {COLLAPSE_THRESHOLD:.0%}. "
+    "The **collapse rate** is the share of evaluated client-class-rounds that collapse.",
+    f"**Never recovered**: a circuit (one client's circuit of one class) that collapsed in some round and is still below {COLLAPSE_THRESHOLD:.0%} sufficiency "
+    "in the last round it was evaluated (the run's last round for a client that reported then).",
+    f"**Peaks, then declines**: the round-wise mean local-global IoU reaches its highest value (first on ties) before the last round and ends at least {DECLINE} below it.",
+    "**Round-wise curves** average over classes (RQ1, same class), class pairs (RQ1, class pair) or clients and classes (RQ2); "
+    "`mean` is the average of the per-layer IoUs as each record stores it. A value is undefined (—) when every compared circuit is empty, "
+    "or no class has two holders (same class, under disjoint label skew).",
+    "**Spread** over runs: mean ± sample standard deviation (n − 1) [min, max] of the runs that define the value.",
+    "Sufficiency alone is satisfied by a circuit that answers its class for every input: read it with specificity.",
+]
+
+
+def _table_blocks(title: str, numbers: Mapping[Key, str]) -> list[Block]:
+    """One run or one group: rows by row label, columns by column label."""
+    keys = [k for k in numbers if k[0] == title]
+    rows = list(dict.fromkeys(k[1] for k in keys))
+    cols = list(dict.fromkeys(k[2] for k in keys))
+    body = [[row] + [numbers.get((title, row, c), "") for c in cols] for row in rows]
+    return [("h", 3, title), ("table", [""] + cols, body)]
+
+
+def _group_table_blocks(title: str, groups: Sequence[Mapping[Key, str]], labels: Sequence[str]) -> list[Block]:
+    """Several groups: one row per number, one column per group."""
+    keys = list(dict.fromkeys(k for g in groups for k in g if k[0] == title))
+    body = [[k[1] if k[2] == VALUE else f"{k[1]}: {k[2]}"] + [g.get(k, "") for g in groups] for k in keys]
+    return [("h", 3, title), ("table", [""] + list(labels), body)]
+
+
+def _formatted(runs: Sequence[Run]) -> dict[Key, str]:
+    tables = [rq_table(r.records) for r in runs]
+    if len(tables) == 1:
+        return {k: format_value(k, v) for k, v in tables[0].items()}
+    return {k: format_spread(k, s) for k, s in aggregate(tables).items()}
+
+
+def _relative(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list[Block]:
+    """Make the figures beside ``out_file`` and return the page's blocks.
+
+    One configuration (one run, or its seeds): that configuration's figures (of its
+    first run) and tables; with several seeds, also the seeds side by side and every
+    number as a spread. Several configurations (a sweep): the comparison figures and
+    one column per configuration.
+    """
+    from .plots import plot_compare, plot_run  # matplotlib loads only when a page is made
+
+    if not runs:
+        raise RunError("no runs to report on")
+    folder = out_file.parent
+    figures = folder / "figures"
+    groups = group_runs(runs)
+    keys = [k for k in differing_settings([g[0].config for g in groups]) if k != "seed"]  # seeds are listed per run
+    labels = [setting_label(g[0].config, keys) for g in groups]
+    first = runs[0]
+
+    if len(groups) == 1 and len(runs) == 1:
+        title = f"Report: {first.name}"
+    elif len(groups) == 1:
+        title = f"Report: {first.config.name.rsplit('-seed=', 1)[0]}, {len(runs)} seeds"
+    else:
+        title = f"Report: {len(runs)} runs differing in {', '.join(keys)}"
+    blocks: list[Block] = [("h", 1, title)]
+    made = f"Made by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}." if command else f"Made on {time.strftime('%Y-%m-%d %H:%M')}."
+    blocks.append(("p", made + " Every number below is computed from the runs' `rounds.jsonl` by `fedmi_flower.report.rq_table`."))
+    blocks.append(("table", ["run", "seed", "rounds", "experiment"], [[f"`{r.path}`", str(r.config.seed), str(len(r.records)), r.config.description or r.config.name] for r in runs]))
+
+    blocks.append(("h", 2, "Numbers"))
+    if len(groups) == 1:
+        numbers = _formatted(runs)
+        if len(runs) > 1:
+            blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE):
+            blocks += _table_blocks(title_, numbers)
+    else:
+        per_group = [_formatted(g) for g in groups]
+        seeds = max(len(g) for g in groups)
+        if seeds > 1:
+            blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
+        heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE):
+            blocks += _group_table_blocks(title_, per_group, heads)
+
+    blocks.append(("h", 2, "Definitions"))
+    blocks.append(("list", DEFINITIONS))
+    blocks.append(("h", 2, "Figures"))
+    if len(groups) == 1:
+        note = f" (of `{first.name}`; the tables summarise all {len(runs)} runs)" if len(runs) > 1 else ""
+        for path, caption in plot_run(first, figures / first.name, formats=("png",)):
+            blocks.append(("img", _relative(path, folder), caption + note))
+    if len(runs) > 1:
+        compare_key = ", ".join(keys) if len(groups) > 1 else "seed"
+        compare_groups = groups if len(groups) > 1 else [[r] for r in runs]
+        compare_labels = labels if len(groups) > 1 else [f"seed = {r.config.seed}" for r in runs]
+        for path, caption in plot_compare(compare_groups, compare_labels, compare_key, figures / "compare", formats=("png",)):
+            blocks.append(("img", _relative(path, folder), caption))
+
+    blocks.append(("h", 2, "Configuration"))
+    blocks.append(("p", f"`{CONFIG_FILE}` of `{first.name}`" + (" (the other runs differ only as listed below):" if len(runs) > 1 else ":")))
+    blocks.append(("code", (first.path / CONFIG_FILE).read_text().strip()))
+    differ = differing_settings([r.config for r in runs])
+    if differ:
+        blocks.append(("table", ["run"] + differ, [[r.name] + [setting_label(r.config, [k]).split(" = ", 1)[1] for k in differ] for r in runs]))
+
+    return blocks
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    """The page as GitHub-flavoured Markdown."""
+    out: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            out.append("#" * block[1] + " " + block[2])
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in block[1]))
+        elif kind == "code":
+            out.append("```toml\n" + block[1] + "\n```")
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            out.append(f"![{Path(block[1]).stem}]({block[1]})\n\n*{block[2]}*")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em;line-height:1.4}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
+    "td:first-child,th:first-child{text-align:left}pre{background:#f6f6f6;padding:.5em;overflow:auto;max-height:24em}"
+    "figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic;color:#444}"
+)
+
+
+def to_html(blocks: Sequence[Block], title: str = "fedmi report") -> str:
+    """The page as a standalone HTML file (no scripts, no dependencies)."""
+    body: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            body.append(f"<h{block[1]}>{_inline_html(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "code":
+            body.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            body.append(f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(Path(block[1]).stem)}"><figcaption>{_inline_html(block[2])}</figcaption></figure>')
+    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n' + "\n".join(body) + "\n</body></html>\n"
+
+
+def write_report(runs: Sequence[Run], out_file: str | os.PathLike, command: str | None = None) -> tuple[Path, Path]:
+    """Write the page as ``out_file`` (Markdown) and beside it as ``.html``, figures under ``figures/``; return both paths."""
+    md_path = Path(out_file)
+    if md_path.suffix.lower() in (".html", ".htm"):
+        md_path = md_path.with_suffix(".md")
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    command = command if command is not None else " ".join(shlex.quote(a) for a in ["fedmi", *sys.argv[1:]])
+    blocks = build_report(runs, md_path, command)
+    html_path = md_path.with_suffix(".html")
+    md_path.write_text(to_markdown(blocks))
+    html_path.write_text(to_html(blocks, title=blocks[0][2]))
+    return md_path, html_path
