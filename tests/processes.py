@@ -56,8 +56,9 @@ class DescendantRecorder:
         while True:
             for pid in process_tree([os.getpid()]):
                 info = _start_time_and_state(pid)
-                if pid != os.getpid() and info is not None and (pid, info[0]) not in self.seen:
-                    self.seen[(pid, info[0])] = _cmdline(pid)
+                if pid != os.getpid() and info is not None:
+                    # Re-read every time: a child caught between fork and exec still shows its parent's command line.
+                    self.seen[(pid, info[0])] = _cmdline(pid) or self.seen.get((pid, info[0]), "")
             if self._done.wait(self.interval):
                 return
 
