@@ -135,7 +135,10 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} already holds a run; choose another --out")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedmi-deploy-"))
     # `kill` (SIGTERM) stops the deployment like Ctrl-C does, instead of leaving its processes behind.
+    # SIGINT too, explicitly: a shell without job control starts background commands with SIGINT
+    # ignored, and Python then keeps it ignored, so `kill -INT` would leave the deployment running.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     began = time.perf_counter()
     print(f"fedmi: starting a SuperLink and {config.clients} SuperNodes; state and logs in {workdir}", flush=True)
     try:
