@@ -55,8 +55,9 @@ def _resume(args: argparse.Namespace) -> int:
         print(f"fedmi: {run.path} already finished all {config.rounds} rounds")
         return 0
     print(f"fedmi: resuming {config.name} after round {done} of {config.rounds} -> {run.path}", flush=True)
+    began = time.perf_counter()
     simulate(config, run.path, args.data_root, verbose=args.verbose, resume=True)
-    print(f"fedmi: {config.name} finished {len(run.read_rounds())} rounds; results in {run.path}")
+    _report(config.name, run.path, began)
     return 0
 
 

@@ -137,21 +137,13 @@ class CircuitAnalysisMixin:
         """Decode and validate the client's report; raise ``PayloadError`` naming what is wrong."""
         return report_from_metrics(res.metrics, res.num_examples, num_clients=self.experiment.clients, layer_sizes=self.template.layer_sizes)
 
-    def keep_round_weights(self, server_round: int, arrays: list[np.ndarray], accepted: list[Result], reports: list[ClientReport]) -> None:
+    def keep_round_weights(self, server_round: int, arrays: list[np.ndarray], reported: list[tuple[ClientReport, FitRes]]) -> None:
         """Write the round's global weights and the local weights of every client whose circuits were accepted.
 
         Circuit graphs (paper Fig. 11-13) read a circuit's edges from the weights it was
         found on: a client's are the weights it sent with its report.
         """
-        wanted = {r.partition_id for r in reports}
-        local: dict[int, list[np.ndarray]] = {}
-        for _, res in accepted:
-            try:
-                pid = self.screen_report(res).partition_id
-            except PayloadError:
-                continue
-            if pid in wanted and pid not in local:  # the first claim on a partition is the one analysed
-                local[pid] = parameters_to_ndarrays(res.parameters)
+        local = {report.partition_id: parameters_to_ndarrays(res.parameters) for report, res in reported}
         self.run_dir.write_round_weights(server_round, arrays, local)
 
     def on_round_end(self, server_round: int, record: dict[str, Any]) -> None:
@@ -179,10 +171,10 @@ class CircuitAnalysisMixin:
 
     # ------------------------------------------------------------------ aggregation
 
-    def _screen(self, rnd: int, results: list[Result]) -> tuple[list[Result], list[ClientReport], list[dict[str, Any]]]:
-        """Split results into those to aggregate, the valid reports, and the rejections."""
+    def _screen(self, rnd: int, results: list[Result]) -> tuple[list[Result], list[tuple[ClientReport, FitRes]], list[dict[str, Any]]]:
+        """Split results into those to aggregate, the valid reports (with the result each came in), and the rejections."""
         accepted: list[Result] = []
-        reports: list[ClientReport] = []
+        reported: list[tuple[ClientReport, FitRes]] = []
         rejected: list[dict[str, Any]] = []
         claimed: set[int] = set()
         for proxy, res in results:
@@ -198,11 +190,11 @@ class CircuitAnalysisMixin:
                 if report.partition_id in claimed:
                     raise PayloadError(f"partition_id {report.partition_id} was already reported this round")
                 claimed.add(report.partition_id)
-                reports.append(report)
+                reported.append((report, res))
             except PayloadError as err:
                 rejected.append({"client": proxy.cid, "reason": str(err), "weights_aggregated": True})
                 log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", rnd, proxy.cid, err)
-        return accepted, reports, rejected
+        return accepted, reported, rejected
 
     def aggregate_fit(self, server_round: int, results: list[Result], failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Screen results, aggregate with the parent strategy, analyse the global model, record the round.
@@ -213,7 +205,7 @@ class CircuitAnalysisMixin:
         """
         rnd = server_round + self.round_offset
         began = time.perf_counter()
-        accepted, reports, rejected = self._screen(rnd, results)
+        accepted, reported, rejected = self._screen(rnd, results)
         parameters, metrics = super().aggregate_fit(rnd, accepted, failures)  # type: ignore[misc]
         # Flower reports an exception without its client: name the sampled clients that did not answer.
         answered = {proxy.cid for proxy, _ in results} | {f[0].cid for f in failures if isinstance(f, tuple)}
@@ -223,13 +215,13 @@ class CircuitAnalysisMixin:
         if not aggregated:
             reason = "no valid result" if not accepted else f"{len(failures)} client(s) failed and accept_failures is false"
             log(WARNING, "round %d: not aggregated (%s); the global model is unchanged", rnd, reason)
-            parameters, metrics, reports = self._current, {}, []
+            parameters, metrics, reported = self._current, {}, []
         arrays = parameters_to_ndarrays(parameters)
         model = build_model()
         set_weights(model, arrays)
         model.to(self.analyst.evaluation.images.device)
         try:
-            record = self.analyst.analyse(rnd, model, reports)
+            record = self.analyst.analyse(rnd, model, [report for report, _ in reported])
         except Exception:  # a bug in the analysis must not lose the training run
             log(WARNING, "round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
             record = {"round": rnd, "analysis_error": traceback.format_exc(), "timings": {}}
@@ -242,7 +234,7 @@ class CircuitAnalysisMixin:
         record["rejected"] = rejected
         record.setdefault("timings", {})["server"] = time.perf_counter() - began
         record["timings"]["round"] = time.perf_counter() - self._round_started
-        self.keep_round_weights(record["round"], arrays, accepted, reports)
+        self.keep_round_weights(record["round"], arrays, reported)
         self.run_dir.append_round(record)
         self.run_dir.write_weights(arrays, rnd)
         # The checkpoint is the round's commit point: written last.
