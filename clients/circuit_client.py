@@ -10,10 +10,11 @@ import torch
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
-from fedmi_flower.circuits import channel_means, circuits_from_scores, evaluate_circuits, learn_gate_scores
-from fedmi_flower.config import AnalysisConfig
+from fedmi_flower.circuits import Circuit, channel_means, circuits_from_scores, evaluate_circuits, learn_gate_scores
+from fedmi_flower.config import AnalysisConfig, ExperimentConfig
 from fedmi_flower.data import ImageSplit
 from fedmi_flower.faults import InjectedFailure, should_fail
+from fedmi_flower.metrics import circuit_iou
 from fedmi_flower.model import build_model, evaluate, get_weights, set_weights
 from fedmi_flower.protocol import ClientReport, FitInstructions, report_to_metrics
 from fedmi_flower.seeding import derive_seed, torch_generator
@@ -104,6 +105,7 @@ class CircuitClient(NumPyClient):
                 model, self.train, classes, means=means, seed=derive_seed(cfg.seed, "client-discovery", rnd, pid), **dataclasses.asdict(cfg.discovery)
             )
             circuits = circuits_from_scores(scores, classes)
+        floor = self.seed_floor(model, circuits, cfg, rnd) if circuits and cfg.analysis.noise_floor and pid == cfg.analysis.floor_client else {}
         t_discovery = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -113,13 +115,16 @@ class CircuitClient(NumPyClient):
             local_scores = {c: {"sufficiency": s.sufficiency, "specificity": s.specificity, "necessity": s.necessity} for c, s in zip(circuits, scored)}
         t_evaluate = time.perf_counter() - t0
 
+        achieved = sparsity_report(model)
         report = ClientReport(
             partition_id=pid,
             num_examples=len(self.train),
             circuits=circuits,
             train_loss=stats.loss,
             train_accuracy=stats.accuracy,
-            sparsity=sparsity_report(model).overall,
+            sparsity=achieved.overall,
+            sparsity_per_tensor=achieved.per_tensor,
+            noise_floor=floor,
             timings={"t_train": t_train, "t_discovery": t_discovery, "t_evaluate": t_evaluate, "t_total": time.perf_counter() - began},
             class_counts=self.class_counts,
             local_scores=local_scores,
@@ -127,6 +132,20 @@ class CircuitClient(NumPyClient):
             device=str(self.device),
         )
         return get_weights(model), len(self.train), report_to_metrics(report, model.layer_sizes)
+
+    def seed_floor(self, model: torch.nn.Module, circuits: dict[int, Circuit], cfg: ExperimentConfig, rnd: int) -> dict[int, dict[str, float]]:
+        """This client's noise floor: its circuits against the same model's found again on another draw of its rows with another seed.
+
+        Stability and inter-client IoU compare circuits found with different seeds on
+        different draws; this is their IoU when the model has not changed at all.
+        """
+        seed = derive_seed(cfg.seed, "client-floor", rnd, self.partition_id)
+        redraw = self.train.subset(torch.randint(len(self.train), (len(self.train),), generator=torch_generator(seed, "bootstrap")).sort().values)
+        classes = [c for c in circuits if bool((redraw.labels == c).any())]
+        means = channel_means(model, redraw) if cfg.discovery.ablation == "mean" else None
+        scores, _ = learn_gate_scores(model, redraw, classes, means=means, seed=seed, **dataclasses.asdict(cfg.discovery))
+        again = circuits_from_scores(scores, classes)
+        return {c: circuit_iou(circuits[c], again[c]) for c in classes}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         """Loss and accuracy of the global model on this client's held-out rows."""

@@ -15,6 +15,7 @@ classes one by one on the same batches, at the cost of one larger batch per step
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -132,6 +133,18 @@ def _stem_cache(model: SimpleCNN, images: torch.Tensor, draws: torch.Tensor, chu
     return stems, position[draws]
 
 
+def earliest_gate_change(init_score: float, lr: float) -> int:
+    """The first step at which a gate can flip: ``ceil(|init_score| / lr)``.
+
+    Adam moves a score by about ``lr`` per step (exactly ``lr`` on its first step, at
+    most that while the gradient keeps its sign), so a score that starts at 2.0 with lr
+    0.1 needs 20 steps to cross zero. Early stopping that counted from step 0 would stop
+    every class with all its gates open (the whole network) whenever ``patience`` is
+    below this.
+    """
+    return math.ceil(abs(init_score) / lr)
+
+
 def learn_gate_scores(
     model: SimpleCNN,
     data: ImageSplit,
@@ -176,7 +189,9 @@ def learn_gate_scores(
         Early stop per class: a class whose gate pattern has not changed for
         ``patience`` steps (checked every ``check_every`` steps, not before
         ``min_steps``) is retired and its scores frozen; the loop ends when all are.
-        ``None`` runs all ``steps`` (the paper's protocol).
+        ``None`` runs all ``steps`` (the paper's protocol). Patience counts from
+        :func:`earliest_gate_change` at the soonest: before it no gate can have closed, so
+        an unchanged pattern there says nothing about convergence.
 
     Returns
     -------
@@ -210,7 +225,7 @@ def learn_gate_scores(
     active = torch.ones(k, dtype=torch.bool)
     steps_run = [steps] * k
     last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1)
-    last_change = torch.zeros(k, dtype=torch.long)
+    last_change = torch.full((k,), earliest_gate_change(init_score, lr), dtype=torch.long)
     frozen: dict[str, torch.Tensor] = {}
     retired = torch.zeros(k, dtype=torch.bool, device=device)
 

@@ -95,6 +95,8 @@ class AnalysisConfig:
     classes: list[int] | None = _spec(None, doc="classes to analyse; omitted: every class a client holds")
     min_class_examples: int = _spec(20, lo=1, doc="a client analyses a class only if it holds at least this many examples of it")
     evaluate_local: bool = _spec(True, doc="clients score their circuits on their own model and held-out rows (training rows when none are held out)")
+    noise_floor: bool = _spec(True, doc="measure the noise floor of every IoU view each round: the global model's circuits found again (another seed and draw; another client's rows), and floor_client's own")
+    floor_client: int = _spec(0, lo=0, doc="partition whose training rows give the local-global noise floor and which measures its own seed floor")
 
 
 @dataclass
@@ -221,6 +223,10 @@ class ExperimentConfig:
         if self.analysis.classes is not None:
             if not self.analysis.classes or any(not 0 <= c <= 9 for c in self.analysis.classes):
                 fail("analysis.classes", self.analysis.classes, "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)")
+        if self.strategy.fraction_evaluate > 0 and d.holdout_fraction == 0:
+            fail("data.holdout_fraction", d.holdout_fraction, f"leaves clients nothing to evaluate on while strategy.fraction_evaluate = {self.strategy.fraction_evaluate}; hold rows out (e.g. 0.1) or set strategy.fraction_evaluate = 0")
+        if self.analysis.floor_client >= self.clients:
+            fail("analysis.floor_client", self.analysis.floor_client, f"is not a partition (0..{self.clients - 1})")
         if self.strategy.min_fit_clients is not None and self.strategy.min_fit_clients > self.clients:
             fail("strategy.min_fit_clients", self.strategy.min_fit_clients, f"exceeds clients = {self.clients}")
         for key, ids, top in (("faults.fail_clients", self.faults.fail_clients, self.clients), ("faults.fail_rounds", self.faults.fail_rounds, self.rounds + 1)):

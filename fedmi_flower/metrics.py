@@ -11,6 +11,7 @@ The fourth view, cross-evaluation, is functional rather than structural.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Hashable, Iterable, Mapping, Sequence
@@ -33,6 +34,42 @@ def iou(a: Iterable[int], b: Iterable[int]) -> float:
     sa, sb = set(a), set(b)
     union = len(sa | sb)
     return len(sa & sb) / union if union else float("nan")
+
+
+@functools.lru_cache(maxsize=65536)
+def chance_iou(a: int, b: int, n: int) -> float:
+    """Expected IoU of a random ``a``-subset and a random ``b``-subset of ``n`` channels (the chance level).
+
+    The intersection size ``k`` is hypergeometric: ``P(k) = C(a, k) C(n - a, b - k) / C(n, b)``,
+    and the IoU is ``k / (a + b - k)``; the sum over ``k`` is exact. NaN when both sets
+    are empty, as :func:`iou` is. Two random 16-channel sets of conv1's 32 share about a
+    third of their union: an IoU means something only above this.
+    """
+    if not (0 <= a <= n and 0 <= b <= n):
+        raise ValueError(f"set sizes {a} and {b} must lie in 0..{n}")
+    if a + b == 0:
+        return float("nan")
+    total = math.comb(n, b)
+    return sum(math.comb(a, k) * math.comb(n - a, b - k) * k / (a + b - k) for k in range(max(0, a + b - n), min(a, b) + 1)) / total
+
+
+def chance_circuit_iou(a: Circuit, b: Circuit, layer_sizes: Mapping[str, int]) -> dict[str, float]:
+    """:func:`chance_iou` per layer for circuits of the sizes of ``a`` and ``b``, and its mean over layers (as :func:`circuit_iou`)."""
+    out = {layer: chance_iou(len(a.get(layer, [])), len(b.get(layer, [])), n) for layer, n in layer_sizes.items()}
+    out[MEAN] = nanmean(out[layer] for layer in layer_sizes)
+    return out
+
+
+def mean_entries(entries: Sequence[Mapping[str, float]], layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+    """Per-layer NaN-aware mean of several per-layer results, and the mean over layers of those."""
+    out = {layer: nanmean(e[layer] for e in entries) for layer in layers}
+    out[MEAN] = nanmean(out[layer] for layer in layers)
+    return out
+
+
+def defined_pairs(entries: Iterable[Mapping[str, float]]) -> int:
+    """How many per-pair results have a defined mean: the count a mean of them rests on."""
+    return sum(1 for e in entries if not math.isnan(e[MEAN]))
 
 
 def circuit_iou(a: Circuit, b: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:

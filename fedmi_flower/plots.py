@@ -25,7 +25,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .analysis import COLLAPSE_THRESHOLD  # noqa: E402
+from .verdicts import COLLAPSE_THRESHOLD  # noqa: E402
 from .series import (  # noqa: E402
     LAYERS,
     Run,

@@ -24,6 +24,8 @@ from .circuits import Circuit
 from .config import ConfigError, ExperimentConfig
 
 FIT_SECTIONS = ("train", "discovery", "analysis", "faults")
+FIT_SCALARS = ("clients", "rounds")
+"""Top-level fields a client needs beside the sections: its config is validated against the run's own."""
 CIRCUITS_MAGIC = b"FMC1"
 MAX_REPORT_BYTES = 64 * 1024
 MAX_CIRCUIT_BYTES = 64 * 1024
@@ -40,7 +42,7 @@ class PayloadError(ValueError):
 
 def fit_instructions(config: ExperimentConfig, server_round: int) -> dict[str, bool | int | float | str]:
     """The fit config of one round: the experiment's train, discovery and analysis settings."""
-    flat = {k: v for k, v in config.to_run_config().items() if k.split(".", 1)[0] in FIT_SECTIONS}
+    flat = {k: v for k, v in config.to_run_config().items() if k.split(".", 1)[0] in FIT_SECTIONS or k in FIT_SCALARS}
     flat.update(seed=config.seed, server_round=int(server_round))
     return flat
 
@@ -50,7 +52,7 @@ class FitInstructions:
     """A client's view of :func:`fit_instructions`, validated."""
 
     server_round: int
-    config: ExperimentConfig  # its train, discovery, analysis and seed are the server's
+    config: ExperimentConfig  # its clients, rounds, train, discovery, analysis, faults and seed are the server's
     proximal_mu: float = 0.0  # set by FedProx's configure_fit
 
     @classmethod
@@ -148,6 +150,9 @@ class ClientReport:
     local_scores: dict[int, dict[str, float | None]] = field(default_factory=dict)
     discovery_steps: dict[int, int] = field(default_factory=dict)
     device: str = "cpu"
+    sparsity_per_tensor: dict[str, float] = field(default_factory=dict)
+    noise_floor: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Per class: IoU (per layer and mean) of this client's circuit and the same model's circuit found again (another seed and draw of its rows)."""
 
 
 def report_to_metrics(report: ClientReport, layer_sizes: Mapping[str, int]) -> dict[str, bool | int | float | str | bytes]:
@@ -157,6 +162,8 @@ def report_to_metrics(report: ClientReport, layer_sizes: Mapping[str, int]) -> d
         "local_scores": {str(c): {k: None if v is None or math.isnan(v) else v for k, v in s.items()} for c, s in report.local_scores.items()},
         "discovery_steps": {str(c): n for c, n in report.discovery_steps.items()},
         "device": report.device,
+        "sparsity_per_tensor": report.sparsity_per_tensor,
+        "noise_floor": {str(c): {k: None if math.isnan(v) else v for k, v in f.items()} for c, f in report.noise_floor.items()},
     }
     metrics: dict[str, bool | int | float | str | bytes] = {
         "partition_id": int(report.partition_id),
@@ -244,6 +251,16 @@ def report_from_metrics(
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise PayloadError(f"discovery_steps[{key}] must be a non-negative integer")
         steps[cls] = n
+    per_tensor = nested.get("sparsity_per_tensor") or {}
+    if not isinstance(per_tensor, dict) or len(per_tensor) > 64 or any(not isinstance(k, str) or len(k) > 64 for k in per_tensor):
+        raise PayloadError("sparsity_per_tensor must map at most 64 tensor names to fractions")
+    per_tensor = {k: _score(v, f"sparsity_per_tensor[{k}]") for k, v in per_tensor.items()}
+    floor: dict[int, dict[str, float]] = {}
+    for key, entry in (nested.get("noise_floor") or {}).items():
+        cls = _class_key(key, circuits, "noise_floor")
+        if not isinstance(entry, dict) or set(entry) - {*layer_sizes, "mean"}:
+            raise PayloadError(f"noise_floor[{key}] must map layers and 'mean' to IoUs")
+        floor[cls] = {k: math.nan if (v := _score(entry[k], f"noise_floor[{key}].{k}")) is None else v for k in entry}
     device = nested.get("device", "cpu")
     if not isinstance(device, str) or len(device) > 64:
         raise PayloadError("device must be a short string")
@@ -260,6 +277,8 @@ def report_from_metrics(
         local_scores=local_scores,
         discovery_steps=steps,
         device=device,
+        sparsity_per_tensor={k: v for k, v in per_tensor.items() if v is not None},
+        noise_floor=floor,
     )
 
 

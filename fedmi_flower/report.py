@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .analysis import COLLAPSE_THRESHOLD
+from .verdicts import COLLAPSE_THRESHOLD
 from .results import CONFIG_FILE
 from .series import (
     LAYERS,

@@ -70,7 +70,10 @@ def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str
     device = server_device(config)
     probe = load_split(config.data.dataset, False, data_root, probe_idx).to(device)
     evaluation = load_split(config.data.dataset, False, data_root, eval_idx).to(device)
-    analyst = RoundAnalyst(config, probe, evaluation)
+    floor_rows = None
+    if config.analysis.noise_floor:  # the local-global noise floor needs one client's rows on the server
+        floor_rows = load_split(config.data.dataset, True, data_root, partitions[config.analysis.floor_client].train).to(device)
+    analyst = RoundAnalyst(config, probe, evaluation, floor_rows)
     if checkpoint is not None:
         analyst.load_state_dict(checkpoint.analyst_state)
         weights = checkpoint.weights
@@ -89,7 +92,8 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         raise ValueError(f"{run_dir.path} already finished all {config.rounds} rounds; nothing to resume")
     log(INFO, "fedmi: experiment %r, %d clients x %d rounds, strategy %s; %s %s", config.name, config.clients, config.rounds, config.strategy.name,
         f"resuming after round {done} in" if resume else "writing", run_dir.path.resolve())
-    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights), start_round=done)
+    sizes = {int(pid): len(c["train"]) for pid, c in run_dir.read_partitions()["clients"].items()}
+    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights), start_round=done, partition_sizes=sizes)
     if checkpoint is not None:
         strategy.load_strategy_state(checkpoint.strategy_state)
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.rounds - done))

@@ -6,7 +6,7 @@ import re
 import time
 import traceback
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
@@ -64,12 +64,22 @@ class CircuitAnalysisMixin:
         Passed to the parent strategy; ``initial_parameters`` is required.
     """
 
-    def __init__(self, *args: Any, experiment: ExperimentConfig, analyst: RoundAnalyst, run_dir: RunDirectory, start_round: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        experiment: ExperimentConfig,
+        analyst: RoundAnalyst,
+        run_dir: RunDirectory,
+        start_round: int = 0,
+        partition_sizes: Mapping[int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.experiment = experiment
         self.analyst = analyst
         self.run_dir = run_dir
         self.round_offset = start_round
+        self.partition_sizes = dict(partition_sizes) if partition_sizes is not None else None
         self.template: SimpleCNN = build_model()
         self._current: Parameters = kwargs["initial_parameters"]
         self._partition_of: dict[str, int] = {}
@@ -113,6 +123,8 @@ class CircuitAnalysisMixin:
         pairs = super().configure_fit(rnd, parameters, sampler)  # type: ignore[misc]
         ours = fit_instructions(self.experiment, rnd)
         self._sampled = [proxy.cid for proxy, _ in pairs]
+        # Every sampled node's partition, so that a result claiming another's is caught (asked once per node).
+        sampler.partitions({proxy.cid: proxy for proxy, _ in pairs})
         return [(proxy, FitIns(ins.parameters, {**ours, **ins.config})) for proxy, ins in pairs]
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
@@ -120,7 +132,15 @@ class CircuitAnalysisMixin:
         return super().configure_evaluate(rnd, parameters, SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of))  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
-        return super().aggregate_evaluate(server_round + self.round_offset, results, failures)  # type: ignore[misc]
+        """The parent's example-weighted evaluation over the clients that evaluated at least one example.
+
+        A client without held-out rows reports ``num_examples = 0``; Flower's weighted
+        average would divide by zero when every client does.
+        """
+        counted = [(proxy, res) for proxy, res in results if isinstance(res.num_examples, int) and res.num_examples > 0]
+        if not counted:
+            return None, {}
+        return super().aggregate_evaluate(server_round + self.round_offset, counted, failures)  # type: ignore[misc]
 
     def screen_weights(self, res: FitRes) -> None:
         """Raise ``PayloadError`` if the weights cannot be loaded into the model (shape, dtype, NaN)."""
@@ -171,29 +191,70 @@ class CircuitAnalysisMixin:
 
     # ------------------------------------------------------------------ aggregation
 
+    def screen_examples(self, proxy: ClientProxy, res: FitRes) -> int:
+        """The partition a result counts for; raise ``PayloadError`` if its claim or example count cannot be trusted.
+
+        Flower weights every average by ``FitRes.num_examples``, so the count is checked
+        before the weights are aggregated: a positive integer, equal to the training rows
+        of the partition when the server knows them. The partition is the one the node
+        told the server (``get_properties``) when the server asked; the report's
+        ``partition_id`` must agree with it.
+        """
+        n = res.num_examples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PayloadError(f"num_examples = {n!r} must be a positive integer; the weights are not aggregated")
+        claim = res.metrics.get("partition_id")
+        if isinstance(claim, bool) or not isinstance(claim, int) or not 0 <= claim < self.experiment.clients:
+            raise PayloadError(f"partition_id = {claim!r} must be an integer in 0..{self.experiment.clients - 1}")
+        known = self._partition_of.get(proxy.cid)
+        if known is not None and known != claim:
+            raise PayloadError(f"claims partition {claim}, but this node holds partition {known}")
+        if self.partition_sizes is not None and self.partition_sizes.get(claim) != n:
+            raise PayloadError(f"num_examples = {n}, but partition {claim} has {self.partition_sizes.get(claim)} training examples")
+        return claim
+
     def _screen(self, rnd: int, results: list[Result]) -> tuple[list[Result], list[tuple[ClientReport, FitRes]], list[dict[str, Any]]]:
-        """Split results into those to aggregate, the valid reports (with the result each came in), and the rejections."""
-        accepted: list[Result] = []
-        reported: list[tuple[ClientReport, FitRes]] = []
+        """Split results into those to aggregate, the valid reports (with the result each came in), and the rejections.
+
+        A result's weights are aggregated only when they load into the model, its example
+        count is trusted (:meth:`screen_examples`) and no other result claims its
+        partition. Two results claiming one partition that the server cannot tell apart
+        are both rejected, whatever their order of arrival. A report that does not decode
+        loses its circuits only: its weights were already vouched for.
+        """
         rejected: list[dict[str, Any]] = []
-        claimed: set[int] = set()
+
+        def reject(proxy: ClientProxy, reason: str, aggregated: bool) -> None:
+            rejected.append({"client": proxy.cid, "reason": reason, "weights_aggregated": aggregated})
+            if aggregated:
+                log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", rnd, proxy.cid, reason)
+            else:
+                log(WARNING, "round %d: client %s rejected, its weights are not aggregated: %s", rnd, proxy.cid, reason)
+
+        claims: dict[int, list[Result]] = {}
         for proxy, res in results:
             try:
                 self.screen_weights(res)
+                pid = self.screen_examples(proxy, res)
             except PayloadError as err:
-                rejected.append({"client": proxy.cid, "reason": str(err), "weights_aggregated": False})
-                log(WARNING, "round %d: client %s rejected, its weights are not aggregated: %s", rnd, proxy.cid, err)
+                reject(proxy, str(err), False)
                 continue
+            claims.setdefault(pid, []).append((proxy, res))
+        accepted: list[Result] = []
+        reported: list[tuple[ClientReport, FitRes]] = []
+        for pid, claimants in sorted(claims.items()):
+            if len(claimants) > 1:
+                nodes = ", ".join(sorted(proxy.cid for proxy, _ in claimants))
+                for proxy, _ in claimants:
+                    reject(proxy, f"partition {pid} is claimed by several nodes ({nodes}) and the server cannot tell which holds it", False)
+                continue
+            ((proxy, res),) = claimants
             accepted.append((proxy, res))
             try:
-                report = self.screen_report(res)
-                if report.partition_id in claimed:
-                    raise PayloadError(f"partition_id {report.partition_id} was already reported this round")
-                claimed.add(report.partition_id)
-                reported.append((report, res))
+                reported.append((self.screen_report(res), res))
             except PayloadError as err:
-                rejected.append({"client": proxy.cid, "reason": str(err), "weights_aggregated": True})
-                log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", rnd, proxy.cid, err)
+                reject(proxy, str(err), True)
+        rejected.sort(key=lambda r: r["client"])
         return accepted, reported, rejected
 
     def aggregate_fit(self, server_round: int, results: list[Result], failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:

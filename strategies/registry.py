@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from flwr.common import Metrics, Parameters
 from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi
@@ -49,8 +49,20 @@ def weighted_train_metrics(metrics: list[tuple[int, Metrics]]) -> Metrics:
     return out
 
 
-def build_strategy(config: ExperimentConfig, *, analyst: RoundAnalyst, run_dir: RunDirectory, initial_parameters: Parameters, start_round: int = 0) -> FedAvg:
-    """The experiment's strategy, with the circuit analysis, ready for a ServerApp (``start_round``: rounds already done)."""
+def build_strategy(
+    config: ExperimentConfig,
+    *,
+    analyst: RoundAnalyst,
+    run_dir: RunDirectory,
+    initial_parameters: Parameters,
+    start_round: int = 0,
+    partition_sizes: Mapping[int, int] | None = None,
+) -> FedAvg:
+    """The experiment's strategy, with the circuit analysis, ready for a ServerApp.
+
+    ``start_round``: rounds already done; ``partition_sizes``: each partition's training
+    rows as the server computed them (a client's example count must match its own).
+    """
     base, specific = STRATEGIES[config.strategy.name]
     s = config.strategy
     sampled = max(1, int(config.clients * s.fraction_fit))
@@ -61,6 +73,7 @@ def build_strategy(config: ExperimentConfig, *, analyst: RoundAnalyst, run_dir: 
         analyst=analyst,
         run_dir=run_dir,
         start_round=start_round,
+        partition_sizes=partition_sizes,
         fraction_fit=s.fraction_fit,
         fraction_evaluate=s.fraction_evaluate,
         min_fit_clients=s.min_fit_clients or sampled,

@@ -37,7 +37,8 @@ class SeededClientManager(ClientManager):
         self.server_round = server_round
         self.partition_of = partition_of
 
-    def _known(self, proxies: dict[str, ClientProxy]) -> dict[int, ClientProxy]:
+    def partitions(self, proxies: dict[str, ClientProxy]) -> dict[int, ClientProxy]:
+        """Ask each node not yet known for its partition id (once per run); return the known ones by partition."""
         for cid, proxy in proxies.items():
             if cid in self.partition_of:
                 continue
@@ -56,7 +57,7 @@ class SeededClientManager(ClientManager):
             proxies = {cid: p for cid, p in proxies.items() if criterion.select(p)}
         if num_clients >= len(proxies):
             return list(proxies.values())
-        by_partition = self._known(proxies)
+        by_partition = self.partitions(proxies)
         ids = sorted(by_partition)
         chosen = numpy_rng(self.seed, "client-sampling", self.server_round).choice(len(ids), size=min(num_clients, len(ids)), replace=False)
         return [by_partition[ids[i]] for i in sorted(chosen)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.server.client_proxy import ClientProxy
@@ -33,11 +34,18 @@ class Proxy(ClientProxy):
     get_parameters = fit = evaluate = reconnect = get_properties
 
 
-def fit_res(pid: int, client_circuits, weights=None, **metric_patch) -> tuple[Proxy, FitRes]:
+def fit_res(pid: int, client_circuits, weights=None, num_examples: int = 100, node: str | None = None, **metric_patch) -> tuple[Proxy, FitRes]:
+    """A client's result: its circuits, weights (the planted model's by default), example count and node id."""
     weights = get_weights(planted_model()) if weights is None else weights
-    report = ClientReport(partition_id=pid, num_examples=100, circuits=client_circuits, train_loss=0.1, train_accuracy=0.9, sparsity=0.99)
+    report = ClientReport(partition_id=pid, num_examples=max(1, num_examples), circuits=client_circuits, train_loss=0.1, train_accuracy=0.9, sparsity=0.99)
     metrics = {**report_to_metrics(report, SIZES), **metric_patch}
-    return Proxy(f"node-{pid}"), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 100, metrics)
+    return Proxy(node or f"node-{pid}"), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), num_examples, metrics)
+
+
+def distinct_weights(pid: int) -> list:
+    """Weights that differ per client: the planted model's, every tensor shifted by a client-specific amount."""
+    g = np.random.default_rng(100 + pid)
+    return [(w + g.normal(0.0, 0.1, w.shape)).astype(np.float32) for w in get_weights(planted_model())]
 
 
 def server_data() -> ImageSplit:
@@ -45,9 +53,19 @@ def server_data() -> ImageSplit:
     return concat(bright_images(50, 3, seed=1), bright_images(50, 8, seed=1), dark)
 
 
-def make_strategy(tmp_path, name="fedavg", steps=100, folder=None):
-    config = ExperimentConfig.from_dict({"clients": 3, "rounds": 2, "strategy": {"name": name}, "analysis": {"classes": [3, 8]}, "discovery": {"steps": steps}})
+def make_strategy(tmp_path, name="fedavg", steps=100, folder=None, partition_sizes=None, rounds=2, **config_patch):
+    """A circuit strategy over the planted model and server data; ``partition_sizes`` is what the server knows of each client."""
+    table = {"clients": 3, "rounds": rounds, "strategy": {"name": name}, "analysis": {"classes": [3, 8]}, "discovery": {"steps": steps}}
+    for key, value in config_patch.items():
+        if isinstance(value, dict):
+            table.setdefault(key, {}).update(value)
+        else:
+            table[key] = value
+    config = ExperimentConfig.from_dict(table)
     data = server_data()
     analyst = RoundAnalyst(config, probe=data, evaluation=data)
     run_dir = RunDirectory(tmp_path / (folder or name)).create()
-    return build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(get_weights(planted_model()))), run_dir
+    strategy = build_strategy(
+        config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(get_weights(planted_model())), partition_sizes=partition_sizes
+    )
+    return strategy, run_dir

@@ -61,6 +61,7 @@ def test_round_metrics_equal_hand_computations(tmp_path):
 
 def test_malformed_payloads_do_not_crash_the_round(tmp_path):
     strategy, run_dir = make_strategy(tmp_path, steps=20)
+    strategy._partition_of.update({"node-4": 1})  # what node 4 told the server when asked
     nan_weights = [w.copy() for w in get_weights(planted_model())]
     nan_weights[0][0, 0, 0, 0] = float("nan")
     wrong_shape = get_weights(planted_model())[:-1]
@@ -69,8 +70,8 @@ def test_malformed_payloads_do_not_crash_the_round(tmp_path):
         fit_res(1, ROUND1[1], circuits=b"garbage"),  # circuits unreadable: weights still count
         fit_res(2, ROUND1[2], weights=nan_weights),  # NaN weights: not aggregated
         fit_res(2, ROUND1[2], weights=wrong_shape),
-        fit_res(0, ROUND1[0]),  # a second claim on partition 0
-        fit_res(1, ROUND1[1], report="{broken"),
+        fit_res(0, ROUND1[0]),  # node 4 claims partition 0 but holds partition 1: not aggregated
+        fit_res(2, ROUND1[2], report="{broken"),  # the only valid claim on partition 2: weights count, circuits do not
     ]
     results = [(Proxy(f"node-{i}"), res) for i, (_, res) in enumerate(results)]
     params, _ = strategy.aggregate_fit(1, results, [])
@@ -80,7 +81,7 @@ def test_malformed_payloads_do_not_crash_the_round(tmp_path):
     assert rejected["node-1"][0] and "FMC1 header" in rejected["node-1"][1]
     assert not rejected["node-2"][0] and "NaN" in rejected["node-2"][1]
     assert not rejected["node-3"][0] and "expected 8 weight tensors" in rejected["node-3"][1]
-    assert rejected["node-4"][0] and "already reported" in rejected["node-4"][1]
+    assert not rejected["node-4"][0] and "claims partition 0, but this node holds partition 1" in rejected["node-4"][1]
     assert rejected["node-5"][0] and "not valid JSON" in rejected["node-5"][1]
     # Local weights are kept only for the client whose circuits were accepted (the ones a graph can draw).
     assert run_dir.read_round_weights(1, 0) is not None and run_dir.read_round_weights(1, 1) is None and run_dir.read_round_weights(1, 2) is None

@@ -1,0 +1,179 @@
+"""Measurement integrity: one test per bug of issue 11, each failing on the code before its fix.
+
+The fakes differ where the code could mix clients up: different weights, different example
+counts, a client that skips a round, a client that claims another's partition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.common import Code, EvaluateRes, Status, parameters_to_ndarrays
+
+from clients import CircuitClient
+from fakes import P3, P8, ROUND1, Proxy, distinct_weights, fit_res, make_strategy
+from fedmi_flower.circuits import circuit_size, circuits_from_scores, learn_gate_scores
+from fedmi_flower.config import ConfigError, ExperimentConfig
+from fedmi_flower.faults import InjectedFailure
+from fedmi_flower.metrics import circuit_iou
+from fedmi_flower.protocol import FitInstructions, fit_instructions
+from planted import PLANTED, bright_images, concat, planted_model
+
+TOTAL_CHANNELS = 32 + 64 + 128
+
+
+def weighted_mean(arrays_and_counts):
+    """The FedAvg aggregate by hand: sum of n_i * w_i over sum of n_i, tensor by tensor."""
+    total = sum(n for _, n in arrays_and_counts)
+    return [sum(n * a[i].astype(np.float64) for a, n in arrays_and_counts) / total for i in range(len(arrays_and_counts[0][0]))]
+
+
+def assert_weights(params, expected):
+    got = parameters_to_ndarrays(params)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- bug 1
+
+
+def test_bug1_a_negative_example_count_is_rejected_not_weighted(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path, steps=10)
+    w = distinct_weights(0)
+    honest = fit_res(0, ROUND1[0], weights=w, num_examples=100)
+    liar = fit_res(1, ROUND1[1], weights=[3 * a for a in w], num_examples=-50)
+    params, _ = strategy.aggregate_fit(1, [honest, liar], [])
+    assert_weights(params, w)  # before the fix: -w (100 w - 150 w) / 50
+    (record,) = run_dir.read_rounds()
+    (rejection,) = record["rejected"]
+    assert rejection["client"] == "node-1" and rejection["weights_aggregated"] is False and "num_examples" in rejection["reason"]
+
+
+def test_bug1_all_zero_example_counts_do_not_kill_the_round(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path, steps=10)
+    params, _ = strategy.aggregate_fit(1, [fit_res(p, ROUND1[p], weights=distinct_weights(p), num_examples=0) for p in ROUND1], [])
+    assert params is None  # nothing valid to aggregate: the global model is kept
+    (record,) = run_dir.read_rounds()
+    assert record["aggregated"] is False and len(record["rejected"]) == 3
+
+
+def test_bug1_example_counts_must_match_the_partition_the_server_knows(tmp_path):
+    sizes = {0: 100, 1: 300, 2: 50}
+    strategy, run_dir = make_strategy(tmp_path, steps=10, partition_sizes=sizes)
+    weights = {p: distinct_weights(p) for p in ROUND1}
+    inflated = fit_res(1, ROUND1[1], weights=weights[1], num_examples=3000)  # claims 10x its partition
+    params, _ = strategy.aggregate_fit(1, [fit_res(0, ROUND1[0], weights[0], 100), inflated, fit_res(2, ROUND1[2], weights[2], 50)], [])
+    assert_weights(params, weighted_mean([(weights[0], 100), (weights[2], 50)]))
+    (record,) = run_dir.read_rounds()
+    (rejection,) = record["rejected"]
+    assert rejection["weights_aggregated"] is False and "300" in rejection["reason"] and "3000" in rejection["reason"]
+    assert sorted(record["clients"]) == ["0", "2"]
+
+
+def test_fedavg_aggregate_is_the_example_weighted_mean(tmp_path):
+    sizes = {0: 100, 1: 300, 2: 50}
+    strategy, run_dir = make_strategy(tmp_path, steps=10, partition_sizes=sizes)
+    weights = {p: distinct_weights(p) for p in ROUND1}
+    params, metrics = strategy.aggregate_fit(1, [fit_res(p, ROUND1[p], weights[p], sizes[p]) for p in ROUND1], [])
+    assert_weights(params, weighted_mean([(weights[p], sizes[p]) for p in ROUND1]))
+    record = run_dir.read_rounds()[0]
+    assert {pid: c["num_examples"] for pid, c in record["clients"].items()} == {"0": 100, "1": 300, "2": 50}
+
+
+# ---------------------------------------------------------------------------- bug 2
+
+
+def test_bug2_stability_compares_round_t_with_round_t_minus_1_only(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path, steps=20, rounds=3)
+    grown = {3: {"conv1": [5, 6, 7, 8], "conv2": [10], "conv3": [20, 21]}}
+    strategy.aggregate_fit(1, [fit_res(p, ROUND1[p]) for p in ROUND1], [])
+    strategy.aggregate_fit(2, [fit_res(0, ROUND1[0]), fit_res(2, ROUND1[2])], [])  # client 1 is not sampled
+    strategy.aggregate_fit(3, [fit_res(0, ROUND1[0]), fit_res(1, grown), fit_res(2, ROUND1[2])], [])
+    third = run_dir.read_rounds()[2]
+    assert sorted(third["stability"]) == ["0", "2"]  # before the fix, client 1 compared round 3 with round 1 as if t-1
+    gap = third["stability_gap"]["1"]["3"]
+    assert gap["previous_round"] == 1 and gap["conv1"] == 0.5
+    assert third["stability"]["0"]["3"]["mean"] == 1.0
+    assert third["summary"]["stability_pairs"] == 4  # clients 0 (classes 3, 8) and 2 (3, 8)
+
+
+# ---------------------------------------------------------------------------- bug 3
+
+
+def test_bug3_short_patience_cannot_return_the_whole_network():
+    model, data = planted_model(), concat(bright_images(128, 3), bright_images(128, 8))
+    scores, steps_run = learn_gate_scores(model, data, [3, 8], seed=1, patience=10)
+    found = circuits_from_scores(scores, [3, 8])
+    for cls in (3, 8):
+        assert circuit_size(found[cls]) < TOTAL_CHANNELS, f"class {cls} stopped with the whole network after {steps_run}"
+        assert circuit_iou(found[cls], PLANTED[cls])["mean"] >= 0.9
+    assert all(n < 200 for n in steps_run)  # early stop still stops early
+
+
+# ---------------------------------------------------------------------------- bug 4
+
+
+def test_bug4_faults_work_with_more_than_5_clients_and_10_rounds():
+    config = ExperimentConfig.from_dict(
+        {
+            "clients": 8,
+            "rounds": 12,
+            "train": {"epochs": 1, "sparsity": 0.0, "batch_size": 64},
+            "discovery": {"steps": 2},
+            "analysis": {"classes": [3, 8]},
+            "faults": {"fail_clients": [6], "fail_rounds": [11]},
+        }
+    )
+    orders = FitInstructions.parse(fit_instructions(config, 11))  # before the fix: ConfigError, fail_clients outside 0..4
+    assert orders.config.clients == 8 and orders.config.rounds == 12
+    data = concat(bright_images(64, 3), bright_images(64, 8))
+    with pytest.raises(InjectedFailure, match="client 6 fails in round 11"):
+        CircuitClient(6, data, data.subset(range(8))).fit([], fit_instructions(config, 11))
+    weights, n, metrics = CircuitClient(5, data, data.subset(range(8))).fit(distinct_weights(5), fit_instructions(config, 11))
+    assert n == 128 and metrics["partition_id"] == 5
+
+
+# ---------------------------------------------------------------------------- bug 5
+
+
+def test_bug5_a_second_claim_on_a_partition_is_not_averaged(tmp_path):
+    strategy, run_dir = make_strategy(tmp_path, steps=10)
+    strategy._partition_of.update({"node-0": 0, "node-1": 1, "node-2": 2})  # what get_properties told the server
+    weights = {p: distinct_weights(p) for p in ROUND1}
+    impostor = fit_res(0, ROUND1[0], weights[1], 100, node="node-1")  # node 1 claims partition 0
+    params, _ = strategy.aggregate_fit(1, [impostor, fit_res(0, ROUND1[0], weights[0]), fit_res(2, ROUND1[2], weights[2])], [])
+    assert_weights(params, weighted_mean([(weights[0], 100), (weights[2], 100)]))  # before the fix: w1 averaged in
+    (record,) = run_dir.read_rounds()
+    (rejection,) = record["rejected"]
+    assert rejection["client"] == "node-1" and rejection["weights_aggregated"] is False and "partition 1" in rejection["reason"]
+    assert sorted(record["clients"]) == ["0", "2"]
+
+
+def test_bug5_contested_partition_unknown_to_the_server_is_rejected_in_any_order(tmp_path):
+    weights = {p: distinct_weights(p) for p in ROUND1}
+    a = fit_res(0, ROUND1[0], weights[0], 100, node="node-a")
+    b = fit_res(0, ROUND1[0], weights[1], 100, node="node-b")
+    c = fit_res(2, ROUND1[2], weights[2], 100)
+    for order, folder in (([a, b, c], "ab"), ([b, a, c], "ba")):
+        strategy, run_dir = make_strategy(tmp_path, steps=10, folder=folder)
+        params, _ = strategy.aggregate_fit(1, order, [])
+        assert_weights(params, weights[2])
+        (record,) = run_dir.read_rounds()
+        assert sorted(r["client"] for r in record["rejected"]) == ["node-a", "node-b"]
+        assert sorted(record["clients"]) == ["2"]
+
+
+# ---------------------------------------------------------------------------- bug 6
+
+
+def test_bug6_evaluation_without_held_out_rows_cannot_divide_by_zero(tmp_path):
+    with pytest.raises(ConfigError, match="holdout_fraction"):
+        ExperimentConfig.from_dict({"data": {"holdout_fraction": 0.0}, "strategy": {"fraction_evaluate": 0.5}})
+    strategy, _ = make_strategy(tmp_path, steps=10)
+    empty = [(Proxy(f"node-{p}"), EvaluateRes(Status(Code.OK, ""), 0.0, 0, {"accuracy": 0.0})) for p in range(3)]
+    loss, metrics = strategy.aggregate_evaluate(1, empty, [])  # before the fix: ZeroDivisionError inside Flower
+    assert loss is None and metrics == {}
+    mixed = [(Proxy("node-0"), EvaluateRes(Status(Code.OK, ""), 2.0, 30, {"accuracy": 0.5})), *empty[1:]]
+    loss, metrics = strategy.aggregate_evaluate(1, mixed, [])
+    assert loss == 2.0 and metrics["accuracy"] == 0.5
