@@ -35,7 +35,7 @@ import torch
 from .circuits import Circuit, CircuitScores, circuit_size, discover_circuits, evaluate_circuits
 from .config import ExperimentConfig
 from .data import ImageSplit
-from .metrics import MEAN, chance_circuit_iou, circuit_iou, class_pair_iou, defined_pairs, mean_entries, nanmean
+from .metrics import MEAN, chance_circuit_iou, circuit_iou, class_pairs, defined_pairs, mean_entries, nanmean
 from .model import SimpleCNN, evaluate
 from .protocol import ClientReport
 from .seeding import derive_seed, torch_generator
@@ -212,7 +212,9 @@ class RoundAnalyst:
         }
         record["noise_floor"] = floor
         record["inter_client_iou"] = self.inter_client(classes, reports, sizes)
-        record["class_pair_iou"] = {f"{a}-{b}": v for (a, b), v in class_pair_iou({r.partition_id: r.circuits for r in reports}).items()}
+        record["class_pair_iou"] = {
+            f"{a}-{b}": summarise_pairs([compare(x, y, sizes) for x, y in found]) for (a, b), found in class_pairs({r.partition_id: r.circuits for r in reports}).items()
+        }
         record["local_global_iou"] = {
             str(r.partition_id): {str(c): compare(circ, global_circuits[c], sizes) for c, circ in sorted(r.circuits.items()) if c in global_circuits}
             for r in reports
@@ -280,12 +282,14 @@ class RoundAnalyst:
             "global_accuracy": record["global"]["accuracy"],
             "global_loss": record["global"]["loss"],
             "inter_client_iou": nanmean(v[MEAN] for v in inter),
-            "inter_client_pairs": sum(v["pairs"] for v in inter),
-            "inter_client_chance": nanmean(v["chance"][MEAN] for v in inter),
+            "inter_client_iou_pairs": sum(v["pairs"] for v in inter),
+            "inter_client_iou_chance": nanmean(v["chance"][MEAN] for v in inter),
             "class_pair_iou": nanmean(v[MEAN] for v in record["class_pair_iou"].values()),
+            "class_pair_iou_pairs": sum(v["pairs"] for v in record["class_pair_iou"].values()),
+            "class_pair_iou_chance": nanmean(v["chance"][MEAN] for v in record["class_pair_iou"].values()),
             "local_global_iou": nanmean(v[MEAN] for v in lg),
-            "local_global_pairs": defined_pairs(lg),
-            "local_global_chance": nanmean(v["chance"][MEAN] for v in lg),
+            "local_global_iou_pairs": defined_pairs(lg),
+            "local_global_iou_chance": nanmean(v["chance"][MEAN] for v in lg),
             "stability": nanmean(v[MEAN] for v in stab),
             "stability_pairs": defined_pairs(stab),
             "stability_chance": nanmean(v["chance"][MEAN] for v in stab),

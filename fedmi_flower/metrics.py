@@ -91,28 +91,30 @@ def inter_client_iou(circuits: Mapping[Hashable, Circuit], layers: Sequence[str]
     return out
 
 
+def class_pairs(circuits: Mapping[Hashable, Mapping[int, Circuit]]) -> dict[tuple[int, int], list[tuple[Circuit, Circuit]]]:
+    """The circuit pairs class-pair IoU compares: for classes ``a < b``, every ``(i's a, j's b)`` over clients ``i != j``.
+
+    ``circuits`` maps client to ``{class: circuit}``.
+    """
+    out: dict[tuple[int, int], list[tuple[Circuit, Circuit]]] = {}
+    for i, j in itertools.permutations(list(circuits), 2):
+        for a, ca in circuits[i].items():
+            for b, cb in circuits[j].items():
+                if a < b:
+                    out.setdefault((a, b), []).append((ca, cb))
+    return dict(sorted(out.items()))
+
+
 def class_pair_iou(circuits: Mapping[Hashable, Mapping[int, Circuit]], layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[tuple[int, int], dict[str, float]]:
     """Overlap of different classes' circuits across clients (the specialists' distinctness, section 3.2).
 
     ``circuits`` maps client to ``{class: circuit}``. For every pair of classes
     ``(a, b)``, ``a < b``, returns the mean IoU over all pairs of clients ``i != j``
-    where ``i`` holds ``a`` and ``j`` holds ``b``. Under disjoint label skew no class has
-    two holders, so this is the only inter-client comparison there is: the paper's
-    Fig. 3 and 14 plot it.
+    where ``i`` holds ``a`` and ``j`` holds ``b`` (:func:`class_pairs`). Under disjoint
+    label skew no class has two holders, so this is the only inter-client comparison
+    there is: the paper's Fig. 3 and 14 plot it.
     """
-    sums: dict[tuple[int, int], list[dict[str, float]]] = {}
-    clients = list(circuits)
-    for i, j in itertools.permutations(clients, 2):
-        for a, ca in circuits[i].items():
-            for b, cb in circuits[j].items():
-                if a < b:
-                    sums.setdefault((a, b), []).append(circuit_iou(ca, cb, layers))
-    out = {}
-    for pair, values in sorted(sums.items()):
-        entry = {layer: nanmean(v[layer] for v in values) for layer in layers}
-        entry[MEAN] = nanmean(entry[layer] for layer in layers)
-        out[pair] = entry
-    return out
+    return {pair: mean_entries([circuit_iou(a, b, layers) for a, b in found], layers) for pair, found in class_pairs(circuits).items()}
 
 
 def intra_client_stability(current: Circuit, previous: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:

@@ -25,19 +25,23 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .verdicts import COLLAPSE_THRESHOLD  # noqa: E402
 from .series import (  # noqa: E402
+    FLOOR_OF_VIEW,
     LAYERS,
     Run,
     Series,
     accuracy_series,
+    chance_series,
     class_pair_series,
     cross_eval_series,
+    floor_series,
     inter_client_series,
     layer_curve,
     local_global_series,
+    nanmean_rows,
     stability_series,
 )
+from .verdicts import COLLAPSE_THRESHOLD  # noqa: E402
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 110
@@ -129,13 +133,38 @@ def fig_global_accuracy(run: Run) -> Figure:
 # ---------------------------------------------------------------------- structural views
 
 
-def _per_layer_figure(run: Run, series: Series, label: Callable[[Hashable], str], colour: Callable[[Hashable, int], object], what: str, why: str) -> Figure:
-    """One panel per layer (and the mean over layers), one line per key of ``series`` (its last element is the layer)."""
+def _draw_scale(ax: Axes, rounds: np.ndarray, floor: np.ndarray | None, chance: np.ndarray | None) -> None:
+    """The scale of an IoU panel: a grey band from the noise floor up to 1 (no change beyond
+    discovery noise) and a dotted line at the chance level (random circuits of the same sizes)."""
+    if floor is not None and np.isfinite(floor).any():
+        ax.fill_between(rounds, floor, 1.0, where=np.isfinite(floor), color="0.85", alpha=0.6, linewidth=0, label="noise floor to 1", zorder=0)
+    if chance is not None and np.isfinite(chance).any():
+        ax.plot(rounds, chance, color="0.3", linestyle=":", linewidth=1.2, label="chance level", zorder=1)
+
+
+def _view_scale(run: Run, view: str, layer: str, keys: Callable[[Hashable], bool] = lambda k: True) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Round-wise noise floor and chance level of ``view`` at ``layer`` (chance over the keys ``keys`` accepts)."""
+    n = len(run.records)
+    kind = FLOOR_OF_VIEW.get(view)
+    floor = layer_curve(floor_series(run.records, kind), layer, n) if kind else None
+    chance = chance_series(run.records, view)
+    return floor, nanmean_rows((v for k, v in chance.items() if k[-1] == layer and keys(k)), n)
+
+
+def _per_layer_figure(
+    run: Run, series: Series, label: Callable[[Hashable], str], colour: Callable[[Hashable, int], object], what: str, why: str, view: str | None = None
+) -> Figure:
+    """One panel per layer (and the mean over layers), one line per key of ``series`` (its last element is the layer).
+
+    ``view`` (a record key) adds the view's noise floor and chance level to every panel.
+    """
     rounds = run.rounds
     fig, axes = _figure(1, len(LAYERS))
     lines = list(dict.fromkeys(k[:-1] for k in series))
     for ax, layer in zip(axes[0], LAYERS):
         curves = [series[(*line, layer)] for line in lines if (*line, layer) in series]
+        if view is not None:
+            _draw_scale(ax, rounds, *_view_scale(run, view, layer))
         for i, line in enumerate(lines):
             if (*line, layer) in series:
                 _line(ax, rounds, series[(*line, layer)], color=colour(line, i), label=label(line))
@@ -157,6 +186,7 @@ def fig_inter_client(run: Run) -> Figure:
         colour=lambda k, i: class_colour(k[0]),
         what="Inter-client consistency: mean pairwise IoU of the circuits of a class across clients",
         why="(no class has two holders with a circuit,\nor all circuits are empty; see class-pair IoU)",
+        view="inter_client_iou",
     )
 
 
@@ -176,11 +206,12 @@ def fig_class_pair(run: Run) -> Figure:
         colour=lambda k, i: cmap(pairs.index(k[0]) % 20),
         what="Class-pair IoU: circuits of different classes on different clients (inter-client view under label skew)",
         why=why,
+        view="class_pair_iou",
     )
 
 
-def _client_grid(run: Run, series: Series, what: str, why: str) -> Figure:
-    """Rows: clients; columns: layers and their mean; one line per class."""
+def _client_grid(run: Run, series: Series, what: str, why: str, view: str) -> Figure:
+    """Rows: clients; columns: layers and their mean; one line per class; the view's noise floor and this client's chance level behind them."""
     rounds = run.rounds
     clients = sorted({k[0] for k in series}) or sorted(int(p) for r in run.records for p in r.get("clients", {}))[:1]
     fig, axes = _figure(max(len(clients), 1), len(LAYERS), width=3.0, height=2.1)
@@ -188,6 +219,7 @@ def _client_grid(run: Run, series: Series, what: str, why: str) -> Figure:
         classes = sorted({k[1] for k in series if k[0] == pid})
         for ax, layer in zip(row, LAYERS):
             curves = []
+            _draw_scale(ax, rounds, *_view_scale(run, view, layer, keys=lambda k, pid=pid: k[0] == pid))
             for cls in classes:
                 values = series.get((pid, cls, layer))
                 if values is not None:
@@ -198,19 +230,21 @@ def _client_grid(run: Run, series: Series, what: str, why: str) -> Figure:
             _round_axis(ax, rounds)
             _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
     _bottom_labels_only(axes)
-    _legend(fig, list(axes.flat), order=lambda label: int(label.split()[-1]))
+    _legend(fig, list(axes.flat), order=lambda label: (0, int(label.split()[-1])) if label.startswith("class") else (1, 0))
     _title(fig, run, what)
     return fig
 
 
 def fig_stability(run: Run) -> Figure:
     """Intra-client stability (RQ2, paper Fig. 10): IoU of each client's circuit with its circuit of the previous round it reported."""
-    return _client_grid(run, stability_series(run.records), "Intra-client stability: IoU of a client's circuit in round t and in its previous round", "(needs two rounds;\nor all circuits empty)")
+    return _client_grid(
+        run, stability_series(run.records), "Intra-client stability: IoU of a client's circuit in round t and in round t-1", "(needs two consecutive rounds;\nor all circuits empty)", "stability"
+    )
 
 
 def fig_local_global(run: Run) -> Figure:
     """Local-global preservation (paper Fig. 2, 5, 8, 15-18): IoU of each client's circuit and the global model's circuit of the class."""
-    return _client_grid(run, local_global_series(run.records), "Local-global preservation: IoU of a client's circuit and the global model's circuit", "(all circuits empty)")
+    return _client_grid(run, local_global_series(run.records), "Local-global preservation: IoU of a client's circuit and the global model's circuit", "(all circuits empty)", "local_global_iou")
 
 
 # ---------------------------------------------------------------------- cross-evaluation

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .verdicts import COLLAPSE_THRESHOLD
+from .verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
 from .results import CONFIG_FILE
 from .series import (
     LAYERS,
@@ -59,6 +59,7 @@ from .series import (
     inter_client_series,
     layer_curve,
     local_global_series,
+    number,
     setting_label,
     stability_series,
 )
@@ -75,13 +76,37 @@ RQ1 = "RQ1: inter-client consistency (Fig. 1, 3, 6, 14)"
 RQ2_STABILITY = "RQ2: intra-client stability (Fig. 10)"
 RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
 COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
+SCALE = "Scale: is a change above the noise floor?"
+SCALE_VIEWS = (
+    ("inter-client IoU", "inter_client_iou", "seed_floor"),
+    ("intra-client stability", "stability", "seed_floor"),
+    ("local-global IoU", "local_global_iou", "source_floor"),
+    ("class-pair IoU", "class_pair_iou", None),
+)
+"""Each IoU view of the summary: its label, its summary key and the noise floor that scales it (class pairs compare different classes: chance only)."""
+FLOOR, CHANCE, PAIRS, BELOW, ROUNDS_BELOW = "noise floor", "chance level", "pairs", "below the floor", "rounds below the floor"
 
 FINAL, MEAN_OVER_ROUNDS = "final round", "mean over rounds"
 PEAK_ROUND, PEAK, LAST, DROP, DECLINES = "peak round", "peak", "final round", "drop (peak - final)", "peaks, then declines"
 VALUE = "value"
 
-_COUNTS = {"rounds", "empty local circuits (final round)", "client-class-rounds evaluated", "collapsed client-class-rounds", "circuits (client, class)", "collapsed at least once", "never recovered", PEAK_ROUND}
-_VERDICTS = {DECLINES}
+_COUNTS = {
+    "rounds",
+    "empty local circuits (final round)",
+    "client-class-rounds evaluated",
+    "collapsed client-class-rounds",
+    "circuits (client, class)",
+    "collapsed at least once",
+    "never recovered",
+    "working on their own model",
+    "preserved (working on the global weights too)",
+    "collapsed after working on their own model",
+    "indiscriminate on the global weights",
+    PEAK_ROUND,
+    PAIRS,
+    ROUNDS_BELOW,
+}
+_VERDICTS = {DECLINES, BELOW}
 
 
 def _mean(values: Sequence[float] | np.ndarray) -> float:
@@ -184,9 +209,48 @@ def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRE
     }
 
 
+def scale_numbers(records: Sequence[Record]) -> Numbers:
+    """Every IoU view against its scale, from the round summaries.
+
+    Per view: its final-round value, the noise floor and chance level of that round,
+    the defined pairs behind the value, whether the value lies below the floor (the
+    circuits differ by more than discovery noise explains) and in how many rounds it
+    does. Records without a floor (``analysis.noise_floor = false``, or written before
+    floors existed) leave the floor columns undefined.
+    """
+    out: Numbers = {}
+    summaries = [r.get("summary") or {} for r in records]
+    last = summaries[-1] if summaries else {}
+    for label, key, floor_key in SCALE_VIEWS:
+        value = number(last.get(key))
+        floor = number(last.get(floor_key)) if floor_key else float("nan")
+        out[(SCALE, label, FINAL)] = value
+        out[(SCALE, label, FLOOR)] = floor
+        out[(SCALE, label, CHANCE)] = number(last.get(f"{key}_chance"))
+        out[(SCALE, label, PAIRS)] = number(last.get(f"{key}_pairs"))
+        out[(SCALE, label, BELOW)] = float("nan") if math.isnan(value) or math.isnan(floor) else float(value < floor)
+        pairs = [(number(s.get(key)), number(s.get(floor_key)) if floor_key else float("nan")) for s in summaries]
+        defined = [(v, f) for v, f in pairs if not (math.isnan(v) or math.isnan(f))]
+        out[(SCALE, label, ROUNDS_BELOW)] = float(sum(1 for v, f in defined if v < f)) if defined else float("nan")
+    return out
+
+
+def verdict_numbers(records: Sequence[Record]) -> Numbers:
+    """Preservation by verdicts (:mod:`fedmi_flower.verdicts`), summed over rounds: sufficiency and specificity together."""
+    total = {k: sum(number((r.get("summary") or {}).get(k)) for r in records) for k in ("cross_working_locally", "cross_preserved", "cross_collapsed_after_working", "cross_indiscriminate")}
+    working = total["cross_working_locally"]
+    return {
+        (COLLAPSE, "working on their own model", VALUE): working,
+        (COLLAPSE, "preserved (working on the global weights too)", VALUE): total["cross_preserved"],
+        (COLLAPSE, "preservation rate (of those working)", VALUE): total["cross_preserved"] / working if working else float("nan"),
+        (COLLAPSE, "collapsed after working on their own model", VALUE): total["cross_collapsed_after_working"],
+        (COLLAPSE, "indiscriminate on the global weights", VALUE): total["cross_indiscriminate"],
+    }
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
-    return {**overview_numbers(records), **rq1_numbers(records), **rq2_numbers(records), **collapse_numbers(records)}
+    return {**overview_numbers(records), **rq1_numbers(records), **rq2_numbers(records), **collapse_numbers(records), **verdict_numbers(records), **scale_numbers(records)}
 
 
 @dataclass(frozen=True)
@@ -267,7 +331,13 @@ DEFINITIONS = [
     "`mean` is the average of the per-layer IoUs as each record stores it. A value is undefined (—) when every compared circuit is empty, "
     "or no class has two holders (same class, under disjoint label skew).",
     "**Spread** over runs: mean ± sample standard deviation (n − 1) [min, max] of the runs that define the value.",
-    "Sufficiency alone is satisfied by a circuit that answers its class for every input: read it with specificity.",
+    "Sufficiency alone is satisfied by a circuit that answers its class for every input: read it with specificity. "
+    f"A circuit is **working** when its sufficiency and specificity are both at least {WORKING_THRESHOLD:.0%}, **indiscriminate** when its specificity is below that "
+    "(it calls most other images its class); it is **preserved** when it works on its own model and on the global weights. Empty and indiscriminate circuits are never preserved.",
+    "**Noise floor**: the IoU of the same model's circuit found twice, the way the view compares circuits: another seed and another draw of the probe rows "
+    "(inter-client IoU, stability), or one client's training rows against the server's probe rows (local-global IoU). A value **below the floor** means the circuits "
+    "differ by more than discovery itself does; a value above it is as stable as discovery. **Chance level**: the expected IoU of random channel sets of the same sizes "
+    "in the same layers. **Pairs**: the defined pairs behind the mean.",
 ]
 
 
@@ -333,7 +403,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         numbers = _formatted(runs)
         if len(runs) > 1:
             blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE):
             blocks += _table_blocks(title_, numbers)
     else:
         per_group = [_formatted(g) for g in groups]
@@ -341,7 +411,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         if seeds > 1:
             blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE):
             blocks += _group_table_blocks(title_, per_group, heads)
 
     blocks.append(("h", 2, "Definitions"))

@@ -190,6 +190,36 @@ def local_global_series(records: Sequence[Record]) -> Series:
     return collect(records, _per_client_iou("local_global_iou"))
 
 
+FLOOR_OF_VIEW = {"inter_client_iou": "seed", "stability": "seed", "local_global_iou": "source"}
+"""Which noise floor scales which IoU view (see :mod:`fedmi_flower.analysis`)."""
+
+
+def floor_series(records: Sequence[Record], kind: str) -> Series:
+    """Noise floor ``kind`` (``seed`` or ``source``) of the global model: ``(class, layer) ->`` IoU of its circuit found twice."""
+    return collect(records, lambda r: (((_int(c), layer), e.get(layer)) for c, e in ((r.get("noise_floor") or {}).get(kind) or {}).items() for layer in LAYERS))
+
+
+def chance_series(records: Sequence[Record], view: str) -> Series:
+    """Chance level of an IoU view, keyed as the view's own series: expected IoU of random circuits of the same sizes.
+
+    ``view`` is a record key: ``inter_client_iou`` and ``class_pair_iou`` give ``(class
+    or pair, layer)`` keys, ``stability`` and ``local_global_iou`` ``(client, class, layer)``.
+    Records written before chance levels existed yield nothing.
+    """
+
+    def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
+        for key, e in (r.get(view) or {}).items():
+            if view in ("inter_client_iou", "class_pair_iou"):
+                for layer in LAYERS:
+                    yield (_int(key), layer), (e.get("chance") or {}).get(layer)
+            else:
+                for c, pair in e.items():
+                    for layer in LAYERS:
+                        yield (_int(key), _int(c), layer), (pair.get("chance") or {}).get(layer)
+
+    return collect(records, entries)
+
+
 def cross_eval_series(records: Sequence[Record], score: str = "sufficiency") -> Series:
     """Cross-evaluation (paper Fig. 4, 7, 9): ``(client, class) ->`` ``score`` of the local circuit on the global weights.
 

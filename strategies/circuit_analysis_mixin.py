@@ -167,12 +167,21 @@ class CircuitAnalysisMixin:
         self.run_dir.write_round_weights(server_round, arrays, local)
 
     def on_round_end(self, server_round: int, record: dict[str, Any]) -> None:
-        """Called with every finished round record; logs a one-line progress summary."""
+        """Called with every finished round record; logs a one-line progress summary.
+
+        Each IoU is followed by its scale: ``[floor F, chance C, n pairs]``, the noise
+        floor of the view, the chance level of random circuits of the same sizes, and
+        the defined pairs behind the mean.
+        """
         s = record.get("summary", {})
+
+        def scaled(view: str, floor: str) -> str:
+            return f"{s.get(view, float('nan')):.2f} [floor {s.get(floor, float('nan')):.2f}, chance {s.get(view + '_chance', float('nan')):.2f}, {s.get(view + '_pairs', 0)} pairs]"
+
         log(
             INFO,
-            "[round %d/%d] %d/%d clients reported (%d failed, %d rejected)%s | global acc %.3f | inter-client IoU %.2f | "
-            "local-global IoU %.2f | stability %.2f | cross-eval suff %.2f spec %.2f | %.1f s",
+            "[round %d/%d] %d/%d clients reported (%d failed, %d rejected)%s | global acc %.3f | inter-client IoU %s | "
+            "local-global IoU %s | stability %s | cross-eval suff %.2f spec %.2f, %d of %d working circuits preserved | %.1f s",
             server_round,
             self.experiment.rounds,
             s.get("clients", 0),
@@ -181,11 +190,13 @@ class CircuitAnalysisMixin:
             len(record["rejected"]),
             "" if record["aggregated"] else " NOT AGGREGATED",
             s.get("global_accuracy", float("nan")),
-            s.get("inter_client_iou", float("nan")),
-            s.get("local_global_iou", float("nan")),
-            s.get("stability", float("nan")),
+            scaled("inter_client_iou", "seed_floor"),
+            scaled("local_global_iou", "source_floor"),
+            scaled("stability", "seed_floor"),
             s.get("cross_sufficiency", float("nan")),
             s.get("cross_specificity", float("nan")),
+            s.get("cross_preserved", 0),
+            s.get("cross_working_locally", 0),
             record["timings"].get("round", float("nan")),
         )
 

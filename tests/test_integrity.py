@@ -6,6 +6,8 @@ counts, a client that skips a round, a client that claims another's partition.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, Status, parameters_to_ndarrays
@@ -177,3 +179,72 @@ def test_bug6_evaluation_without_held_out_rows_cannot_divide_by_zero(tmp_path):
     mixed = [(Proxy("node-0"), EvaluateRes(Status(Code.OK, ""), 2.0, 30, {"accuracy": 0.5})), *empty[1:]]
     loss, metrics = strategy.aggregate_evaluate(1, mixed, [])
     assert loss == 2.0 and metrics["accuracy"] == 0.5
+
+
+# ---------------------------------------------------------------------------- the scale and the verdicts
+
+
+def test_planted_model_has_noise_floor_one_and_its_circuits_a_chance_level(tmp_path):
+    """Discovery finds the planted circuits whatever the seed, draw or rows: every floor is exactly 1."""
+    strategy, run_dir = make_strategy(tmp_path, steps=100)
+    strategy.analyst.floor_rows = concat(bright_images(40, 3, seed=7), bright_images(40, 8, seed=7))
+    strategy.aggregate_fit(1, [fit_res(p, ROUND1[p]) for p in ROUND1], [])
+    (record,) = run_dir.read_rounds()
+    floor = record["noise_floor"]
+    for kind in ("seed", "source"):
+        assert {c: e["mean"] for c, e in floor[kind].items()} == {"3": 1.0, "8": 1.0}
+    assert record["summary"]["seed_floor"] == 1.0 and record["summary"]["source_floor"] == 1.0
+    # Client 1's class-3 circuit against the planted one: 2+1+2 channels against 1+1+1 in 32, 64, 128.
+    chance = record["local_global_iou"]["1"]["3"]["chance"]
+    assert chance["conv1"] == pytest.approx((2 / 32) * (1 / 2))  # the planted channel falls in the 2-set w.p. 2/32, IoU 1/2
+    assert record["inter_client_iou"]["3"]["pairs"] == 3 and record["inter_client_iou"]["8"]["pairs"] == 1
+
+
+def test_client_reports_its_own_noise_floor_when_it_is_the_floor_client():
+    config = ExperimentConfig.from_dict(
+        {"clients": 3, "train": {"epochs": 1, "sparsity": 0.0, "lr": 1e-9, "batch_size": 64}, "discovery": {"steps": 100}, "analysis": {"classes": [3, 8], "floor_client": 1}}
+    )
+    data = concat(bright_images(64, 3), bright_images(64, 8))
+    _, _, metrics = CircuitClient(1, data, data.subset(range(8))).fit([w for w in planted_weights()], fit_instructions(config, 1))
+    from fedmi_flower.protocol import report_from_metrics
+
+    report = report_from_metrics(metrics, 128, num_clients=3, layer_sizes={"conv1": 32, "conv2": 64, "conv3": 128})
+    assert {c: f["mean"] for c, f in report.noise_floor.items()} == {3: 1.0, 8: 1.0}
+    assert set(report.sparsity_per_tensor) == {"conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"}
+    _, _, metrics = CircuitClient(0, data, data.subset(range(8))).fit(planted_weights(), fit_instructions(config, 1))
+    assert report_from_metrics(metrics, 128, num_clients=3, layer_sizes={"conv1": 32, "conv2": 64, "conv3": 128}).noise_floor == {}
+
+
+def planted_weights():
+    from fedmi_flower.model import get_weights
+
+    return get_weights(planted_model())
+
+
+def test_verdicts_never_call_an_empty_or_indiscriminate_circuit_preserved(tmp_path):
+    from fedmi_flower.verdicts import circuit_verdict
+
+    assert circuit_verdict(0, 1.0, 1.0) == "empty"
+    assert circuit_verdict(5, 1.0, 0.02) == "indiscriminate"  # answers its class for every input
+    assert circuit_verdict(5, 0.05, 0.9) == "collapsed"
+    assert circuit_verdict(5, 0.3, 0.9) == "weakened"
+    assert circuit_verdict(5, 0.9, 0.9) == "working"
+    assert circuit_verdict(5, None, 0.9) == "unscored"
+
+    strategy, run_dir = make_strategy(tmp_path, steps=100)
+    scored = {"sufficiency": 1.0, "specificity": 0.9, "necessity": 0.0}
+    results = []
+    for pid in ROUND1:
+        proxy, res = fit_res(pid, ROUND1[pid])
+        report = json.loads(res.metrics["report"])
+        report["local_scores"] = {str(c): scored for c in ROUND1[pid]}  # every circuit worked on its own model
+        res.metrics["report"] = json.dumps(report)
+        results.append((proxy, res))
+    strategy.aggregate_fit(1, results, [])
+    (record,) = run_dir.read_rounds()
+    cross = record["cross_eval"]
+    assert cross["0"]["3"]["verdict"] == "working" and cross["0"]["3"]["local_verdict"] == "working"
+    assert cross["2"]["3"]["verdict"] == "collapsed" and cross["2"]["8"]["verdict"] == "collapsed"
+    s = record["summary"]
+    working_on_global = sum(1 for per in cross.values() for e in per.values() if e["verdict"] == "working")
+    assert s["cross_working_locally"] == 5 and s["cross_collapsed_after_working"] == 2 and s["cross_preserved"] == working_on_global

@@ -130,3 +130,52 @@ def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (record,) = RunDirectory(out).read_rounds()
     assert sorted(record["clients"]) == ["0", "1", "2"] and record["global"]["circuits"]
+
+
+def _independent_iou(a: list[int], b: list[int]):
+    """IoU written again, apart from the package: None (undefined) for two empty sets."""
+    union = len(set(a) | set(b))
+    return None if union == 0 else len(set(a) & set(b)) / union
+
+
+def _independent_mean(values):
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _per_layer(pairs):
+    """Per layer: the mean over circuit pairs of their IoU; 'mean': the mean of those over layers."""
+    out = {layer: _independent_mean([_independent_iou(a[layer], b[layer]) for a, b in pairs]) for layer in SIZES}
+    out["mean"] = _independent_mean([out[layer] for layer in SIZES])
+    return out
+
+
+def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
+    records = RunDirectory(quick_run).read_rounds()
+    for t, record in enumerate(records):
+        clients, global_ = record["clients"], record["global"]["circuits"]
+        for cls, entry in record["inter_client_iou"].items():
+            holders = [clients[str(p)]["circuits"][cls] for p in entry["clients"]]
+            expected = _per_layer(list(itertools.combinations(holders, 2)))
+            assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=1e-12, nan_ok=True)
+            assert entry["pairs"] == sum(1 for a, b in itertools.combinations(holders, 2) if _per_layer([(a, b)])["mean"] is not None)
+        for pid, per_class in record["local_global_iou"].items():
+            for cls, entry in per_class.items():
+                expected = _per_layer([(clients[pid]["circuits"][cls], global_[cls])])
+                assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+        for pid, per_class in record["stability"].items():
+            previous = records[t - 1]["clients"][pid]["circuits"]  # round t-1, by construction of this run
+            for cls, entry in per_class.items():
+                assert entry["previous_round"] == record["round"] - 1
+                expected = _per_layer([(clients[pid]["circuits"][cls], previous[cls])])
+                assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+        values = [e["mean"] for per in record["stability"].values() for e in per.values() if e["mean"] is not None]
+        if values:
+            assert record["summary"]["stability"] == pytest.approx(sum(values) / len(values), abs=1e-12)
+            assert record["summary"]["stability_pairs"] == len(values)
+        # Every IoU view carries its scale: noise floors of the global model, and floor client 0's own.
+        floor = record["noise_floor"]
+        assert set(floor["seed"]) == set(global_) and set(floor["source"]) <= set(global_) and floor["source_client"] == 0
+        assert set(floor["clients"]) <= {"0"} and 0.0 <= record["summary"]["seed_floor"] <= 1.0
+        for entry in record["inter_client_iou"].values():
+            assert 0.0 <= entry["chance"]["mean"] <= 1.0

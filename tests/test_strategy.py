@@ -138,3 +138,25 @@ def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
         drift[mu] = sum(float(((w - s) ** 2).sum()) for w, s in zip(weights, start))
         assert n == 128 and metrics["partition_id"] == 0
     assert drift[100.0] < 0.2 * drift[0.0]
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, name):
+    from fakes import distinct_weights
+    from strategies.registry import STRATEGIES as BASES
+
+    sizes = {0: 100, 1: 300, 2: 50, 3: 700, 4: 20}  # different counts and weights: a rule that ignores either differs
+    strategy, _ = make_strategy(tmp_path, name, steps=5, partition_sizes=sizes, clients=5)
+    weights = {p: distinct_weights(p) for p in sizes}
+    results = [fit_res(p, ROUND1[p % 3], weights[p], sizes[p]) for p in sizes]
+    base, specific = BASES[name]
+    plain = base(initial_parameters=ndarrays_to_parameters(get_weights(planted_model())), **specific(strategy.experiment.strategy))
+    expected, _ = plain.aggregate_fit(1, [(proxy, res) for proxy, res in results], [])
+    params, _ = strategy.aggregate_fit(1, results, [])
+    for got, want in zip(parameters_to_ndarrays(params), parameters_to_ndarrays(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    if name in ("fedavg", "fedprox"):  # and both are the example-weighted mean, by hand
+        total = sum(sizes.values())
+        by_hand = [sum(sizes[p] * weights[p][i].astype(np.float64) for p in sizes) / total for i in range(len(weights[0]))]
+        for got, want in zip(parameters_to_ndarrays(params), by_hand):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
