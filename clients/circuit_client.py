@@ -93,6 +93,8 @@ class CircuitClient(NumPyClient):
             anneal_fraction=cfg.train.anneal_fraction,
             generator=torch_generator(cfg.seed, "train", rnd, pid),
             proximal_mu=orders.proximal_mu,
+            scope=cfg.train.sparsity_scope,
+            anneal=cfg.train.anneal == "every_round" or rnd <= 1,
         )
         t_train = time.perf_counter() - t0
 

@@ -72,6 +72,8 @@ class TrainConfig:
     sparsity: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="target weight sparsity; 0 trains densely")
     min_per_neuron: int = _spec(4, lo=0, doc="minimum nonzero weights per conv filter and linear row (Eq. 2)")
     anneal_fraction: float = _spec(0.5, lo=0.0, hi=1.0, lo_open=True, doc="share of local steps over which sparsity rises from 0 to the target")
+    sparsity_scope: str = _spec("tensor", choices=("tensor", "global"), doc="tensor: every weight tensor pruned to the target; global: one budget over all weights (Eq. 1), per-neuron floor kept")
+    anneal: str = _spec("every_round", choices=("every_round", "first_round"), doc="re-anneal sparsity from 0 in every round (the paper's reference) or only in round 1, holding the target after")
 
 
 @dataclass

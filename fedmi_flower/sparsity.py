@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -62,9 +63,49 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, min_per_neuron: int = 
     return mask.view_as(weight)
 
 
+SCOPES = ("tensor", "global")
+
+
+def _floor_first_scores(weight: torch.Tensor, min_per_neuron: int) -> torch.Tensor:
+    """``|weight|`` as (rows, fan-in), with each row's ``min_per_neuron`` largest set to infinity (kept first)."""
+    flat = weight.detach().reshape(weight.shape[0], -1).abs()
+    per_row = min(min_per_neuron, flat.shape[1])
+    if per_row > 0:
+        flat = flat.clone()
+        flat.scatter_(1, flat.topk(per_row, dim=1).indices, float("inf"))
+    return flat
+
+
+def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float, min_per_neuron: int = 4) -> list[torch.Tensor]:
+    """Eq. 1's single budget: keep ``round((1 - sparsity) * N)`` of all ``N`` prunable weights, by magnitude across tensors.
+
+    Every neuron keeps its ``min_per_neuron`` largest weights first (Eq. 2); the rest of
+    the budget goes to the largest magnitudes left in any tensor, so a tensor whose
+    weights are larger keeps more of them. Where the floors alone exceed the budget,
+    the floors win, as in :func:`nonzero_budget`.
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    scores = [_floor_first_scores(w, min_per_neuron).flatten() for w in weights]
+    everything = torch.cat(scores)
+    floors = int(torch.isinf(everything).sum())
+    budget = min(everything.numel(), max(int(round((1.0 - sparsity) * everything.numel())), floors))
+    mask = torch.zeros(everything.numel(), dtype=torch.bool, device=everything.device)
+    mask[everything.topk(budget, sorted=False).indices] = True
+    return [m.view_as(w) for m, w in zip(mask.split([s.numel() for s in scores]), weights)]
+
+
 @torch.no_grad()
-def prune_(model: nn.Module, sparsity: float, min_per_neuron: int = 4) -> None:
-    """Zero all but the largest-magnitude weights of every prunable tensor, in place."""
+def prune_(model: nn.Module, sparsity: float, min_per_neuron: int = 4, scope: str = "tensor") -> None:
+    """Zero all but the largest-magnitude weights, in place: of every prunable tensor (``scope="tensor"``),
+    or of all of them together under one budget (``scope="global"``, :func:`global_magnitude_masks`)."""
+    if scope == "global":
+        weights = list(prunable_weights(model).values())
+        for weight, mask in zip(weights, global_magnitude_masks(weights, sparsity, min_per_neuron)):
+            weight.mul_(mask)
+        return
+    if scope != "tensor":
+        raise ValueError(f"sparsity scope must be one of {SCOPES}, got {scope!r}")
     for weight in prunable_weights(model).values():
         if nonzero_budget(weight.shape, sparsity, min_per_neuron) < weight.numel():
             weight.mul_(magnitude_mask(weight, sparsity, min_per_neuron))
@@ -125,6 +166,8 @@ def train_sparse(
     anneal_fraction: float = 0.5,
     generator: torch.Generator | None = None,
     proximal_mu: float = 0.0,
+    scope: str = "tensor",
+    anneal: bool = True,
 ) -> TrainStats:
     """Train ``model`` in place with Adam, pruning after every step (paper section 2.2, phase A).
 
@@ -150,6 +193,11 @@ def train_sparse(
     proximal_mu : float
         FedProx proximal coefficient: adds ``mu / 2 * ||w - w_start||^2`` to the loss,
         ``w_start`` being the weights the phase began with (the global model).
+    scope : {"tensor", "global"}
+        One budget per tensor, or Eq. 1's single budget over all prunable weights.
+    anneal : bool
+        Raise the sparsity from 0 over ``anneal_fraction`` of the steps (the paper's
+        reference does this in every round); False holds the target from the first step.
     """
     if epochs < 1 or len(data) == 0:
         raise ValueError(f"need at least one epoch and one example, got epochs={epochs}, examples={len(data)}")
@@ -182,12 +230,13 @@ def train_sparse(
             optimizer.step()
             step += 1
             if sparse:
-                prune_(model, sparsity_schedule(step, total_steps, sparsity, anneal_fraction), min_per_neuron)
+                level = sparsity_schedule(step, total_steps, sparsity, anneal_fraction) if anneal else sparsity
+                prune_(model, level, min_per_neuron, scope)
             # Accumulate on the device: no host round-trip per batch.
             loss_sum += ce.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
     if sparse:
-        prune_(model, sparsity, min_per_neuron)
+        prune_(model, sparsity, min_per_neuron, scope)
     return TrainStats(
         loss=float(loss_sum) / n,
         accuracy=float(correct) / n,

@@ -126,3 +126,37 @@ def test_fedprox_term_pulls_towards_the_start():
         train_sparse(model, data, epochs=2, batch_size=64, sparsity=None, proximal_mu=mu, generator=torch.Generator().manual_seed(0))
         drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
     assert drift[10.0] < 0.5 * drift[0.0]
+
+
+def test_global_scope_keeps_one_budget_over_all_tensors_with_the_per_neuron_floor():
+    from fedmi_flower.sparsity import global_magnitude_masks, prune_
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.randn(8, 50, generator=g) * 0.01  # small weights: only the floor survives a global budget
+    large = torch.randn(4, 100, generator=g)
+    masks = global_magnitude_masks([small, large], 0.9, min_per_neuron=2)
+    kept = [int(m.sum()) for m in masks]
+    assert sum(kept) == round(0.1 * (400 + 400))  # one budget: 80 of 800 weights
+    assert kept[0] == 8 * 2 and all(int(r.sum()) >= 2 for m in masks for r in m.view(m.shape[0], -1))  # the floor holds
+    assert kept[1] == 80 - 16  # the rest of the budget went to the large tensor's largest magnitudes
+    assert float(large.abs()[~masks[1]].max()) <= float(large.abs()[masks[1]].min())  # by magnitude
+    # A per-tensor budget instead: each tensor keeps 10% of its own weights.
+    model = torch.nn.Sequential(torch.nn.Linear(50, 8, bias=False), torch.nn.Linear(100, 4, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(small)
+        model[1].weight.copy_(large)
+    prune_(model, 0.9, 2, scope="tensor")
+    assert [int(torch.count_nonzero(m.weight)) for m in model] == [40, 40]
+
+
+def test_held_target_prunes_to_the_target_from_the_first_step(monkeypatch):
+    import fedmi_flower.sparsity as sparsity_module
+
+    data = ImageSplit(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    levels: dict[bool, list[float]] = {True: [], False: []}
+    original = sparsity_module.prune_
+    for anneal in (True, False):
+        monkeypatch.setattr(sparsity_module, "prune_", lambda m, level, *a, _seen=levels[anneal], **k: (_seen.append(level), original(m, level, *a, **k)))
+        train_sparse(build_model(seed=0), data, epochs=1, batch_size=16, sparsity=0.9, anneal=anneal, generator=torch.Generator().manual_seed(0))
+    assert levels[True][0] == pytest.approx(0.45) and levels[True][-1] == 0.9  # 4 steps, annealed over the first 2
+    assert levels[False] and all(level == 0.9 for level in levels[False])  # held from step 1
