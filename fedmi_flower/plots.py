@@ -39,6 +39,7 @@ from .series import (  # noqa: E402
     layer_curve,
     local_global_series,
     nanmean_rows,
+    number,
     stability_series,
 )
 from .verdicts import COLLAPSE_THRESHOLD  # noqa: E402
@@ -352,22 +353,28 @@ def collapsed_share(run: Run) -> np.ndarray:
         return np.where(defined > 0, collapsed / np.maximum(defined, 1), np.nan)
 
 
-SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray]]] = [
-    ("global accuracy", lambda run: accuracy_series(run.records).get("overall", np.full(len(run.records), np.nan))),
-    ("inter-client IoU (same class)", lambda run: layer_curve(inter_client_series(run.records), "mean", len(run.records))),
-    ("class-pair IoU (different classes)", lambda run: layer_curve(class_pair_series(run.records), "mean", len(run.records))),
-    ("local-global IoU", lambda run: layer_curve(local_global_series(run.records), "mean", len(run.records))),
-    ("intra-client stability", lambda run: layer_curve(stability_series(run.records), "mean", len(run.records))),
-    (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share),
+def summary_curve(key: str) -> Callable[[Run], np.ndarray]:
+    """A round summary value over rounds (NaN where a round lacks it)."""
+    return lambda run: np.array([number((r.get("summary") or {}).get(key)) for r in run.records], dtype=float)
+
+
+SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray], tuple[str | None, str | None]]] = [
+    ("global accuracy", lambda run: accuracy_series(run.records).get("overall", np.full(len(run.records), np.nan)), (None, None)),
+    ("inter-client IoU (same class)", lambda run: layer_curve(inter_client_series(run.records), "mean", len(run.records)), ("seed_floor", "inter_client_iou_chance")),
+    ("class-pair IoU (different classes)", lambda run: layer_curve(class_pair_series(run.records), "mean", len(run.records)), (None, "class_pair_iou_chance")),
+    ("local-global IoU", lambda run: layer_curve(local_global_series(run.records), "mean", len(run.records)), ("source_floor", "local_global_iou_chance")),
+    ("intra-client stability", lambda run: layer_curve(stability_series(run.records), "mean", len(run.records)), ("seed_floor", "stability_chance")),
+    (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share, (None, None)),
 ]
-"""The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers)."""
+"""The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers), with the
+summary keys of their noise floor and chance level (drawn dashed and dotted in the group's colour)."""
 
 
 def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
     """Runs that differ in one setting: each summary curve per group, mean over the group's seeds with a min-max band."""
     fig, axes = _figure(2, 3, width=3.6, height=2.6)
     cmap = plt.get_cmap("viridis" if len(groups) > 4 else "tab10")
-    for ax, (what, curve) in zip(axes.flat, SUMMARY_CURVES):
+    for ax, (what, curve, (floor_key, chance_key)) in zip(axes.flat, SUMMARY_CURVES):
         curves = []
         for g, (runs, label) in enumerate(zip(groups, labels)):
             rounds, matrix = _aligned(runs, curve)
@@ -378,13 +385,19 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
             _line(ax, rounds, mean, color=colour, label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
             if len(runs) > 1:
                 ax.fill_between(rounds, masked.min(axis=0).filled(np.nan), masked.max(axis=0).filled(np.nan), color=colour, alpha=0.15, linewidth=0)
+            for key, style, name in ((floor_key, "--", "noise floor"), (chance_key, ":", "chance level")):
+                if key is not None:
+                    level = np.ma.masked_invalid(_aligned(runs, summary_curve(key))[1]).mean(axis=0).filled(np.nan)
+                    if np.isfinite(level).any():
+                        ax.plot(rounds, level, color=colour, linestyle=style, linewidth=1.0, label=f"{name} (dashed)" if style == "--" else f"{name} (dotted)")
             _round_axis(ax, rounds)
         _note_if_undefined(ax, curves, "")
         ax.set_title(what, fontsize=9)
         _unit_axis(ax, "")
     _bottom_labels_only(axes)
     _legend(fig, [axes[0][0]], title=setting)
-    fig.suptitle(f"Runs side by side by {setting}" + (" (lines: mean over seeds; bands: min-max)" if any(len(g) > 1 for g in groups) else ""), fontsize=10)
+    scale = "; dashed: noise floor, dotted: chance level"
+    fig.suptitle(f"Runs side by side by {setting}" + (" (lines: mean over seeds; bands: min-max" + scale + ")" if any(len(g) > 1 for g in groups) else " (" + scale[2:] + ")"), fontsize=10)
     return fig
 
 
