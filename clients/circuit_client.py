@@ -107,8 +107,10 @@ class CircuitClient(NumPyClient):
                 model, self.train, classes, means=means, seed=derive_seed(cfg.seed, "client-discovery", rnd, pid), **dataclasses.asdict(cfg.discovery)
             )
             circuits = circuits_from_scores(scores, classes)
-        floor = self.seed_floor(model, circuits, cfg, rnd) if circuits and cfg.analysis.noise_floor and pid == cfg.analysis.floor_client else {}
         t_discovery = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        floor = self.seed_floor(model, circuits, cfg, rnd) if circuits and cfg.analysis.noise_floor and pid == cfg.analysis.floor_client else {}
+        t_floor = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         local_scores = {}
@@ -127,7 +129,7 @@ class CircuitClient(NumPyClient):
             sparsity=achieved.overall,
             sparsity_per_tensor=achieved.per_tensor,
             noise_floor=floor,
-            timings={"t_train": t_train, "t_discovery": t_discovery, "t_evaluate": t_evaluate, "t_total": time.perf_counter() - began},
+            timings={"t_train": t_train, "t_discovery": t_discovery, "t_floor": t_floor, "t_evaluate": t_evaluate, "t_total": time.perf_counter() - began},
             class_counts=self.class_counts,
             local_scores=local_scores,
             discovery_steps=dict(zip(classes, steps_run)),

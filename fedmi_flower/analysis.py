@@ -14,10 +14,13 @@ Every IoU view comes with its scale (DESIGN.md, "Measurement has a scale"):
   same pairs as the view;
 - the **noise floor**: the IoU of the same model's circuit found twice the way the view
   compares circuits. ``seed``: the global model on a bootstrap redraw of the probe rows
-  with another seed (the floor of stability and inter-client IoU). ``source``: the
-  global model on one client's training rows against the probe rows (the floor of
-  local-global IoU, which compares circuits found on different data). ``clients``:
-  a client's own model found twice on its rows, as that client reports it;
+  with another seed (the floor of inter-client IoU). ``source``: the global model on
+  one client's training rows against the probe rows (the floor of local-global IoU,
+  which compares circuits found on different data). ``clients``: the floor client's
+  own model found twice on another draw of its own rows with another seed, as that
+  client reports it (the floor of stability, which compares a client's circuits found
+  on its rows with different seeds). Each floor is one draw per round: a difference of
+  a few hundredths from it is within its own noise;
 - ``pairs``: the number of defined pairs behind every mean.
 
 Plain PyTorch and Python: no Flower type appears here.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from typing import Any, Mapping, Sequence
 
@@ -114,10 +118,10 @@ class RoundAnalyst:
             return sorted(set(self.config.analysis.classes))
         return sorted({c for r in reports for c in r.circuits})
 
-    def discover(self, model: SimpleCNN, data: ImageSplit, classes: Sequence[int], purpose: str, server_round: int) -> dict[int, Circuit]:
-        """The model's circuits of the ``classes`` that ``data`` holds enough of, with a seed for ``purpose``."""
+    def discover(self, model: SimpleCNN, data: ImageSplit, classes: Sequence[int], purpose: str, server_round: int, min_rows: int = 1) -> dict[int, Circuit]:
+        """The model's circuits of the ``classes`` that ``data`` holds at least ``min_rows`` of, with a seed for ``purpose``."""
         device = next(model.parameters()).device
-        present = [c for c in classes if int((data.labels == c).sum()) >= min(self.config.analysis.min_class_examples, len(data))]
+        present = [c for c in classes if int((data.labels == c).sum()) >= min_rows]
         if not present:
             return {}
         settings = dataclasses.asdict(self.config.discovery)
@@ -133,10 +137,16 @@ class RoundAnalyst:
         again = self.discover(model, redraw, classes, "floor-discovery", server_round)
         floor: dict[str, Any] = {"seed": {str(c): compare(global_circuits[c], again[c], sizes) for c in classes if c in again}}
         if self.floor_rows is not None:
-            elsewhere = self.discover(model, self.floor_rows, classes, "floor-source", server_round)
+            # A client analyses only the classes it holds enough of; so does its floor.
+            elsewhere = self.discover(model, self.floor_rows, classes, "floor-source", server_round, self.config.analysis.min_class_examples)
             floor["source"] = {str(c): compare(elsewhere[c], global_circuits[c], sizes) for c in classes if c in elsewhere}
             floor["source_client"] = self.config.analysis.floor_client
-        floor["clients"] = {str(r.partition_id): {str(c): v for c, v in sorted(r.noise_floor.items())} for r in reports if r.noise_floor}
+        # Only the floor client was asked for its own floor; anything another client sends is ignored.
+        floor["clients"] = {
+            str(r.partition_id): {str(c): v for c, v in sorted(r.noise_floor.items())}
+            for r in reports
+            if r.noise_floor and r.partition_id == self.config.analysis.floor_client
+        }
         return floor
 
     def inter_client(self, classes: Sequence[int], reports: Sequence[ClientReport], sizes: Mapping[str, int]) -> dict[str, Any]:
@@ -266,8 +276,8 @@ class RoundAnalyst:
         """Scalar summaries of a round record (what Flower metrics, the summary CSV and the progress line carry).
 
         Every IoU mean comes with ``<view>_pairs`` (defined pairs behind it),
-        ``<view>_chance`` and the view's noise floor (``seed_floor`` for inter-client IoU
-        and stability, ``source_floor`` for local-global IoU).
+        ``<view>_chance`` and the view's noise floor (``seed_floor`` for inter-client IoU,
+        ``client_seed_floor`` for stability, ``source_floor`` for local-global IoU).
         """
         cross = [s for per_class in record["cross_eval"].values() for s in per_class.values()]
         local_sizes = [n for c in record["clients"].values() for n in c["circuit_sizes"].values()]
@@ -299,7 +309,8 @@ class RoundAnalyst:
             "client_seed_floor": nanmean(v[MEAN] for v in client_floor),
             "cross_sufficiency": nanmean(s["sufficiency"] for s in cross),
             "cross_specificity": nanmean(s["specificity"] for s in cross),
-            "cross_collapsed": sum(1 for s in cross if s["verdict"] == "collapsed"),
+            # The paper's collapse (sufficiency alone, as the report and figures count it); the verdicts follow.
+            "cross_collapsed": sum(1 for s in cross if not math.isnan(s["sufficiency"]) and s["sufficiency"] < COLLAPSE_THRESHOLD),
             "cross_working_locally": len(worked),
             "cross_preserved": sum(1 for s in worked if s["verdict"] == "working"),
             "cross_collapsed_after_working": sum(1 for s in worked if s["verdict"] == "collapsed"),

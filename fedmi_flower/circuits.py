@@ -191,7 +191,9 @@ def learn_gate_scores(
         ``min_steps``) is retired and its scores frozen; the loop ends when all are.
         ``None`` runs all ``steps`` (the paper's protocol). Patience counts from
         :func:`earliest_gate_change` at the soonest: before it no gate can have closed, so
-        an unchanged pattern there says nothing about convergence.
+        an unchanged pattern there says nothing about convergence; and a class whose
+        pattern is still the initial one (gates slowed by gradients that cancel) is
+        never retired early.
 
     Returns
     -------
@@ -226,6 +228,8 @@ def learn_gate_scores(
     steps_run = [steps] * k
     last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1)
     last_change = torch.full((k,), earliest_gate_change(init_score, lr), dtype=torch.long)
+    initial_pattern = last_pattern.clone()
+    moved = torch.zeros(k, dtype=torch.bool)  # a class whose gates never moved has not started, whatever the step
     frozen: dict[str, torch.Tensor] = {}
     retired = torch.zeros(k, dtype=torch.bool, device=device)
 
@@ -260,7 +264,8 @@ def learn_gate_scores(
                 changed = (pattern != last_pattern).any(dim=1)
                 last_change[changed] = step + 1
                 last_pattern = pattern
-                done = active & ~changed & (step + 1 - last_change >= patience) & (step + 1 >= min_steps)
+                moved |= (pattern != initial_pattern).any(dim=1)
+                done = active & moved & ~changed & (step + 1 - last_change >= patience) & (step + 1 >= min_steps)
                 if done.any():
                     for c in torch.nonzero(done).flatten().tolist():
                         steps_run[c] = step + 1

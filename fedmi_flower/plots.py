@@ -363,7 +363,7 @@ SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray], tuple[str | None, s
     ("inter-client IoU (same class)", lambda run: layer_curve(inter_client_series(run.records), "mean", len(run.records)), ("seed_floor", "inter_client_iou_chance")),
     ("class-pair IoU (different classes)", lambda run: layer_curve(class_pair_series(run.records), "mean", len(run.records)), (None, "class_pair_iou_chance")),
     ("local-global IoU", lambda run: layer_curve(local_global_series(run.records), "mean", len(run.records)), ("source_floor", "local_global_iou_chance")),
-    ("intra-client stability", lambda run: layer_curve(stability_series(run.records), "mean", len(run.records)), ("seed_floor", "stability_chance")),
+    ("intra-client stability", lambda run: layer_curve(stability_series(run.records), "mean", len(run.records)), ("client_seed_floor", "stability_chance")),
     (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share, (None, None)),
 ]
 """The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers), with the

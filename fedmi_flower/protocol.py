@@ -30,7 +30,7 @@ CIRCUITS_MAGIC = b"FMC1"
 MAX_REPORT_BYTES = 64 * 1024
 MAX_CIRCUIT_BYTES = 64 * 1024
 MAX_METRICS_BYTES = 256 * 1024
-TIMING_KEYS = ("t_train", "t_discovery", "t_evaluate", "t_total")
+TIMING_KEYS = ("t_train", "t_discovery", "t_floor", "t_evaluate", "t_total")
 
 
 class PayloadError(ValueError):

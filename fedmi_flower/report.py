@@ -79,7 +79,7 @@ COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
 SCALE = "Scale: is a change above the noise floor?"
 SCALE_VIEWS = (
     ("inter-client IoU", "inter_client_iou", "seed_floor"),
-    ("intra-client stability", "stability", "seed_floor"),
+    ("intra-client stability", "stability", "client_seed_floor"),
     ("local-global IoU", "local_global_iou", "source_floor"),
     ("class-pair IoU", "class_pair_iou", None),
 )
@@ -220,7 +220,7 @@ def scale_numbers(records: Sequence[Record]) -> Numbers:
     """
     out: Numbers = {}
     summaries = [r.get("summary") or {} for r in records]
-    last = summaries[-1] if summaries else {}
+    last = next((s for s in reversed(summaries) if s), {})  # a round whose analysis failed has no summary
     for label, key, floor_key in SCALE_VIEWS:
         value = number(last.get(key))
         floor = number(last.get(floor_key)) if floor_key else float("nan")
@@ -237,7 +237,8 @@ def scale_numbers(records: Sequence[Record]) -> Numbers:
 
 def verdict_numbers(records: Sequence[Record]) -> Numbers:
     """Preservation by verdicts (:mod:`fedmi_flower.verdicts`), summed over rounds: sufficiency and specificity together."""
-    total = {k: sum(number((r.get("summary") or {}).get(k)) for r in records) for k in ("cross_working_locally", "cross_preserved", "cross_collapsed_after_working", "cross_indiscriminate")}
+    keys = ("cross_working_locally", "cross_preserved", "cross_collapsed_after_working", "cross_indiscriminate")
+    total = {k: float(sum(finite(number((r.get("summary") or {}).get(k)) for r in records))) for k in keys}
     working = total["cross_working_locally"]
     return {
         (COLLAPSE, "working on their own model", VALUE): working,
@@ -334,9 +335,10 @@ DEFINITIONS = [
     "Sufficiency alone is satisfied by a circuit that answers its class for every input: read it with specificity. "
     f"A circuit is **working** when its sufficiency and specificity are both at least {WORKING_THRESHOLD:.0%}, **indiscriminate** when its specificity is below that "
     "(it calls most other images its class); it is **preserved** when it works on its own model and on the global weights. Empty and indiscriminate circuits are never preserved.",
-    "**Noise floor**: the IoU of the same model's circuit found twice, the way the view compares circuits: another seed and another draw of the probe rows "
-    "(inter-client IoU, stability), or one client's training rows against the server's probe rows (local-global IoU). A value **below the floor** means the circuits "
-    "differ by more than discovery itself does; a value above it is as stable as discovery. **Chance level**: the expected IoU of random channel sets of the same sizes "
+    "**Noise floor**: the IoU of the same model's circuit found twice, the way the view compares circuits: the global model on another seed and another draw of the probe rows "
+    "(inter-client IoU), the floor client's own model on another seed and draw of its rows (stability), or the global model on one client's training rows against the server's probe rows "
+    "(local-global IoU). A value **below the floor** means the circuits differ by more than discovery itself does; a value above it is as stable as discovery. "
+    "Each floor is one draw per round, so a difference of a few hundredths is within its own noise. **Chance level**: the expected IoU of random channel sets of the same sizes "
     "in the same layers. **Pairs**: the defined pairs behind the mean.",
 ]
 

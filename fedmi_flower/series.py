@@ -190,13 +190,25 @@ def local_global_series(records: Sequence[Record]) -> Series:
     return collect(records, _per_client_iou("local_global_iou"))
 
 
-FLOOR_OF_VIEW = {"inter_client_iou": "seed", "stability": "seed", "local_global_iou": "source"}
+FLOOR_OF_VIEW = {"inter_client_iou": "seed", "stability": "clients", "local_global_iou": "source"}
 """Which noise floor scales which IoU view (see :mod:`fedmi_flower.analysis`)."""
 
 
 def floor_series(records: Sequence[Record], kind: str) -> Series:
-    """Noise floor ``kind`` (``seed`` or ``source``) of the global model: ``(class, layer) ->`` IoU of its circuit found twice."""
-    return collect(records, lambda r: (((_int(c), layer), e.get(layer)) for c, e in ((r.get("noise_floor") or {}).get(kind) or {}).items() for layer in LAYERS))
+    """Noise floor ``kind``: a model's circuit found twice, ``(class, layer) ->`` IoU.
+
+    ``seed`` and ``source`` are the global model's floors; ``clients`` the floor
+    client's own (keyed ``(client, class, layer)``).
+    """
+
+    def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
+        found = (r.get("noise_floor") or {}).get(kind) or {}
+        if kind == "clients":
+            yield from (((_int(p), _int(c), layer), e.get(layer)) for p, per in found.items() for c, e in per.items() for layer in LAYERS)
+        else:
+            yield from (((_int(c), layer), e.get(layer)) for c, e in found.items() for layer in LAYERS)
+
+    return collect(records, entries)
 
 
 def chance_series(records: Sequence[Record], view: str) -> Series:

@@ -92,8 +92,16 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         raise ValueError(f"{run_dir.path} already finished all {config.rounds} rounds; nothing to resume")
     log(INFO, "fedmi: experiment %r, %d clients x %d rounds, strategy %s; %s %s", config.name, config.clients, config.rounds, config.strategy.name,
         f"resuming after round {done} in" if resume else "writing", run_dir.path.resolve())
-    sizes = {int(pid): len(c["train"]) for pid, c in run_dir.read_partitions()["clients"].items()}
-    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights), start_round=done, partition_sizes=sizes)
+    parts = run_dir.read_partitions()["clients"]
+    strategy = build_strategy(
+        config,
+        analyst=analyst,
+        run_dir=run_dir,
+        initial_parameters=ndarrays_to_parameters(weights),
+        start_round=done,
+        partition_sizes={int(pid): len(c["train"]) for pid, c in parts.items()},
+        holdout_sizes={int(pid): len(c["holdout"]) for pid, c in parts.items()},
+    )
     if checkpoint is not None:
         strategy.load_strategy_state(checkpoint.strategy_state)
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.rounds - done))

@@ -72,6 +72,7 @@ class CircuitAnalysisMixin:
         run_dir: RunDirectory,
         start_round: int = 0,
         partition_sizes: Mapping[int, int] | None = None,
+        holdout_sizes: Mapping[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -80,6 +81,7 @@ class CircuitAnalysisMixin:
         self.run_dir = run_dir
         self.round_offset = start_round
         self.partition_sizes = dict(partition_sizes) if partition_sizes is not None else None
+        self.holdout_sizes = dict(holdout_sizes) if holdout_sizes is not None else None
         self.template: SimpleCNN = build_model()
         self._current: Parameters = kwargs["initial_parameters"]
         self._partition_of: dict[str, int] = {}
@@ -132,12 +134,24 @@ class CircuitAnalysisMixin:
         return super().configure_evaluate(rnd, parameters, SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of))  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
-        """The parent's example-weighted evaluation over the clients that evaluated at least one example.
+        """The parent's example-weighted evaluation over the clients whose example counts can be trusted.
 
         A client without held-out rows reports ``num_examples = 0``; Flower's weighted
-        average would divide by zero when every client does.
+        average would divide by zero when every client does. A count that is not a
+        positive integer, or differs from the held-out rows of the node's partition as
+        the server knows them, leaves that client out of the average (logged).
         """
-        counted = [(proxy, res) for proxy, res in results if isinstance(res.num_examples, int) and res.num_examples > 0]
+        counted = []
+        for proxy, res in results:
+            n = res.num_examples
+            pid = self._partition_of.get(proxy.cid, res.metrics.get("partition_id"))
+            expected = self.holdout_sizes.get(pid) if self.holdout_sizes is not None and isinstance(pid, int) else None
+            trusted = isinstance(n, int) and not isinstance(n, bool) and n >= 1 and expected in (None, n)
+            if not trusted:
+                if n != 0 or expected not in (None, 0):  # a client with no held-out rows has nothing to say: not worth a warning
+                    log(WARNING, "evaluation of client %s left out: num_examples = %r (its partition holds out %s rows)", proxy.cid, n, expected)
+                continue
+            counted.append((proxy, res))
         if not counted:
             return None, {}
         return super().aggregate_evaluate(server_round + self.round_offset, counted, failures)  # type: ignore[misc]
@@ -192,7 +206,7 @@ class CircuitAnalysisMixin:
             s.get("global_accuracy", float("nan")),
             scaled("inter_client_iou", "seed_floor"),
             scaled("local_global_iou", "source_floor"),
-            scaled("stability", "seed_floor"),
+            scaled("stability", "client_seed_floor"),
             s.get("cross_sufficiency", float("nan")),
             s.get("cross_specificity", float("nan")),
             s.get("cross_preserved", 0),

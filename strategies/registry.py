@@ -57,11 +57,13 @@ def build_strategy(
     initial_parameters: Parameters,
     start_round: int = 0,
     partition_sizes: Mapping[int, int] | None = None,
+    holdout_sizes: Mapping[int, int] | None = None,
 ) -> FedAvg:
     """The experiment's strategy, with the circuit analysis, ready for a ServerApp.
 
-    ``start_round``: rounds already done; ``partition_sizes``: each partition's training
-    rows as the server computed them (a client's example count must match its own).
+    ``start_round``: rounds already done; ``partition_sizes`` and ``holdout_sizes``: each
+    partition's training and held-out rows as the server computed them (a client's
+    example counts in fit and evaluate must match its own).
     """
     base, specific = STRATEGIES[config.strategy.name]
     s = config.strategy
@@ -74,6 +76,7 @@ def build_strategy(
         run_dir=run_dir,
         start_round=start_round,
         partition_sizes=partition_sizes,
+        holdout_sizes=holdout_sizes,
         fraction_fit=s.fraction_fit,
         fraction_evaluate=s.fraction_evaluate,
         min_fit_clients=s.min_fit_clients or sampled,

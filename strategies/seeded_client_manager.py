@@ -47,7 +47,14 @@ class SeededClientManager(ClientManager):
                 self.partition_of[cid] = int(res.properties["partition_id"])
             except Exception as err:  # an unreachable node is simply not sampled this round
                 log(WARNING, "node %s did not tell its partition id (%s); it is not sampled this round", cid, err)
-        return {self.partition_of[cid]: p for cid, p in proxies.items() if cid in self.partition_of}
+        claimed: dict[int, list[str]] = {}
+        for cid in proxies:
+            if cid in self.partition_of:
+                claimed.setdefault(self.partition_of[cid], []).append(cid)
+        contested = {pid: sorted(cids) for pid, cids in claimed.items() if len(cids) > 1}
+        for pid, cids in contested.items():
+            log(WARNING, "nodes %s all say they hold partition %d; none of them is sampled", ", ".join(cids), pid)
+        return {pid: proxies[cids[0]] for pid, cids in claimed.items() if pid not in contested}
 
     def sample(self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None) -> list[ClientProxy]:
         """Sample ``num_clients`` nodes, chosen by partition id from the seeded stream."""

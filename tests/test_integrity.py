@@ -248,3 +248,50 @@ def test_verdicts_never_call_an_empty_or_indiscriminate_circuit_preserved(tmp_pa
     s = record["summary"]
     working_on_global = sum(1 for per in cross.values() for e in per.values() if e["verdict"] == "working")
     assert s["cross_working_locally"] == 5 and s["cross_collapsed_after_working"] == 2 and s["cross_preserved"] == working_on_global
+
+
+def test_bug3_a_class_whose_gates_never_moved_is_not_retired_early():
+    # All-zero weights and no L0 penalty: no gradient reaches the gates, so the pattern never leaves "all open".
+    import torch
+
+    model = planted_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    data = concat(bright_images(64, 3), bright_images(64, 8))
+    _, steps_run = learn_gate_scores(model, data, [3, 8], seed=1, steps=60, l0_lambda=0.0, patience=10)
+    assert steps_run == [60, 60]  # before: retired at step 30 with every gate open
+
+
+def test_bug5_nodes_that_tell_the_server_the_same_partition_are_never_sampled():
+    from flwr.common import GetPropertiesRes
+    from flwr.server.client_manager import SimpleClientManager
+
+    from strategies.seeded_client_manager import SeededClientManager
+
+    class Node(Proxy):
+        def __init__(self, cid, pid):
+            super().__init__(cid)
+            self.pid = pid
+
+        def get_properties(self, ins, timeout, group_id):
+            return GetPropertiesRes(Status(Code.OK, ""), {"partition_id": self.pid})
+
+    manager = SimpleClientManager()
+    for cid, pid in (("honest-0", 0), ("sybil", 0), ("n1", 1), ("n2", 2), ("n3", 3)):
+        manager.register(Node(cid, pid))
+    picked = {p.cid for r in range(1, 30) for p in SeededClientManager(manager, 0, r, {}).sample(2, 2)}
+    assert picked == {"n1", "n2", "n3"}  # before: the later claim replaced the honest node's, and the sybil was sampled
+
+
+def test_bug6_evaluation_counts_must_match_the_held_out_rows(tmp_path):
+    strategy, _ = make_strategy(tmp_path, steps=10)
+    strategy.holdout_sizes = {0: 30, 1: 10, 2: 0}
+    strategy._partition_of.update({"node-0": 0, "node-1": 1, "node-2": 2})
+    results = [
+        (Proxy("node-0"), EvaluateRes(Status(Code.OK, ""), 2.0, 30, {"accuracy": 0.5})),
+        (Proxy("node-1"), EvaluateRes(Status(Code.OK, ""), 9.0, 10_000, {"accuracy": 0.0})),  # claims 1000x its rows
+        (Proxy("node-2"), EvaluateRes(Status(Code.OK, ""), 0.0, 0, {"accuracy": 0.0})),
+    ]
+    loss, metrics = strategy.aggregate_evaluate(1, results, [])
+    assert loss == 2.0 and metrics["accuracy"] == 0.5

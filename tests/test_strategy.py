@@ -153,6 +153,7 @@ def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, n
     plain = base(initial_parameters=ndarrays_to_parameters(get_weights(planted_model())), **specific(strategy.experiment.strategy))
     expected, _ = plain.aggregate_fit(1, [(proxy, res) for proxy, res in results], [])
     params, _ = strategy.aggregate_fit(1, results, [])
+    assert len(parameters_to_ndarrays(params)) == len(parameters_to_ndarrays(expected)) == 8
     for got, want in zip(parameters_to_ndarrays(params), parameters_to_ndarrays(expected)):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     if name in ("fedavg", "fedprox"):  # and both are the example-weighted mean, by hand
