@@ -8,7 +8,7 @@ ifeq ($(FEDMI_DATA_ROOT),)
   endif
 endif
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench lint
 
 setup: $(VENV)/.installed
 
@@ -26,3 +26,8 @@ test: setup
 
 bench: setup
 	$(PY) bench/bench_core.py --quick
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy

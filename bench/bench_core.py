@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from fedmi_flower.circuits import evaluate_circuits, learn_gate_scores, circuits_from_scores
-from fedmi_flower.data import load_labels, load_split, partition_iid
-from fedmi_flower.model import build_model
-from fedmi_flower.seeding import torch_generator
-from fedmi_flower.sparsity import train_sparse
+from fedmi_flower.science.circuits import circuits_from_scores, evaluate_circuits, learn_gate_scores
+from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.model import build_model
+from fedmi_flower.science.seeding import torch_generator
+from fedmi_flower.science.sparsity import train_sparse
 
 REF_EPOCH_SECONDS_PER_IMAGE = 62.5 / (5 * 12000)
 REF_DISCOVERY_SECONDS_PER_CLASS_STEP = 542.0 / (40 * 200)
@@ -60,12 +60,18 @@ def main() -> None:
             seconds[label].append(stats.seconds)
             models[label] = model
     for label in ("dense", "sparse"):
-        print(f"one local epoch, {label:6s}: {statistics.median(seconds[label]):6.2f} s  {statistics.median(speed[label]):7.0f} images/s (median of 3)")
+        print(
+            f"one local epoch, {label:6s}: {statistics.median(seconds[label]):6.2f} s  "
+            f"{statistics.median(speed[label]):7.0f} images/s (median of 3)"
+        )
     model = models["sparse"]
     ratio = statistics.median(speed["sparse"]) / statistics.median(speed["dense"])
     print(f"sparse / dense images per second: {ratio:.2f}  (target >= 0.90)")
     ref_epoch = REF_EPOCH_SECONDS_PER_IMAGE * n_images
-    print(f"reference code for this epoch: {ref_epoch:.2f} s -> speed-up {ref_epoch / statistics.median(seconds['sparse']):.1f}x")
+    print(
+        f"reference code for this epoch: {ref_epoch:.2f} s -> speed-up "
+        f"{ref_epoch / statistics.median(seconds['sparse']):.1f}x"
+    )
 
     began = time.perf_counter()
     scores, _ = learn_gate_scores(model, train, classes, steps=steps, seed=0)
@@ -74,14 +80,20 @@ def main() -> None:
     for cls in classes:
         learn_gate_scores(model, train, [cls], steps=steps, seed=0)
     single = time.perf_counter() - began
-    print(f"discovery, {len(classes)} classes x {steps} steps: batched {batched:.2f} s, one at a time {single:.2f} s, ratio {single / batched:.2f}x")
+    print(
+        f"discovery, {len(classes)} classes x {steps} steps: "
+        f"batched {batched:.2f} s, one at a time {single:.2f} s, ratio {single / batched:.2f}x"
+    )
     ref_disc = REF_DISCOVERY_SECONDS_PER_CLASS_STEP * len(classes) * steps
     print(f"reference code for the same discoveries: {ref_disc:.1f} s -> speed-up {ref_disc / batched:.1f}x")
 
     circuits = circuits_from_scores(scores, classes)
     began = time.perf_counter()
     evaluate_circuits(model, test, list(circuits.items()))
-    print(f"evaluation of {len(classes)} circuits on {len(test)} images (sufficiency, specificity, necessity): {time.perf_counter() - began:.2f} s")
+    print(
+        f"evaluation of {len(classes)} circuits on {len(test)} images (sufficiency, specificity, "
+        f"necessity): {time.perf_counter() - began:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procmem import run_measured  # noqa: E402
+from procmem import run_measured
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = {
@@ -41,14 +41,26 @@ def main() -> None:
         settings = {**common, **case}
         with tempfile.TemporaryDirectory() as tmp:
             sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in settings.items()))
-            command = [sys.executable, "-m", "fedmi_flower.cli", "run", "quickstart", *sets, "--out", str(Path(tmp) / "run")]
+            command = [
+                sys.executable,
+                "-m",
+                "fedmi_flower.cli",
+                "run",
+                "quickstart",
+                *sets,
+                "--out",
+                str(Path(tmp) / "run"),
+            ]
             if args.data_root:
                 command += ["--data-root", args.data_root]
             with open(os.devnull, "w") as null:
                 code, seconds, rss, pss = run_measured(command, cwd=REPO, stdout=null, stderr=null)
         if code != 0:
             raise SystemExit(f"{label}: the run failed (exit {code}); run by hand: {' '.join(command)}")
-        print(f"{label}: peak PSS {pss / 2**30:.2f} GiB (target < {target_gib:.0f} GiB, {pss / 2**30 / target_gib:.0%} of it), peak RSS sum {rss / 2**30:.2f} GiB, {seconds:.0f} s")
+        print(
+            f"{label}: peak PSS {pss / 2**30:.2f} GiB (target < {target_gib:.0f} GiB, "
+            f"{pss / 2**30 / target_gib:.0%} of it), peak RSS sum {rss / 2**30:.2f} GiB, {seconds:.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procmem import run_measured  # noqa: E402
+from procmem import run_measured
 
-from fedmi_flower.config import load_experiment  # noqa: E402
+from fedmi_flower.config import load_experiment
 
 REFERENCE_SECONDS = 845.0
 REPO = Path(__file__).resolve().parent.parent
@@ -35,8 +35,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 def overrides(epochs: int, quick: bool) -> dict:
     o = {
-        "clients": 5, "rounds": 1, "data.partition": "iid", "data.holdout_fraction": 0.0, "train.epochs": epochs,
-        "train.sparsity": 0.99, "analysis.classes": [0, 1, 2, 7], "discovery.steps": 200, "discovery.batch_per_class": 26,
+        "clients": 5,
+        "rounds": 1,
+        "data.partition": "iid",
+        "data.holdout_fraction": 0.0,
+        "train.epochs": epochs,
+        "train.sparsity": 0.99,
+        "analysis.classes": [0, 1, 2, 7],
+        "discovery.steps": 200,
+        "discovery.batch_per_class": 26,
     }
     if quick:
         o.update({"data.max_per_client": 2400, "discovery.steps": 50, "data.eval_per_class": 100})
@@ -45,13 +52,19 @@ def overrides(epochs: int, quick: bool) -> dict:
 
 def report(record: dict, label: str) -> None:
     clients = record["clients"].values()
-    mean = lambda key: statistics.mean(c["timings"][key] for c in clients)  # noqa: E731
-    total = lambda key: sum(c["timings"][key] for c in clients)  # noqa: E731
+    mean = lambda key: statistics.mean(c["timings"][key] for c in clients)
+    total = lambda key: sum(c["timings"][key] for c in clients)
     t = record["timings"]
-    print(f"  [{label}] per client: train {mean('t_train'):.1f} s, discovery {mean('t_discovery'):.1f} s, local evaluation {mean('t_evaluate'):.1f} s")
+    print(
+        f"  [{label}] per client: train {mean('t_train'):.1f} s, discovery {mean('t_discovery'):.1f} s, "
+        f"local evaluation {mean('t_evaluate'):.1f} s"
+    )
     print(f"  [{label}] server: global discovery {t['global_discovery']:.1f} s, evaluation {t['evaluation']:.1f} s")
     analysis = total("t_discovery") + total("t_evaluate") + t["analysis"]
-    print(f"  [{label}] all clients' training {total('t_train'):.1f} s vs circuit analysis (local + global discovery, evaluation, IoU) {analysis:.1f} s: ratio {analysis / total('t_train'):.2f}")
+    print(
+        f"  [{label}] all clients' training {total('t_train'):.1f} s vs circuit analysis (local + global discovery, "
+        f"evaluation, IoU) {analysis:.1f} s: ratio {analysis / total('t_train'):.2f}"
+    )
 
 
 def main() -> None:
@@ -63,7 +76,10 @@ def main() -> None:
     args = parser.parse_args()
     o = overrides(args.epochs, args.quick)
     config = load_experiment("quickstart", o)
-    print(f"round: {config.clients} clients, {config.train.epochs} epoch(s), sparsity {config.train.sparsity}, {config.discovery.steps} discovery steps, classes {config.analysis.classes}")
+    print(
+        f"round: {config.clients} clients, {config.train.epochs} epoch(s), sparsity {config.train.sparsity}, "
+        f"{config.discovery.steps} discovery steps, classes {config.analysis.classes}"
+    )
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.mode in ("inprocess", "both"):
@@ -72,24 +88,45 @@ def main() -> None:
             record = run_round_in_process(config, Path(tmp) / "inprocess", args.data_root)
             w = record["wall"]
             results["in-process"] = w["clients"] + w["server"]
-            print(f"in-process: {results['in-process']:.1f} s of work (clients {w['clients']:.1f} s one after another, server {w['server']:.1f} s), {w['setup']:.1f} s setup")
+            print(
+                f"in-process: {results['in-process']:.1f} s of work (clients {w['clients']:.1f} s one after another, "
+                f"server {w['server']:.1f} s), {w['setup']:.1f} s setup"
+            )
             report(record, "in-process")
         if args.mode in ("ray", "both"):
             sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}".replace("'", '"')) for k, v in o.items()))
-            command = [sys.executable, "-m", "fedmi_flower.cli", "run", "quickstart", *sets, "--out", str(Path(tmp) / "ray")]
+            command = [
+                sys.executable,
+                "-m",
+                "fedmi_flower.cli",
+                "run",
+                "quickstart",
+                *sets,
+                "--out",
+                str(Path(tmp) / "ray"),
+            ]
             if args.data_root:
                 command += ["--data-root", args.data_root]
-            code, seconds, rss, pss = run_measured(command, cwd=REPO, stdout=subprocess_devnull(), stderr=subprocess_devnull())
+            code, seconds, rss, pss = run_measured(
+                command, cwd=REPO, stdout=subprocess_devnull(), stderr=subprocess_devnull()
+            )
             if code != 0:
                 raise SystemExit(f"the Ray run failed (exit {code}); run it by hand: {' '.join(command)}")
-            from fedmi_flower.results import RunDirectory
+            from fedmi_flower.records.results import RunDirectory
 
-            record = RunDirectory(Path(tmp) / "ray").read_rounds()[-1]
+            record = RunDirectory(Path(tmp) / "ray").read_rounds()[-1].to_json()
             results["Ray simulation"] = seconds
-            print(f"Ray simulation: {seconds:.1f} s wall clock from `fedmi run` to exit (Ray start-up included); peak memory PSS {pss / 2**30:.2f} GiB (RSS sum {rss / 2**30:.2f} GiB)")
+            print(
+                f"Ray simulation: {seconds:.1f} s wall clock from `fedmi run` to exit (Ray start-up included); "
+                f"peak memory PSS {pss / 2**30:.2f} GiB (RSS sum {rss / 2**30:.2f} GiB)"
+            )
             report(record, "ray")
     for label, seconds in results.items():
-        print(f"{label}: {seconds:.1f} s, {REFERENCE_SECONDS / seconds:.1f}x faster than the reference's {REFERENCE_SECONDS:.0f} s" + ("" if args.epochs == 1 and not args.quick else " (not the anchor's workload)"))
+        print(
+            f"{label}: {seconds:.1f} s, {REFERENCE_SECONDS / seconds:.1f}x faster than the "
+            f"reference's {REFERENCE_SECONDS:.0f} s"
+            + ("" if args.epochs == 1 and not args.quick else " (not the anchor's workload)")
+        )
 
 
 def subprocess_devnull():

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from fedmi_flower.circuits import learn_gate_scores
-from fedmi_flower.data import load_labels, load_split, partition_iid
-from fedmi_flower.model import build_model
-from fedmi_flower.sparsity import train_sparse
+from fedmi_flower.science.circuits import learn_gate_scores
+from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.model import build_model
+from fedmi_flower.science.sparsity import train_sparse
 
 
 def main() -> int:
@@ -54,7 +54,9 @@ def main() -> int:
         torch.cuda.synchronize()
         t_disc = time.perf_counter() - began
         assert all(p.device.type == dev.type for p in model.parameters())
-        print(f"{label}: one epoch on {len(split)} images {t_train:.2f} s, discovery 4 classes x 200 steps {t_disc:.2f} s")
+        print(
+            f"{label}: one epoch on {len(split)} images {t_train:.2f} s, discovery 4 classes x 200 steps {t_disc:.2f} s"
+        )
     print("check_gpu: OK, training and discovery ran on the GPU without a host synchronisation per batch")
     return 0
 

@@ -7,6 +7,7 @@ messaging (Ray actors, gRPC) is left out, and clients run one after another.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -14,10 +15,10 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.server.client_proxy import ClientProxy
 
 from clients import CircuitClient
+from fedmi_flower.apps.server_app import prepare_run
 from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.data import experiment_partitions, load_split
-from fedmi_flower.protocol import fit_instructions
-from fedmi_flower.server_app import prepare_run
+from fedmi_flower.science.data import experiment_partitions, load_split
+from fedmi_flower.wire.protocol import fit_instructions
 from strategies import build_strategy
 
 
@@ -38,10 +39,16 @@ def run_round_in_process(config: ExperimentConfig, out: Path, data_root: str | N
     """
     began = time.perf_counter()
     run_dir, analyst, weights, _ = prepare_run(config, out, data_root)
-    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights))
-    parts = experiment_partitions(config.data, config.clients, config.seed, data_root)
+    strategy = build_strategy(
+        config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights)
+    )
+    parts = experiment_partitions(dataclasses.asdict(config.data), config.clients, config.seed, data_root)
     clients = [
-        CircuitClient(pid, load_split(config.data.dataset, True, data_root, p.train), load_split(config.data.dataset, True, data_root, p.holdout))
+        CircuitClient(
+            pid,
+            load_split(config.data.dataset, True, data_root, p.train),
+            load_split(config.data.dataset, True, data_root, p.holdout),
+        )
         for pid, p in enumerate(parts)
     ]
     setup = time.perf_counter() - began
@@ -50,11 +57,16 @@ def run_round_in_process(config: ExperimentConfig, out: Path, data_root: str | N
     results = []
     for client in clients:
         new_weights, n, metrics = client.fit(weights, instructions)
-        results.append((_Node(str(client.partition_id)), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new_weights), n, metrics)))
+        results.append(
+            (
+                _Node(str(client.partition_id)),
+                FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new_weights), n, metrics),
+            )
+        )
     t_clients = time.perf_counter() - t0
     t0 = time.perf_counter()
     strategy.aggregate_fit(1, results, [])
     t_server = time.perf_counter() - t0
-    record = run_dir.read_rounds()[-1]
+    record = run_dir.read_rounds()[-1].to_json()
     record["wall"] = {"setup": setup, "clients": t_clients, "server": t_server, "total": time.perf_counter() - began}
     return record

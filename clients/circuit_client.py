@@ -10,15 +10,23 @@ import torch
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
-from fedmi_flower.circuits import Circuit, channel_means, circuits_from_scores, evaluate_circuits, learn_gate_scores
 from fedmi_flower.config import AnalysisConfig, ExperimentConfig
-from fedmi_flower.data import ImageSplit
-from fedmi_flower.faults import InjectedFailure, should_fail
-from fedmi_flower.metrics import circuit_iou
-from fedmi_flower.model import build_model, evaluate, get_weights, set_weights
-from fedmi_flower.protocol import ClientReport, FitInstructions, report_to_metrics
-from fedmi_flower.seeding import derive_seed, torch_generator
-from fedmi_flower.sparsity import sparsity_report, train_sparse
+from fedmi_flower.science.circuits import (
+    SCORE_NAMES,
+    Circuit,
+    channel_means,
+    circuits_from_scores,
+    evaluate_circuits,
+    learn_gate_scores,
+)
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.metrics import circuit_iou
+from fedmi_flower.science.model import SimpleCNN, build_model, evaluate, get_weights, set_weights
+from fedmi_flower.science.seeding import derive_seed, torch_generator
+from fedmi_flower.science.sparsity import sparsity_report, train_sparse
+from fedmi_flower.wire.protocol import ClientReport, FitInstructions, report_to_metrics
+
+from .faults import InjectedFailure, should_fail
 
 
 class CircuitClient(NumPyClient):
@@ -37,7 +45,14 @@ class CircuitClient(NumPyClient):
         Classes of the dataset.
     """
 
-    def __init__(self, partition_id: int, train: ImageSplit, holdout: ImageSplit, device: torch.device | str = "cpu", num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        partition_id: int,
+        train: ImageSplit,
+        holdout: ImageSplit,
+        device: torch.device | str = "cpu",
+        num_classes: int = 10,
+    ) -> None:
         self.partition_id = int(partition_id)
         self.device = torch.device(device)
         self.train = train.to(self.device)
@@ -45,8 +60,9 @@ class CircuitClient(NumPyClient):
         self.num_classes = num_classes
         self.class_counts = self.train.class_counts(num_classes)
 
-    def _model(self, parameters: NDArrays) -> torch.nn.Module:
-        model = build_model(num_classes=self.num_classes).to(self.device)
+    def _model(self, parameters: NDArrays) -> SimpleCNN:
+        model = build_model(num_classes=self.num_classes)
+        model.to(self.device)
         set_weights(model, parameters)
         return model
 
@@ -101,22 +117,38 @@ class CircuitClient(NumPyClient):
         t0 = time.perf_counter()
         classes = self.analysed_classes(cfg.analysis)
         means = channel_means(model, self.train) if cfg.discovery.ablation == "mean" else None
-        circuits, steps_run = {}, []
+        circuits: dict[int, Circuit] = {}
+        steps_run: list[int] = []
         if classes:
             scores, steps_run = learn_gate_scores(
-                model, self.train, classes, means=means, seed=derive_seed(cfg.seed, "client-discovery", rnd, pid), **dataclasses.asdict(cfg.discovery)
+                model,
+                self.train,
+                classes,
+                means=means,
+                seed=derive_seed(cfg.seed, "client-discovery", rnd, pid),
+                **dataclasses.asdict(cfg.discovery),
             )
             circuits = circuits_from_scores(scores, classes)
         t_discovery = time.perf_counter() - t0
         t0 = time.perf_counter()
-        floor = self.seed_floor(model, circuits, cfg, rnd) if circuits and cfg.analysis.noise_floor and pid == cfg.analysis.floor_client else {}
+        floor = (
+            self.seed_floor(model, circuits, cfg, rnd)
+            if circuits and cfg.analysis.noise_floor and pid == cfg.analysis.floor_client
+            else {}
+        )
         t_floor = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         local_scores = {}
         if cfg.analysis.evaluate_local and circuits:
-            scored = evaluate_circuits(model, self.local_eval_split(cfg.seed), list(circuits.items()), ablation=cfg.discovery.ablation, means=means)
-            local_scores = {c: {"sufficiency": s.sufficiency, "specificity": s.specificity, "necessity": s.necessity} for c, s in zip(circuits, scored)}
+            scored = evaluate_circuits(
+                model,
+                self.local_eval_split(cfg.seed),
+                list(circuits.items()),
+                ablation=cfg.discovery.ablation,
+                means=means,
+            )
+            local_scores = {c: {name: getattr(s, name) for name in SCORE_NAMES} for c, s in zip(circuits, scored)}
         t_evaluate = time.perf_counter() - t0
 
         achieved = sparsity_report(model)
@@ -129,7 +161,13 @@ class CircuitClient(NumPyClient):
             sparsity=achieved.overall,
             sparsity_per_tensor=achieved.per_tensor,
             noise_floor=floor,
-            timings={"t_train": t_train, "t_discovery": t_discovery, "t_floor": t_floor, "t_evaluate": t_evaluate, "t_total": time.perf_counter() - began},
+            timings={
+                "t_train": t_train,
+                "t_discovery": t_discovery,
+                "t_floor": t_floor,
+                "t_evaluate": t_evaluate,
+                "t_total": time.perf_counter() - began,
+            },
             class_counts=self.class_counts,
             local_scores=local_scores,
             discovery_steps=dict(zip(classes, steps_run)),
@@ -137,17 +175,27 @@ class CircuitClient(NumPyClient):
         )
         return get_weights(model), len(self.train), report_to_metrics(report, model.layer_sizes)
 
-    def seed_floor(self, model: torch.nn.Module, circuits: dict[int, Circuit], cfg: ExperimentConfig, rnd: int) -> dict[int, dict[str, float]]:
-        """This client's noise floor: its circuits against the same model's found again on another draw of its rows with another seed.
+    def seed_floor(
+        self, model: SimpleCNN, circuits: dict[int, Circuit], cfg: ExperimentConfig, rnd: int
+    ) -> dict[int, dict[str, float]]:
+        """This client's noise floor.
+
+        Its circuits against the same model's found again on another draw of its rows with another seed.
 
         Stability and inter-client IoU compare circuits found with different seeds on
         different draws; this is their IoU when the model has not changed at all.
         """
         seed = derive_seed(cfg.seed, "client-floor", rnd, self.partition_id)
-        redraw = self.train.subset(torch.randint(len(self.train), (len(self.train),), generator=torch_generator(seed, "bootstrap")).sort().values)
+        redraw = self.train.subset(
+            torch.randint(len(self.train), (len(self.train),), generator=torch_generator(seed, "bootstrap"))
+            .sort()
+            .values
+        )
         classes = [c for c in circuits if bool((redraw.labels == c).any())]
         means = channel_means(model, redraw) if cfg.discovery.ablation == "mean" else None
-        scores, _ = learn_gate_scores(model, redraw, classes, means=means, seed=seed, **dataclasses.asdict(cfg.discovery))
+        scores, _ = learn_gate_scores(
+            model, redraw, classes, means=means, seed=seed, **dataclasses.asdict(cfg.discovery)
+        )
         again = circuits_from_scores(scores, classes)
         return {c: circuit_iou(circuits[c], again[c]) for c in classes}
 

@@ -1,8 +1,15 @@
 """fedmi-flower: circuit preservation in federated learning, on Flower.
 
-The science (``data``, ``model``, ``sparsity``, ``circuits``, ``metrics``, ``analysis``)
-is plain PyTorch; ``server_app``, ``client_app``, ``simulation``, ``deploy`` and ``cli``
-wire it to Flower. See README.md.
+Layers, each importing only those above it in this list (docs/architecture.md):
+
+- ``config``: the typed experiment config;
+- ``science``: data, model, sparsity, circuits, metrics (plain PyTorch, no Flower);
+- ``records``: the typed round record, the run directory, series over rounds;
+- ``wire``: what crosses the wire between clients and server;
+- ``analysis``: the server's analysis of one round over the clients' reports;
+- ``views``: figures, circuit graphs and reports of finished runs;
+- the top-level ``clients`` and ``strategies`` packages: thin Flower adapters;
+- ``apps``: the ServerApp, ClientApp, simulation and deployment; ``cli``: the ``fedmi`` command.
 """
 
 __version__ = "0.1.0"

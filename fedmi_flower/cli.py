@@ -1,13 +1,14 @@
 """The ``fedmi`` command: run experiments and list them.
 
-    fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
-    fedmi run --resume RUN_DIR
-    fedmi deploy-local EXPERIMENT [--clients N] [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR] [--workdir DIR]
-    fedmi list
-    fedmi run EXPERIMENT --seeds 0,1,2 [...]
-    fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
-    fedmi plot --compare RUN_DIR... [--out DIR]
-    fedmi report RUN_DIR... [--out FILE]
+fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
+fedmi run --resume RUN_DIR
+fedmi deploy-local EXPERIMENT [--clients N] [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
+                   [--workdir DIR]
+fedmi list
+fedmi run EXPERIMENT --seeds 0,1,2 [...]
+fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
+fedmi plot --compare RUN_DIR... [--out DIR]
+fedmi report RUN_DIR... [--out FILE]
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ExperimentConfig, list_experiments, load_experiment, load_sweep, parse_override
-from .data import DatasetError, load_labels
-from .deploy import DeploymentError, LocalDeployment
-from .results import RunDirectory
-from .series import RunError
+from fedmi_flower.apps.deploy import DeploymentError, LocalDeployment
+from fedmi_flower.config import (
+    ConfigError,
+    ExperimentConfig,
+    list_experiments,
+    load_experiment,
+    load_sweep,
+    parse_override,
+)
+from fedmi_flower.records.results import RunDirectory, default_run_dir
+from fedmi_flower.records.series import RunError
+from fedmi_flower.science.data import DatasetError, load_labels
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -36,18 +44,23 @@ def _cmd_list(args: argparse.Namespace) -> int:
     width = max(len(n) for n in experiments)
     for name in experiments:
         config = load_experiment(name)
-        print(f"{name:<{width}}  {config.clients} clients x {config.rounds} rounds, {config.strategy.name}, sparsity {config.train.sparsity:g}: {config.description}")
+        print(
+            f"{name:<{width}}  {config.clients} clients x {config.rounds} rounds, {config.strategy.name}, "
+            f"sparsity {config.train.sparsity:g}: {config.description}"
+        )
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from .simulation import simulate
+    from fedmi_flower.apps.simulation import simulate
 
     run = RunDirectory(args.resume)
     if not (run.path / "config.toml").is_file():
         raise ConfigError(f"{run.path} is not a run directory (no config.toml); give the folder `fedmi run` wrote")
     if args.experiment or args.set or args.seed is not None or args.seeds is not None:
-        raise ConfigError("--resume continues a run with its own config.toml; drop EXPERIMENT, --set, --seed and --seeds")
+        raise ConfigError(
+            "--resume continues a run with its own config.toml; drop EXPERIMENT, --set, --seed and --seeds"
+        )
     config = run.read_config()
     checkpoint = run.read_checkpoint()
     done = checkpoint.server_round if checkpoint else 0
@@ -72,13 +85,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _report(name: str, out: Path, began: float) -> None:
     rounds = RunDirectory(out).read_rounds()
     print(f"fedmi: {name} finished {len(rounds)} rounds in {time.perf_counter() - began:.0f} s; results in {out}")
-    if rounds:
-        s = rounds[-1].get("summary", {})
-        print("  last round: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if v is not None))
+    if rounds and rounds[-1].analysed:
+        s = rounds[-1].summary.scalars()
+        print(
+            "  last round: "
+            + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if v == v)
+        )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .simulation import simulate  # Flower and Ray load only when a run starts
+    from fedmi_flower.apps.simulation import simulate  # Flower and Ray load only when a run starts
 
     if args.resume:
         return _resume(args)
@@ -87,8 +103,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     configs = load_sweep(args.experiment, _overrides(args), seeds=seeds)
     swept = len(configs) > 1 or seeds is not None  # every point of a sweep (or seed) in its own folder under --out
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(args.out) if args.out else Path("runs") / f"{args.experiment if swept else configs[0].name}-{stamp}"
+    base = Path(args.out) if args.out else default_run_dir(args.experiment if swept else configs[0].name)
     for i, config in enumerate(configs):
         out = base / config.name if swept else base
         print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
@@ -113,27 +128,33 @@ def _deployment_run_config(experiment: str, overrides: dict[str, Any], config: E
     except ConfigError:
         survives = False
     if not survives:
-        raise ConfigError(f"the overrides {run_config['set']!r} do not survive the run config's `set` string; write string values without spaces and '='")
+        raise ConfigError(
+            f"the overrides {run_config['set']!r} do not survive the run config's `set` string; "
+            "write string values without spaces and '='"
+        )
     return run_config
 
 
 def _cmd_deploy_local(args: argparse.Namespace) -> int:
-    from .server_app import default_run_dir  # Flower loads only when a run starts
-
     overrides = _overrides(args)
     configs = load_sweep(args.experiment, overrides)
     if len(configs) > 1:
-        raise ConfigError(f"{args.experiment} is a sweep of {len(configs)} runs; deploy-local runs one: fix the swept key with --set, or use `fedmi run`")
+        raise ConfigError(
+            f"{args.experiment} is a sweep of {len(configs)} runs; "
+            "deploy-local runs one: fix the swept key with --set, or use `fedmi run`"
+        )
     (config,) = configs
     if args.clients is not None and args.clients != config.clients:
-        raise ConfigError(f"--clients {args.clients} but experiment {config.name!r} has clients = {config.clients}; drop --clients, or add --set clients={args.clients} to change the experiment")
+        raise ConfigError(
+            f"--clients {args.clients} but experiment {config.name!r} has clients = {config.clients}; "
+            f"drop --clients, or add --set clients={args.clients} to change the experiment"
+        )
     run_config = _deployment_run_config(args.experiment, overrides, config)
     # Fail on a missing dataset here, with the loader's message, before any process starts.
     load_labels(config.data.dataset, True, args.data_root)
     load_labels(config.data.dataset, False, args.data_root)
-    out = Path(args.out) if args.out else default_run_dir(config)
-    if RunDirectory(out).read_rounds():  # the ServerApp would refuse it, in a log
-        raise FileExistsError(f"{out} already holds a run; choose another --out")
+    out = Path(args.out) if args.out else default_run_dir(config.name)
+    RunDirectory(out).check_new()  # the ServerApp would refuse it too, but in a log
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedmi-deploy-"))
     # `kill` (SIGTERM) stops the deployment like Ctrl-C does, instead of leaving its processes behind.
     # SIGINT too, explicitly: a shell without job control starts background commands with SIGINT
@@ -144,10 +165,17 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
     print(f"fedmi: starting a SuperLink and {config.clients} SuperNodes; state and logs in {workdir}", flush=True)
     try:
         with LocalDeployment(workdir, config.clients, args.data_root) as deployment:
-            print(f"fedmi: SuperLink on {deployment.address}, {config.clients} SuperNodes online after {time.perf_counter() - began:.1f} s; running {config.name} -> {out}", flush=True)
+            print(
+                f"fedmi: SuperLink on {deployment.address}, {config.clients} SuperNodes online after "
+                f"{time.perf_counter() - began:.1f} s; running {config.name} -> {out}",
+                flush=True,
+            )
             deployment.run(run_config, out, timeout=args.timeout, echo=sys.stdout)
     except KeyboardInterrupt:
-        print(f"fedmi: interrupted; every process of the deployment is stopped; logs in {workdir / 'logs'}", file=sys.stderr)
+        print(
+            f"fedmi: interrupted; every process of the deployment is stopped; logs in {workdir / 'logs'}",
+            file=sys.stderr,
+        )
         return 130
     _report(config.name, out, began)
     return 0
@@ -173,8 +201,8 @@ def _common_folder(paths: list[Path]) -> Path:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_compare, plot_run  # matplotlib loads only for plotting
-    from .series import comparison, find_runs, load_run, setting_label
+    from fedmi_flower.records.series import comparison, find_runs, load_run, setting_label
+    from fedmi_flower.views.plots import plot_compare, plot_run  # matplotlib loads only for plotting
 
     paths = find_runs(args.runs)
     if args.compare:
@@ -186,7 +214,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         print(f"fedmi: {len(runs)} runs side by side by {setting} ({', '.join(labels)})")
     else:
         if len(paths) != 1:
-            raise RunError(f"fedmi plot draws one run, but {' '.join(args.runs)} holds {len(paths)}; name one of them, or add --compare to set them side by side")
+            raise RunError(
+                f"fedmi plot draws one run, but {' '.join(args.runs)} holds {len(paths)}; "
+                "name one of them, or add --compare to set them side by side"
+            )
         run = load_run(paths[0])
         out = Path(args.out) if args.out else run.path / "figures"
         made = plot_run(run, out, graph_class=args.graph_class, graph_round=args.graph_round)
@@ -195,12 +226,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .series import find_runs, load_run
+    from fedmi_flower.records.series import find_runs, load_run
+    from fedmi_flower.views.report import write_report
 
     paths = find_runs(args.runs)
     runs = [load_run(p) for p in paths]
-    out = Path(args.out) if args.out else (paths[0] if len(paths) == 1 else _common_folder(paths)) / "report" / "report.md"
+    out = (
+        Path(args.out)
+        if args.out
+        else (paths[0] if len(paths) == 1 else _common_folder(paths)) / "report" / "report.md"
+    )
     md, html = write_report(runs, out)
     print(f"fedmi: report on {len(runs)} run{'s' if len(runs) > 1 else ''}: {md} and {html}")
     return 0
@@ -209,16 +244,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
     """``fedmi plot`` and ``fedmi report``: figures and pages from run directories."""
     plot = sub.add_parser("plot", help="draw every figure of the paper from a run directory (PNG and SVG)")
-    plot.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a run directory; with --compare several (or a folder holding a sweep's runs)")
-    plot.add_argument("--compare", action="store_true", help="set runs that differ in one setting side by side (paper Fig. 19)")
-    plot.add_argument("--out", help="folder for the figures (default: RUN_DIR/figures; with --compare: figures-compare beside the runs)")
-    plot.add_argument("--graph-class", type=int, help="class whose circuit graphs to draw (default: one that two clients hold)")
+    plot.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="a run directory; with --compare several (or a folder holding a sweep's runs)",
+    )
+    plot.add_argument(
+        "--compare", action="store_true", help="set runs that differ in one setting side by side (paper Fig. 19)"
+    )
+    plot.add_argument(
+        "--out",
+        help="folder for the figures (default: RUN_DIR/figures; with --compare: figures-compare beside the runs)",
+    )
+    plot.add_argument(
+        "--graph-class", type=int, help="class whose circuit graphs to draw (default: one that two clients hold)"
+    )
     plot.add_argument("--graph-round", type=int, help="round whose circuit graphs to draw (default: the last)")
     plot.set_defaults(func=_cmd_plot)
 
-    report = sub.add_parser("report", help="one-page Markdown and HTML report of runs: config, figures, RQ1/RQ2 tables, collapse; seeds as mean and spread")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them (a sweep's or --seeds output)")
-    report.add_argument("--out", help="the Markdown file; the HTML goes beside it (default: RUN_DIR/report/report.md, or report/report.md beside several runs)")
+    report = sub.add_parser(
+        "report",
+        help=(
+            "one-page Markdown and HTML report of runs: "
+            "config, figures, RQ1/RQ2 tables, collapse; seeds as mean and spread"
+        ),
+    )
+    report.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories, or folders holding them (a sweep's or --seeds output)",
+    )
+    report.add_argument(
+        "--out",
+        help=(
+            "the Markdown file; the HTML goes beside it (default: "
+            "RUN_DIR/report/report.md, or report/report.md beside several runs)"
+        ),
+    )
     report.set_defaults(func=_cmd_report)
 
 
@@ -229,22 +293,51 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment as a Flower simulation (Ray virtual clients)")
     run.add_argument("experiment", nargs="?", help="experiment name (see `fedmi list`) or path to a TOML file")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished round")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. --set train.sparsity=0.995 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.sparsity=0.995 (repeatable)",
+    )
     run.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
     seed = run.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
-    seed.add_argument("--seeds", metavar="S,S,...", help="run once per seed, each into <out>/<name>-seed=<s> (with a [sweep]: every point once per seed)")
+    seed.add_argument(
+        "--seeds",
+        metavar="S,S,...",
+        help="run once per seed, each into <out>/<name>-seed=<s> (with a [sweep]: every point once per seed)",
+    )
     run.add_argument("--data-root", help="folder holding MNIST/raw (default: $FEDMI_DATA_ROOT, else ./data)")
     run.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     run.set_defaults(func=_cmd_run)
 
-    dep = sub.add_parser("deploy-local", help="run an experiment on Flower's deployment runtime: a SuperLink and one SuperNode per client on this machine")
+    dep = sub.add_parser(
+        "deploy-local",
+        help=(
+            "run an experiment on Flower's deployment runtime: a SuperLink and one SuperNode per client on this machine"
+        ),
+    )
     dep.add_argument("experiment", help="experiment name (see `fedmi list`) or path to a TOML file")
-    dep.add_argument("--clients", type=int, help="SuperNodes to start; must equal the experiment's clients (the default)")
-    dep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting, e.g. --set rounds=2 (repeatable)")
+    dep.add_argument(
+        "--clients", type=int, help="SuperNodes to start; must equal the experiment's clients (the default)"
+    )
+    dep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set rounds=2 (repeatable)",
+    )
     dep.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
     dep.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
-    dep.add_argument("--data-root", help="folder holding MNIST/raw, given to the ServerApp and every SuperNode (default: $FEDMI_DATA_ROOT, else ./data)")
+    dep.add_argument(
+        "--data-root",
+        help=(
+            "folder holding MNIST/raw, given to the ServerApp and every SuperNode "
+            "(default: $FEDMI_DATA_ROOT, else ./data)"
+        ),
+    )
     dep.add_argument("--workdir", help="folder for the processes' state and logs (default: a new temporary folder)")
     dep.add_argument("--timeout", type=float, help="seconds the run may take before it is stopped (default: no limit)")
     dep.set_defaults(func=_cmd_deploy_local)

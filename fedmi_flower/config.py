@@ -23,9 +23,12 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, NoReturn
+
+from fedmi_flower.science.circuits import ABLATIONS
 
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "fedmedian", "fedtrimmedavg")
@@ -37,7 +40,17 @@ class ConfigError(ValueError):
     """An experiment config is invalid; the message names the field and what is allowed."""
 
 
-def _spec(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, choices: tuple = (), doc: str = "", factory: Any = None) -> Any:
+def _spec(
+    default: Any = dataclasses.MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    choices: tuple = (),
+    doc: str = "",
+    factory: Any = None,
+) -> Any:
     meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices, "doc": doc}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -56,10 +69,23 @@ class DataConfig:
     shared_class: int = _spec(0, lo=0, doc="class every client holds (partition = shared-class)")
     distinct_per_client: int = _spec(2, lo=0, doc="classes of its own per client (partition = shared-class)")
     class_map: list[list[int]] | None = _spec(None, doc="explicit classes of each client (partition = class-map)")
-    max_per_client: int | None = _spec(None, lo=1, doc="keep at most this many training examples per client (seeded subset)")
-    holdout_fraction: float = _spec(0.1, lo=0.0, hi=1.0, hi_open=True, doc="share of a client's examples held out for its evaluate()")
-    probe_fraction: float = _spec(0.5, lo=0.0, hi=1.0, lo_open=True, hi_open=True, doc="share of the test split the server discovers global circuits on; the rest evaluates")
-    eval_per_class: int | None = _spec(None, lo=1, doc="evaluate circuits and accuracy on at most this many images per class of the evaluation split")
+    max_per_client: int | None = _spec(
+        None, lo=1, doc="keep at most this many training examples per client (seeded subset)"
+    )
+    holdout_fraction: float = _spec(
+        0.1, lo=0.0, hi=1.0, hi_open=True, doc="share of a client's examples held out for its evaluate()"
+    )
+    probe_fraction: float = _spec(
+        0.5,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        doc="share of the test split the server discovers global circuits on; the rest evaluates",
+    )
+    eval_per_class: int | None = _spec(
+        None, lo=1, doc="evaluate circuits and accuracy on at most this many images per class of the evaluation split"
+    )
 
 
 @dataclass
@@ -71,9 +97,25 @@ class TrainConfig:
     batch_size: int = _spec(256, lo=1, doc="batch size")
     sparsity: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="target weight sparsity; 0 trains densely")
     min_per_neuron: int = _spec(4, lo=0, doc="minimum nonzero weights per conv filter and linear row (Eq. 2)")
-    anneal_fraction: float = _spec(0.5, lo=0.0, hi=1.0, lo_open=True, doc="share of local steps over which sparsity rises from 0 to the target")
-    sparsity_scope: str = _spec("tensor", choices=("tensor", "global"), doc="tensor: every weight tensor pruned to the target; global: one budget over all weights (Eq. 1), per-neuron floor kept")
-    anneal: str = _spec("every_round", choices=("every_round", "first_round"), doc="re-anneal sparsity from 0 in every round (the paper's reference) or only in round 1, holding the target after")
+    anneal_fraction: float = _spec(
+        0.5, lo=0.0, hi=1.0, lo_open=True, doc="share of local steps over which sparsity rises from 0 to the target"
+    )
+    sparsity_scope: str = _spec(
+        "tensor",
+        choices=("tensor", "global"),
+        doc=(
+            "tensor: every weight tensor pruned to the target; "
+            "global: one budget over all weights (Eq. 1), per-neuron floor kept"
+        ),
+    )
+    anneal: str = _spec(
+        "every_round",
+        choices=("every_round", "first_round"),
+        doc=(
+            "re-anneal sparsity from 0 in every round (the paper's reference) or only in "
+            "round 1, holding the target after"
+        ),
+    )
 
 
 @dataclass
@@ -85,8 +127,10 @@ class DiscoveryConfig:
     l0_lambda: float = _spec(0.01, lo=0.0, doc="L0 penalty coefficient")
     init_score: float = _spec(2.0, doc="initial gate score (positive: all gates open)")
     batch_per_class: int = _spec(32, lo=1, doc="images of each class per step")
-    ablation: str = _spec("zero", choices=("zero", "mean"), doc="what a closed channel outputs")
-    patience: int | None = _spec(None, lo=1, doc="stop a class early once its gates have not changed for this many steps")
+    ablation: str = _spec("zero", choices=ABLATIONS, doc="what a closed channel outputs")
+    patience: int | None = _spec(
+        None, lo=1, doc="stop a class early once its gates have not changed for this many steps"
+    )
     min_steps: int = _spec(0, lo=0, doc="never stop early before this many steps")
 
 
@@ -95,10 +139,25 @@ class AnalysisConfig:
     """Which circuits are found and how they are scored."""
 
     classes: list[int] | None = _spec(None, doc="classes to analyse; omitted: every class a client holds")
-    min_class_examples: int = _spec(20, lo=1, doc="a client analyses a class only if it holds at least this many examples of it")
-    evaluate_local: bool = _spec(True, doc="clients score their circuits on their own model and held-out rows (training rows when none are held out)")
-    noise_floor: bool = _spec(True, doc="measure the noise floor of every IoU view each round: the global model's circuits found again (another seed and draw; another client's rows), and floor_client's own")
-    floor_client: int = _spec(0, lo=0, doc="partition whose training rows give the local-global noise floor and which measures its own seed floor")
+    min_class_examples: int = _spec(
+        20, lo=1, doc="a client analyses a class only if it holds at least this many examples of it"
+    )
+    evaluate_local: bool = _spec(
+        True,
+        doc="clients score their circuits on their own model and held-out rows (training rows when none are held out)",
+    )
+    noise_floor: bool = _spec(
+        True,
+        doc=(
+            "measure the noise floor of every IoU view each round: the global model's circuits found again (another "
+            "seed and draw; another client's rows), and floor_client's own"
+        ),
+    )
+    floor_client: int = _spec(
+        0,
+        lo=0,
+        doc="partition whose training rows give the local-global noise floor and which measures its own seed floor",
+    )
 
 
 @dataclass
@@ -106,11 +165,17 @@ class StrategyConfig:
     """The Flower aggregation strategy and its parameters."""
 
     name: str = _spec("fedavg", choices=STRATEGIES, doc="aggregation strategy")
-    fraction_fit: float = _spec(1.0, lo=0.0, hi=1.0, lo_open=True, doc="share of clients sampled for training each round")
-    fraction_evaluate: float = _spec(0.0, lo=0.0, hi=1.0, doc="share of clients sampled for federated evaluation each round")
+    fraction_fit: float = _spec(
+        1.0, lo=0.0, hi=1.0, lo_open=True, doc="share of clients sampled for training each round"
+    )
+    fraction_evaluate: float = _spec(
+        0.0, lo=0.0, hi=1.0, doc="share of clients sampled for federated evaluation each round"
+    )
     min_fit_clients: int | None = _spec(None, lo=1, doc="fewest clients a round trains on; default: all sampled")
     accept_failures: bool = _spec(True, doc="aggregate the clients that reported when others failed")
-    wait_for_clients: float = _spec(300.0, lo=0.0, lo_open=True, doc="seconds to wait for all clients to connect before a round fails with an error")
+    wait_for_clients: float = _spec(
+        300.0, lo=0.0, lo_open=True, doc="seconds to wait for all clients to connect before a round fails with an error"
+    )
     proximal_mu: float = _spec(0.01, lo=0.0, doc="FedProx proximal coefficient")
     server_learning_rate: float = _spec(1.0, lo=0.0, lo_open=True, doc="FedAvgM server learning rate")
     server_momentum: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="FedAvgM server momentum")
@@ -136,7 +201,9 @@ class FaultsConfig:
 
     fail_clients: list[int] | None = _spec(None, doc="partition ids whose fit raises (in fail_rounds, or every round)")
     fail_rounds: list[int] | None = _spec(None, doc="rounds in which fail_clients raise; omitted: every round")
-    fail_probability: float = _spec(0.0, lo=0.0, hi=1.0, doc="every client's fit raises with this probability per round (seeded)")
+    fail_probability: float = _spec(
+        0.0, lo=0.0, hi=1.0, doc="every client's fit raises with this probability per round (seeded)"
+    )
 
 
 @dataclass
@@ -177,14 +244,14 @@ class ExperimentConfig:
         return flat
 
     @classmethod
-    def from_dict(cls, table: Mapping[str, Any], source: str = "config") -> "ExperimentConfig":
+    def from_dict(cls, table: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
         """Build and validate a config from a nested dict."""
         config = _build(cls, table, "", source)
         config.validate(source)
         return config
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> "ExperimentConfig":
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ExperimentConfig:
         """Rebuild a config from a Flower run config.
 
         An ``experiment`` key names an experiment file (or path) to start from; every
@@ -203,35 +270,61 @@ class ExperimentConfig:
     def validate(self, source: str = "config") -> None:
         """Checks that involve several fields; single fields are checked while building."""
 
-        def fail(key: str, value: Any, why: str) -> None:
+        def fail(key: str, value: Any, why: str) -> NoReturn:
             raise ConfigError(f"{source}: {key} = {value!r} {why}")
 
         d = self.data
         if d.partition == "classes-per-client" and self.clients * d.classes_per_client > 10:
-            fail("data.classes_per_client", d.classes_per_client, f"with {self.clients} clients needs {self.clients * d.classes_per_client} disjoint classes; the dataset has 10")
+            fail(
+                "data.classes_per_client",
+                d.classes_per_client,
+                f"with {self.clients} clients needs {self.clients * d.classes_per_client} "
+                "disjoint classes; the dataset has 10",
+            )
         if d.partition == "shared-class":
             if d.shared_class > 9:
                 fail("data.shared_class", d.shared_class, "is not a class (0..9)")
             if self.clients * d.distinct_per_client > 9:
-                fail("data.distinct_per_client", d.distinct_per_client, f"with {self.clients} clients needs {self.clients * d.distinct_per_client} classes besides the shared one; 9 exist")
+                fail(
+                    "data.distinct_per_client",
+                    d.distinct_per_client,
+                    f"with {self.clients} clients needs {self.clients * d.distinct_per_client} "
+                    "classes besides the shared one; 9 exist",
+                )
         if d.partition == "class-map":
             if d.class_map is None:
                 fail("data.class_map", None, "must be given when data.partition = 'class-map'")
             if len(d.class_map) != self.clients:
-                fail("data.class_map", d.class_map, f"has {len(d.class_map)} entries but clients = {self.clients}; give one class list per client")
+                fail(
+                    "data.class_map",
+                    d.class_map,
+                    f"has {len(d.class_map)} entries but clients = {self.clients}; give one class list per client",
+                )
             for i, classes in enumerate(d.class_map):
                 if not classes or any(not 0 <= c <= 9 for c in classes):
                     fail("data.class_map", d.class_map, f"entry {i} must be a non-empty list of classes in 0..9")
         if self.analysis.classes is not None:
             if not self.analysis.classes or any(not 0 <= c <= 9 for c in self.analysis.classes):
-                fail("analysis.classes", self.analysis.classes, "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)")
+                fail(
+                    "analysis.classes",
+                    self.analysis.classes,
+                    "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)",
+                )
         if self.strategy.fraction_evaluate > 0 and d.holdout_fraction == 0:
-            fail("data.holdout_fraction", d.holdout_fraction, f"leaves clients nothing to evaluate on while strategy.fraction_evaluate = {self.strategy.fraction_evaluate}; hold rows out (e.g. 0.1) or set strategy.fraction_evaluate = 0")
+            fail(
+                "data.holdout_fraction",
+                d.holdout_fraction,
+                "leaves clients nothing to evaluate on while strategy.fraction_evaluate = "
+                f"{self.strategy.fraction_evaluate}; hold rows out (e.g. 0.1) or set strategy.fraction_evaluate = 0",
+            )
         if self.analysis.floor_client >= self.clients:
             fail("analysis.floor_client", self.analysis.floor_client, f"is not a partition (0..{self.clients - 1})")
         if self.strategy.min_fit_clients is not None and self.strategy.min_fit_clients > self.clients:
             fail("strategy.min_fit_clients", self.strategy.min_fit_clients, f"exceeds clients = {self.clients}")
-        for key, ids, top in (("faults.fail_clients", self.faults.fail_clients, self.clients), ("faults.fail_rounds", self.faults.fail_rounds, self.rounds + 1)):
+        for key, ids, top in (
+            ("faults.fail_clients", self.faults.fail_clients, self.clients),
+            ("faults.fail_rounds", self.faults.fail_rounds, self.rounds + 1),
+        ):
             if ids is not None and any(not 0 <= i < top for i in ids):
                 fail(key, ids, f"must hold values in 0..{top - 1}")
         if self.discovery.patience is not None and self.discovery.min_steps > self.discovery.steps:
@@ -262,7 +355,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                raise ConfigError(f"{source}: {key} = {value!r} is not a list; write it as [1, 2] (JSON/TOML)") from None
+                raise ConfigError(
+                    f"{source}: {key} = {value!r} is not a list; write it as [1, 2] (JSON/TOML)"
+                ) from None
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key} = {value!r} must be a list ({_type_name(tp)})")
         (item_tp,) = typing.get_args(tp)
@@ -294,11 +389,15 @@ def _check_range(value: Any, meta: Mapping[str, Any], key: str, source: str) -> 
     if meta["choices"] and value not in meta["choices"]:
         near = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"{source}: {key} = {value!r} is not allowed{hint}; choose one of {', '.join(map(repr, meta['choices']))}")
+        raise ConfigError(
+            f"{source}: {key} = {value!r} is not allowed{hint}; choose one of {', '.join(map(repr, meta['choices']))}"
+        )
     lo, hi = meta["lo"], meta["hi"]
     if lo is None and hi is None or not isinstance(value, (int, float)):
         return
-    bad = (lo is not None and (value <= lo if meta["lo_open"] else value < lo)) or (hi is not None and (value >= hi if meta["hi_open"] else value > hi))
+    bad = (lo is not None and (value <= lo if meta["lo_open"] else value < lo)) or (
+        hi is not None and (value >= hi if meta["hi_open"] else value > hi)
+    )
     if bad:
         left = "(" if meta["lo_open"] else "["
         right = ")" if meta["hi_open"] else "]"
@@ -320,7 +419,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, source: str) -> Any
     for name, f in fields.items():
         key = f"{prefix}{name}"
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[name] = _build(tp, table.get(name, {}), f"{key}.", source)
             continue
         if name not in table:
@@ -390,7 +489,10 @@ def experiment_path(name_or_path: str) -> Path:
     if name_or_path not in known:
         near = difflib.get_close_matches(name_or_path, list(known), n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"unknown experiment {name_or_path!r}{hint}; `fedmi list` shows {', '.join(known) or 'none (no experiments folder found)'}")
+        raise ConfigError(
+            f"unknown experiment {name_or_path!r}{hint}; "
+            f"`fedmi list` shows {', '.join(known) or 'none (no experiments folder found)'}"
+        )
     return known[name_or_path]
 
 
@@ -404,7 +506,9 @@ def _read_experiment(name_or_path: str) -> tuple[Path, dict[str, Any], dict[str,
     table.setdefault("name", path.stem)
     sweep = table.pop("sweep", {})
     if not isinstance(sweep, dict) or any(not isinstance(v, list) or not v for v in sweep.values()):
-        raise ConfigError(f"{path}: [sweep] must map dotted keys to non-empty lists of values, e.g. \"train.sparsity\" = [0.95, 0.99]")
+        raise ConfigError(
+            f'{path}: [sweep] must map dotted keys to non-empty lists of values, e.g. "train.sparsity" = [0.95, 0.99]'
+        )
     return path, table, sweep
 
 
@@ -427,7 +531,9 @@ def _label(value: Any) -> str:
     return json.dumps(value).replace(" ", "").replace('"', "")
 
 
-def load_sweep(name_or_path: str, overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None) -> list[ExperimentConfig]:
+def load_sweep(
+    name_or_path: str, overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None
+) -> list[ExperimentConfig]:
     """Load an experiment as one config per point of its ``[sweep]`` (one config without a sweep).
 
     A swept key that ``overrides`` also sets is not swept. ``seeds`` adds (or
@@ -439,7 +545,10 @@ def load_sweep(name_or_path: str, overrides: Mapping[str, Any] | None = None, se
     path, table, sweep = _read_experiment(name_or_path)
     if seeds is not None:
         if "seed" in overrides:
-            raise ConfigError(f"{path}: seed is set both by an override ({overrides['seed']!r}) and by seeds {list(seeds)}; give one of them")
+            raise ConfigError(
+                f"{path}: seed is set both by an override ({overrides['seed']!r}) and by "
+                f"seeds {list(seeds)}; give one of them"
+            )
         sweep = {k: v for k, v in sweep.items() if k != "seed"} | {"seed": list(seeds)}
     sweep = {k: v for k, v in sweep.items() if k not in overrides}
     configs = []

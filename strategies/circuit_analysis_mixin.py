@@ -5,19 +5,31 @@ from __future__ import annotations
 import re
 import time
 import traceback
+from collections.abc import Mapping
 from logging import INFO, WARNING
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    log,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from fedmi_flower.analysis import RoundAnalyst
+from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.model import SimpleCNN, build_model, set_weights
-from fedmi_flower.protocol import ClientReport, PayloadError, fit_instructions, report_from_metrics
-from fedmi_flower.results import Checkpoint, RunDirectory
+from fedmi_flower.records.results import Checkpoint, RunDirectory
+from fedmi_flower.records.round_record import Failure, Rejection, RoundRecord, SilentClient, View
+from fedmi_flower.science.model import SimpleCNN, build_model, set_weights
+from fedmi_flower.wire.protocol import ClientReport, PayloadError, fit_instructions, report_from_metrics
 
 from .seeded_client_manager import SeededClientManager
 
@@ -35,6 +47,7 @@ def describe_failure(failure: Result | BaseException) -> str:
         return found[-1].replace("\\'", "'").replace("\\n", " ").strip()
     return f"{type(failure).__name__}: {text}"[:500]
 
+
 # Attributes in which Flower's strategies keep state across rounds (FedOpt family, FedAvgM).
 STATE_ATTRIBUTES = ("current_weights", "m_t", "v_t", "momentum_vector")
 
@@ -45,7 +58,7 @@ class CircuitAnalysisMixin:
     Put it first among the bases, ``class CircuitFedProx(CircuitAnalysisMixin, FedProx)``,
     so that it wraps the parent: it screens the clients' results, lets the parent
     aggregate the valid ones, analyses the new global model with a
-    :class:`~fedmi_flower.analysis.RoundAnalyst`, and writes the round and a checkpoint
+    :class:`~fedmi_flower.analysis.round_analyst.RoundAnalyst`, and writes the round and a checkpoint
     to the run directory. It adds the experiment's fit instructions to every
     ``FitIns`` and samples clients reproducibly (:class:`SeededClientManager`).
 
@@ -92,19 +105,29 @@ class CircuitAnalysisMixin:
 
     def strategy_state(self) -> dict[str, list[np.ndarray]]:
         """The parent strategy's cross-round state (server optimiser moments, momentum)."""
-        state = {name: [np.asarray(a) for a in getattr(self, name)] for name in STATE_ATTRIBUTES if getattr(self, name, None)}
-        if isinstance(getattr(self, "initial_parameters", None), Parameters):  # FedAvgM keeps its reference weights here
+        state = {
+            name: [np.asarray(a) for a in getattr(self, name)] for name in STATE_ATTRIBUTES if getattr(self, name, None)
+        }
+        if isinstance(
+            getattr(self, "initial_parameters", None), Parameters
+        ):  # FedAvgM keeps its reference weights here
             state["initial_parameters"] = parameters_to_ndarrays(self.initial_parameters)  # type: ignore[attr-defined]
         return state
 
     def load_strategy_state(self, state: dict[str, list[np.ndarray]]) -> None:
         """Restore :meth:`strategy_state` output."""
         for name, arrays in state.items():
-            setattr(self, name, ndarrays_to_parameters(arrays) if name == "initial_parameters" else [np.array(a) for a in arrays])
+            setattr(
+                self,
+                name,
+                ndarrays_to_parameters(arrays) if name == "initial_parameters" else [np.array(a) for a in arrays],
+            )
 
     # ------------------------------------------------------------------ hooks
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         """The parent's fit instructions under the experiment's, sampled reproducibly.
 
         Raises ``RuntimeError`` when fewer SuperNodes than the experiment's clients connect
@@ -116,8 +139,10 @@ class CircuitAnalysisMixin:
         wanted = self.experiment.clients
         if not client_manager.wait_for(wanted, timeout=int(self.experiment.strategy.wait_for_clients)):
             raise RuntimeError(
-                f"experiment {self.experiment.name!r} needs {wanted} clients but only {client_manager.num_available()} SuperNodes "
-                f"connected within {self.experiment.strategy.wait_for_clients:.0f} s; give the federation {wanted} SuperNodes "
+                f"experiment {self.experiment.name!r} needs {wanted} clients "
+                f"but only {client_manager.num_available()} SuperNodes "
+                f"connected within {self.experiment.strategy.wait_for_clients:.0f} s; "
+                f"give the federation {wanted} SuperNodes "
                 f"(simulation: options.num-supernodes = {wanted} in the SuperLink connection of FLWR_HOME/config.toml) "
                 f"or set clients = {client_manager.num_available()}"
             )
@@ -129,11 +154,16 @@ class CircuitAnalysisMixin:
         sampler.partitions({proxy.cid: proxy for proxy, _ in pairs})
         return [(proxy, FitIns(ins.parameters, {**ours, **ins.config})) for proxy, ins in pairs]
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
         rnd = server_round + self.round_offset
-        return super().configure_evaluate(rnd, parameters, SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of))  # type: ignore[misc]
+        sampler = SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of)
+        return super().configure_evaluate(rnd, parameters, sampler)  # type: ignore[misc]
 
-    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list[Any]) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Scalar]]:
         """The parent's example-weighted evaluation over the clients whose example counts can be trusted.
 
         A client without held-out rows reports ``num_examples = 0``; Flower's weighted
@@ -148,8 +178,17 @@ class CircuitAnalysisMixin:
             expected = self.holdout_sizes.get(pid) if self.holdout_sizes is not None and isinstance(pid, int) else None
             trusted = isinstance(n, int) and not isinstance(n, bool) and n >= 1 and expected in (None, n)
             if not trusted:
-                if n != 0 or expected not in (None, 0):  # a client with no held-out rows has nothing to say: not worth a warning
-                    log(WARNING, "evaluation of client %s left out: num_examples = %r (its partition holds out %s rows)", proxy.cid, n, expected)
+                if n != 0 or expected not in (
+                    None,
+                    0,
+                ):  # a client with no held-out rows has nothing to say: not worth a warning
+                    log(
+                        WARNING,
+                        "evaluation of client %s left out: num_examples = %r (its partition holds out %s rows)",
+                        proxy.cid,
+                        n,
+                        expected,
+                    )
                 continue
             counted.append((proxy, res))
         if not counted:
@@ -169,9 +208,13 @@ class CircuitAnalysisMixin:
 
     def screen_report(self, res: FitRes) -> ClientReport:
         """Decode and validate the client's report; raise ``PayloadError`` naming what is wrong."""
-        return report_from_metrics(res.metrics, res.num_examples, num_clients=self.experiment.clients, layer_sizes=self.template.layer_sizes)
+        return report_from_metrics(
+            res.metrics, res.num_examples, num_clients=self.experiment.clients, layer_sizes=self.template.layer_sizes
+        )
 
-    def keep_round_weights(self, server_round: int, arrays: list[np.ndarray], reported: list[tuple[ClientReport, FitRes]]) -> None:
+    def keep_round_weights(
+        self, server_round: int, arrays: list[np.ndarray], reported: list[tuple[ClientReport, FitRes]]
+    ) -> None:
         """Write the round's global weights and the local weights of every client whose circuits were accepted.
 
         Circuit graphs (paper Fig. 11-13) read a circuit's edges from the weights it was
@@ -180,38 +223,42 @@ class CircuitAnalysisMixin:
         local = {report.partition_id: parameters_to_ndarrays(res.parameters) for report, res in reported}
         self.run_dir.write_round_weights(server_round, arrays, local)
 
-    def on_round_end(self, server_round: int, record: dict[str, Any]) -> None:
+    def on_round_end(self, server_round: int, record: RoundRecord) -> None:
         """Called with every finished round record; logs a one-line progress summary.
 
         Each IoU is followed by its scale: ``[floor F, chance C, n pairs]``, the noise
         floor of the view, the chance level of random circuits of the same sizes, and
         the defined pairs behind the mean.
         """
-        s = record.get("summary", {})
+        s = record.summary
 
-        def scaled(view: str, floor: str) -> str:
-            return f"{s.get(view, float('nan')):.2f} [floor {s.get(floor, float('nan')):.2f}, chance {s.get(view + '_chance', float('nan')):.2f}, {s.get(view + '_pairs', 0)} pairs]"
+        def scaled(view: View) -> str:
+            return (
+                f"{s.view(view):.2f} [floor {s.view_floor(view):.2f}, "
+                f"chance {s.view_chance(view):.2f}, {s.view_pairs(view)} pairs]"
+            )
 
         log(
             INFO,
             "[round %d/%d] %d/%d clients reported (%d failed, %d rejected)%s | global acc %.3f | inter-client IoU %s | "
-            "local-global IoU %s | stability %s | cross-eval suff %.2f spec %.2f, %d of %d working circuits preserved | %.1f s",
+            "local-global IoU %s | stability %s | cross-eval suff %.2f spec %.2f, "
+            "%d of %d working circuits preserved | %.1f s",
             server_round,
             self.experiment.rounds,
-            s.get("clients", 0),
-            record["sampled"],
-            len(record["failures"]),
-            len(record["rejected"]),
-            "" if record["aggregated"] else " NOT AGGREGATED",
-            s.get("global_accuracy", float("nan")),
-            scaled("inter_client_iou", "seed_floor"),
-            scaled("local_global_iou", "source_floor"),
-            scaled("stability", "client_seed_floor"),
-            s.get("cross_sufficiency", float("nan")),
-            s.get("cross_specificity", float("nan")),
-            s.get("cross_preserved", 0),
-            s.get("cross_working_locally", 0),
-            record["timings"].get("round", float("nan")),
+            s.clients,
+            record.sampled,
+            len(record.failures),
+            len(record.rejected),
+            "" if record.aggregated else " NOT AGGREGATED",
+            s.global_accuracy,
+            scaled(View.INTER_CLIENT_IOU),
+            scaled(View.LOCAL_GLOBAL_IOU),
+            scaled(View.STABILITY),
+            s.cross_sufficiency,
+            s.cross_specificity,
+            s.cross_preserved,
+            s.cross_working_locally,
+            record.timings.round,
         )
 
     # ------------------------------------------------------------------ aggregation
@@ -235,10 +282,14 @@ class CircuitAnalysisMixin:
         if known is not None and known != claim:
             raise PayloadError(f"claims partition {claim}, but this node holds partition {known}")
         if self.partition_sizes is not None and self.partition_sizes.get(claim) != n:
-            raise PayloadError(f"num_examples = {n}, but partition {claim} has {self.partition_sizes.get(claim)} training examples")
+            raise PayloadError(
+                f"num_examples = {n}, but partition {claim} has {self.partition_sizes.get(claim)} training examples"
+            )
         return claim
 
-    def _screen(self, rnd: int, results: list[Result]) -> tuple[list[Result], list[tuple[ClientReport, FitRes]], list[dict[str, Any]]]:
+    def _screen(
+        self, rnd: int, results: list[Result]
+    ) -> tuple[list[Result], list[tuple[ClientReport, FitRes]], list[Rejection]]:
         """Split results into those to aggregate, the valid reports (with the result each came in), and the rejections.
 
         A result's weights are aggregated only when they load into the model, its example
@@ -247,10 +298,10 @@ class CircuitAnalysisMixin:
         are both rejected, whatever their order of arrival. A report that does not decode
         loses its circuits only: its weights were already vouched for.
         """
-        rejected: list[dict[str, Any]] = []
+        rejected: list[Rejection] = []
 
         def reject(proxy: ClientProxy, reason: str, aggregated: bool) -> None:
-            rejected.append({"client": proxy.cid, "reason": reason, "weights_aggregated": aggregated})
+            rejected.append(Rejection(proxy.cid, reason, aggregated))
             if aggregated:
                 log(WARNING, "round %d: circuits of client %s skipped (weights aggregated): %s", rnd, proxy.cid, reason)
             else:
@@ -271,7 +322,12 @@ class CircuitAnalysisMixin:
             if len(claimants) > 1:
                 nodes = ", ".join(sorted(proxy.cid for proxy, _ in claimants))
                 for proxy, _ in claimants:
-                    reject(proxy, f"partition {pid} is claimed by several nodes ({nodes}) and the server cannot tell which holds it", False)
+                    reject(
+                        proxy,
+                        f"partition {pid} is claimed by several nodes ({nodes}) and the "
+                        "server cannot tell which holds it",
+                        False,
+                    )
                 continue
             ((proxy, res),) = claimants
             accepted.append((proxy, res))
@@ -279,10 +335,12 @@ class CircuitAnalysisMixin:
                 reported.append((self.screen_report(res), res))
             except PayloadError as err:
                 reject(proxy, str(err), True)
-        rejected.sort(key=lambda r: r["client"])
+        rejected.sort(key=lambda r: r.client)
         return accepted, reported, rejected
 
-    def aggregate_fit(self, server_round: int, results: list[Result], failures: list[Result | BaseException]) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[Result], failures: list[Result | BaseException]
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Screen results, aggregate with the parent strategy, analyse the global model, record the round.
 
         A round the parent does not aggregate (no valid result, or failures with
@@ -295,11 +353,14 @@ class CircuitAnalysisMixin:
         parameters, metrics = super().aggregate_fit(rnd, accepted, failures)  # type: ignore[misc]
         # Flower reports an exception without its client: name the sampled clients that did not answer.
         answered = {proxy.cid for proxy, _ in results} | {f[0].cid for f in failures if isinstance(f, tuple)}
-        silent = [{"client": cid, "partition_id": self._partition_of.get(cid)} for cid in self._sampled if cid not in answered]
-        failure_notes = [{"client": f[0].cid if isinstance(f, tuple) else None, "error": describe_failure(f)} for f in failures]
+        silent = [SilentClient(cid, self._partition_of.get(cid)) for cid in self._sampled if cid not in answered]
+        failure_notes = [Failure(f[0].cid if isinstance(f, tuple) else None, describe_failure(f)) for f in failures]
         aggregated = parameters is not None
+        reason = None
         if not aggregated:
-            reason = "no valid result" if not accepted else f"{len(failures)} client(s) failed and accept_failures is false"
+            reason = (
+                "no valid result" if not accepted else f"{len(failures)} client(s) failed and accept_failures is false"
+            )
             log(WARNING, "round %d: not aggregated (%s); the global model is unchanged", rnd, reason)
             parameters, metrics, reported = self._current, {}, []
         arrays = parameters_to_ndarrays(parameters)
@@ -310,21 +371,22 @@ class CircuitAnalysisMixin:
             record = self.analyst.analyse(rnd, model, [report for report, _ in reported])
         except Exception:  # a bug in the analysis must not lose the training run
             log(WARNING, "round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
-            record = {"round": rnd, "analysis_error": traceback.format_exc(), "timings": {}}
-        record["aggregated"] = aggregated
-        if not aggregated:
-            record["not_aggregated_because"] = reason
-        record["sampled"] = len(results) + len(failures)
-        record["failures"] = failure_notes
-        record["silent_clients"] = silent
-        record["rejected"] = rejected
-        record.setdefault("timings", {})["server"] = time.perf_counter() - began
-        record["timings"]["round"] = time.perf_counter() - self._round_started
-        self.keep_round_weights(record["round"], arrays, reported)
+            record = RoundRecord(round=rnd, analysis_error=traceback.format_exc())
+        record.aggregated = aggregated
+        record.not_aggregated_because = reason
+        record.sampled = len(results) + len(failures)
+        record.failures = failure_notes
+        record.silent_clients = silent
+        record.rejected = rejected
+        record.timings.server = time.perf_counter() - began
+        record.timings.round = time.perf_counter() - self._round_started
+        self.keep_round_weights(record.round, arrays, reported)
         self.run_dir.append_round(record)
         self.run_dir.write_weights(arrays, rnd)
         # The checkpoint is the round's commit point: written last.
-        self.run_dir.write_checkpoint(Checkpoint(rnd, arrays, self.strategy_state(), self.analyst.state_dict(), self.experiment.seed))
+        self.run_dir.write_checkpoint(
+            Checkpoint(rnd, arrays, self.strategy_state(), self.analyst.state_dict(), self.experiment.seed)
+        )
         self.on_round_end(rnd, record)
-        summary = {k: v for k, v in record.get("summary", {}).items() if isinstance(v, (int, float)) and np.isfinite(v)}
+        summary = {k: v for k, v in record.summary.scalars().items() if np.isfinite(v)}
         return (ndarrays_to_parameters(arrays) if aggregated else None), {**metrics, **summary}

@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from flwr.common import Metrics, Parameters
 from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi
 
-from fedmi_flower.analysis import RoundAnalyst
+from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.config import STRATEGIES as STRATEGY_NAMES
 from fedmi_flower.config import ExperimentConfig, StrategyConfig
-from fedmi_flower.results import RunDirectory
+from fedmi_flower.records.results import RunDirectory
 
 from .circuit_analysis_mixin import CircuitAnalysisMixin
 from .circuit_fedavg import CircuitFedAvg
 
-# Each entry: the Flower class and the parameters it takes from the experiment's [strategy] table.
-STRATEGIES: dict[str, tuple[type[FedAvg], Callable[[StrategyConfig], dict[str, Any]]]] = {
-    "fedavg": (FedAvg, lambda s: {}),
-    "fedprox": (FedProx, lambda s: {"proximal_mu": s.proximal_mu}),
-    "fedavgm": (FedAvgM, lambda s: {"server_learning_rate": s.server_learning_rate, "server_momentum": s.server_momentum}),
-    "fedadam": (FedAdam, lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau}),
-    "fedadagrad": (FedAdagrad, lambda s: {"eta": s.eta, "tau": s.tau}),
-    "fedyogi": (FedYogi, lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau}),
-    "fedmedian": (FedMedian, lambda s: {}),
-    "fedtrimmedavg": (FedTrimmedAvg, lambda s: {"beta": s.trim_beta}),
+StrategyParameters = Callable[[StrategyConfig], dict[str, Any]]
+
+# Each Flower class and the parameters it takes from the experiment's [strategy] table.
+_PARAMETERS: dict[type[FedAvg], StrategyParameters] = {
+    FedAvg: lambda s: {},
+    FedProx: lambda s: {"proximal_mu": s.proximal_mu},
+    FedAvgM: lambda s: {"server_learning_rate": s.server_learning_rate, "server_momentum": s.server_momentum},
+    FedAdam: lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau},
+    FedAdagrad: lambda s: {"eta": s.eta, "tau": s.tau},
+    FedYogi: lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau},
+    FedMedian: lambda s: {},
+    FedTrimmedAvg: lambda s: {"beta": s.trim_beta},
 }
+_BY_NAME = {base.__name__.lower(): (base, parameters) for base, parameters in _PARAMETERS.items()}
+
+# The names live in the config (``strategy.name``); each names its Flower class, lower-cased.
+STRATEGIES: dict[str, tuple[type[FedAvg], StrategyParameters]] = {name: _BY_NAME[name] for name in STRATEGY_NAMES}
 
 
 @functools.cache
@@ -34,8 +42,14 @@ def circuit_strategy_class(base: type[FedAvg]) -> type[FedAvg]:
     if base is FedAvg:
         return CircuitFedAvg
     if not issubclass(base, FedAvg):
-        raise TypeError(f"{base.__name__} does not derive from FedAvg; the circuit analysis wraps FedAvg's aggregate_fit")
-    return type(f"Circuit{base.__name__}", (CircuitAnalysisMixin, base), {"__doc__": f"{base.__name__} with the circuit analysis in aggregate_fit."})
+        raise TypeError(
+            f"{base.__name__} does not derive from FedAvg; the circuit analysis wraps FedAvg's aggregate_fit"
+        )
+    return type(
+        f"Circuit{base.__name__}",
+        (CircuitAnalysisMixin, base),
+        {"__doc__": f"{base.__name__} with the circuit analysis in aggregate_fit."},
+    )
 
 
 def weighted_train_metrics(metrics: list[tuple[int, Metrics]]) -> Metrics:
@@ -69,7 +83,7 @@ def build_strategy(
     s = config.strategy
     sampled = max(1, int(config.clients * s.fraction_fit))
     evaluated = int(config.clients * s.fraction_evaluate)
-    cls = circuit_strategy_class(base)
+    cls: Any = circuit_strategy_class(base)  # a FedAvg subclass whose constructor also takes the mixin's arguments
     return cls(
         experiment=config,
         analyst=analyst,

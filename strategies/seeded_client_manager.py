@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from logging import WARNING
+
 from flwr.common import GetPropertiesIns, log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
-from fedmi_flower.seeding import numpy_rng
+from fedmi_flower.science.seeding import numpy_rng
+
+WAIT_SECONDS = 86400
+"""How long sampling waits for enough nodes: Flower's own default (the strategy has already waited for them)."""
 
 
 class SeededClientManager(ClientManager):
@@ -56,9 +60,11 @@ class SeededClientManager(ClientManager):
             log(WARNING, "nodes %s all say they hold partition %d; none of them is sampled", ", ".join(cids), pid)
         return {pid: proxies[cids[0]] for pid, cids in claimed.items() if pid not in contested}
 
-    def sample(self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None) -> list[ClientProxy]:
+    def sample(
+        self, num_clients: int, min_num_clients: int | None = None, criterion: Criterion | None = None
+    ) -> list[ClientProxy]:
         """Sample ``num_clients`` nodes, chosen by partition id from the seeded stream."""
-        self.inner.wait_for(min_num_clients if min_num_clients is not None else num_clients)
+        self.inner.wait_for(min_num_clients if min_num_clients is not None else num_clients, timeout=WAIT_SECONDS)
         proxies = self.inner.all()
         if criterion is not None:
             proxies = {cid: p for cid, p in proxies.items() if criterion.select(p)}
@@ -66,7 +72,9 @@ class SeededClientManager(ClientManager):
             return list(proxies.values())
         by_partition = self.partitions(proxies)
         ids = sorted(by_partition)
-        chosen = numpy_rng(self.seed, "client-sampling", self.server_round).choice(len(ids), size=min(num_clients, len(ids)), replace=False)
+        chosen = numpy_rng(self.seed, "client-sampling", self.server_round).choice(
+            len(ids), size=min(num_clients, len(ids)), replace=False
+        )
         return [by_partition[ids[i]] for i in sorted(chosen)]
 
     # Delegation: the rest of the ClientManager interface.

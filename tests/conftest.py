@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from fedmi_flower.data import load_raw, resolve_data_root
 from runs import NONIID_SEEDS, SMALL_IID, SMALL_NONIID, fedmi, sets
+
+from fedmi_flower.science.data import load_raw, resolve_data_root
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +31,7 @@ def iid_run(tmp_path_factory, mnist_root) -> Path:
     proc = fedmi("run", "quickstart", *sets(SMALL_IID), "--out", str(out), "--data-root", mnist_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[round 2/2] 3/3 clients reported" in proc.stdout + proc.stderr
+    (out / "console.log").write_text(proc.stdout + proc.stderr)  # what the user saw, for the tests that read it
     return out
 
 
@@ -39,7 +40,9 @@ def noniid_runs(tmp_path_factory, mnist_root) -> list[Path]:
     """`fedmi run noniid-2class --seeds 0,1` with :data:`runs.SMALL_NONIID`: one run directory per seed."""
     base = tmp_path_factory.mktemp("noniid") / "seeds"
     seeds = ",".join(map(str, NONIID_SEEDS))
-    proc = fedmi("run", "noniid-2class", *sets(SMALL_NONIID), "--seeds", seeds, "--out", str(base), "--data-root", mnist_root)
+    proc = fedmi(
+        "run", "noniid-2class", *sets(SMALL_NONIID), "--seeds", seeds, "--out", str(base), "--data-root", mnist_root
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [base / f"noniid-2class-seed={s}" for s in NONIID_SEEDS]
 

@@ -6,14 +6,14 @@ import numpy as np
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.server.client_proxy import ClientProxy
-
-from fedmi_flower.analysis import RoundAnalyst
-from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.data import ImageSplit
-from fedmi_flower.model import get_weights
-from fedmi_flower.protocol import ClientReport, report_to_metrics
-from fedmi_flower.results import RunDirectory
 from planted import PLANTED, bright_images, concat, planted_model
+
+from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.records.results import RunDirectory
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.model import get_weights
+from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
 from strategies import build_strategy
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
@@ -34,12 +34,23 @@ class Proxy(ClientProxy):
     get_parameters = fit = evaluate = reconnect = get_properties
 
 
-def fit_res(pid: int, client_circuits, weights=None, num_examples: int = 100, node: str | None = None, **metric_patch) -> tuple[Proxy, FitRes]:
+def fit_res(
+    pid: int, client_circuits, weights=None, num_examples: int = 100, node: str | None = None, **metric_patch
+) -> tuple[Proxy, FitRes]:
     """A client's result: its circuits, weights (the planted model's by default), example count and node id."""
     weights = get_weights(planted_model()) if weights is None else weights
-    report = ClientReport(partition_id=pid, num_examples=max(1, num_examples), circuits=client_circuits, train_loss=0.1, train_accuracy=0.9, sparsity=0.99)
+    report = ClientReport(
+        partition_id=pid,
+        num_examples=max(1, num_examples),
+        circuits=client_circuits,
+        train_loss=0.1,
+        train_accuracy=0.9,
+        sparsity=0.99,
+    )
     metrics = {**report_to_metrics(report, SIZES), **metric_patch}
-    return Proxy(node or f"node-{pid}"), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), num_examples, metrics)
+    return Proxy(node or f"node-{pid}"), FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(weights), num_examples, metrics
+    )
 
 
 def distinct_weights(pid: int) -> list:
@@ -54,8 +65,17 @@ def server_data() -> ImageSplit:
 
 
 def make_strategy(tmp_path, name="fedavg", steps=100, folder=None, partition_sizes=None, rounds=2, **config_patch):
-    """A circuit strategy over the planted model and server data; ``partition_sizes`` is what the server knows of each client."""
-    table = {"clients": 3, "rounds": rounds, "strategy": {"name": name}, "analysis": {"classes": [3, 8]}, "discovery": {"steps": steps}}
+    """A circuit strategy over the planted model and server data.
+
+    ``partition_sizes`` is what the server knows of each client.
+    """
+    table = {
+        "clients": 3,
+        "rounds": rounds,
+        "strategy": {"name": name},
+        "analysis": {"classes": [3, 8]},
+        "discovery": {"steps": steps},
+    }
     for key, value in config_patch.items():
         if isinstance(value, dict):
             table.setdefault(key, {}).update(value)
@@ -66,6 +86,10 @@ def make_strategy(tmp_path, name="fedavg", steps=100, folder=None, partition_siz
     analyst = RoundAnalyst(config, probe=data, evaluation=data)
     run_dir = RunDirectory(tmp_path / (folder or name)).create()
     strategy = build_strategy(
-        config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(get_weights(planted_model())), partition_sizes=partition_sizes
+        config,
+        analyst=analyst,
+        run_dir=run_dir,
+        initial_parameters=ndarrays_to_parameters(get_weights(planted_model())),
+        partition_sizes=partition_sizes,
     )
     return strategy, run_dir

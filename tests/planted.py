@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fedmi_flower.data import ImageSplit
-from fedmi_flower.model import SimpleCNN
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.model import SimpleCNN
 
 # Each planted class reads the image through one channel per layer.
 PLANTED = {
@@ -40,7 +40,8 @@ def planted_model(seed: int = 0) -> SimpleCNN:
         for conv in (model.conv1, model.conv2, model.conv3):
             conv.weight.copy_(0.05 * torch.randn(conv.weight.shape, generator=g))
         planted_channels = {
-            layer: [ch for path in [*PLANTED.values(), DISTRACTOR] for ch in path[layer]] for layer in ("conv1", "conv2", "conv3")
+            layer: [ch for path in [*PLANTED.values(), DISTRACTOR] for ch in path[layer]]
+            for layer in ("conv1", "conv2", "conv3")
         }
         # Planted channels listen only to their relay.
         for layer, channels in planted_channels.items():
@@ -49,7 +50,7 @@ def planted_model(seed: int = 0) -> SimpleCNN:
         # Noise channels must not feed the relays either.
         for layer_in, layer_out in (("conv1", "conv2"), ("conv2", "conv3")):
             getattr(model, layer_out).weight[:, planted_channels[layer_in]] = 0.0
-        for cls, path in PLANTED.items():
+        for path in PLANTED.values():
             _relay(model, path)
         _relay(model, DISTRACTOR)
         fc = model.fc.weight.view(10, 128, 9)

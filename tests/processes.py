@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 
-from fedmi_flower.deploy import process_tree, stop_process_trees
+from fedmi_flower.apps.deploy import process_tree, stop_process_trees
 
 
 def _cmdline(pid: int) -> str:
@@ -27,7 +27,11 @@ def _start_time_and_state(pid: int) -> tuple[int, str] | None:
 
 def stop_processes_mentioning(text: str, grace: float = 5.0) -> list[int]:
     """Stop every process whose command line contains ``text``, with all its descendants."""
-    roots = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid() and text in _cmdline(int(e.name))]
+    roots = [
+        int(e.name)
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and int(e.name) != os.getpid() and text in _cmdline(int(e.name))
+    ]
     return stop_process_trees(roots, grace)
 
 
@@ -44,7 +48,7 @@ class DescendantRecorder:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> "DescendantRecorder":
+    def __enter__(self) -> DescendantRecorder:
         self._thread.start()
         return self
 
@@ -68,6 +72,10 @@ class DescendantRecorder:
 
     def leftovers(self) -> list[str]:
         """Stop every process seen that still runs (a zombie has ended); return their command lines."""
-        alive = {pid: cmd for (pid, started), cmd in self.seen.items() if (info := _start_time_and_state(pid)) is not None and info[0] == started and info[1] != "Z"}
+        alive = {
+            pid: cmd
+            for (pid, started), cmd in self.seen.items()
+            if (info := _start_time_and_state(pid)) is not None and info[0] == started and info[1] != "Z"
+        }
         stop_process_trees(list(alive))
         return [f"{pid}: {cmd}" for pid, cmd in alive.items()]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from planted import DEFAULT_CLASS, DISTRACTOR, PLANTED, bright_images, concat, planted_model
 
-from fedmi_flower.circuits import (
+from fedmi_flower.science.circuits import (
     HeavisideSTE,
     channel_means,
     circuit_edges,
@@ -13,10 +14,9 @@ from fedmi_flower.circuits import (
     evaluate_circuits,
     learn_gate_scores,
 )
-from fedmi_flower.data import ImageSplit
-from fedmi_flower.metrics import circuit_iou
-from fedmi_flower.model import SimpleCNN, build_model
-from planted import DEFAULT_CLASS, DISTRACTOR, PLANTED, bright_images, concat, planted_model
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.metrics import circuit_iou
+from fedmi_flower.science.model import SimpleCNN, build_model
 
 
 def planted_data() -> ImageSplit:
@@ -105,12 +105,12 @@ def test_specificity_catches_an_always_target_circuit():
 def _one_at_a_time(model, data, cls, circuit):
     """Reference implementation: one circuit, plain forward passes, no batching tricks."""
     sizes = model.layer_sizes
-    keep = {l: torch.zeros(n) for l, n in sizes.items()}
-    for l, chans in circuit.items():
-        keep[l][chans] = 1.0
+    keep = {layer: torch.zeros(n) for layer, n in sizes.items()}
+    for layer, chans in circuit.items():
+        keep[layer][chans] = 1.0
     with torch.no_grad():
         pred_keep = model(data.images, keep).argmax(1)
-        pred_drop = model(data.images, {l: 1 - g for l, g in keep.items()}).argmax(1)
+        pred_drop = model(data.images, {layer: 1 - g for layer, g in keep.items()}).argmax(1)
     t = data.labels == cls
     return (
         float((pred_keep[t] == cls).float().mean()),
@@ -126,11 +126,23 @@ def test_batched_evaluation_equals_a_plain_implementation():
     g = torch.Generator().manual_seed(0)
     circuits = []
     for cls in [0, 1, 2, 3, 1]:
-        circuits.append((cls, {l: torch.nonzero(torch.rand(n, generator=g) < 0.6).flatten().tolist() for l, n in model.layer_sizes.items()}))
+        circuits.append(
+            (
+                cls,
+                {
+                    layer: torch.nonzero(torch.rand(n, generator=g) < 0.6).flatten().tolist()
+                    for layer, n in model.layer_sizes.items()
+                },
+            )
+        )
     scores = evaluate_circuits(model, data, circuits, rows_per_pass=300)  # several passes, ragged last one
     for (cls, circ), got in zip(circuits, scores):
         suff, spec, nec = _one_at_a_time(model, data, cls, circ)
-        assert abs(got.sufficiency - suff) < 1e-6 and abs(got.specificity - spec) < 1e-6 and abs(got.necessity - nec) < 1e-6
+        assert (
+            abs(got.sufficiency - suff) < 1e-6
+            and abs(got.specificity - spec) < 1e-6
+            and abs(got.necessity - nec) < 1e-6
+        )
 
 
 def test_class_missing_from_evaluation_data_gives_nan_sufficiency():
@@ -162,13 +174,16 @@ def test_circuit_edges_follow_nonzero_weights_between_active_channels():
 
 
 def test_circuit_only_subnetwork_equals_the_gated_dense_network():
-    from fedmi_flower.circuits import circuit_masks, circuit_only_logits
+    from fedmi_flower.science.circuits import circuit_masks, circuit_only_logits
 
     model = build_model(seed=2)
     images = torch.randn(40, 1, 28, 28)
     g = torch.Generator().manual_seed(1)
     circuits = [
-        {l: torch.nonzero(torch.rand(n, generator=g) < 0.3).flatten().tolist() for l, n in model.layer_sizes.items()},
+        {
+            layer: torch.nonzero(torch.rand(n, generator=g) < 0.3).flatten().tolist()
+            for layer, n in model.layer_sizes.items()
+        },
         {"conv1": [], "conv2": [1, 2], "conv3": [5]},  # nothing flows into conv2: biases alone
         {"conv1": [0, 3], "conv2": [], "conv3": [7, 9]},
         {"conv1": [4], "conv2": [8], "conv3": []},  # no conv3 channel: the fc bias alone
@@ -176,12 +191,14 @@ def test_circuit_only_subnetwork_equals_the_gated_dense_network():
     with torch.no_grad():
         stem = model.stem(images)
         for circuit in circuits:
-            gates = {l: m[0] for l, m in circuit_masks([circuit], model.layer_sizes).items()}
-            torch.testing.assert_close(circuit_only_logits(model, stem, circuit), model.head(stem, gates), rtol=1e-5, atol=1e-5)
+            gates = {layer: m[0] for layer, m in circuit_masks([circuit], model.layer_sizes).items()}
+            torch.testing.assert_close(
+                circuit_only_logits(model, stem, circuit), model.head(stem, gates), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_discovery_without_the_stem_cache_gives_the_same_scores(monkeypatch):
-    import fedmi_flower.circuits as circuits_mod
+    import fedmi_flower.science.circuits as circuits_mod
 
     model, data = planted_model(), planted_data()
     cached, _ = learn_gate_scores(model, data, [3, 8], steps=30, seed=2)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fedmi_flower.config import ConfigError, ExperimentConfig, apply_overrides, list_experiments, load_experiment, load_sweep, parse_override
+from fedmi_flower.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    list_experiments,
+    load_experiment,
+    load_sweep,
+    parse_override,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,8 +28,14 @@ from fedmi_flower.config import ConfigError, ExperimentConfig, apply_overrides, 
         ({"analysis": {"evaluate_local": "yes"}}, r"must be true or false"),
         ({"data": {"partition": "class-map"}}, r"data.class_map = None must be given"),
         ({"clients": 3, "data": {"partition": "class-map", "class_map": [[0], [1]]}}, r"has 2 entries but clients = 3"),
-        ({"clients": 4, "data": {"partition": "classes-per-client", "classes_per_client": 3}}, r"needs 12 disjoint classes"),
-        ({"analysis": {"classes": [0, 12]}}, r"analysis.classes = \[0, 12\] must be a non-empty list of classes in 0..9"),
+        (
+            {"clients": 4, "data": {"partition": "classes-per-client", "classes_per_client": 3}},
+            r"needs 12 disjoint classes",
+        ),
+        (
+            {"analysis": {"classes": [0, 12]}},
+            r"analysis.classes = \[0, 12\] must be a non-empty list of classes in 0..9",
+        ),
         ({"data": {"alpha": 0}}, r"data.alpha = 0.0 is out of range; allowed: \(0.0, inf\]"),
         ({"strategy": {"min_fit_clients": 9}, "clients": 3}, r"strategy.min_fit_clients = 9 exceeds clients = 3"),
     ],
@@ -32,7 +46,13 @@ def test_invalid_configs_name_the_field(table, message):
 
 
 def test_run_config_round_trip_is_exact():
-    config = ExperimentConfig.from_dict({"analysis": {"classes": [0, 1, 2, 7]}, "data": {"class_map": [[0], [1, 2]], "partition": "class-map"}, "clients": 2})
+    config = ExperimentConfig.from_dict(
+        {
+            "analysis": {"classes": [0, 1, 2, 7]},
+            "data": {"class_map": [[0], [1, 2]], "partition": "class-map"},
+            "clients": 2,
+        }
+    )
     flat = config.to_run_config()
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
     assert flat["analysis.classes"] == "[0, 1, 2, 7]"
@@ -73,6 +93,8 @@ def test_sweep_expands_into_named_configs():
 
 
 def test_set_string_carries_overrides_through_flowers_run_config():
-    config = ExperimentConfig.from_run_config({"experiment": "quickstart", "set": "train.sparsity=0.99 analysis.classes=[0, 1]; rounds=5", "out": "x"})
+    config = ExperimentConfig.from_run_config(
+        {"experiment": "quickstart", "set": "train.sparsity=0.99 analysis.classes=[0, 1]; rounds=5", "out": "x"}
+    )
     assert (config.train.sparsity, config.analysis.classes, config.rounds) == (0.99, [0, 1], 5)
     assert config.name == "quickstart"

@@ -1,4 +1,7 @@
-"""End to end on Flower's deployment runtime: `fedmi deploy-local` runs a real SuperLink and one SuperNode per client on loopback."""
+"""End to end on Flower's deployment runtime.
+
+`fedmi deploy-local` runs a real SuperLink and one SuperNode per client on loopback.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from fedmi_flower.deploy import DeploymentError, LocalDeployment
-from fedmi_flower.results import RunDirectory
 from processes import DescendantRecorder
+from runs import rounds_json
+
+from fedmi_flower.apps.deploy import DeploymentError, LocalDeployment
+from fedmi_flower.records.results import RunDirectory
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["rounds=2", "data.max_per_client=600", "discovery.steps=10", "data.eval_per_class=20"]
@@ -35,7 +39,14 @@ def deployed(tmp_path_factory, mnist_root) -> dict:
             except DeploymentError as err:
                 failure = str(err)
             deployment.run({"experiment": "quickstart", "set": " ".join(SMALL)}, out, timeout=400, echo=echo)
-    return {"out": out, "workdir": workdir, "echo": echo.getvalue(), "failure": failure, "leftovers": recorder.leftovers(), "commands": recorder.commands()}
+    return {
+        "out": out,
+        "workdir": workdir,
+        "echo": echo.getvalue(),
+        "failure": failure,
+        "leftovers": recorder.leftovers(),
+        "commands": recorder.commands(),
+    }
 
 
 def test_a_failed_run_is_an_error_naming_the_log(deployed):
@@ -46,7 +57,7 @@ def test_a_failed_run_is_an_error_naming_the_log(deployed):
 
 def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
     assert "[round 2/2] 3/3 clients reported" in deployed["echo"]  # the ServerApp's log, streamed through `flwr run`
-    rounds = RunDirectory(deployed["out"]).read_rounds()
+    rounds = rounds_json(RunDirectory(deployed["out"]))
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         assert sorted(record["clients"]) == ["0", "1", "2"] and record["failures"] == [] and record["rejected"] == []
@@ -60,7 +71,7 @@ def test_every_supernode_trained_on_its_own_partition_only(deployed):
     partitions = RunDirectory(deployed["out"]).read_partitions()["clients"]
     counts = [partitions[pid]["class_counts"] for pid in ("0", "1", "2")]
     assert counts[0] != counts[1] != counts[2] != counts[0]  # else the check below could not tell them apart
-    for record in RunDirectory(deployed["out"]).read_rounds():
+    for record in rounds_json(RunDirectory(deployed["out"])):
         for pid, client in record["clients"].items():
             assert client["class_counts"] == partitions[pid]["class_counts"]
             assert client["num_examples"] == len(partitions[pid]["train"])
@@ -82,13 +93,29 @@ def test_interrupt_stops_every_process(tmp_path, mnist_root):
     first_node_log = workdir / "logs" / "supernode-0.log"
     with DescendantRecorder() as recorder, (tmp_path / "fedmi.log").open("w") as log:
         sets = list(itertools.chain.from_iterable(("--set", s) for s in SMALL))
-        command = ["deploy-local", "quickstart", "--clients", "3", *sets, "--out", str(out), "--workdir", str(workdir), "--data-root", mnist_root]
-        proc = subprocess.Popen([sys.executable, "-m", "fedmi_flower.cli", *command], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        command = [
+            "deploy-local",
+            "quickstart",
+            "--clients",
+            "3",
+            *sets,
+            "--out",
+            str(out),
+            "--workdir",
+            str(workdir),
+            "--data-root",
+            mnist_root,
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedmi_flower.cli", *command], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.monotonic() + 150
             # Interrupt in the middle of a round, while ClientApp processes run.
             while not (first_node_log.exists() and "Start `flwr-clientapp` process" in first_node_log.read_text()):
-                assert proc.poll() is None and time.monotonic() < deadline, "no ClientApp started while the deployment ran"
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    "no ClientApp started while the deployment ran"
+                )
                 time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
@@ -105,5 +132,15 @@ def test_interrupt_stops_every_process(tmp_path, mnist_root):
 
 
 def test_clients_must_match_the_experiment():
-    proc = subprocess.run([sys.executable, "-m", "fedmi_flower.cli", "deploy-local", "quickstart", "--clients", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--clients 4 but experiment 'quickstart' has clients = 3" in proc.stderr and "--set clients=4" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmi_flower.cli", "deploy-local", "quickstart", "--clients", "4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        proc.returncode == 2
+        and "--clients 4 but experiment 'quickstart' has clients = 3" in proc.stderr
+        and "--set clients=4" in proc.stderr
+    )

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters
-from flwr.server.client_manager import SimpleClientManager
-
-from fedmi_flower.config import ExperimentConfig, FaultsConfig
-from fedmi_flower.faults import should_fail
-from fedmi_flower.model import get_weights
-from fedmi_flower.protocol import encode_circuits
-from planted import planted_model
-from strategies.seeded_client_manager import SeededClientManager
 from fakes import ROUND1, SIZES, Proxy, fit_res, make_strategy
+from flwr.common import Code, GetPropertiesRes, Status
+from flwr.server.client_manager import SimpleClientManager
+from planted import planted_model
+from runs import rounds_json
+
+from clients.faults import should_fail
+from fedmi_flower.config import ExperimentConfig, FaultsConfig
+from fedmi_flower.science.model import get_weights
+from fedmi_flower.wire.protocol import encode_circuits
+from strategies.seeded_client_manager import SeededClientManager
 
 
 def test_listed_clients_fail_in_listed_rounds_and_probability_is_seeded():
@@ -32,9 +33,11 @@ def test_listed_clients_fail_in_listed_rounds_and_probability_is_seeded():
 def test_failures_not_accepted_keep_the_global_model_and_record_why(tmp_path):
     strategy, run_dir = make_strategy(tmp_path, steps=10)
     strategy.accept_failures = False
-    params, _ = strategy.aggregate_fit(1, [fit_res(0, ROUND1[0]), fit_res(2, ROUND1[2])], [RuntimeError("client 1 died")])
+    params, _ = strategy.aggregate_fit(
+        1, [fit_res(0, ROUND1[0]), fit_res(2, ROUND1[2])], [RuntimeError("client 1 died")]
+    )
     assert params is None
-    (record,) = run_dir.read_rounds()
+    (record,) = rounds_json(run_dir)
     assert record["aggregated"] is False and "accept_failures is false" in record["not_aggregated_because"]
     assert record["clients"] == {} and record["failures"][0]["error"] == "RuntimeError: client 1 died"
     checkpoint = run_dir.read_checkpoint()
@@ -66,10 +69,14 @@ def test_each_bad_report_is_rejected_by_name_and_the_round_goes_on(tmp_path, cas
     strategy, run_dir = make_strategy(tmp_path, steps=5)
     results = [fit_res(0, ROUND1[0]), fit_res(1, ROUND1[1], **patch), fit_res(2, ROUND1[2])]
     assert strategy.aggregate_fit(1, results, [])[0] is not None
-    (record,) = run_dir.read_rounds()
+    (record,) = rounds_json(run_dir)
     assert sorted(record["clients"]) == ["0", "2"]
     (rejected,) = record["rejected"]
-    assert rejected["client"] == "node-1" and rejected["weights_aggregated"] is weights_aggregated and reason in rejected["reason"]
+    assert (
+        rejected["client"] == "node-1"
+        and rejected["weights_aggregated"] is weights_aggregated
+        and reason in rejected["reason"]
+    )
 
 
 def _bad_weights():
@@ -79,7 +86,11 @@ def _bad_weights():
     ints = [w.astype(np.int64) for w in good]
     shape = [w.copy() for w in good]
     shape[0] = np.zeros((32, 1, 5, 5), dtype=np.float32)
-    return {"infinite weight": (inf, "NaN or infinite"), "integer weights": (ints, "dtype int64"), "wrong shape": (shape, "shape (32, 1, 5, 5)")}
+    return {
+        "infinite weight": (inf, "NaN or infinite"),
+        "integer weights": (ints, "dtype int64"),
+        "wrong shape": (shape, "shape (32, 1, 5, 5)"),
+    }
 
 
 @pytest.mark.parametrize("case", ["infinite weight", "integer weights", "wrong shape"])
@@ -87,7 +98,7 @@ def test_each_bad_weight_payload_is_left_out_of_the_aggregate(tmp_path, case):
     weights, reason = _bad_weights()[case]
     strategy, run_dir = make_strategy(tmp_path, steps=5)
     params, _ = strategy.aggregate_fit(1, [fit_res(0, ROUND1[0]), fit_res(1, ROUND1[1], weights=weights)], [])
-    (record,) = run_dir.read_rounds()
+    (record,) = rounds_json(run_dir)
     (rejected,) = record["rejected"]
     assert rejected["weights_aggregated"] is False and reason in rejected["reason"]
     assert sorted(record["clients"]) == ["0"]

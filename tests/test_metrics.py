@@ -6,7 +6,15 @@ import itertools
 import math
 import random
 
-from fedmi_flower.metrics import circuit_iou, class_pair_iou, inter_client_iou, intra_client_stability, iou, local_global_iou, nanmean
+from fedmi_flower.science.metrics import (
+    circuit_iou,
+    class_pair_iou,
+    inter_client_iou,
+    intra_client_stability,
+    iou,
+    local_global_iou,
+    nanmean,
+)
 
 
 def test_iou_basic_cases():
@@ -71,11 +79,15 @@ def test_class_pair_iou_compares_different_classes_of_different_clients():
 
 
 def test_chance_iou_equals_enumeration_of_every_pair_of_sets():
-    from fedmi_flower.metrics import chance_iou
+    from fedmi_flower.science.metrics import chance_iou
 
     n = 7
     for a, b in [(0, 3), (1, 1), (2, 5), (3, 3), (7, 2), (7, 7)]:
-        values = [len(set(x) & set(y)) / len(set(x) | set(y)) for x in itertools.combinations(range(n), a) for y in itertools.combinations(range(n), b)]
+        values = [
+            len(set(x) & set(y)) / len(set(x) | set(y))
+            for x in itertools.combinations(range(n), a)
+            for y in itertools.combinations(range(n), b)
+        ]
         assert math.isclose(chance_iou(a, b, n), sum(values) / len(values), rel_tol=1e-12)
     assert math.isnan(chance_iou(0, 0, 5))
     # Too many sets to enumerate at conv1's size: sampled, two random 16-of-32 sets share about a third of their union.

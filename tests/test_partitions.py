@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmi_flower.data import (
+from fedmi_flower.science.data import (
     cap_partition,
     classes_per_client_map,
     partition_by_class_map,
@@ -38,7 +38,9 @@ def test_iid_splits_evenly_and_covers_everything():
     assert all(len(c) == 10 for c in classes_of(parts))
 
 
-@pytest.mark.parametrize("k, expected", [(1, [[0], [1], [2]]), (2, [[0, 1], [2, 3], [4, 5]]), (3, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])])
+@pytest.mark.parametrize(
+    "k, expected", [(1, [[0], [1], [2]]), (2, [[0, 1], [2, 3], [4, 5]]), (3, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])]
+)
 def test_classes_per_client_gives_the_paper_class_sets(k, expected):
     parts = partition_classes_per_client(LABELS, 3, k, seed=0)
     assert classes_of(parts) == expected

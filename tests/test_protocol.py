@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedmi_flower.config import ConfigError, load_experiment
-from fedmi_flower.protocol import (
+from fedmi_flower.wire.protocol import (
     ClientReport,
     FitInstructions,
     PayloadError,
@@ -116,7 +116,11 @@ def test_fit_instructions_round_trip_and_validate():
     assert all(isinstance(v, (bool, int, float, str)) for v in sent.values())
     got = FitInstructions.parse({**sent, "proximal_mu": 0.1})
     assert got.server_round == 4 and got.proximal_mu == 0.1
-    assert got.config.train == config.train and got.config.discovery == config.discovery and got.config.analysis == config.analysis
+    assert (
+        got.config.train == config.train
+        and got.config.discovery == config.discovery
+        and got.config.analysis == config.analysis
+    )
     assert got.config.seed == config.seed
     with pytest.raises(ConfigError, match="train.sparsity"):
         FitInstructions.parse({**sent, "train.sparsity": 7.0})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -11,27 +12,49 @@ import time
 from pathlib import Path
 
 import pytest
-
-from fedmi_flower.results import RunDirectory
 from processes import process_tree
+from runs import rounds_json
+
+from fedmi_flower.records.results import RunDirectory
 
 REPO = Path(__file__).resolve().parent.parent
 # Partial participation (2 of 3 clients) and a failing client exercise the seeded sampling and the failure path too.
 SETTINGS = [
-    "rounds=3", "data.max_per_client=900", "train.batch_size=64", "discovery.steps=15", "data.eval_per_class=30",
-    "strategy.fraction_fit=0.67", "strategy.name=fedadam", "faults.fail_clients=[2]", "faults.fail_rounds=[2]",
+    "rounds=3",
+    "data.max_per_client=900",
+    "train.batch_size=64",
+    "discovery.steps=15",
+    "data.eval_per_class=30",
+    "strategy.fraction_fit=0.67",
+    "strategy.name=fedadam",
+    "faults.fail_clients=[2]",
+    "faults.fail_rounds=[2]",
 ]
 
 
 def _command(out: Path, data_root: str, *extra: str) -> list[str]:
     sets = list(itertools.chain.from_iterable(("--set", s) for s in SETTINGS))
-    return [sys.executable, "-m", "fedmi_flower.cli", "run", "quickstart", *sets, "--out", str(out), "--data-root", data_root, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fedmi_flower.cli",
+        "run",
+        "quickstart",
+        *sets,
+        "--out",
+        str(out),
+        "--data-root",
+        data_root,
+        *extra,
+    ]
 
 
 def _without_timings(record: dict) -> dict:
     """A record without what legitimately differs between runs: timings and the nodes' random ids."""
     record = {k: v for k, v in record.items() if k != "timings"}
-    record["clients"] = {pid: {k: v for k, v in c.items() if k != "timings"} for pid, c in record.get("clients", {}).items()}
+    record["clients"] = {
+        pid: {k: v for k, v in c.items() if k != "timings"} for pid, c in record.get("clients", {}).items()
+    }
     for key in ("failures", "rejected", "silent_clients"):
         record[key] = [{k: v for k, v in entry.items() if k != "client"} for entry in record.get(key, [])]
     return record
@@ -42,12 +65,18 @@ def uninterrupted(tmp_path_factory, mnist_root) -> list[dict]:
     out = tmp_path_factory.mktemp("resume") / "whole"
     proc = subprocess.run(_command(out, mnist_root), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return RunDirectory(out).read_rounds()
+    return rounds_json(RunDirectory(out))
 
 
 def test_killed_run_resumes_to_the_same_records(tmp_path, mnist_root, uninterrupted):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_command(out, mnist_root), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _command(out, mnist_root),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     run = RunDirectory(out)
     deadline = time.monotonic() + 600
     try:
@@ -59,27 +88,39 @@ def test_killed_run_resumes_to_the_same_records(tmp_path, mnist_root, uninterrup
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
         for pid in process_tree([proc.pid]):  # the driver and its Ray processes, nothing else
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         proc.wait()
     killed_after = run.read_checkpoint().server_round
     assert 1 <= killed_after < 3
-    before = run.read_rounds()
+    before = rounds_json(run)
     # The same seed gives the same records in another process: determinism.
-    assert [_without_timings(r) for r in before[:killed_after]] == [_without_timings(r) for r in uninterrupted[:killed_after]]
+    assert [_without_timings(r) for r in before[:killed_after]] == [
+        _without_timings(r) for r in uninterrupted[:killed_after]
+    ]
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "fedmi_flower.cli", "run", "--resume", str(out), "--data-root", mnist_root], cwd=REPO, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "fedmi_flower.cli", "run", "--resume", str(out), "--data-root", mnist_root],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming quickstart after round {killed_after} of 3" in resumed.stdout
-    after = run.read_rounds()
+    after = rounds_json(run)
     assert [r["round"] for r in after] == [1, 2, 3]
     assert [_without_timings(r) for r in after] == [_without_timings(r) for r in uninterrupted]
     # Seed 0 samples clients 1 and 2 in round 2; client 2 fails as configured, client 1 carries the round.
-    assert sorted(after[1]["clients"]) == ["1"] and [f["error"] for f in after[1]["failures"]] == ["client 2 fails in round 2, as the experiment's [faults] table asks"]
+    assert sorted(after[1]["clients"]) == ["1"] and [f["error"] for f in after[1]["failures"]] == [
+        "client 2 fails in round 2, as the experiment's [faults] table asks"
+    ]
     assert after[1]["silent_clients"][0]["partition_id"] == 2
-    again = subprocess.run([sys.executable, "-m", "fedmi_flower.cli", "run", "--resume", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "fedmi_flower.cli", "run", "--resume", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "already finished all 3 rounds" in again.stdout

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import stop_processes_mentioning
+from runs import REPO, fedmi, rounds_json
+from runs import SMALL_IID as SMALL
 
 from fedmi_flower.config import load_experiment, parse_override
-from fedmi_flower.results import RunDirectory
-from processes import stop_processes_mentioning
-from runs import REPO, SMALL_IID as SMALL, fedmi
+from fedmi_flower.records.results import RunDirectory
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
 
@@ -43,7 +44,7 @@ def assert_iou_rule(value, sets_a: list[list[int]], sets_b: list[list[int]]) -> 
 
 def test_run_directory_is_complete(quick_run):
     run = RunDirectory(quick_run)
-    rounds = run.read_rounds()
+    rounds = rounds_json(run)
     assert [r["round"] for r in rounds] == [1, 2]
     assert run.read_config() == load_experiment("quickstart", dict(parse_override(s) for s in SMALL))
     parts = run.read_partitions()["clients"]
@@ -52,13 +53,23 @@ def test_run_directory_is_complete(quick_run):
     weights, last = run.read_weights()
     assert last == 2 and len(weights) == 8 and all(np.isfinite(w).all() for w in weights)
     for t in (1, 2):  # every round's global and local weights, for circuit graphs
-        assert run.read_round_weights(t) is not None and all(run.read_round_weights(t, pid) is not None for pid in range(3))
+        assert run.read_round_weights(t) is not None and all(
+            run.read_round_weights(t, pid) is not None for pid in range(3)
+        )
     assert all(np.array_equal(a, b) for a, b in zip(run.read_round_weights(2), weights))
     assert len((quick_run / "summary.csv").read_text().splitlines()) == 3
 
 
+def test_the_console_keeps_the_summary_and_the_run_directory_keeps_flowers_history(quick_run):
+    console = (quick_run / "console.log").read_text()
+    assert "Run finished 2 round(s)" in console and "fedmi: quickstart finished 2 rounds" in console
+    assert "History (metrics, distributed, fit)" not in console and "'inter_client_iou': [(1," not in console
+    history = (quick_run / "flower-history.log").read_text()
+    assert history.startswith("History") and "'inter_client_iou': [(1," in history
+
+
 def test_circuits_and_metrics_follow_the_rules(quick_run):
-    for record in RunDirectory(quick_run).read_rounds():
+    for record in rounds_json(RunDirectory(quick_run)):
         assert record["rejected"] == [] and record["failures"] == []
         assert record["global"]["accuracy"] > 0.3  # chance is 0.1
         global_circuits = record["global"]["circuits"]
@@ -82,13 +93,17 @@ def test_circuits_and_metrics_follow_the_rules(quick_run):
         for per_class in record["cross_eval"].values():
             for s in per_class.values():
                 assert 0 <= s["sufficiency"] <= 1 and 0 <= s["specificity"] <= 1
-    last = RunDirectory(quick_run).read_rounds()[-1]
+    last = rounds_json(RunDirectory(quick_run))[-1]
     assert set(last["stability"]) == {"0", "1", "2"}
 
 
 def test_cli_reports_bad_input_without_a_traceback():
     proc = fedmi("run", "quickstart", "--set", "train.sparsity=1.5")
-    assert proc.returncode == 2 and "train.sparsity = 1.5 is out of range" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "train.sparsity = 1.5 is out of range" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     proc = fedmi("run", "quickstart", env={"FEDMI_DATA_ROOT": "/nonexistent"})
     assert proc.returncode == 2 and "/nonexistent/MNIST/raw" in proc.stderr
     proc = fedmi("list")
@@ -120,7 +135,11 @@ def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_
     try:
         proc = subprocess.run(
             ["flwr", "run", ".", "fedmi-local", "--stream", "--run-config", f'set="{overrides}" out="{out}"'],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:
         # `flwr run` leaves its local SuperLink (and the simulation's Ray processes) running:
@@ -128,7 +147,7 @@ def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_
         stop_processes_mentioning(str(home))
     assert (REPO / "pyproject.toml").read_text().count("MIGRATION NOTICE") == 0  # flwr must not rewrite our pyproject
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (record,) = RunDirectory(out).read_rounds()
+    (record,) = rounds_json(RunDirectory(out))
     assert sorted(record["clients"]) == ["0", "1", "2"] and record["global"]["circuits"]
 
 
@@ -151,14 +170,16 @@ def _per_layer(pairs):
 
 
 def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
-    records = RunDirectory(quick_run).read_rounds()
+    records = rounds_json(RunDirectory(quick_run))
     for t, record in enumerate(records):
         clients, global_ = record["clients"], record["global"]["circuits"]
         for cls, entry in record["inter_client_iou"].items():
             holders = [clients[str(p)]["circuits"][cls] for p in entry["clients"]]
             expected = _per_layer(list(itertools.combinations(holders, 2)))
             assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=1e-12, nan_ok=True)
-            assert entry["pairs"] == sum(1 for a, b in itertools.combinations(holders, 2) if _per_layer([(a, b)])["mean"] is not None)
+            assert entry["pairs"] == sum(
+                1 for a, b in itertools.combinations(holders, 2) if _per_layer([(a, b)])["mean"] is not None
+            )
         for pid, per_class in record["local_global_iou"].items():
             for cls, entry in per_class.items():
                 expected = _per_layer([(clients[pid]["circuits"][cls], global_[cls])])
@@ -175,7 +196,9 @@ def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
             assert record["summary"]["stability_pairs"] == len(values)
         # Every IoU view carries its scale: noise floors of the global model, and floor client 0's own.
         floor = record["noise_floor"]
-        assert set(floor["seed"]) == set(global_) and set(floor["source"]) <= set(global_) and floor["source_client"] == 0
+        assert (
+            set(floor["seed"]) == set(global_) and set(floor["source"]) <= set(global_) and floor["source_client"] == 0
+        )
         assert set(floor["clients"]) <= {"0"} and 0.0 <= record["summary"]["seed_floor"] <= 1.0
         for entry in record["inter_client_iou"].values():
             assert 0.0 <= entry["chance"]["mean"] <= 1.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmi_flower.data import ImageSplit
-from fedmi_flower.model import build_model
-from fedmi_flower.sparsity import (
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.model import build_model
+from fedmi_flower.science.sparsity import (
     magnitude_mask,
     nonzero_budget,
     prunable_weights,
@@ -76,7 +76,9 @@ def _toy_data(n: int = 512, seed: int = 0) -> ImageSplit:
 
 def test_training_ends_at_the_target_sparsity_and_pruned_weights_are_zero():
     model = build_model(seed=0)
-    stats = train_sparse(model, _toy_data(), epochs=2, batch_size=64, sparsity=0.95, generator=torch.Generator().manual_seed(0))
+    stats = train_sparse(
+        model, _toy_data(), epochs=2, batch_size=64, sparsity=0.95, generator=torch.Generator().manual_seed(0)
+    )
     report = sparsity_report(model)
     for name, w in prunable_weights(model).items():
         assert abs(int(torch.count_nonzero(w)) - nonzero_budget(w.shape, 0.95, 4)) <= 1, name
@@ -86,7 +88,7 @@ def test_training_ends_at_the_target_sparsity_and_pruned_weights_are_zero():
 
 
 def test_sparsity_follows_the_schedule_during_training(monkeypatch):
-    import fedmi_flower.sparsity as sp
+    import fedmi_flower.science.sparsity as sp
 
     seen = []
     real = sp.prune_
@@ -112,7 +114,9 @@ def test_training_is_reproducible_from_the_generator():
     for _ in range(2):
         torch.manual_seed(123)  # unrelated global state must not matter
         model = build_model(seed=7)
-        train_sparse(model, _toy_data(256), epochs=1, batch_size=64, sparsity=0.9, generator=torch.Generator().manual_seed(9))
+        train_sparse(
+            model, _toy_data(256), epochs=1, batch_size=64, sparsity=0.9, generator=torch.Generator().manual_seed(9)
+        )
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
@@ -123,13 +127,21 @@ def test_fedprox_term_pulls_towards_the_start():
     for mu in (0.0, 10.0):
         model = build_model(seed=0)
         start = [p.detach().clone() for p in model.parameters()]
-        train_sparse(model, data, epochs=2, batch_size=64, sparsity=None, proximal_mu=mu, generator=torch.Generator().manual_seed(0))
+        train_sparse(
+            model,
+            data,
+            epochs=2,
+            batch_size=64,
+            sparsity=None,
+            proximal_mu=mu,
+            generator=torch.Generator().manual_seed(0),
+        )
         drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
     assert drift[10.0] < 0.5 * drift[0.0]
 
 
 def test_global_scope_keeps_one_budget_over_all_tensors_with_the_per_neuron_floor():
-    from fedmi_flower.sparsity import global_magnitude_masks, prune_
+    from fedmi_flower.science.sparsity import global_magnitude_masks, prune_
 
     g = torch.Generator().manual_seed(0)
     small = torch.randn(8, 50, generator=g) * 0.01  # small weights: only the floor survives a global budget
@@ -150,13 +162,25 @@ def test_global_scope_keeps_one_budget_over_all_tensors_with_the_per_neuron_floo
 
 
 def test_held_target_prunes_to_the_target_from_the_first_step(monkeypatch):
-    import fedmi_flower.sparsity as sparsity_module
+    import fedmi_flower.science.sparsity as sparsity_module
 
     data = ImageSplit(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
     levels: dict[bool, list[float]] = {True: [], False: []}
     original = sparsity_module.prune_
     for anneal in (True, False):
-        monkeypatch.setattr(sparsity_module, "prune_", lambda m, level, *a, _seen=levels[anneal], **k: (_seen.append(level), original(m, level, *a, **k)))
-        train_sparse(build_model(seed=0), data, epochs=1, batch_size=16, sparsity=0.9, anneal=anneal, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setattr(
+            sparsity_module,
+            "prune_",
+            lambda m, level, *a, _seen=levels[anneal], **k: (_seen.append(level), original(m, level, *a, **k)),
+        )
+        train_sparse(
+            build_model(seed=0),
+            data,
+            epochs=1,
+            batch_size=16,
+            sparsity=0.9,
+            anneal=anneal,
+            generator=torch.Generator().manual_seed(0),
+        )
     assert levels[True][0] == pytest.approx(0.45) and levels[True][-1] == 0.9  # 4 steps, annealed over the first 2
     assert levels[False] and all(level == 0.9 for level in levels[False])  # held from step 1

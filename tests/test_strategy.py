@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-
 from fakes import P3, P8, ROUND1, Proxy, fit_res, make_strategy
-from fedmi_flower.model import get_weights
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from planted import bright_images, concat, planted_model
+from runs import rounds_json
+
+from fedmi_flower.science.model import get_weights
 from strategies import STRATEGIES
+
 
 def close(a, b):
     return abs(a - b) < 1e-9
@@ -18,7 +20,7 @@ def close(a, b):
 def test_round_metrics_equal_hand_computations(tmp_path):
     strategy, run_dir = make_strategy(tmp_path)
     params, metrics = strategy.aggregate_fit(1, [fit_res(p, c) for p, c in ROUND1.items()], [])
-    (record,) = run_dir.read_rounds()
+    (record,) = rounds_json(run_dir)
 
     # The global model is the planted one: its circuits are the planted circuits.
     assert record["global"]["circuits"] == {"3": P3, "8": P8}
@@ -43,17 +45,21 @@ def test_round_metrics_equal_hand_computations(tmp_path):
     assert record["global"]["scores"]["3"]["sufficiency"] == 1.0
     assert record["rejected"] == [] and record["failures"] == []
     assert close(metrics["inter_client_iou"], (7 / 18 + 0.5) / 2)
-    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(parameters_to_ndarrays(params), get_weights(planted_model())))
+    assert all(
+        np.allclose(a, b, atol=1e-6) for a, b in zip(parameters_to_ndarrays(params), get_weights(planted_model()))
+    )
     # The round's weights are kept for circuit graphs: each client's as sent, and the aggregate.
     for pid in ROUND1:
-        assert all(np.array_equal(a, b) for a, b in zip(run_dir.read_round_weights(1, pid), get_weights(planted_model())))
+        assert all(
+            np.array_equal(a, b) for a, b in zip(run_dir.read_round_weights(1, pid), get_weights(planted_model()))
+        )
     assert all(np.array_equal(a, b) for a, b in zip(run_dir.read_round_weights(1), parameters_to_ndarrays(params)))
     assert run_dir.read_round_weights(2) is None
 
     # Round 2: client 0 repeats itself, client 1 grows its conv1 set, client 2 stays away.
     round2 = {0: ROUND1[0], 1: {3: {"conv1": [5, 6, 7, 8], "conv2": [10], "conv3": [20, 21]}}}
     strategy.aggregate_fit(2, [fit_res(p, c) for p, c in round2.items()], [])
-    record2 = run_dir.read_rounds()[1]
+    record2 = rounds_json(run_dir)[1]
     assert record2["stability"]["0"]["3"]["mean"] == 1.0 and record2["stability"]["0"]["8"]["previous_round"] == 1
     assert record2["stability"]["1"]["3"]["conv1"] == 0.5 and "2" not in record2["stability"]
     assert record2["inter_client_iou"]["8"]["clients"] == [0] and record2["inter_client_iou"]["8"]["mean"] is None
@@ -75,7 +81,7 @@ def test_malformed_payloads_do_not_crash_the_round(tmp_path):
     ]
     results = [(Proxy(f"node-{i}"), res) for i, (_, res) in enumerate(results)]
     params, _ = strategy.aggregate_fit(1, results, [])
-    (record,) = run_dir.read_rounds()
+    (record,) = rounds_json(run_dir)
     assert sorted(record["clients"]) == ["0"]
     rejected = {r["client"]: (r["weights_aggregated"], r["reason"]) for r in record["rejected"]}
     assert rejected["node-1"][0] and "FMC1 header" in rejected["node-1"][1]
@@ -84,14 +90,18 @@ def test_malformed_payloads_do_not_crash_the_round(tmp_path):
     assert not rejected["node-4"][0] and "claims partition 0, but this node holds partition 1" in rejected["node-4"][1]
     assert rejected["node-5"][0] and "not valid JSON" in rejected["node-5"][1]
     # Local weights are kept only for the client whose circuits were accepted (the ones a graph can draw).
-    assert run_dir.read_round_weights(1, 0) is not None and run_dir.read_round_weights(1, 1) is None and run_dir.read_round_weights(1, 2) is None
+    assert (
+        run_dir.read_round_weights(1, 0) is not None
+        and run_dir.read_round_weights(1, 1) is None
+        and run_dir.read_round_weights(1, 2) is None
+    )
     assert all(np.isfinite(a).all() for a in parameters_to_ndarrays(params))
 
 
 def test_failures_are_recorded_and_survivors_analysed(tmp_path):
     strategy, run_dir = make_strategy(tmp_path, steps=20)
     strategy.aggregate_fit(1, [fit_res(0, ROUND1[0]), fit_res(2, ROUND1[2])], [RuntimeError("client 1 died")])
-    (record,) = run_dir.read_rounds()
+    (record,) = rounds_json(run_dir)
     assert sorted(record["clients"]) == ["0", "2"] and record["sampled"] == 3
     assert record["failures"] == [{"client": None, "error": "RuntimeError: client 1 died"}]
     assert record["inter_client_iou"]["3"]["clients"] == [0, 2]
@@ -105,7 +115,7 @@ def test_every_strategy_gives_records_of_the_same_shape(tmp_path, name):
     assert type(strategy).__name__.lower() == f"circuit{name}"
     params, _ = strategy.aggregate_fit(1, [fit_res(p, c) for p, c in ROUND1.items()], [])
     assert params is not None
-    (ref,), (got,) = ref_dir.read_rounds(), run_dir.read_rounds()
+    (ref,), (got,) = rounds_json(ref_dir), rounds_json(run_dir)
 
     def shape(value):
         if isinstance(value, dict):
@@ -116,8 +126,9 @@ def test_every_strategy_gives_records_of_the_same_shape(tmp_path, name):
 
 
 def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
-    from clients import CircuitClient
     from flwr.server.client_manager import SimpleClientManager
+
+    from clients import CircuitClient
 
     strategy, _ = make_strategy(tmp_path, "fedprox")
 
@@ -133,7 +144,15 @@ def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
     client = CircuitClient(0, data, data.subset(range(8)))
     drift = {}
     for mu in (0.0, 100.0):
-        config = {**ins.config, "proximal_mu": mu, "train.sparsity": 0.0, "discovery.steps": 2, "train.lr": 0.01, "train.epochs": 3, "train.batch_size": 16}
+        config = {
+            **ins.config,
+            "proximal_mu": mu,
+            "train.sparsity": 0.0,
+            "discovery.steps": 2,
+            "train.lr": 0.01,
+            "train.epochs": 3,
+            "train.batch_size": 16,
+        }
         weights, n, metrics = client.fit(start, config)
         drift[mu] = sum(float(((w - s) ** 2).sum()) for w, s in zip(weights, start))
         assert n == 128 and metrics["partition_id"] == 0
@@ -143,6 +162,7 @@ def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, name):
     from fakes import distinct_weights
+
     from strategies.registry import STRATEGIES as BASES
 
     sizes = {0: 100, 1: 300, 2: 50, 3: 700, 4: 20}  # different counts and weights: a rule that ignores either differs
@@ -150,7 +170,10 @@ def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, n
     weights = {p: distinct_weights(p) for p in sizes}
     results = [fit_res(p, ROUND1[p % 3], weights[p], sizes[p]) for p in sizes]
     base, specific = BASES[name]
-    plain = base(initial_parameters=ndarrays_to_parameters(get_weights(planted_model())), **specific(strategy.experiment.strategy))
+    plain = base(
+        initial_parameters=ndarrays_to_parameters(get_weights(planted_model())),
+        **specific(strategy.experiment.strategy),
+    )
     expected, _ = plain.aggregate_fit(1, [(proxy, res) for proxy, res in results], [])
     params, _ = strategy.aggregate_fit(1, results, [])
     assert len(parameters_to_ndarrays(params)) == len(parameters_to_ndarrays(expected)) == 8
@@ -158,6 +181,8 @@ def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, n
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     if name in ("fedavg", "fedprox"):  # and both are the example-weighted mean, by hand
         total = sum(sizes.values())
-        by_hand = [sum(sizes[p] * weights[p][i].astype(np.float64) for p in sizes) / total for i in range(len(weights[0]))]
+        by_hand = [
+            sum(sizes[p] * weights[p][i].astype(np.float64) for p in sizes) / total for i in range(len(weights[0]))
+        ]
         for got, want in zip(parameters_to_ndarrays(params), by_hand):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedmi_flower.data import load_split, partition_iid, load_labels
-from fedmi_flower.model import build_model, evaluate
-from fedmi_flower.seeding import torch_generator
-from fedmi_flower.sparsity import nonzero_budget, prunable_weights, sparsity_report, train_sparse
+from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.model import build_model, evaluate
+from fedmi_flower.science.seeding import torch_generator
+from fedmi_flower.science.sparsity import nonzero_budget, prunable_weights, sparsity_report, train_sparse
 
 
 def test_one_sparse_epoch_on_real_mnist_beats_chance(mnist_root):

@@ -1,9 +1,9 @@
 """Every figure of the paper from a run directory (``fedmi plot``), and runs side by side (``fedmi plot --compare``).
 
-Each ``fig_*`` function takes a :class:`~fedmi_flower.series.Run` (the comparison
+Each ``fig_*`` function takes a :class:`~fedmi_flower.records.series.Run` (the comparison
 figures take groups of runs) and returns a matplotlib figure; :func:`plot_run` and
 :func:`plot_compare` save them as PNG and SVG. The values come from
-:mod:`fedmi_flower.series`: an undefined value is NaN and shows as a gap (lines carry
+:mod:`fedmi_flower.records.series`: an undefined value is NaN and shows as a gap (lines carry
 markers so that a lone defined round stays visible; heatmap cells are grey), never
 as zero. IoU and score axes run from 0 to 1.
 
@@ -13,21 +13,24 @@ Matplotlib runs on the Agg backend (files only, no display). No Flower imports h
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Hashable, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.ticker import MaxNLocator
 
-from .series import (  # noqa: E402
-    FLOOR_OF_VIEW,
+from fedmi_flower.records.round_record import FLOOR_OF_VIEW, SUMMARY_FLOOR, View
+from fedmi_flower.records.series import (
     LAYERS,
+    OVERALL,
     Run,
     Series,
     accuracy_series,
@@ -39,10 +42,11 @@ from .series import (  # noqa: E402
     layer_curve,
     local_global_series,
     nanmean_rows,
-    number,
     stability_series,
+    summary_series,
 )
-from .verdicts import COLLAPSE_THRESHOLD  # noqa: E402
+from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD
+from fedmi_flower.views.graphs import choose, graph_figures
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 110
@@ -55,12 +59,12 @@ def class_colour(cls: int) -> tuple[float, ...]:
     return plt.get_cmap("tab10")(int(cls) % 10)
 
 
-def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: object) -> None:
+def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **style: Any) -> None:
     # Markers keep a defined value between two gaps visible; clip_on=False keeps 0 and 1 whole.
     ax.plot(x, y, marker=style.pop("marker", "o"), markersize=style.pop("markersize", 3.5), clip_on=False, **style)
 
 
-def _round_axis(ax: Axes, rounds: Sequence[int]) -> None:
+def _round_axis(ax: Axes, rounds: Sequence[int] | np.ndarray) -> None:
     ax.set_xlabel("round")
     if len(rounds):
         ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
@@ -79,22 +83,54 @@ def _unit_axis(ax: Axes, label: str) -> None:
 def _note_if_undefined(ax: Axes, curves: Sequence[np.ndarray], why: str) -> None:
     """Say so on the axes when no value is defined: an empty panel is not a plotting failure."""
     if not any(np.isfinite(c).any() for c in curves):
-        ax.text(0.5, 0.5, f"undefined in every round\n{why}", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35", wrap=True)
+        ax.text(
+            0.5,
+            0.5,
+            f"undefined in every round\n{why}",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="0.35",
+            wrap=True,
+        )
 
 
-def _legend(fig: Figure, axes: Sequence[Axes], title: str | None = None, order: Callable[[str], object] | None = None, fontsize: float = 8) -> None:
+def _legend(
+    fig: Figure,
+    axes: Sequence[Axes],
+    title: str | None = None,
+    order: Callable[[str], Any] | None = None,
+    fontsize: float = 8,
+) -> None:
     """One legend for the figure, right of the panels: every label any of ``axes`` carries, once."""
-    handles: dict[str, object] = {}
+    handles: dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     labels = sorted(handles, key=order) if order else list(handles)
     if labels:
-        fig.legend([handles[k] for k in labels], labels, title=title, loc="outside right center", fontsize=fontsize, title_fontsize=fontsize, frameon=False)
+        fig.legend(
+            [handles[k] for k in labels],
+            labels,
+            title=title,
+            loc="outside right center",
+            fontsize=fontsize,
+            title_fontsize=fontsize,
+            frameon=False,
+        )
 
 
 def _figure(nrows: int, ncols: int, width: float = 3.2, height: float = 2.5) -> tuple[Figure, np.ndarray]:
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.6), squeeze=False, sharex=True, layout="constrained", dpi=DPI)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width * ncols, height * nrows + 0.6),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+        dpi=DPI,
+    )
     return fig, axes
 
 
@@ -117,10 +153,10 @@ def fig_global_accuracy(run: Run) -> Figure:
     rounds = run.rounds
     fig, axes = _figure(1, 2, width=4.2)
     left, right = axes[0]
-    _line(left, rounds, acc.get("overall", np.full(len(rounds), np.nan)), color="black", label="overall")
+    _line(left, rounds, acc.get(OVERALL, np.full(len(rounds), np.nan)), color="black", label="overall")
     left.set_title("overall", fontsize=9)
     for cls, values in acc.items():
-        if cls != "overall":
+        if cls != OVERALL:
             _line(right, rounds, values, color=class_colour(cls), label=f"class {cls}", markersize=3)
     right.set_title("per class", fontsize=9)
     for ax in (left, right):
@@ -138,12 +174,24 @@ def _draw_scale(ax: Axes, rounds: np.ndarray, floor: np.ndarray | None, chance: 
     """The scale of an IoU panel: a grey band from the noise floor up to 1 (no change beyond
     discovery noise) and a dotted line at the chance level (random circuits of the same sizes)."""
     if floor is not None and np.isfinite(floor).any():
-        ax.fill_between(rounds, floor, 1.0, where=np.isfinite(floor), color="0.85", alpha=0.6, linewidth=0, label="noise floor to 1", zorder=0)
+        ax.fill_between(
+            rounds,
+            floor,
+            1.0,
+            where=np.isfinite(floor),
+            color="0.85",
+            alpha=0.6,
+            linewidth=0,
+            label="noise floor to 1",
+            zorder=0,
+        )
     if chance is not None and np.isfinite(chance).any():
         ax.plot(rounds, chance, color="0.3", linestyle=":", linewidth=1.2, label="chance level", zorder=1)
 
 
-def _view_scale(run: Run, view: str, layer: str, keys: Callable[[Hashable], bool] = lambda k: True) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _view_scale(
+    run: Run, view: View, layer: str, keys: Callable[[Any], bool] = lambda k: True
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Round-wise noise floor and chance level of ``view`` at ``layer`` (chance over the keys ``keys`` accepts)."""
     n = len(run.records)
     kind = FLOOR_OF_VIEW.get(view)
@@ -153,7 +201,13 @@ def _view_scale(run: Run, view: str, layer: str, keys: Callable[[Hashable], bool
 
 
 def _per_layer_figure(
-    run: Run, series: Series, label: Callable[[Hashable], str], colour: Callable[[Hashable, int], object], what: str, why: str, view: str | None = None
+    run: Run,
+    series: Series,
+    label: Callable[[Any], str],
+    colour: Callable[[Any, int], Any],
+    what: str,
+    why: str,
+    view: View | None = None,
 ) -> Figure:
     """One panel per layer (and the mean over layers), one line per key of ``series`` (its last element is the layer).
 
@@ -187,7 +241,7 @@ def fig_inter_client(run: Run) -> Figure:
         colour=lambda k, i: class_colour(k[0]),
         what="Inter-client consistency: mean pairwise IoU of the circuits of a class across clients",
         why="(no class has two holders with a circuit,\nor all circuits are empty; see class-pair IoU)",
-        view="inter_client_iou",
+        view=View.INTER_CLIENT_IOU,
     )
 
 
@@ -207,20 +261,26 @@ def fig_class_pair(run: Run) -> Figure:
         colour=lambda k, i: cmap(pairs.index(k[0]) % 20),
         what="Class-pair IoU: circuits of different classes on different clients (inter-client view under label skew)",
         why=why,
-        view="class_pair_iou",
+        view=View.CLASS_PAIR_IOU,
     )
 
 
-def _client_grid(run: Run, series: Series, what: str, why: str, view: str) -> Figure:
-    """Rows: clients; columns: layers and their mean; one line per class; the view's noise floor and this client's chance level behind them."""
+def _client_grid(run: Run, series: Series, what: str, why: str, view: View) -> Figure:
+    """Rows: clients; columns: layers and their mean; one line per class; the view's noise floor and this
+    client's chance level behind them.
+    """
     rounds = run.rounds
-    clients = sorted({k[0] for k in series}) or sorted(int(p) for r in run.records for p in r.get("clients", {}))[:1]
+    clients = sorted({k[0] for k in series}) or sorted({p for r in run.records for p in r.clients})[:1]
     fig, axes = _figure(max(len(clients), 1), len(LAYERS), width=3.0, height=2.1)
     for row, pid in zip(axes, clients):
         classes = sorted({k[1] for k in series if k[0] == pid})
         for ax, layer in zip(row, LAYERS):
             curves = []
-            _draw_scale(ax, rounds, *_view_scale(run, view, layer, keys=lambda k, pid=pid: k[0] == pid))
+
+            def of_client(k: Any, pid: Any = pid) -> bool:
+                return bool(k[0] == pid)
+
+            _draw_scale(ax, rounds, *_view_scale(run, view, layer, keys=of_client))
             for cls in classes:
                 values = series.get((pid, cls, layer))
                 if values is not None:
@@ -231,34 +291,52 @@ def _client_grid(run: Run, series: Series, what: str, why: str, view: str) -> Fi
             _round_axis(ax, rounds)
             _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
     _bottom_labels_only(axes)
-    _legend(fig, list(axes.flat), order=lambda label: (0, int(label.split()[-1])) if label.startswith("class") else (1, 0))
+    _legend(
+        fig, list(axes.flat), order=lambda label: (0, int(label.split()[-1])) if label.startswith("class") else (1, 0)
+    )
     _title(fig, run, what)
     return fig
 
 
 def fig_stability(run: Run) -> Figure:
-    """Intra-client stability (RQ2, paper Fig. 10): IoU of each client's circuit with its circuit of the previous round it reported."""
+    """Intra-client stability (RQ2, paper Fig. 10).
+
+    IoU of each client's circuit with its circuit of the previous round it reported.
+    """
     return _client_grid(
-        run, stability_series(run.records), "Intra-client stability: IoU of a client's circuit in round t and in round t-1", "(needs two consecutive rounds;\nor all circuits empty)", "stability"
+        run,
+        stability_series(run.records),
+        "Intra-client stability: IoU of a client's circuit in round t and in round t-1",
+        "(needs two consecutive rounds;\nor all circuits empty)",
+        View.STABILITY,
     )
 
 
 def fig_local_global(run: Run) -> Figure:
-    """Local-global preservation (paper Fig. 2, 5, 8, 15-18): IoU of each client's circuit and the global model's circuit of the class."""
-    return _client_grid(run, local_global_series(run.records), "Local-global preservation: IoU of a client's circuit and the global model's circuit", "(all circuits empty)", "local_global_iou")
+    """Local-global preservation (paper Fig. 2, 5, 8, 15-18).
+
+    IoU of each client's circuit and the global model's circuit of the class.
+    """
+    return _client_grid(
+        run,
+        local_global_series(run.records),
+        "Local-global preservation: IoU of a client's circuit and the global model's circuit",
+        "(all circuits empty)",
+        View.LOCAL_GLOBAL_IOU,
+    )
 
 
 # ---------------------------------------------------------------------- cross-evaluation
 
 
-def _cross_matrix(run: Run, score: str) -> tuple[list[tuple[int, int]], np.ndarray]:
+def _cross_matrix(run: Run, score: str) -> tuple[list[Any], np.ndarray]:
     series = cross_eval_series(run.records, score)
     keys = list(series)
     matrix = np.vstack([series[k] for k in keys]) if keys else np.full((1, len(run.records)), np.nan)
     return keys, matrix
 
 
-def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: bool = True) -> object:
+def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: bool = True) -> AxesImage:
     keys, matrix = _cross_matrix(run, score)
     cmap = plt.get_cmap("viridis").with_extremes(bad=GREY)  # a missing value is grey, not a colour of the scale
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
@@ -277,9 +355,20 @@ def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: boo
                 ax.text(j, i, "–", ha="center", va="center", fontsize=6, color="0.4")
             else:
                 collapsed = score == "sufficiency" and v < COLLAPSE_THRESHOLD
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="red" if collapsed else ("black" if v > 0.6 else "white"), fontweight="bold" if collapsed else "normal")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="red" if collapsed else ("black" if v > 0.6 else "white"),
+                    fontweight="bold" if collapsed else "normal",
+                )
     if not keys:
-        ax.text(0.5, 0.5, "no client circuit was evaluated", transform=ax.transAxes, ha="center", va="center", fontsize=8)
+        ax.text(
+            0.5, 0.5, "no client circuit was evaluated", transform=ax.transAxes, ha="center", va="center", fontsize=8
+        )
     return image
 
 
@@ -291,17 +380,33 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
     sufficiency 1 and specificity 0. Red values are collapsed (sufficiency < 10%).
     """
     n_rows = max(1, len(_cross_matrix(run, "sufficiency")[0]))
-    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.45 * len(run.records) * 2 + 2, 1.6 + 0.28 * n_rows), squeeze=False, layout="constrained", sharey=True, dpi=DPI)
+    fig, axes = plt.subplots(
+        1,
+        2,
+        figsize=(2.2 + 0.45 * len(run.records) * 2 + 2, 1.6 + 0.28 * n_rows),
+        squeeze=False,
+        layout="constrained",
+        sharey=True,
+        dpi=DPI,
+    )
     for ax, score in zip(axes[0], ("sufficiency", "specificity")):
         image = _heatmap(ax, run, score, ylabels=score == "sufficiency")
         ax.set_title(score, fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="score on the global weights")
-    _title(fig, run, f"Cross-evaluation: local circuits on the global weights (red: sufficiency < {COLLAPSE_THRESHOLD:.0%}, collapsed; grey: not evaluated)")
+    _title(
+        fig,
+        run,
+        "Cross-evaluation: local circuits on the global weights (red: "
+        f"sufficiency < {COLLAPSE_THRESHOLD:.0%}, collapsed; grey: not evaluated)",
+    )
     return fig
 
 
 def fig_cross_eval_curves(run: Run) -> Figure:
-    """Cross-evaluation over rounds (paper Fig. 4, 7, 9): sufficiency (solid) and specificity (dashed), one panel per client."""
+    """Cross-evaluation over rounds (paper Fig. 4, 7, 9).
+
+    Sufficiency (solid) and specificity (dashed), one panel per client.
+    """
     suff = cross_eval_series(run.records, "sufficiency")
     spec = cross_eval_series(run.records, "specificity")
     clients = sorted({p for p, _ in suff}) or [0]
@@ -313,12 +418,21 @@ def fig_cross_eval_curves(run: Run) -> Figure:
         for (p, cls), values in suff.items():
             if p == pid:
                 _line(ax, rounds, values, color=class_colour(cls), label=f"class {cls} sufficiency")
-                _line(ax, rounds, spec[(p, cls)], color=class_colour(cls), linestyle="--", marker="s", markerfacecolor="none", label=f"class {cls} specificity")
+                _line(
+                    ax,
+                    rounds,
+                    spec[(p, cls)],
+                    color=class_colour(cls),
+                    linestyle="--",
+                    marker="s",
+                    markerfacecolor="none",
+                    label=f"class {cls} specificity",
+                )
         ax.axhline(COLLAPSE_THRESHOLD, color="red", linewidth=0.8, linestyle=":", label="collapse threshold")
         ax.set_title(f"client {pid}", fontsize=9)
         _round_axis(ax, rounds)
         _unit_axis(ax, "score on global weights")
-    for ax in axes.flat[len(clients):]:
+    for ax in axes.flat[len(clients) :]:
         ax.set_visible(False)
     _bottom_labels_only(axes)
     for i in range(len(clients) - ncols, len(clients)):  # the lowest visible panel of each column names the rounds
@@ -326,7 +440,9 @@ def fig_cross_eval_curves(run: Run) -> Figure:
             axes.flat[i].xaxis.set_tick_params(labelbottom=True)
             axes.flat[i].set_xlabel("round")
     _legend(fig, list(axes.flat), fontsize=7)
-    _title(fig, run, "Cross-evaluation: each local circuit on the global weights (solid: sufficiency, dashed: specificity)")
+    _title(
+        fig, run, "Cross-evaluation: each local circuit on the global weights (solid: sufficiency, dashed: specificity)"
+    )
     return fig
 
 
@@ -345,7 +461,9 @@ def _aligned(runs: Sequence[Run], curve: Callable[[Run], np.ndarray]) -> tuple[n
 
 
 def collapsed_share(run: Run) -> np.ndarray:
-    """Per round, the share of evaluated local circuits whose sufficiency on the global weights is below the collapse threshold."""
+    """Per round, the share of evaluated local circuits whose sufficiency on the global weights is below the
+    collapse threshold.
+    """
     _, matrix = _cross_matrix(run, "sufficiency")
     defined = np.isfinite(matrix).sum(axis=0)
     collapsed = np.where(np.isfinite(matrix), matrix < COLLAPSE_THRESHOLD, False).sum(axis=0)
@@ -353,25 +471,54 @@ def collapsed_share(run: Run) -> np.ndarray:
         return np.where(defined > 0, collapsed / np.maximum(defined, 1), np.nan)
 
 
-def summary_curve(key: str) -> Callable[[Run], np.ndarray]:
-    """A round summary value over rounds (NaN where a round lacks it)."""
-    return lambda run: np.array([number((r.get("summary") or {}).get(key)) for r in run.records], dtype=float)
+def summary_curve(name: str) -> Callable[[Run], np.ndarray]:
+    """A round summary (a ``RoundSummary`` field) over rounds (NaN where a round lacks it)."""
+    return lambda run: summary_series(run.records, name)
+
+
+def _scale_names(view: View) -> tuple[str | None, str | None]:
+    """The summary fields of a view's noise floor and chance level."""
+    kind = FLOOR_OF_VIEW.get(view)
+    return (SUMMARY_FLOOR[kind] if kind is not None else None), f"{view.value}_chance"
 
 
 SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray], tuple[str | None, str | None]]] = [
-    ("global accuracy", lambda run: accuracy_series(run.records).get("overall", np.full(len(run.records), np.nan)), (None, None)),
-    ("inter-client IoU (same class)", lambda run: layer_curve(inter_client_series(run.records), "mean", len(run.records)), ("seed_floor", "inter_client_iou_chance")),
-    ("class-pair IoU (different classes)", lambda run: layer_curve(class_pair_series(run.records), "mean", len(run.records)), (None, "class_pair_iou_chance")),
-    ("local-global IoU", lambda run: layer_curve(local_global_series(run.records), "mean", len(run.records)), ("source_floor", "local_global_iou_chance")),
-    ("intra-client stability", lambda run: layer_curve(stability_series(run.records), "mean", len(run.records)), ("client_seed_floor", "stability_chance")),
+    (
+        "global accuracy",
+        lambda run: accuracy_series(run.records).get(OVERALL, np.full(len(run.records), np.nan)),
+        (None, None),
+    ),
+    (
+        "inter-client IoU (same class)",
+        lambda run: layer_curve(inter_client_series(run.records), "mean", len(run.records)),
+        _scale_names(View.INTER_CLIENT_IOU),
+    ),
+    (
+        "class-pair IoU (different classes)",
+        lambda run: layer_curve(class_pair_series(run.records), "mean", len(run.records)),
+        _scale_names(View.CLASS_PAIR_IOU),
+    ),
+    (
+        "local-global IoU",
+        lambda run: layer_curve(local_global_series(run.records), "mean", len(run.records)),
+        _scale_names(View.LOCAL_GLOBAL_IOU),
+    ),
+    (
+        "intra-client stability",
+        lambda run: layer_curve(stability_series(run.records), "mean", len(run.records)),
+        _scale_names(View.STABILITY),
+    ),
     (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share, (None, None)),
 ]
 """The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers), with the
-summary keys of their noise floor and chance level (drawn dashed and dotted in the group's colour)."""
+summary fields of their noise floor and chance level (drawn dashed and dotted in the group's colour)."""
 
 
 def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
-    """Runs that differ in one setting: each summary curve per group, mean over the group's seeds with a min-max band."""
+    """Runs that differ in one setting.
+
+    Each summary curve per group, mean over the group's seeds with a min-max band.
+    """
     fig, axes = _figure(2, 3, width=3.6, height=2.6)
     cmap = plt.get_cmap("viridis" if len(groups) > 4 else "tab10")
     for ax, (what, curve, (floor_key, chance_key)) in zip(axes.flat, SUMMARY_CURVES):
@@ -384,12 +531,26 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
             curves.append(mean)
             _line(ax, rounds, mean, color=colour, label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
             if len(runs) > 1:
-                ax.fill_between(rounds, masked.min(axis=0).filled(np.nan), masked.max(axis=0).filled(np.nan), color=colour, alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    rounds,
+                    masked.min(axis=0).filled(np.nan),
+                    masked.max(axis=0).filled(np.nan),
+                    color=colour,
+                    alpha=0.15,
+                    linewidth=0,
+                )
             for key, style, name in ((floor_key, "--", "noise floor"), (chance_key, ":", "chance level")):
                 if key is not None:
                     level = np.ma.masked_invalid(_aligned(runs, summary_curve(key))[1]).mean(axis=0).filled(np.nan)
                     if np.isfinite(level).any():
-                        ax.plot(rounds, level, color=colour, linestyle=style, linewidth=1.0, label=f"{name} (dashed)" if style == "--" else f"{name} (dotted)")
+                        ax.plot(
+                            rounds,
+                            level,
+                            color=colour,
+                            linestyle=style,
+                            linewidth=1.0,
+                            label=f"{name} (dashed)" if style == "--" else f"{name} (dotted)",
+                        )
             _round_axis(ax, rounds)
         _note_if_undefined(ax, curves, "")
         ax.set_title(what, fontsize=9)
@@ -397,16 +558,34 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
     _bottom_labels_only(axes)
     _legend(fig, [axes[0][0]], title=setting)
     scale = "; dashed: noise floor, dotted: chance level"
-    fig.suptitle(f"Runs side by side by {setting}" + (" (lines: mean over seeds; bands: min-max" + scale + ")" if any(len(g) > 1 for g in groups) else " (" + scale[2:] + ")"), fontsize=10)
+    fig.suptitle(
+        f"Runs side by side by {setting}"
+        + (
+            " (lines: mean over seeds; bands: min-max" + scale + ")"
+            if any(len(g) > 1 for g in groups)
+            else " (" + scale[2:] + ")"
+        ),
+        fontsize=10,
+    )
     return fig
 
 
 def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
-    """Cross-evaluation stability side by side (paper Fig. 19): sufficiency heatmaps, one column per group, one row per seed."""
+    """Cross-evaluation stability side by side (paper Fig. 19).
+
+    Sufficiency heatmaps, one column per group, one row per seed.
+    """
     nrows = max(len(g) for g in groups)
     heights = max(len(_cross_matrix(r, "sufficiency")[0]) for g in groups for r in g)
     max_rounds = max(len(r.records) for g in groups for r in g)
-    fig, axes = plt.subplots(nrows, len(groups), figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), (1.0 + 0.22 * heights) * nrows + 0.8), squeeze=False, layout="constrained", dpi=DPI)
+    fig, axes = plt.subplots(
+        nrows,
+        len(groups),
+        figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), (1.0 + 0.22 * heights) * nrows + 0.8),
+        squeeze=False,
+        layout="constrained",
+        dpi=DPI,
+    )
     image = None
     for col, (runs, label) in enumerate(zip(groups, labels)):
         for row in range(nrows):
@@ -419,7 +598,10 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
             ax.set_title(label if setting == "seed" else f"{label}\nseed {run.config.seed}", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="sufficiency on the global weights")
-    fig.suptitle(f"Cross-evaluation side by side by {setting}: local circuits on the global weights (grey: not evaluated)", fontsize=10)
+    fig.suptitle(
+        f"Cross-evaluation side by side by {setting}: local circuits on the global weights (grey: not evaluated)",
+        fontsize=10,
+    )
     return fig
 
 
@@ -428,12 +610,41 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
 
 RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
     ("global_accuracy", fig_global_accuracy, "Global model accuracy over rounds, overall and per class."),
-    ("inter_client_iou", fig_inter_client, "Inter-client consistency (RQ1, paper Fig. 1, 6): mean pairwise IoU of the clients' circuits of each class, per layer."),
-    ("class_pair_iou", fig_class_pair, "Class-pair IoU (paper Fig. 3, 14): circuits of different classes on different clients; the inter-client view under disjoint label skew."),
-    ("stability", fig_stability, "Intra-client stability (RQ2, paper Fig. 10): IoU of each client's circuit with its previous one, per class and layer."),
-    ("local_global_iou", fig_local_global, "Local-global preservation (paper Fig. 2, 5, 8, 15-18): IoU of each client's circuit and the global circuit, per class and layer."),
-    ("cross_eval_heatmap", fig_cross_eval_heatmap, "Cross-evaluation (paper Fig. 4, 7, 9): each local circuit on the global weights, sufficiency beside specificity."),
-    ("cross_eval_curves", fig_cross_eval_curves, "Cross-evaluation over rounds (paper Fig. 4, 7, 9): sufficiency (solid) and specificity (dashed)."),
+    (
+        View.INTER_CLIENT_IOU.value,
+        fig_inter_client,
+        "Inter-client consistency (RQ1, paper Fig. 1, 6): "
+        "mean pairwise IoU of the clients' circuits of each class, per layer.",
+    ),
+    (
+        View.CLASS_PAIR_IOU.value,
+        fig_class_pair,
+        "Class-pair IoU (paper Fig. 3, 14): circuits of different classes on different clients; "
+        "the inter-client view under disjoint label skew.",
+    ),
+    (
+        View.STABILITY.value,
+        fig_stability,
+        "Intra-client stability (RQ2, paper Fig. 10): "
+        "IoU of each client's circuit with its previous one, per class and layer.",
+    ),
+    (
+        View.LOCAL_GLOBAL_IOU.value,
+        fig_local_global,
+        "Local-global preservation (paper Fig. 2, 5, 8, 15-18): "
+        "IoU of each client's circuit and the global circuit, per class and layer.",
+    ),
+    (
+        "cross_eval_heatmap",
+        fig_cross_eval_heatmap,
+        "Cross-evaluation (paper Fig. 4, 7, 9): "
+        "each local circuit on the global weights, sufficiency beside specificity.",
+    ),
+    (
+        "cross_eval_curves",
+        fig_cross_eval_curves,
+        "Cross-evaluation over rounds (paper Fig. 4, 7, 9): sufficiency (solid) and specificity (dashed).",
+    ),
 ]
 """Name, figure function and caption of every per-run figure; circuit graphs are added by :func:`plot_run`."""
 
@@ -468,14 +679,18 @@ def save(fig: Figure, out: Path, name: str, formats: Sequence[str] = FORMATS) ->
     return paths
 
 
-def plot_run(run: Run, out: str | Path, formats: Sequence[str] = FORMATS, graph_class: int | None = None, graph_round: int | None = None) -> list[tuple[Path, str]]:
+def plot_run(
+    run: Run,
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+    graph_class: int | None = None,
+    graph_round: int | None = None,
+) -> list[tuple[Path, str]]:
     """Every per-run figure of the paper, saved under ``out``; returns ``(path, caption)`` of every file.
 
     Circuit graphs (paper Fig. 11-13) show ``graph_class`` in ``graph_round``
-    (default: chosen by :func:`fedmi_flower.graphs.choose`).
+    (default: chosen by :func:`fedmi_flower.views.graphs.choose`).
     """
-    from .graphs import choose, graph_figures  # torch loads only for the graphs
-
     graph_round, graph_class = choose(run, graph_class, graph_round)  # a bad class or round fails before any drawing
     out = Path(out)
     made: list[tuple[Path, str]] = []
@@ -486,10 +701,22 @@ def plot_run(run: Run, out: str | Path, formats: Sequence[str] = FORMATS, graph_
     return made
 
 
-def plot_compare(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str, out: str | Path, formats: Sequence[str] = FORMATS) -> list[tuple[Path, str]]:
+def plot_compare(
+    groups: Sequence[Sequence[Run]],
+    labels: Sequence[str],
+    setting: str,
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+) -> list[tuple[Path, str]]:
     """The comparison figures of runs grouped by one setting (paper Fig. 19), saved under ``out``."""
     out = Path(out)
     seeds = " (seeds as rows)" if any(len(g) > 1 for g in groups) else ""
-    made = [(p, f"Summary curves side by side by {setting}: mean over seeds, band min-max.") for p in save(fig_compare_summary(groups, labels, setting), out, "compare_summary", formats)]
-    made += [(p, f"Cross-evaluation stability side by side by {setting} (paper Fig. 19){seeds}.") for p in save(fig_compare_cross_eval(groups, labels, setting), out, "compare_cross_eval", formats)]
+    made = [
+        (p, f"Summary curves side by side by {setting}: mean over seeds, band min-max.")
+        for p in save(fig_compare_summary(groups, labels, setting), out, "compare_summary", formats)
+    ]
+    made += [
+        (p, f"Cross-evaluation stability side by side by {setting} (paper Fig. 19){seeds}.")
+        for p in save(fig_compare_cross_eval(groups, labels, setting), out, "compare_cross_eval", formats)
+    ]
     return made

@@ -17,6 +17,7 @@ Processes are found and stopped through ``/proc``, so this module needs Linux.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 """The Flower app folder (it holds ``pyproject.toml``) of this checkout."""
 
 BIN_DIR = Path(sys.executable).parent
@@ -67,7 +68,13 @@ class LocalDeployment:
     ...     run_dir = deployment.run({"experiment": "quickstart", "set": "rounds=2"}, out="runs/deployed")
     """
 
-    def __init__(self, workdir: str | os.PathLike, num_supernodes: int, data_root: str | os.PathLike | None = None, startup_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        num_supernodes: int,
+        data_root: str | os.PathLike | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes = {num_supernodes}; a deployment needs at least one SuperNode")
         self.workdir = Path(workdir).resolve()
@@ -79,7 +86,7 @@ class LocalDeployment:
         self._services: dict[str, subprocess.Popen] = {}  # must stay up while the deployment is in use
         self._processes: list[subprocess.Popen] = []  # every process started, to stop on exit
 
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         try:
             self.start()
         except BaseException:
@@ -87,7 +94,9 @@ class LocalDeployment:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,38 +104,77 @@ class LocalDeployment:
     def start(self) -> None:
         """Start the SuperLink and the SuperNodes; return once every SuperNode is online."""
         if not (BIN_DIR / "flower-superlink").exists():
-            raise DeploymentError(f"flower-superlink is not installed beside {sys.executable}; install flwr in this environment")
+            raise DeploymentError(
+                f"flower-superlink is not installed beside {sys.executable}; install flwr in this environment"
+            )
         self.logs.mkdir(parents=True, exist_ok=True)
         link_port, *node_ports = free_ports(1 + self.num_supernodes)
         self.address = f"{HOST}:{link_port}"
         # No --database: state in memory, so that a reused workdir cannot hold SuperNodes of an
         # earlier deployment that still count as online.
-        self._start_service("superlink", self._home("superlink"), [
-            "flower-superlink", "--insecure", "--host", HOST, "--port", str(link_port), "--disable-runtime-dependency-installation",
-        ])
+        self._start_service(
+            "superlink",
+            self._home("superlink"),
+            [
+                "flower-superlink",
+                "--insecure",
+                "--host",
+                HOST,
+                "--port",
+                str(link_port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
         deadline = time.monotonic() + self.startup_timeout
         # SuperNodes that find no SuperLink retry with a growing back-off: start them once it listens.
         while not _listening(link_port):
             self._check_services("while starting")
             if time.monotonic() > deadline:
-                raise DeploymentError(f"the SuperLink did not listen on {self.address} within {self.startup_timeout:g} s; read {self.logs}/superlink.log")
+                raise DeploymentError(
+                    f"the SuperLink did not listen on {self.address} within "
+                    f"{self.startup_timeout:g} s; read {self.logs}/superlink.log"
+                )
             time.sleep(0.2)
         for i, port in enumerate(node_ports):
             node_config = f"partition-id={i} num-partitions={self.num_supernodes}"
             if self.data_root:
                 node_config += f" data-root={json.dumps(str(self.data_root))}"
-            self._start_service(f"supernode-{i}", self._home(f"supernode-{i}"), [
-                "flower-supernode", "--insecure", "--superlink", self.address,
-                "--host", HOST, "--port", str(port), "--node-config", node_config,
-            ])
-        (self._home("cli") / "config.toml").write_text(f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n')
+            self._start_service(
+                f"supernode-{i}",
+                self._home(f"supernode-{i}"),
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    self.address,
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--node-config",
+                    node_config,
+                ],
+            )
+        (self._home("cli") / "config.toml").write_text(
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
+        )
         while (online := self._online_supernodes()) < self.num_supernodes:
             self._check_services("while starting")
             if time.monotonic() > deadline:
-                raise DeploymentError(f"{online} of {self.num_supernodes} SuperNodes connected within {self.startup_timeout:g} s; read {self.logs}/supernode-*.log and superlink.log")
+                raise DeploymentError(
+                    f"{online} of {self.num_supernodes} SuperNodes connected within {self.startup_timeout:g} s; "
+                    f"read {self.logs}/supernode-*.log and superlink.log"
+                )
             time.sleep(1.0)
 
-    def run(self, run_config: Mapping[str, bool | int | float | str], out: str | os.PathLike, app_dir: str | os.PathLike = APP_DIR, timeout: float | None = None, echo: IO[str] | None = None) -> Path:
+    def run(
+        self,
+        run_config: Mapping[str, bool | int | float | str],
+        out: str | os.PathLike,
+        app_dir: str | os.PathLike = APP_DIR,
+        timeout: float | None = None,
+        echo: IO[str] | None = None,
+    ) -> Path:
         """Submit the app with ``flwr run`` and wait for the run to finish; return its run directory.
 
         Parameters
@@ -153,7 +201,9 @@ class LocalDeployment:
             raise RuntimeError("the deployment is not started; use it as a context manager or call start()")
         app_dir = Path(app_dir).resolve()
         if not (app_dir / "pyproject.toml").is_file():
-            raise DeploymentError(f"{app_dir} holds no pyproject.toml; pass the folder of a fedmi-flower checkout as app_dir")
+            raise DeploymentError(
+                f"{app_dir} holds no pyproject.toml; pass the folder of a fedmi-flower checkout as app_dir"
+            )
         out = Path(out).resolve()  # the ServerApp runs in another working directory
         config = {**run_config, "out": str(out)}
         if self.data_root:
@@ -167,7 +217,11 @@ class LocalDeployment:
             stream.write(f"---- run config: {json.dumps(config)}\n")
         with log.open() as stream:
             stream.seek(0, os.SEEK_END)  # echo this run only
-            flwr_run = self._start("flwr-run", self._home("cli"), ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file)])
+            flwr_run = self._start(
+                "flwr-run",
+                self._home("cli"),
+                ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file)],
+            )
             deadline = None if timeout is None else time.monotonic() + timeout
             while flwr_run.poll() is None:
                 if echo is not None:
@@ -175,14 +229,19 @@ class LocalDeployment:
                     echo.flush()
                 self._check_services("during the run")
                 if deadline is not None and time.monotonic() > deadline:
-                    raise DeploymentError(f"the run did not finish within {timeout:g} s; read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)")
+                    raise DeploymentError(
+                        f"the run did not finish within {timeout:g} s; "
+                        f"read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)"
+                    )
                 time.sleep(1.0)
             if echo is not None:
                 echo.write(stream.read())
 
         runs = [run for run_id, run in self._runs().items() if run_id not in earlier_runs]
         if flwr_run.returncode != 0 or [run["status"] for run in runs] != ["finished:completed"]:
-            statuses = ", ".join(f"{run['status']} ({run.get('status-details')})" for run in runs) or "no run was created"
+            statuses = (
+                ", ".join(f"{run['status']} ({run.get('status-details')})" for run in runs) or "no run was created"
+            )
             raise DeploymentError(
                 f"flwr run exited with code {flwr_run.returncode}, run status: {statuses}; "
                 f"read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)"
@@ -210,12 +269,24 @@ class LocalDeployment:
         """Start ``command`` with its own ``$FLWR_HOME``; its output is appended to ``logs/<name>.log``."""
         # The SuperLink and SuperNodes launch flower-superexec, flwr-serverapp and flwr-clientapp
         # by name: put this environment's commands first so that they run here.
-        env = {**os.environ, "FLWR_HOME": str(home), "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")])}
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(home),
+            "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")]),
+        }
         # Only matters for `flwr run` against a local simulation SuperLink, which it starts itself.
         env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
         with (self.logs / f"{name}.log").open("ab") as log:
             # A session of its own: Ctrl-C reaches only this process, which then stops the deployment in order.
-            process = subprocess.Popen(command, cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                cwd=home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._processes.append(process)
         return process
 
@@ -225,12 +296,20 @@ class LocalDeployment:
     def _check_services(self, when: str) -> None:
         for name, process in self._services.items():
             if process.poll() is not None:
-                raise DeploymentError(f"{name} exited with code {process.returncode} {when}; read {self.logs / name}.log")
+                raise DeploymentError(
+                    f"{name} exited with code {process.returncode} {when}; read {self.logs / name}.log"
+                )
 
     def _flwr_json(self, *args: str) -> dict:
         """Output of a ``flwr ... --format json`` command on this deployment's connection; {} when it fails."""
         env = {**os.environ, "FLWR_HOME": str(self._home("cli"))}
-        proc = subprocess.run([str(BIN_DIR / "flwr"), *args, CONNECTION, "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(BIN_DIR / "flwr"), *args, CONNECTION, "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         try:
             reply = json.loads(proc.stdout)
         except ValueError:
@@ -303,10 +382,8 @@ def _alive(pid: int) -> bool:
 
 def _send(pids: Iterable[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def stop_process_trees(roots: Iterable[int], grace: float = 10.0) -> list[int]:

@@ -8,54 +8,49 @@ for discovering the global circuits, the rest for every score and accuracy.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Mapping
 from logging import INFO
-import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-import torch
 from flwr.common import Context, log, ndarrays_to_parameters
+from flwr.common.logger import FLOWER_LOGGER
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
-from strategies import build_strategy
-
-from .analysis import RoundAnalyst
-from .config import ExperimentConfig
-from .data import experiment_partitions, load_labels, load_split, server_splits
-from .memory import return_large_blocks_to_os
-from .model import build_model, get_weights
-from .results import Checkpoint, RunDirectory
-from .seeding import derive_seed
-
-
-def default_run_dir(config: ExperimentConfig) -> Path:
-    """``runs/<experiment>-<date>-<time>``."""
-    return Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.apps.device import pick_device
+from fedmi_flower.apps.memory import return_large_blocks_to_os
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_dir
+from fedmi_flower.science.data import experiment_partitions, load_labels, load_split, server_splits
+from fedmi_flower.science.model import build_model, get_weights
+from fedmi_flower.science.seeding import derive_seed
+from strategies import CircuitAnalysisMixin, build_strategy
 
 
-def server_device(config: ExperimentConfig) -> torch.device:
-    """CUDA for the server's analysis when available and not ruled out by the config."""
-    if config.resources.device != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str | None, resume: bool = False) -> tuple[RunDirectory, RoundAnalyst, list[np.ndarray], Checkpoint | None]:
+def prepare_run(
+    config: ExperimentConfig, out: str | Path | None, data_root: str | None, resume: bool = False
+) -> tuple[RunDirectory, RoundAnalyst, list[np.ndarray], Checkpoint | None]:
     """Create (or reopen, to resume) the run directory, load the server's data, get the global model.
 
     Returns the run directory, the analyst, the global weights to start from (the
     seed's initialisation, or the checkpoint's) and the checkpoint when resuming.
     """
     return_large_blocks_to_os()
-    run_dir = RunDirectory(out or default_run_dir(config))
+    run_dir = RunDirectory(out or default_run_dir(config.name))
     checkpoint = None
     if resume:
         if not run_dir.path.is_dir():
             raise FileNotFoundError(f"cannot resume {run_dir.path}: no such run directory")
         saved = run_dir.read_config()
         if saved != config:
-            raise ValueError(f"cannot resume {run_dir.path}: its config.toml differs from the config given; resume with the run's own config")
+            raise ValueError(
+                f"cannot resume {run_dir.path}: its config.toml differs from the config "
+                "given; resume with the run's own config"
+            )
         checkpoint = run_dir.read_checkpoint()
         run_dir.truncate_rounds(checkpoint.server_round if checkpoint else 0)
     else:
@@ -63,16 +58,20 @@ def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str
         run_dir.write_config(config)
     train_labels = load_labels(config.data.dataset, True, data_root)
     test_labels = load_labels(config.data.dataset, False, data_root)
-    partitions = experiment_partitions(config.data, config.clients, config.seed, data_root)
-    probe_idx, eval_idx = server_splits(test_labels, config.data.probe_fraction, config.seed, config.data.eval_per_class)
+    partitions = experiment_partitions(dataclasses.asdict(config.data), config.clients, config.seed, data_root)
+    probe_idx, eval_idx = server_splits(
+        test_labels, config.data.probe_fraction, config.seed, config.data.eval_per_class
+    )
     if not resume:
         run_dir.write_partitions(partitions, probe_idx, eval_idx, train_labels)
-    device = server_device(config)
+    device = pick_device(config.resources.device)
     probe = load_split(config.data.dataset, False, data_root, probe_idx).to(device)
     evaluation = load_split(config.data.dataset, False, data_root, eval_idx).to(device)
     floor_rows = None
     if config.analysis.noise_floor:  # the local-global noise floor needs one client's rows on the server
-        floor_rows = load_split(config.data.dataset, True, data_root, partitions[config.analysis.floor_client].train).to(device)
+        floor_rows = load_split(
+            config.data.dataset, True, data_root, partitions[config.analysis.floor_client].train
+        ).to(device)
     analyst = RoundAnalyst(config, probe, evaluation, floor_rows)
     if checkpoint is not None:
         analyst.load_state_dict(checkpoint.analyst_state)
@@ -82,16 +81,61 @@ def prepare_run(config: ExperimentConfig, out: str | Path | None, data_root: str
     return run_dir, analyst, weights, checkpoint
 
 
+HISTORY_LOG = "flower-history.log"
+"""Where Flower's end-of-run metrics history goes, in the run directory."""
+
+
+class HistoryToFile(logging.Filter):
+    """Send Flower's end-of-run metrics history to a file instead of the console.
+
+    At the end of a run Flower logs its whole ``History`` (every metric of every round,
+    dozens of lines) after the one-line summary a user reads; the same numbers are in
+    ``rounds.jsonl`` and ``summary.csv``. Flower logs each line of it with the format
+    ``"\t%s"``, which nothing else uses: those records go to ``path``.
+    """
+
+    HISTORY_FORMAT = "\t%s"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.HISTORY_FORMAT:
+            return True
+        with open(self.path, "a") as fh:
+            fh.write(record.getMessage().removeprefix("\t") + "\n")
+        return False
+
+    @classmethod
+    def install(cls, path: Path) -> None:
+        """Divert the history to ``path`` (replacing an earlier run's filter in this process)."""
+        for old in [f for f in FLOWER_LOGGER.filters if isinstance(f, cls)]:
+            FLOWER_LOGGER.removeFilter(old)
+        FLOWER_LOGGER.addFilter(cls(path))
+
+
 def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
     """Strategy and server config for a run config (``resume`` continues the run in ``out``)."""
     config = ExperimentConfig.from_run_config(run_config)
     resume = str(run_config.get("resume", "")).lower() in ("1", "true", "yes")
-    run_dir, analyst, weights, checkpoint = prepare_run(config, run_config.get("out") or None, run_config.get("data-root") or None, resume)
+    run_dir, analyst, weights, checkpoint = prepare_run(
+        config, run_config.get("out") or None, run_config.get("data-root") or None, resume
+    )
     done = checkpoint.server_round if checkpoint else 0
     if done >= config.rounds:
         raise ValueError(f"{run_dir.path} already finished all {config.rounds} rounds; nothing to resume")
-    log(INFO, "fedmi: experiment %r, %d clients x %d rounds, strategy %s; %s %s", config.name, config.clients, config.rounds, config.strategy.name,
-        f"resuming after round {done} in" if resume else "writing", run_dir.path.resolve())
+    log(
+        INFO,
+        "fedmi: experiment %r, %d clients x %d rounds, strategy %s; %s %s",
+        config.name,
+        config.clients,
+        config.rounds,
+        config.strategy.name,
+        f"resuming after round {done} in" if resume else "writing",
+        run_dir.path.resolve(),
+    )
+    HistoryToFile.install(run_dir.path / HISTORY_LOG)
     parts = run_dir.read_partitions()["clients"]
     strategy = build_strategy(
         config,
@@ -103,6 +147,7 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         holdout_sizes={int(pid): len(c["holdout"]) for pid, c in parts.items()},
     )
     if checkpoint is not None:
+        assert isinstance(strategy, CircuitAnalysisMixin)
         strategy.load_strategy_state(checkpoint.strategy_state)
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.rounds - done))
 

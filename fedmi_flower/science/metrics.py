@@ -14,11 +14,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
-from .circuits import Circuit, CircuitScores, evaluate_circuits
-from .data import ImageSplit
-from .model import CIRCUIT_LAYERS, SimpleCNN
+from fedmi_flower.science.circuits import Circuit
+from fedmi_flower.science.model import CIRCUIT_LAYERS
 
 MEAN = "mean"
 
@@ -50,11 +49,18 @@ def chance_iou(a: int, b: int, n: int) -> float:
     if a + b == 0:
         return float("nan")
     total = math.comb(n, b)
-    return sum(math.comb(a, k) * math.comb(n - a, b - k) * k / (a + b - k) for k in range(max(0, a + b - n), min(a, b) + 1)) / total
+    return (
+        sum(
+            math.comb(a, k) * math.comb(n - a, b - k) * k / (a + b - k) for k in range(max(0, a + b - n), min(a, b) + 1)
+        )
+        / total
+    )
 
 
 def chance_circuit_iou(a: Circuit, b: Circuit, layer_sizes: Mapping[str, int]) -> dict[str, float]:
-    """:func:`chance_iou` per layer for circuits of the sizes of ``a`` and ``b``, and its mean over layers (as :func:`circuit_iou`)."""
+    """:func:`chance_iou` per layer for circuits of the sizes of ``a`` and ``b``, and its mean over layers
+    (as :func:`circuit_iou`).
+    """
     out = {layer: chance_iou(len(a.get(layer, [])), len(b.get(layer, [])), n) for layer, n in layer_sizes.items()}
     out[MEAN] = nanmean(out[layer] for layer in layer_sizes)
     return out
@@ -91,8 +97,12 @@ def inter_client_iou(circuits: Mapping[Hashable, Circuit], layers: Sequence[str]
     return out
 
 
-def class_pairs(circuits: Mapping[Hashable, Mapping[int, Circuit]]) -> dict[tuple[int, int], list[tuple[Circuit, Circuit]]]:
-    """The circuit pairs class-pair IoU compares: for classes ``a < b``, every ``(i's a, j's b)`` over clients ``i != j``.
+def class_pairs(
+    circuits: Mapping[Hashable, Mapping[int, Circuit]],
+) -> dict[tuple[int, int], list[tuple[Circuit, Circuit]]]:
+    """The circuit pairs class-pair IoU compares.
+
+    For classes ``a < b``, every ``(i's a, j's b)`` over clients ``i != j``.
 
     ``circuits`` maps client to ``{class: circuit}``.
     """
@@ -105,7 +115,9 @@ def class_pairs(circuits: Mapping[Hashable, Mapping[int, Circuit]]) -> dict[tupl
     return dict(sorted(out.items()))
 
 
-def class_pair_iou(circuits: Mapping[Hashable, Mapping[int, Circuit]], layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[tuple[int, int], dict[str, float]]:
+def class_pair_iou(
+    circuits: Mapping[Hashable, Mapping[int, Circuit]], layers: Sequence[str] = CIRCUIT_LAYERS
+) -> dict[tuple[int, int], dict[str, float]]:
     """Overlap of different classes' circuits across clients (the specialists' distinctness, section 3.2).
 
     ``circuits`` maps client to ``{class: circuit}``. For every pair of classes
@@ -114,27 +126,22 @@ def class_pair_iou(circuits: Mapping[Hashable, Mapping[int, Circuit]], layers: S
     label skew no class has two holders, so this is the only inter-client comparison
     there is: the paper's Fig. 3 and 14 plot it.
     """
-    return {pair: mean_entries([circuit_iou(a, b, layers) for a, b in found], layers) for pair, found in class_pairs(circuits).items()}
+    return {
+        pair: mean_entries([circuit_iou(a, b, layers) for a, b in found], layers)
+        for pair, found in class_pairs(circuits).items()
+    }
 
 
-def intra_client_stability(current: Circuit, previous: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+def intra_client_stability(
+    current: Circuit, previous: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS
+) -> dict[str, float]:
     """Intra-client stability (RQ2): IoU of a client's circuit in round t and in round t-1."""
     return circuit_iou(current, previous, layers)
 
 
 def local_global_iou(local: Circuit, global_: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
-    """Local-to-global preservation: IoU of a client's local circuit and the global model's circuit of the same class."""
-    return circuit_iou(local, global_, layers)
+    """Local-to-global preservation.
 
-
-def cross_evaluation(global_model: SimpleCNN, data: ImageSplit, local_circuits: Mapping[Hashable, tuple[int, Circuit]], **settings: object) -> dict[Hashable, CircuitScores]:
-    """Cross-evaluation: each local circuit applied to the global weights (paper section 3.2).
-
-    ``local_circuits`` maps a key (say ``(client, class)``) to ``(class, circuit)``;
-    ``settings`` go to :func:`~fedmi_flower.circuits.evaluate_circuits`. A local circuit
-    that still scores high sufficiency (with specificity) on the global model kept its
-    function through aggregation, whatever its structural IoU.
+    IoU of a client's local circuit and the global model's circuit of the same class.
     """
-    keys = list(local_circuits)
-    scores = evaluate_circuits(global_model, data, [local_circuits[k] for k in keys], **settings)  # type: ignore[arg-type]
-    return dict(zip(keys, scores))
+    return circuit_iou(local, global_, layers)

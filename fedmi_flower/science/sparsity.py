@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import ImageSplit
+from fedmi_flower.science.data import ImageSplit
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -76,8 +76,11 @@ def _floor_first_scores(weight: torch.Tensor, min_per_neuron: int) -> torch.Tens
     return flat
 
 
-def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float, min_per_neuron: int = 4) -> list[torch.Tensor]:
-    """Eq. 1's single budget: keep ``round((1 - sparsity) * N)`` of all ``N`` prunable weights, by magnitude across tensors.
+def global_magnitude_masks(
+    weights: Sequence[torch.Tensor], sparsity: float, min_per_neuron: int = 4
+) -> list[torch.Tensor]:
+    """Eq. 1's single budget: keep ``round((1 - sparsity) * N)`` of all ``N`` prunable weights, by
+    magnitude across tensors.
 
     Every neuron keeps its ``min_per_neuron`` largest weights first (Eq. 2); the rest of
     the budget goes to the largest magnitudes left in any tensor, so a tensor whose
@@ -207,13 +210,14 @@ def train_sparse(
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     optimizer = torch.optim.Adam(params, lr=lr)
     sparse = bool(sparsity)
+    target = float(sparsity or 0.0)
     n = len(data)
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
     step = 0
     began = time.perf_counter()
     model.train()
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         order = torch.randperm(n, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -230,13 +234,13 @@ def train_sparse(
             optimizer.step()
             step += 1
             if sparse:
-                level = sparsity_schedule(step, total_steps, sparsity, anneal_fraction) if anneal else sparsity
+                level = sparsity_schedule(step, total_steps, target, anneal_fraction) if anneal else target
                 prune_(model, level, min_per_neuron, scope)
             # Accumulate on the device: no host round-trip per batch.
             loss_sum += ce.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
     if sparse:
-        prune_(model, sparsity, min_per_neuron, scope)
+        prune_(model, target, min_per_neuron, scope)
     return TrainStats(
         loss=float(loss_sum) / n,
         accuracy=float(correct) / n,

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from .circuits import Circuit
-from .config import ConfigError, ExperimentConfig
+from fedmi_flower.config import ConfigError, ExperimentConfig
+from fedmi_flower.science.circuits import SCORE_NAMES, Circuit
 
 FIT_SECTIONS = ("train", "discovery", "analysis", "faults")
 FIT_SCALARS = ("clients", "rounds")
@@ -56,7 +57,7 @@ class FitInstructions:
     proximal_mu: float = 0.0  # set by FedProx's configure_fit
 
     @classmethod
-    def parse(cls, fit_config: Mapping[str, Any]) -> "FitInstructions":
+    def parse(cls, fit_config: Mapping[str, Any]) -> FitInstructions:
         """Validate and decode a fit config; raise :class:`ConfigError` naming the bad field."""
         rest = dict(fit_config)
         server_round = rest.pop("server_round", 0)
@@ -111,7 +112,9 @@ def decode_circuits(blob: Any, layer_sizes: Mapping[str, int], num_classes: int 
     mask_bytes = (total + 7) // 8
     expected = 6 + count * (1 + mask_bytes)
     if len(blob) != expected:
-        raise PayloadError(f"circuits payload is {len(blob)} bytes; {count} classes of {total} channels need {expected}")
+        raise PayloadError(
+            f"circuits payload is {len(blob)} bytes; {count} classes of {total} channels need {expected}"
+        )
     out: dict[int, Circuit] = {}
     pos = 6
     for _ in range(count):
@@ -152,18 +155,27 @@ class ClientReport:
     device: str = "cpu"
     sparsity_per_tensor: dict[str, float] = field(default_factory=dict)
     noise_floor: dict[int, dict[str, float]] = field(default_factory=dict)
-    """Per class: IoU (per layer and mean) of this client's circuit and the same model's circuit found again (another seed and draw of its rows)."""
+    """Per class: IoU (per layer and mean) of this client's circuit and the same model's circuit found again
+    (another seed and draw of its rows).
+    """
 
 
-def report_to_metrics(report: ClientReport, layer_sizes: Mapping[str, int]) -> dict[str, bool | int | float | str | bytes]:
+def report_to_metrics(
+    report: ClientReport, layer_sizes: Mapping[str, int]
+) -> dict[str, bool | int | float | str | bytes]:
     """Encode a report as Flower fit metrics."""
     nested = {
         "class_counts": report.class_counts,
-        "local_scores": {str(c): {k: None if v is None or math.isnan(v) else v for k, v in s.items()} for c, s in report.local_scores.items()},
+        "local_scores": {
+            str(c): {k: None if v is None or math.isnan(v) else v for k, v in s.items()}
+            for c, s in report.local_scores.items()
+        },
         "discovery_steps": {str(c): n for c, n in report.discovery_steps.items()},
         "device": report.device,
         "sparsity_per_tensor": report.sparsity_per_tensor,
-        "noise_floor": {str(c): {k: None if math.isnan(v) else v for k, v in f.items()} for c, f in report.noise_floor.items()},
+        "noise_floor": {
+            str(c): {k: None if math.isnan(v) else v for k, v in f.items()} for c, f in report.noise_floor.items()
+        },
     }
     metrics: dict[str, bool | int | float | str | bytes] = {
         "partition_id": int(report.partition_id),
@@ -237,14 +249,18 @@ def report_from_metrics(
     if not isinstance(nested, dict):
         raise PayloadError("report must be a JSON object")
     counts = nested.get("class_counts", [])
-    if not isinstance(counts, list) or len(counts) not in (0, num_classes) or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts):
+    if (
+        not isinstance(counts, list)
+        or len(counts) not in (0, num_classes)
+        or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts)
+    ):
         raise PayloadError(f"class_counts must be {num_classes} non-negative integers")
     local_scores: dict[int, dict[str, float | None]] = {}
     for key, scores in (nested.get("local_scores") or {}).items():
         cls = _class_key(key, circuits, "local_scores")
         if not isinstance(scores, dict):
             raise PayloadError(f"local_scores[{key}] must be an object")
-        local_scores[cls] = {name: _score(scores.get(name), f"local_scores[{key}].{name}") for name in ("sufficiency", "specificity", "necessity")}
+        local_scores[cls] = {name: _score(scores.get(name), f"local_scores[{key}].{name}") for name in SCORE_NAMES}
     steps: dict[int, int] = {}
     for key, n in (nested.get("discovery_steps") or {}).items():
         cls = _class_key(key, circuits, "discovery_steps")
@@ -252,7 +268,11 @@ def report_from_metrics(
             raise PayloadError(f"discovery_steps[{key}] must be a non-negative integer")
         steps[cls] = n
     per_tensor = nested.get("sparsity_per_tensor") or {}
-    if not isinstance(per_tensor, dict) or len(per_tensor) > 64 or any(not isinstance(k, str) or len(k) > 64 for k in per_tensor):
+    if (
+        not isinstance(per_tensor, dict)
+        or len(per_tensor) > 64
+        or any(not isinstance(k, str) or len(k) > 64 for k in per_tensor)
+    ):
         raise PayloadError("sparsity_per_tensor must map at most 64 tensor names to fractions")
     per_tensor = {k: _score(v, f"sparsity_per_tensor[{k}]") for k, v in per_tensor.items()}
     floor: dict[int, dict[str, float]] = {}

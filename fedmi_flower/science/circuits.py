@@ -16,32 +16,34 @@ classes one by one on the same batches, at the cost of one larger batch per step
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .data import ImageSplit
-from .model import CIRCUIT_LAYERS, SimpleCNN
-from .seeding import torch_generator
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN
+from fedmi_flower.science.seeding import torch_generator
 
 Circuit = dict[str, list[int]]
 """Sorted channel indices per circuit layer, e.g. ``{"conv1": [3, 7], "conv2": [], ...}``."""
 
 ABLATIONS = ("zero", "mean")
+SCORE_NAMES = ("sufficiency", "specificity", "necessity")
+"""The scores of :class:`CircuitScores` a client reports for each of its own circuits."""
 
 
 class HeavisideSTE(torch.autograd.Function):
     """Heaviside step forward, derivative of the sigmoid backward (straight-through, Eq. 3)."""
 
     @staticmethod
-    def forward(ctx, score: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, score: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(score)
         return (score > 0).to(score.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (score,) = ctx.saved_tensors
         s = torch.sigmoid(score)
         return grad * s * (1.0 - s)
@@ -52,7 +54,9 @@ def circuit_size(circuit: Circuit) -> int:
     return sum(len(v) for v in circuit.values())
 
 
-def circuit_masks(circuits: Sequence[Circuit], layer_sizes: Mapping[str, int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def circuit_masks(
+    circuits: Sequence[Circuit], layer_sizes: Mapping[str, int], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Stack circuits into float gates: per layer a (len(circuits), C) tensor of 0 and 1."""
     masks = {}
     for layer, size in layer_sizes.items():
@@ -82,7 +86,9 @@ def channel_means(model: SimpleCNN, data: ImageSplit, batch_size: int = 2048) ->
     return {layer: s / counts[layer] for layer, s in sums.items()}
 
 
-def _ablation_fill(model: SimpleCNN, data: ImageSplit, ablation: str, means: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
+def _ablation_fill(
+    model: SimpleCNN, data: ImageSplit, ablation: str, means: Mapping[str, torch.Tensor] | None
+) -> Mapping[str, torch.Tensor] | None:
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     if ablation == "zero":
@@ -113,7 +119,9 @@ STEM_CACHE_BYTES = 512 * 2**20
 
 
 @torch.no_grad()
-def _stem_cache(model: SimpleCNN, images: torch.Tensor, draws: torch.Tensor, chunk: int = 1024) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _stem_cache(
+    model: SimpleCNN, images: torch.Tensor, draws: torch.Tensor, chunk: int = 1024
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The first block's output for every image the draws use, and the draws re-indexed into it.
 
     No gate acts before the first block and the weights are frozen, so its output
@@ -211,18 +219,25 @@ def learn_gate_scores(
     k = len(classes)
     draws = []
     for cls in classes:
-        rows = torch.nonzero(data.labels == cls).flatten()
-        if rows.numel() == 0:
+        of_class = torch.nonzero(data.labels == cls).flatten()
+        if of_class.numel() == 0:
             raise ValueError(f"class {cls} has no examples in the discovery data")
-        pick = torch.randint(rows.numel(), (steps, batch_per_class), generator=torch_generator(seed, "discovery", cls))
-        draws.append(rows[pick.to(device)])
-    draws_t = torch.stack(draws, dim=1) if k else torch.empty(steps, 0, batch_per_class, dtype=torch.long, device=device)  # (steps, K, b)
+        pick = torch.randint(
+            of_class.numel(), (steps, batch_per_class), generator=torch_generator(seed, "discovery", cls)
+        )
+        draws.append(of_class[pick.to(device)])
+    draws_t = (
+        torch.stack(draws, dim=1) if k else torch.empty(steps, 0, batch_per_class, dtype=torch.long, device=device)
+    )  # (steps, K, b)
     stems, draws_t = _stem_cache(model, data.images, draws_t)
     owner = torch.arange(k, device=device).repeat_interleave(batch_per_class)  # gate row of every image
     target = torch.as_tensor(classes, device=device).repeat_interleave(batch_per_class)
 
     sizes = model.layer_sizes
-    scores = {layer: torch.full((k, size), float(init_score), device=device, requires_grad=True) for layer, size in sizes.items()}
+    scores = {
+        layer: torch.full((k, size), float(init_score), device=device, requires_grad=True)
+        for layer, size in sizes.items()
+    }
     optimizer = torch.optim.Adam(scores.values(), lr=lr)
     active = torch.ones(k, dtype=torch.bool)
     steps_run = [steps] * k
@@ -285,7 +300,9 @@ def circuits_from_scores(scores: Mapping[str, torch.Tensor], classes: Sequence[i
     }
 
 
-def discover_circuits(model: SimpleCNN, data: ImageSplit, classes: Sequence[int], **settings: object) -> dict[int, Circuit]:
+def discover_circuits(
+    model: SimpleCNN, data: ImageSplit, classes: Sequence[int], **settings: object
+) -> dict[int, Circuit]:
     """Discover the circuit of every class in ``classes`` on ``data`` (paper Eq. 3).
 
     ``settings`` are those of :func:`learn_gate_scores`. Returns ``{class: circuit}``.
@@ -346,8 +363,10 @@ def circuit_only_logits(model: SimpleCNN, stem: torch.Tensor, circuit: Circuit) 
     device = stem.device
     c1, c2, c3 = (torch.as_tensor(circuit.get(layer, []), dtype=torch.long, device=device) for layer in CIRCUIT_LAYERS)
     h = stem.index_select(1, c1)
-    h = _conv_block(h, model.conv2.weight[c2][:, c1], model.conv2.bias[c2])
-    h = _conv_block(h, model.conv3.weight[c3][:, c2], model.conv3.bias[c3])
+    b2, b3 = model.conv2.bias, model.conv3.bias
+    assert b2 is not None and b3 is not None, "SimpleCNN's convolutions have biases"
+    h = _conv_block(h, model.conv2.weight[c2][:, c1], b2[c2])
+    h = _conv_block(h, model.conv3.weight[c3][:, c2], b3[c3])
     fc = model.fc.weight.view(model.fc.out_features, model.conv3.out_channels, -1)[:, c3]
     return F.linear(h.flatten(1), fc.reshape(model.fc.out_features, -1), model.fc.bias)
 
@@ -394,7 +413,13 @@ def evaluate_circuits(
         if fill is None:
             pred = torch.stack([circuit_only_logits(model, stem, circ).argmax(1) for _, circ in circuits])
         else:
-            pred = model.head(stem.repeat(m, 1, 1, 1), {l: g.repeat_interleave(b, 0) for l, g in keep.items()}, fill).argmax(1).view(m, b)
+            pred = (
+                model.head(
+                    stem.repeat(m, 1, 1, 1), {layer: g.repeat_interleave(b, 0) for layer, g in keep.items()}, fill
+                )
+                .argmax(1)
+                .view(m, b)
+            )
         is_target = y.unsqueeze(0) == targets.unsqueeze(1)
         says_target = pred == targets.unsqueeze(1)
         suff += (says_target & is_target).sum(1)
@@ -405,16 +430,20 @@ def evaluate_circuits(
         circ_idx, img_idx = torch.nonzero(is_target, as_tuple=True)
         for lo in range(0, circ_idx.numel(), rows_per_pass):
             ci, ii = circ_idx[lo : lo + rows_per_pass], img_idx[lo : lo + rows_per_pass]
-            pred_nec = model.head(stem[ii], {l: g[ci] for l, g in drop.items()}, fill).argmax(1)
+            pred_nec = model.head(stem[ii], {layer: g[ci] for layer, g in drop.items()}, fill).argmax(1)
             nec += torch.bincount(ci[pred_nec == targets[ci]], minlength=m)
     return [
         CircuitScores(s, p, n, int(t), int(o))
-        for s, p, n, t, o in zip(_ratio(suff, n_target), _ratio(spec, n_other), _ratio(nec, n_target), n_target.tolist(), n_other.tolist())
+        for s, p, n, t, o in zip(
+            _ratio(suff, n_target), _ratio(spec, n_other), _ratio(nec, n_target), n_target.tolist(), n_other.tolist()
+        )
     ]
 
 
 @torch.no_grad()
-def circuit_edges(model: SimpleCNN, circuit: Circuit, target_class: int | None = None) -> dict[str, list[tuple[int, int]]]:
+def circuit_edges(
+    model: SimpleCNN, circuit: Circuit, target_class: int | None = None
+) -> dict[str, list[tuple[int, int]]]:
     """Edges of a circuit: nonzero weights between active channels of consecutive layers.
 
     Returns, per destination layer, ``(source, destination)`` pairs: ``conv1`` edges come

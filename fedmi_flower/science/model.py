@@ -8,15 +8,15 @@ value) per sample, which is all that circuit discovery and evaluation need.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import ImageSplit
+from fedmi_flower.science.data import ImageSplit
 
 CIRCUIT_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3")
 
@@ -46,7 +46,9 @@ class SimpleCNN(nn.Module):
     channel closed too early can reopen during discovery.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 64, 128), image_size: int = 28) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 64, 128), image_size: int = 28
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
         self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
@@ -116,7 +118,9 @@ class SimpleCNN(nn.Module):
         return {"conv1": h1, "conv2": h2, "conv3": self._block(self.conv3, h2)}
 
 
-def build_model(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, seed: int | None = None) -> SimpleCNN:
+def build_model(
+    in_channels: int = 1, num_classes: int = 10, image_size: int = 28, seed: int | None = None
+) -> SimpleCNN:
     """Return a fresh :class:`SimpleCNN`, initialised from ``seed`` when given."""
     if seed is None:
         return SimpleCNN(in_channels, num_classes, image_size=image_size)

@@ -9,11 +9,12 @@ from typing import Any
 
 from flwr.simulation import run_simulation
 
-from .client_app import make_client_app
-from .config import ExperimentConfig
-from .data import load_labels
-from .memory import return_large_blocks_to_os
-from .server_app import default_run_dir, make_server_app
+from fedmi_flower.apps.client_app import make_client_app
+from fedmi_flower.apps.memory import return_large_blocks_to_os
+from fedmi_flower.apps.server_app import make_server_app
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.records.results import default_run_dir
+from fedmi_flower.science.data import load_labels
 
 
 def backend_config(config: ExperimentConfig) -> dict[str, Any]:
@@ -31,7 +32,13 @@ def backend_config(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, data_root: str | None = None, verbose: bool = False, resume: bool = False) -> Path:
+def simulate(
+    config: ExperimentConfig,
+    out: str | os.PathLike | None = None,
+    data_root: str | None = None,
+    verbose: bool = False,
+    resume: bool = False,
+) -> Path:
     """Run ``config`` as a Flower simulation; return the run directory.
 
     With ``resume``, continue the run in ``out`` after its last checkpoint.
@@ -44,14 +51,15 @@ def simulate(config: ExperimentConfig, out: str | os.PathLike | None = None, dat
     # Fail on a missing dataset here, with the loader's message, before Ray starts.
     load_labels(config.data.dataset, True, data_root)
     load_labels(config.data.dataset, False, data_root)
-    run_dir = Path(out) if out else default_run_dir(config)
+    run_dir = Path(out) if out else default_run_dir(config.name)
     run_config = {**config.to_run_config(), "out": str(run_dir), "resume": resume}
     if data_root:
         run_config["data-root"] = str(data_root)
     with warnings.catch_warnings():
         # run_simulation is Flower's in-process entry point; `flwr run` is the other one.
         warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated", category=DeprecationWarning)
-        # Ray's notice about a future default; the current one (hide GPUs from clients given no GPU share) is what we want.
+        # Ray's notice about a future default; the current one (hide GPUs from clients given no GPU share)
+        # is what we want.
         warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*", category=FutureWarning)
         run_simulation(
             server_app=make_server_app(run_config),

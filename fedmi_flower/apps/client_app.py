@@ -10,26 +10,19 @@ The data root is the node config's ``data-root``, else the run config's, else
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from flwr.client import Client, ClientApp
 from flwr.common import Context
 
 from clients import CircuitClient
-
-from .config import ExperimentConfig
-from .data import experiment_partitions, load_split
-from .memory import return_large_blocks_to_os
-
-
-def pick_device(choice: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU. ``cuda`` without a GPU is an error."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("resources.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+from fedmi_flower.apps.device import pick_device
+from fedmi_flower.apps.memory import return_large_blocks_to_os
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.science.data import experiment_partitions, load_split
 
 
 def data_root_of(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str | None:
@@ -44,15 +37,21 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
     try:
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
     except KeyError as err:
-        raise ValueError(f"node config lacks {err}; start the SuperNode with --node-config \"partition-id=0 num-partitions={config.clients}\"") from None
+        raise ValueError(
+            f"node config lacks {err}; start the SuperNode with --node-config "
+            f'"partition-id=0 num-partitions={config.clients}"'
+        ) from None
     if n != config.clients:
-        raise ValueError(f"this node belongs to a federation of {n} partitions but experiment {config.name!r} has clients = {config.clients}; make them match")
+        raise ValueError(
+            f"this node belongs to a federation of {n} partitions but experiment {config.name!r} has "
+            f"clients = {config.clients}; make them match"
+        )
     if not 0 <= pid < n:
         raise ValueError(f"partition-id {pid} is outside 0..{n - 1}")
     torch.set_num_threads(max(1, int(config.resources.client_cpus)))
     return_large_blocks_to_os()
     root = data_root_of(run_config, node_config)
-    part = experiment_partitions(config.data, config.clients, config.seed, root)[pid]
+    part = experiment_partitions(dataclasses.asdict(config.data), config.clients, config.seed, root)[pid]
     train = load_split(config.data.dataset, True, root, part.train)
     holdout = load_split(config.data.dataset, True, root, part.holdout)
     return CircuitClient(pid, train, holdout, pick_device(config.resources.device))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .config import FaultsConfig
-from .seeding import numpy_rng
+from fedmi_flower.config import FaultsConfig
+from fedmi_flower.science.seeding import numpy_rng
 
 
 class InjectedFailure(RuntimeError):

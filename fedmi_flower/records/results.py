@@ -27,14 +27,17 @@ import json
 import math
 import os
 import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .config import ExperimentConfig
-from .data import ClientPartition
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.records.round_record import RecordError, RoundRecord
+from fedmi_flower.science.data import ClientPartition
 
 CONFIG_FILE = "config.toml"
 PARTITIONS_FILE = "partitions.json"
@@ -43,6 +46,17 @@ SUMMARY_FILE = "summary.csv"
 ROUND_WEIGHTS_DIR = "weights"
 WEIGHTS_FILE = "global_weights.npz"
 CHECKPOINT_FILE = "checkpoint.npz"
+ROUND_COLUMN = "round"
+"""The first column of ``summary.csv``."""
+
+RUNS_DIR = Path("runs")
+"""Where runs go when no --out is given."""
+
+
+def default_run_dir(name: str, stamp: str | None = None) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``: a new folder for a run (or a sweep) named ``name``."""
+    return RUNS_DIR / f"{name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -111,7 +125,7 @@ class Checkpoint:
     """Everything a run needs to continue after ``server_round``.
 
     There is no random-number-generator state to keep: every random choice derives
-    from ``(seed, purpose, round, client, class)`` (see :mod:`fedmi_flower.seeding`).
+    from ``(seed, purpose, round, client, class)`` (see :mod:`fedmi_flower.science.seeding`).
     """
 
     server_round: int
@@ -127,10 +141,15 @@ class RunDirectory:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
-    def create(self, exist_ok: bool = False) -> "RunDirectory":
-        """Create the folder; refuse to write into a run that already has rounds unless ``exist_ok``."""
-        if not exist_ok and (self.path / ROUNDS_FILE).exists():
+    def check_new(self) -> None:
+        """Raise ``FileExistsError`` when the folder already holds a run's rounds (a new run would overwrite them)."""
+        if (self.path / ROUNDS_FILE).exists():
             raise FileExistsError(f"{self.path} already holds a run; choose another --out (or resume it)")
+
+    def create(self, exist_ok: bool = False) -> RunDirectory:
+        """Create the folder; refuse to write into a run that already has rounds unless ``exist_ok``."""
+        if not exist_ok:
+            self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -139,21 +158,34 @@ class RunDirectory:
     def write_config(self, config: ExperimentConfig) -> None:
         atomic_write(self.path / CONFIG_FILE, config_to_toml(config))
 
-    def write_partitions(self, partitions: Sequence[ClientPartition], probe: Sequence[int], evaluation: Sequence[int], labels: np.ndarray | None = None) -> None:
+    def write_partitions(
+        self,
+        partitions: Sequence[ClientPartition],
+        probe: Sequence[int],
+        evaluation: Sequence[int],
+        labels: np.ndarray | None = None,
+    ) -> None:
         clients = {}
         for pid, part in enumerate(partitions):
             entry: dict[str, Any] = {"train": list(part.train), "holdout": list(part.holdout)}
             if labels is not None:
                 entry["class_counts"] = np.bincount(labels[part.train], minlength=10).tolist()
             clients[str(pid)] = entry
-        atomic_write(self.path / PARTITIONS_FILE, json.dumps({"clients": clients, "server": {"probe": list(probe), "evaluation": list(evaluation)}}))
+        atomic_write(
+            self.path / PARTITIONS_FILE,
+            json.dumps({"clients": clients, "server": {"probe": list(probe), "evaluation": list(evaluation)}}),
+        )
 
-    def append_round(self, record: Mapping[str, Any]) -> None:
+    def append_round(self, record: RoundRecord) -> None:
         """Add a finished round (replacing a record of the same round, as a resumed run does)."""
-        records = [r for r in self.read_rounds() if r["round"] != record["round"]]
-        records.append(json_safe(record))
-        records.sort(key=lambda r: r["round"])
-        atomic_write(self.path / ROUNDS_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+        records = [r for r in self.read_rounds() if r.round != record.round]
+        records.append(record)
+        self._write_rounds(records)
+
+    def _write_rounds(self, records: list[RoundRecord]) -> None:
+        records = sorted(records, key=lambda r: r.round)
+        lines = "".join(json.dumps(json_safe(r.to_json()), allow_nan=False) + "\n" for r in records)
+        atomic_write(self.path / ROUNDS_FILE, lines)
         atomic_write(self.path / SUMMARY_FILE, summary_csv(records))
 
     def write_weights(self, arrays: Sequence[np.ndarray], server_round: int) -> None:
@@ -173,7 +205,8 @@ class RunDirectory:
             "analyst": checkpoint.analyst_state,
         }
         buf = io.BytesIO()
-        np.savez(buf, meta=np.asarray(json.dumps(json_safe(meta))), **arrays)
+        arrays["meta"] = np.asarray(json.dumps(json_safe(meta)))
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle flag
         atomic_write(self.path / CHECKPOINT_FILE, buf.getvalue())
 
     def read_checkpoint(self) -> Checkpoint | None:
@@ -186,28 +219,48 @@ class RunDirectory:
             return Checkpoint(
                 server_round=int(meta["round"]),
                 weights=[npz[f"weights/{i}"] for i in range(meta["weights"])],
-                strategy_state={name: [npz[f"strategy/{name}/{i}"] for i in range(n)] for name, n in meta["strategy"].items()},
+                strategy_state={
+                    name: [npz[f"strategy/{name}/{i}"] for i in range(n)] for name, n in meta["strategy"].items()
+                },
                 analyst_state=meta["analyst"],
                 seed=int(meta["seed"]),
             )
 
     def truncate_rounds(self, last_round: int) -> None:
         """Drop the records of rounds after ``last_round`` (redone by a resumed run)."""
-        records = [r for r in self.read_rounds() if r["round"] <= last_round]
-        atomic_write(self.path / ROUNDS_FILE, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
-        atomic_write(self.path / SUMMARY_FILE, summary_csv(records))
+        self._write_rounds([r for r in self.read_rounds() if r.round <= last_round])
 
     # ------------------------------------------------------------------ reading
 
-    def read_rounds(self) -> list[dict[str, Any]]:
-        """All finished rounds, in order; an empty list for a run with none."""
+    def read_rounds(self) -> list[RoundRecord]:
+        """All finished rounds, in order; an empty list for a run with none.
+
+        Raises
+        ------
+        RecordError
+            When a line is not JSON or is a record of a schema version this package does not read.
+        """
         path = self.path / ROUNDS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecordError(
+                    f"{path} line {n} is not JSON ({err}); the file was edited or truncated by hand"
+                ) from None
+            try:
+                records.append(RoundRecord.from_json(raw))
+            except RecordError as err:
+                raise RecordError(f"{path} line {n}: {err}") from None
+        return sorted(records, key=lambda r: r.round)
 
     def read_config(self) -> ExperimentConfig:
-        from .config import load_experiment
+        from fedmi_flower.config import load_experiment
 
         return load_experiment(str(self.path / CONFIG_FILE))
 
@@ -219,7 +272,9 @@ class RunDirectory:
             arrays = [npz[f"arr_{i}"] for i in range(len(npz.files) - 1)]
             return arrays, int(npz["round"])
 
-    def write_round_weights(self, server_round: int, global_arrays: Sequence[np.ndarray], client_arrays: Mapping[int, Sequence[np.ndarray]]) -> None:
+    def write_round_weights(
+        self, server_round: int, global_arrays: Sequence[np.ndarray], client_arrays: Mapping[int, Sequence[np.ndarray]]
+    ) -> None:
         """Keep this round's global weights and each client's local weights (what its circuits were found on).
 
         Circuit graphs (paper Fig. 11-13) draw a circuit's edges, the nonzero weights
@@ -229,31 +284,39 @@ class RunDirectory:
         """
         folder = self.path / ROUND_WEIGHTS_DIR / f"round-{int(server_round)}"
         folder.mkdir(parents=True, exist_ok=True)
-        for name, arrays in [("global", global_arrays), *((f"client-{int(pid)}", a) for pid, a in sorted(client_arrays.items()))]:
+        for name, arrays in [
+            ("global", global_arrays),
+            *((f"client-{int(pid)}", a) for pid, a in sorted(client_arrays.items())),
+        ]:
             buf = io.BytesIO()
             np.savez_compressed(buf, *arrays)
             atomic_write(folder / f"{name}.npz", buf.getvalue())
 
     def read_round_weights(self, server_round: int, client: int | None = None) -> list[np.ndarray] | None:
         """The global weights (``client=None``) or a client's local weights of a round; None if not kept."""
-        path = self.path / ROUND_WEIGHTS_DIR / f"round-{int(server_round)}" / ("global.npz" if client is None else f"client-{int(client)}.npz")
+        path = (
+            self.path
+            / ROUND_WEIGHTS_DIR
+            / f"round-{int(server_round)}"
+            / ("global.npz" if client is None else f"client-{int(client)}.npz")
+        )
         if not path.exists():
             return None
         with np.load(path) as npz:
             return [npz[f"arr_{i}"] for i in range(len(npz.files))]
 
 
-def summary_rows(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per round: the round, its summaries and its server timings."""
+def summary_rows(records: Iterable[RoundRecord]) -> list[dict[str, Any]]:
+    """One flat row per round: the round, its summaries (when analysed) and its server timings."""
     rows = []
     for r in records:
-        row = {"round": r["round"], **r.get("summary", {})}
-        row.update({f"t_{k}": v for k, v in r.get("timings", {}).items()})
-        rows.append(row)
+        row: dict[str, Any] = {ROUND_COLUMN: r.round, **(r.summary.scalars() if r.analysed else {})}
+        row.update({f"t_{k}": v for k, v in r.timings.to_json().items()})
+        rows.append(json_safe(row))
     return rows
 
 
-def summary_csv(records: Iterable[Mapping[str, Any]]) -> str:
+def summary_csv(records: Iterable[RoundRecord]) -> str:
     rows = summary_rows(records)
     if not rows:
         return ""

@@ -2,7 +2,7 @@
 
 A circuit's graph has the input channel, the circuit's channels of conv1..conv3 and
 the output class as nodes, and as edges the nonzero weights between active channels
-of consecutive layers (:func:`~fedmi_flower.circuits.circuit_edges`). Edges are read
+of consecutive layers (:func:`~fedmi_flower.science.circuits.circuit_edges`). Edges are read
 from the weights the circuit was discovered on: a client's local weights of that
 round, or the global weights of that round, which the run directory keeps under
 ``weights/round-<t>/``. Runs written before it kept them draw every circuit on the
@@ -18,23 +18,24 @@ No Flower imports here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from .circuits import Circuit, circuit_edges  # noqa: E402
-from .model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights  # noqa: E402
-from .results import WEIGHTS_FILE, RunDirectory  # noqa: E402
-from .series import Run, RunError  # noqa: E402
+from fedmi_flower.records.results import WEIGHTS_FILE, RunDirectory
+from fedmi_flower.records.round_record import RoundRecord
+from fedmi_flower.records.series import Run, RunError
+from fedmi_flower.science.circuits import Circuit, circuit_edges
+from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights
 
 COLUMNS: tuple[str, ...] = ("input", *CIRCUIT_LAYERS, "output")
 Node = tuple[str, int]
@@ -93,12 +94,19 @@ class _Weights:
         if key not in self.cache:
             arrays = self.dir.read_round_weights(server_round, client)
             if arrays is not None:
-                note = f"client {client}'s local weights of round {server_round}" if client is not None else f"the global weights of round {server_round}"
+                note = (
+                    f"client {client}'s local weights of round {server_round}"
+                    if client is not None
+                    else f"the global weights of round {server_round}"
+                )
             elif (self.run.path / WEIGHTS_FILE).exists():
                 arrays, last = self.dir.read_weights()
                 note = f"the final global weights (round {last}): this run kept no per-round weights"
             else:
-                raise RunError(f"{self.run.path} holds no weights ({WEIGHTS_FILE} is missing); circuit graphs need them: rerun the experiment")
+                raise RunError(
+                    f"{self.run.path} holds no weights ({WEIGHTS_FILE} is missing); "
+                    "circuit graphs need them: rerun the experiment"
+                )
             model = build_model()
             set_weights(model, arrays)
             self.cache[key] = (model, note)
@@ -107,25 +115,25 @@ class _Weights:
     def graph(self, server_round: int, client: int | None, cls: int) -> CircuitGraph:
         record = _record(self.run, server_round)
         if client is None:
-            circuit = record["global"]["circuits"].get(str(cls), {})
+            circuit = record.global_model.circuits.get(cls, {})
             label = f"global model, class {cls}, round {server_round}"
         else:
-            circuit = record["clients"][str(client)]["circuits"].get(str(cls), {})
+            circuit = record.clients[client].circuits.get(cls, {})
             label = f"client {client}, class {cls}, round {server_round}"
         model, note = self.model(server_round, client)
         return circuit_graph(model, circuit, cls, label, note)
 
 
-def _record(run: Run, server_round: int) -> Mapping[str, Any]:
+def _record(run: Run, server_round: int) -> RoundRecord:
     for record in run.records:
-        if record["round"] == server_round and "clients" in record:
+        if record.round == server_round and record.analysed:
             return record
-    analysed = [r["round"] for r in run.records if "clients" in r]
+    analysed = [r.round for r in run.records if r.analysed]
     raise RunError(f"{run.path} has no analysed round {server_round}; choose one of {analysed}")
 
 
-def _holders(record: Mapping[str, Any], cls: int) -> list[int]:
-    return sorted(int(p) for p, c in record["clients"].items() if str(cls) in c.get("circuits", {}))
+def _holders(record: RoundRecord, cls: int) -> list[int]:
+    return sorted(p for p, c in record.clients.items() if cls in c.circuits)
 
 
 def choose(run: Run, cls: int | None = None, server_round: int | None = None) -> tuple[int, int]:
@@ -140,22 +148,24 @@ def choose(run: Run, cls: int | None = None, server_round: int | None = None) ->
     RunError
         When the round or class is not in the run.
     """
-    analysed = [r for r in run.records if "clients" in r]
+    analysed = [r for r in run.records if r.analysed]
     record = _record(run, server_round) if server_round is not None else analysed[-1]
-    classes = [int(c) for c in record.get("classes", [])]
+    classes = list(record.classes)
     if cls is not None:
         if cls not in classes:
-            raise RunError(f"class {cls} was not analysed in round {record['round']} of {run.path}; choose one of {classes}")
-        return int(record["round"]), cls
+            raise RunError(
+                f"class {cls} was not analysed in round {record.round} of {run.path}; choose one of {classes}"
+            )
+        return record.round, cls
     if not classes:
-        raise RunError(f"round {record['round']} of {run.path} analysed no class; there is no circuit to draw")
-    global_sizes = record["global"].get("circuit_sizes", {})
+        raise RunError(f"round {record.round} of {run.path} analysed no class; there is no circuit to draw")
+    global_sizes = record.global_model.circuit_sizes
 
     def rank(c: int) -> tuple[bool, bool, int]:
-        drawn = sum(1 for client in record["clients"].values() if client.get("circuit_sizes", {}).get(str(c)))
-        return (len(_holders(record, c)) < 2, not global_sizes.get(str(c)), -drawn)
+        drawn = sum(1 for client in record.clients.values() if client.circuit_sizes.get(c))
+        return (len(_holders(record, c)) < 2, not global_sizes.get(c), -drawn)
 
-    return int(record["round"]), min(classes, key=rank)
+    return record.round, min(classes, key=rank)
 
 
 # ---------------------------------------------------------------------- drawing
@@ -179,19 +189,39 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
     if b is None:
         groups = [(a.edges, a.nodes, SHARED)]
     else:
-        groups = [(a.edges - b_edges, a.nodes - b_nodes, ONLY_A), (b_edges - a.edges, b_nodes - a.nodes, ONLY_B), (a.edges & b_edges, a.nodes & b_nodes, SHARED)]
+        groups = [
+            (a.edges - b_edges, a.nodes - b_nodes, ONLY_A),
+            (b_edges - a.edges, b_nodes - a.nodes, ONLY_B),
+            (a.edges & b_edges, a.nodes & b_nodes, SHARED),
+        ]
     # In an overlay the differences matter: shared edges recede, edges of one circuit only stand out on top.
     faint = b is not None
     for edges, _, colour in sorted(groups, key=lambda g: g[2] != SHARED):
         if edges:
             shared = colour == SHARED
             width, alpha = (0.4, 0.18) if shared and faint else (0.5, 0.35) if shared else (0.9, 0.75)
-            ax.add_collection(LineCollection([[pos[s], pos[d]] for s, d in sorted(edges)], colors=colour, linewidths=width, alpha=alpha, zorder=1 if shared else 2))
+            ax.add_collection(
+                LineCollection(
+                    [[pos[s], pos[d]] for s, d in sorted(edges)],
+                    colors=colour,
+                    linewidths=width,
+                    alpha=alpha,
+                    zorder=1 if shared else 2,
+                )
+            )
     counts = {column: sum(1 for layer, _ in nodes if layer == column) for column in COLUMNS}
     for group_nodes, colour in ((g[1], g[2]) for g in groups):
         if group_nodes:
             xy = np.array([pos[n] for n in sorted(group_nodes)])
-            ax.scatter(xy[:, 0], xy[:, 1], s=18 if colour == SHARED else 30, color=colour, edgecolors="white" if colour == SHARED else "black", linewidths=0.4, zorder=3)
+            ax.scatter(
+                xy[:, 0],
+                xy[:, 1],
+                s=18 if colour == SHARED else 30,
+                color=colour,
+                edgecolors="white" if colour == SHARED else "black",
+                linewidths=0.4,
+                zorder=3,
+            )
     for (column, ch), (x, y) in pos.items():
         if counts[column] <= 40 and column in CIRCUIT_LAYERS:
             ax.text(x + 0.06, y, str(ch), fontsize=5, va="center", color="0.3", zorder=4)
@@ -245,7 +275,9 @@ def _message_figure(title: str, message: str) -> Figure:
     return fig
 
 
-def graph_figures(run: Run, cls: int | None = None, server_round: int | None = None) -> Iterator[tuple[str, Figure, str]]:
+def graph_figures(
+    run: Run, cls: int | None = None, server_round: int | None = None
+) -> Iterator[tuple[str, Figure, str]]:
     """The four circuit-graph figures of a run: ``(name, figure, caption)``.
 
     ``circuit_graph``: the global model's circuit of the class; ``overlay_two_clients``
@@ -258,11 +290,15 @@ def graph_figures(run: Run, cls: int | None = None, server_round: int | None = N
     record = _record(run, server_round)
     weights = _Weights(run)
     holders = _holders(record, cls)
-    clients = sorted(int(p) for p, c in record["clients"].items() if c.get("circuits"))
+    clients = sorted(p for p, c in record.clients.items() if c.circuits)
     where = f"round {server_round} of {run.name}"
 
     global_graph = weights.graph(server_round, None, cls)
-    yield "circuit_graph", graph_figure(global_graph, None, f"Circuit of class {cls} in the global model, {where}"), f"Circuit graph: the global model's circuit of class {cls}, {where}."
+    yield (
+        "circuit_graph",
+        graph_figure(global_graph, None, f"Circuit of class {cls} in the global model, {where}"),
+        f"Circuit graph: the global model's circuit of class {cls}, {where}.",
+    )
 
     title = "Two clients in one round (paper Fig. 11)"
     if len(holders) >= 2:
@@ -271,28 +307,56 @@ def graph_figures(run: Run, cls: int | None = None, server_round: int | None = N
     elif len(clients) >= 2:
         first = holders[0] if holders else clients[0]
         second = next(p for p in clients if p != first)
-        sizes = record["clients"][str(second)].get("circuit_sizes", {})
-        cls_a = cls if holders else min(int(c) for c in record["clients"][str(first)]["circuits"])
-        cls_b = max(sorted(int(c) for c in record["clients"][str(second)]["circuits"]), key=lambda c: sizes.get(str(c), 0))
+        sizes = record.clients[second].circuit_sizes
+        cls_a = cls if holders else min(record.clients[first].circuits)
+        cls_b = max(sorted(record.clients[second].circuits), key=lambda c: sizes.get(c, 0))
         a, b = weights.graph(server_round, first, cls_a), weights.graph(server_round, second, cls_b)
         fig = graph_figure(a, b, f"{title}: no class has two holders, so different classes, {where}")
     else:
         fig = _message_figure(title, f"only {len(clients)} client reported circuits in {where}")
-    yield "overlay_two_clients", fig, "Overlay of two clients' circuits in one round (paper Fig. 11): shared in purple, each client's own in blue and orange."
+    yield (
+        "overlay_two_clients",
+        fig,
+        "Overlay of two clients' circuits in one round (paper Fig. 11): "
+        "shared in purple, each client's own in blue and orange.",
+    )
 
     title = "One client in two rounds (paper Fig. 12)"
     client = holders[0] if holders else None
-    previous = [r["round"] for r in run.records if r["round"] < server_round and "clients" in r and client is not None and str(cls) in r["clients"].get(str(client), {}).get("circuits", {})]
+    previous = [
+        r.round
+        for r in run.records
+        if r.round < server_round
+        and r.analysed
+        and client is not None
+        and client in r.clients
+        and cls in r.clients[client].circuits
+    ]
     if client is not None and previous:
         a, b = weights.graph(previous[-1], client, cls), weights.graph(server_round, client, cls)
-        fig = graph_figure(a, b, f"{title}: client {client}, class {cls}, rounds {previous[-1]} and {server_round} of {run.name}")
+        fig = graph_figure(
+            a, b, f"{title}: client {client}, class {cls}, rounds {previous[-1]} and {server_round} of {run.name}"
+        )
     else:
-        fig = _message_figure(title, f"no client has a circuit of class {cls} in a round before {server_round}" if client is not None else f"no client holds class {cls}")
-    yield "overlay_rounds", fig, "Overlay of one client's circuit in two consecutive rounds it reported (paper Fig. 12)."
+        fig = _message_figure(
+            title,
+            f"no client has a circuit of class {cls} in a round before {server_round}"
+            if client is not None
+            else f"no client holds class {cls}",
+        )
+    yield (
+        "overlay_rounds",
+        fig,
+        "Overlay of one client's circuit in two consecutive rounds it reported (paper Fig. 12).",
+    )
 
     title = "A client against the global model (paper Fig. 13)"
     if client is not None:
         fig = graph_figure(weights.graph(server_round, client, cls), global_graph, f"{title}: class {cls}, {where}")
     else:
         fig = _message_figure(title, f"no client holds class {cls} in {where}")
-    yield "overlay_client_global", fig, "Overlay of a client's local circuit and the global model's circuit of the same class (paper Fig. 13)."
+    yield (
+        "overlay_client_global",
+        fig,
+        "Overlay of a client's local circuit and the global model's circuit of the same class (paper Fig. 13).",
+    )

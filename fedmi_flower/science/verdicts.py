@@ -29,7 +29,9 @@ VERDICTS = ("empty", "collapsed", "indiscriminate", "weakened", "working", "unsc
 
 
 def circuit_verdict(size: int, sufficiency: float | None, specificity: float | None) -> str:
-    """One of :data:`VERDICTS` for a circuit of ``size`` channels with these scores (``unscored`` when a score is missing)."""
+    """One of :data:`VERDICTS` for a circuit of ``size`` channels with these scores (``unscored`` when a
+    score is missing).
+    """
     if size == 0:
         return "empty"
     if sufficiency is None or specificity is None or math.isnan(sufficiency) or math.isnan(specificity):

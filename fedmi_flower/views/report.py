@@ -36,16 +36,19 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
-from .results import CONFIG_FILE
-from .series import (
+from fedmi_flower.records.results import CONFIG_FILE
+from fedmi_flower.records.round_record import RoundSummary, View
+from fedmi_flower.records.series import (
+    GLOBAL,
     LAYERS,
+    OVERALL,
     Record,
     Run,
     RunError,
@@ -59,10 +62,11 @@ from .series import (
     inter_client_series,
     layer_curve,
     local_global_series,
-    number,
     setting_label,
     stability_series,
 )
+from fedmi_flower.science.metrics import nanmean
+from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
 
 DECLINE = 0.05
 """How far below its peak the last local-global IoU must be to count as a decline."""
@@ -78,16 +82,31 @@ RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
 COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
 SCALE = "Scale: is a change above the noise floor?"
 SCALE_VIEWS = (
-    ("inter-client IoU", "inter_client_iou", "seed_floor"),
-    ("intra-client stability", "stability", "client_seed_floor"),
-    ("local-global IoU", "local_global_iou", "source_floor"),
-    ("class-pair IoU", "class_pair_iou", None),
+    ("inter-client IoU", View.INTER_CLIENT_IOU),
+    ("intra-client stability", View.STABILITY),
+    ("local-global IoU", View.LOCAL_GLOBAL_IOU),
+    ("class-pair IoU", View.CLASS_PAIR_IOU),
 )
-"""Each IoU view of the summary: its label, its summary key and the noise floor that scales it (class pairs compare different classes: chance only)."""
-FLOOR, CHANCE, PAIRS, BELOW, ROUNDS_BELOW = "noise floor", "chance level", "pairs", "below the floor", "rounds below the floor"
+"""Each IoU view of the summary and its label.
+
+Its noise floor is the view's own (class pairs compare different classes: chance only).
+"""
+FLOOR, CHANCE, PAIRS, BELOW, ROUNDS_BELOW = (
+    "noise floor",
+    "chance level",
+    "pairs",
+    "below the floor",
+    "rounds below the floor",
+)
 
 FINAL, MEAN_OVER_ROUNDS = "final round", "mean over rounds"
-PEAK_ROUND, PEAK, LAST, DROP, DECLINES = "peak round", "peak", "final round", "drop (peak - final)", "peaks, then declines"
+PEAK_ROUND, PEAK, LAST, DROP, DECLINES = (
+    "peak round",
+    "peak",
+    "final round",
+    "drop (peak - final)",
+    "peaks, then declines",
+)
 VALUE = "value"
 
 _COUNTS = {
@@ -109,11 +128,6 @@ _COUNTS = {
 _VERDICTS = {DECLINES, BELOW}
 
 
-def _mean(values: Sequence[float] | np.ndarray) -> float:
-    kept = finite(values)
-    return sum(kept) / len(kept) if kept else float("nan")
-
-
 def _last(curve: np.ndarray) -> float:
     return float(curve[-1]) if len(curve) else float("nan")
 
@@ -124,16 +138,16 @@ def _last(curve: np.ndarray) -> float:
 def overview_numbers(records: Sequence[Record]) -> Numbers:
     """Rounds, global accuracy, and circuit sizes (empty circuits mark a degenerate run)."""
     n = len(records)
-    acc = accuracy_series(records).get("overall", np.full(n, np.nan))
+    acc = accuracy_series(records).get(OVERALL, np.full(n, np.nan))
     sizes = circuit_size_series(records)
-    local_final = [v[-1] for k, v in sizes.items() if k[0] != "global"]
-    global_final = [v[-1] for k, v in sizes.items() if k[0] == "global"]
+    local_final = [v[-1] for k, v in sizes.items() if k[0] != GLOBAL]
+    global_final = [v[-1] for k, v in sizes.items() if k[0] == GLOBAL]
     return {
         (OVERVIEW, "rounds", VALUE): float(n),
         (OVERVIEW, "global accuracy (final round)", VALUE): _last(acc),
         (OVERVIEW, "global accuracy (best round)", VALUE): max(finite(acc), default=float("nan")),
-        (OVERVIEW, "local circuit size, channels (final round mean)", VALUE): _mean(local_final),
-        (OVERVIEW, "global circuit size, channels (final round mean)", VALUE): _mean(global_final),
+        (OVERVIEW, "local circuit size, channels (final round mean)", VALUE): nanmean(local_final),
+        (OVERVIEW, "global circuit size, channels (final round mean)", VALUE): nanmean(global_final),
         (OVERVIEW, "empty local circuits (final round)", VALUE): float(sum(1 for v in finite(local_final) if v == 0)),
     }
 
@@ -151,7 +165,7 @@ def rq1_numbers(records: Sequence[Record]) -> Numbers:
         for layer in LAYERS:
             curve = layer_curve(series, layer, n)
             out[(RQ1, f"{label}, {layer}", FINAL)] = _last(curve)
-            out[(RQ1, f"{label}, {layer}", MEAN_OVER_ROUNDS)] = _mean(curve)
+            out[(RQ1, f"{label}, {layer}", MEAN_OVER_ROUNDS)] = nanmean(curve)
     return out
 
 
@@ -163,12 +177,12 @@ def rq2_numbers(records: Sequence[Record]) -> Numbers:
     whether the curve peaks, then declines (see the module's definitions).
     """
     n, out = len(records), {}
-    rounds = [int(r["round"]) for r in records]
+    rounds = [r.round for r in records]
     stab = stability_series(records)
     for layer in LAYERS:
         curve = layer_curve(stab, layer, n)
         out[(RQ2_STABILITY, layer, FINAL)] = _last(curve)
-        out[(RQ2_STABILITY, layer, MEAN_OVER_ROUNDS)] = _mean(curve)
+        out[(RQ2_STABILITY, layer, MEAN_OVER_ROUNDS)] = nanmean(curve)
     lg = local_global_series(records)
     for layer in LAYERS:
         curve = layer_curve(lg, layer, n)
@@ -181,7 +195,15 @@ def rq2_numbers(records: Sequence[Record]) -> Numbers:
         last = _last(curve)
         drop = peak - last
         declines = float("nan") if math.isnan(drop) else float(peak_round < rounds[-1] and drop >= DECLINE)
-        out.update({(RQ2_TREND, layer, PEAK_ROUND): peak_round, (RQ2_TREND, layer, PEAK): peak, (RQ2_TREND, layer, LAST): last, (RQ2_TREND, layer, DROP): drop, (RQ2_TREND, layer, DECLINES): declines})
+        out.update(
+            {
+                (RQ2_TREND, layer, PEAK_ROUND): peak_round,
+                (RQ2_TREND, layer, PEAK): peak,
+                (RQ2_TREND, layer, LAST): last,
+                (RQ2_TREND, layer, DROP): drop,
+                (RQ2_TREND, layer, DECLINES): declines,
+            }
+        )
     return out
 
 
@@ -204,8 +226,8 @@ def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRE
         (COLLAPSE, "circuits (client, class)", VALUE): float(sum(1 for s in suff.values() if finite(s))),
         (COLLAPSE, "collapsed at least once", VALUE): float(len(ever)),
         (COLLAPSE, "never recovered", VALUE): float(len(never)),
-        (COLLAPSE, "sufficiency (final round mean)", VALUE): _mean([s[-1] for s in suff.values()]),
-        (COLLAPSE, "specificity (final round mean)", VALUE): _mean([s[-1] for s in spec.values()]),
+        (COLLAPSE, "sufficiency (final round mean)", VALUE): nanmean([s[-1] for s in suff.values()]),
+        (COLLAPSE, "specificity (final round mean)", VALUE): nanmean([s[-1] for s in spec.values()]),
     }
 
 
@@ -219,39 +241,53 @@ def scale_numbers(records: Sequence[Record]) -> Numbers:
     floors existed) leave the floor columns undefined.
     """
     out: Numbers = {}
-    summaries = [r.get("summary") or {} for r in records]
-    last = next((s for s in reversed(summaries) if s), {})  # a round whose analysis failed has no summary
-    for label, key, floor_key in SCALE_VIEWS:
-        value = number(last.get(key))
-        floor = number(last.get(floor_key)) if floor_key else float("nan")
+    summaries = [r.summary for r in records if r.analysed]  # a round whose analysis failed has no summary
+    last = summaries[-1] if summaries else RoundSummary()
+    for label, view in SCALE_VIEWS:
+        value = last.view(view)
+        floor = last.view_floor(view)
         out[(SCALE, label, FINAL)] = value
         out[(SCALE, label, FLOOR)] = floor
-        out[(SCALE, label, CHANCE)] = number(last.get(f"{key}_chance"))
-        out[(SCALE, label, PAIRS)] = number(last.get(f"{key}_pairs"))
+        out[(SCALE, label, CHANCE)] = last.view_chance(view)
+        out[(SCALE, label, PAIRS)] = float(last.view_pairs(view)) if summaries else float("nan")
         out[(SCALE, label, BELOW)] = float("nan") if math.isnan(value) or math.isnan(floor) else float(value < floor)
-        pairs = [(number(s.get(key)), number(s.get(floor_key)) if floor_key else float("nan")) for s in summaries]
+        pairs = [(s.view(view), s.view_floor(view)) for s in summaries]
         defined = [(v, f) for v, f in pairs if not (math.isnan(v) or math.isnan(f))]
         out[(SCALE, label, ROUNDS_BELOW)] = float(sum(1 for v, f in defined if v < f)) if defined else float("nan")
     return out
 
 
 def verdict_numbers(records: Sequence[Record]) -> Numbers:
-    """Preservation by verdicts (:mod:`fedmi_flower.verdicts`), summed over rounds: sufficiency and specificity together."""
-    keys = ("cross_working_locally", "cross_preserved", "cross_collapsed_after_working", "cross_indiscriminate")
-    total = {k: float(sum(finite(number((r.get("summary") or {}).get(k)) for r in records))) for k in keys}
-    working = total["cross_working_locally"]
+    """Preservation by verdicts (:mod:`fedmi_flower.science.verdicts`), summed over rounds.
+
+    Sufficiency and specificity together.
+    """
+    summaries = [r.summary for r in records if r.analysed]
+    working = float(sum(s.cross_working_locally for s in summaries))
+    preserved = float(sum(s.cross_preserved for s in summaries))
     return {
         (COLLAPSE, "working on their own model", VALUE): working,
-        (COLLAPSE, "preserved (working on the global weights too)", VALUE): total["cross_preserved"],
-        (COLLAPSE, "preservation rate (of those working)", VALUE): total["cross_preserved"] / working if working else float("nan"),
-        (COLLAPSE, "collapsed after working on their own model", VALUE): total["cross_collapsed_after_working"],
-        (COLLAPSE, "indiscriminate on the global weights", VALUE): total["cross_indiscriminate"],
+        (COLLAPSE, "preserved (working on the global weights too)", VALUE): preserved,
+        (COLLAPSE, "preservation rate (of those working)", VALUE): preserved / working if working else float("nan"),
+        (COLLAPSE, "collapsed after working on their own model", VALUE): float(
+            sum(s.cross_collapsed_after_working for s in summaries)
+        ),
+        (COLLAPSE, "indiscriminate on the global weights", VALUE): float(
+            sum(s.cross_indiscriminate for s in summaries)
+        ),
     }
 
 
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
-    return {**overview_numbers(records), **rq1_numbers(records), **rq2_numbers(records), **collapse_numbers(records), **verdict_numbers(records), **scale_numbers(records)}
+    return {
+        **overview_numbers(records),
+        **rq1_numbers(records),
+        **rq2_numbers(records),
+        **collapse_numbers(records),
+        **verdict_numbers(records),
+        **scale_numbers(records),
+    }
 
 
 @dataclass(frozen=True)
@@ -320,25 +356,38 @@ def format_spread(key: Key, s: Spread) -> str:
 # ---------------------------------------------------------------------- the page as blocks
 
 Block = tuple[Any, ...]
-"""``("h", level, text)``, ``("p", text)``, ``("list", items)``, ``("code", text)``, ``("table", header, rows)``, ``("img", path, caption)``."""
+"""``("h", level, text)``, ``("p", text)``, ``("list", items)``, ``("code", text)``, ``("table", header, rows)``,
+``("img", path, caption)``.
+"""
 
 DEFINITIONS = [
-    f"**Collapse**: a local circuit collapses in a round when its sufficiency on that round's global weights (cross-evaluation) is below {COLLAPSE_THRESHOLD:.0%}. "
+    "**Collapse**: a local circuit collapses in a round when its sufficiency on that round's global weights "
+    f"(cross-evaluation) is below {COLLAPSE_THRESHOLD:.0%}. "
     "The **collapse rate** is the share of evaluated client-class-rounds that collapse.",
-    f"**Never recovered**: a circuit (one client's circuit of one class) that collapsed in some round and is still below {COLLAPSE_THRESHOLD:.0%} sufficiency "
+    "**Never recovered**: a circuit (one client's circuit of one class) that collapsed in some round and is "
+    f"still below {COLLAPSE_THRESHOLD:.0%} sufficiency "
     "in the last round it was evaluated (the run's last round for a client that reported then).",
-    f"**Peaks, then declines**: the round-wise mean local-global IoU reaches its highest value (first on ties) before the last round and ends at least {DECLINE} below it.",
-    "**Round-wise curves** average over classes (RQ1, same class), class pairs (RQ1, class pair) or clients and classes (RQ2); "
-    "`mean` is the average of the per-layer IoUs as each record stores it. A value is undefined (—) when every compared circuit is empty, "
+    "**Peaks, then declines**: the round-wise mean local-global IoU reaches its highest value (first on ties) before "
+    f"the last round and ends at least {DECLINE} below it.",
+    "**Round-wise curves** average over classes (RQ1, same class), class pairs (RQ1, class pair) "
+    "or clients and classes (RQ2); "
+    "`mean` is the average of the per-layer IoUs as each record stores it. "
+    "A value is undefined (—) when every compared circuit is empty, "
     "or no class has two holders (same class, under disjoint label skew).",
     "**Spread** over runs: mean ± sample standard deviation (n − 1) [min, max] of the runs that define the value.",
     "Sufficiency alone is satisfied by a circuit that answers its class for every input: read it with specificity. "
-    f"A circuit is **working** when its sufficiency and specificity are both at least {WORKING_THRESHOLD:.0%}, **indiscriminate** when its specificity is below that "
-    "(it calls most other images its class); it is **preserved** when it works on its own model and on the global weights. Empty and indiscriminate circuits are never preserved.",
-    "**Noise floor**: the IoU of the same model's circuit found twice, the way the view compares circuits: the global model on another seed and another draw of the probe rows "
-    "(inter-client IoU), the floor client's own model on another seed and draw of its rows (stability), or the global model on one client's training rows against the server's probe rows "
-    "(local-global IoU). A value **below the floor** means the circuits differ by more than discovery itself does; a value above it is as stable as discovery. "
-    "Each floor is one draw per round, so a difference of a few hundredths is within its own noise. **Chance level**: the expected IoU of random channel sets of the same sizes "
+    f"A circuit is **working** when its sufficiency and specificity are both at least {WORKING_THRESHOLD:.0%}, "
+    "**indiscriminate** when its specificity is below that "
+    "(it calls most other images its class); it is **preserved** when it works on its own model "
+    "and on the global weights. Empty and indiscriminate circuits are never preserved.",
+    "**Noise floor**: the IoU of the same model's circuit found twice, the way the view compares circuits: "
+    "the global model on another seed and another draw of the probe rows "
+    "(inter-client IoU), the floor client's own model on another seed and draw of its rows (stability), "
+    "or the global model on one client's training rows against the server's probe rows "
+    "(local-global IoU). A value **below the floor** means the circuits differ by more than discovery itself does; "
+    "a value above it is as stable as discovery. "
+    "Each floor is one draw per round, so a difference of a few hundredths is within its own noise. "
+    "**Chance level**: the expected IoU of random channel sets of the same sizes "
     "in the same layers. **Pairs**: the defined pairs behind the mean.",
 ]
 
@@ -378,7 +427,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
     number as a spread. Several configurations (a sweep): the comparison figures and
     one column per configuration.
     """
-    from .plots import plot_compare, plot_run  # matplotlib loads only when a page is made
+    from fedmi_flower.views.plots import plot_compare, plot_run  # matplotlib loads only when a page is made
 
     if not runs:
         raise RunError("no runs to report on")
@@ -396,9 +445,28 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
     else:
         title = f"Report: {len(runs)} runs differing in {', '.join(keys)}"
     blocks: list[Block] = [("h", 1, title)]
-    made = f"Made by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}." if command else f"Made on {time.strftime('%Y-%m-%d %H:%M')}."
-    blocks.append(("p", made + " Every number below is computed from the runs' `rounds.jsonl` by `fedmi_flower.report.rq_table`."))
-    blocks.append(("table", ["run", "seed", "rounds", "experiment"], [[f"`{r.path}`", str(r.config.seed), str(len(r.records)), r.config.description or r.config.name] for r in runs]))
+    made = (
+        f"Made by `{command}` on {time.strftime('%Y-%m-%d %H:%M')}."
+        if command
+        else f"Made on {time.strftime('%Y-%m-%d %H:%M')}."
+    )
+    blocks.append(
+        (
+            "p",
+            made
+            + " Every number below is computed from the runs' `rounds.jsonl` by `fedmi_flower.views.report.rq_table`.",
+        )
+    )
+    blocks.append(
+        (
+            "table",
+            ["run", "seed", "rounds", "experiment"],
+            [
+                [f"`{r.path}`", str(r.config.seed), str(len(r.records)), r.config.description or r.config.name]
+                for r in runs
+            ],
+        )
+    )
 
     blocks.append(("h", 2, "Numbers"))
     if len(groups) == 1:
@@ -427,15 +495,29 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         compare_key = ", ".join(keys) if len(groups) > 1 else "seed"
         compare_groups = groups if len(groups) > 1 else [[r] for r in runs]
         compare_labels = labels if len(groups) > 1 else [f"seed = {r.config.seed}" for r in runs]
-        for path, caption in plot_compare(compare_groups, compare_labels, compare_key, figures / "compare", formats=("png",)):
+        for path, caption in plot_compare(
+            compare_groups, compare_labels, compare_key, figures / "compare", formats=("png",)
+        ):
             blocks.append(("img", _relative(path, folder), caption))
 
     blocks.append(("h", 2, "Configuration"))
-    blocks.append(("p", f"`{CONFIG_FILE}` of `{first.name}`" + (" (the other runs differ only as listed below):" if len(runs) > 1 else ":")))
+    blocks.append(
+        (
+            "p",
+            f"`{CONFIG_FILE}` of `{first.name}`"
+            + (" (the other runs differ only as listed below):" if len(runs) > 1 else ":"),
+        )
+    )
     blocks.append(("code", (first.path / CONFIG_FILE).read_text().strip()))
     differ = differing_settings([r.config for r in runs])
     if differ:
-        blocks.append(("table", ["run"] + differ, [[r.name] + [setting_label(r.config, [k]).split(" = ", 1)[1] for k in differ] for r in runs]))
+        blocks.append(
+            (
+                "table",
+                ["run"] + differ,
+                [[r.name] + [setting_label(r.config, [k]).split(" = ", 1)[1] for k in differ] for r in runs],
+            )
+        )
 
     return blocks
 
@@ -498,12 +580,23 @@ def to_html(blocks: Sequence[Block], title: str = "fedmi report") -> str:
             rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
-            body.append(f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(Path(block[1]).stem)}"><figcaption>{_inline_html(block[2])}</figcaption></figure>')
-    return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n' + "\n".join(body) + "\n</body></html>\n"
+            body.append(
+                f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(Path(block[1]).stem)}">'
+                f"<figcaption>{_inline_html(block[2])}</figcaption></figure>"
+            )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(runs: Sequence[Run], out_file: str | os.PathLike, command: str | None = None) -> tuple[Path, Path]:
-    """Write the page as ``out_file`` (Markdown) and beside it as ``.html``, figures under ``figures/``; return both paths."""
+    """Write the page as ``out_file`` (Markdown) and beside it as ``.html``, figures under ``figures/``.
+
+    Return both paths.
+    """
     md_path = Path(out_file)
     if md_path.suffix.lower() in (".html", ".htm"):
         md_path = md_path.with_suffix(".md")

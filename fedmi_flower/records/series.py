@@ -1,7 +1,7 @@
 """A finished run as data: its config, its round records, and every circuit view as a series over rounds.
 
-Figures (:mod:`fedmi_flower.plots`) draw these series and reports
-(:mod:`fedmi_flower.report`) summarise them, so a figure and a table of the same run
+Figures (:mod:`fedmi_flower.views.plots`) draw these series and reports
+(:mod:`fedmi_flower.views.report`) summarise them, so a figure and a table of the same run
 read the same numbers. Every series is a numpy array aligned with :attr:`Run.rounds`;
 an undefined value (JSON ``null``, a client that did not report, a view that a round
 does not carry, a round whose analysis failed) is NaN, never zero.
@@ -14,21 +14,26 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, ExperimentConfig
-from .model import CIRCUIT_LAYERS
-from .results import CONFIG_FILE, ROUNDS_FILE, RunDirectory
+from fedmi_flower.config import ConfigError, ExperimentConfig
+from fedmi_flower.records.results import CONFIG_FILE, ROUNDS_FILE, RunDirectory
+from fedmi_flower.records.round_record import FloorKind, IoU, RecordError, RoundRecord, View, number
+from fedmi_flower.science.circuits import SCORE_NAMES
+from fedmi_flower.science.model import CIRCUIT_LAYERS
 
 LAYERS: tuple[str, ...] = (*CIRCUIT_LAYERS, "mean")
 """The per-layer IoU keys of a record, and ``mean`` (their average, as the record stores it)."""
 
-Record = Mapping[str, Any]
-Series = dict[Hashable, np.ndarray]
+Record = RoundRecord
+SeriesKey = Any
+"""A series' key: a class, a ``"a-b"`` pair, ``"overall"``, or a tuple of those with a client and a layer."""
+Series = dict[SeriesKey, np.ndarray]
 
 
 class RunError(ValueError):
@@ -45,18 +50,18 @@ class Run:
         The run directory.
     config : ExperimentConfig
         Its ``config.toml``.
-    records : list of dict
+    records : list of RoundRecord
         Its ``rounds.jsonl``, in round order (at least one).
     """
 
     path: Path
     config: ExperimentConfig
-    records: list[dict[str, Any]]
+    records: list[RoundRecord]
 
     @property
     def rounds(self) -> np.ndarray:
         """Round numbers, the x axis of every series."""
-        return np.array([r["round"] for r in self.records], dtype=int)
+        return np.array([r.round for r in self.records], dtype=int)
 
     @property
     def name(self) -> str:
@@ -74,33 +79,35 @@ def load_run(path: str | os.PathLike) -> Run:
     Raises
     ------
     RunError
-        When ``path`` is missing, is not a run directory, holds no finished round or a
-        corrupt ``rounds.jsonl``, or no round with a circuit analysis.
+        When ``path`` is missing, is not a run directory, holds no finished round, a
+        corrupt ``rounds.jsonl`` or a record of an unknown schema version, or no round
+        with a circuit analysis.
     """
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path} does not exist; pass a run directory written by `fedmi run` (its --out)")
     if not is_run_dir(path):
-        raise RunError(f"{path} is not a run directory (no {CONFIG_FILE}); pass a folder written by `fedmi run` (its --out)")
-    rounds_file = path / ROUNDS_FILE
-    records: list[dict[str, Any]] = []
-    if rounds_file.exists():
-        for n, line in enumerate(rounds_file.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise RunError(f"{rounds_file} line {n} is not JSON ({err}); the file was edited or truncated by hand") from None
+        raise RunError(
+            f"{path} is not a run directory (no {CONFIG_FILE}); pass a folder written by `fedmi run` (its --out)"
+        )
+    try:
+        records = RunDirectory(path).read_rounds()
+    except RecordError as err:
+        raise RunError(str(err)) from None
     if not records:
-        raise RunError(f"{path} has no finished round yet ({ROUNDS_FILE} is missing or empty); wait for its first round, or rerun it: fedmi run {path / CONFIG_FILE}")
-    if not any("clients" in r for r in records):
-        raise RunError(f"{path}: the circuit analysis failed in every round (see analysis_error in {ROUNDS_FILE}); there is nothing to plot")
+        raise RunError(
+            f"{path} has no finished round yet ({ROUNDS_FILE} is missing or empty); "
+            f"wait for its first round, or rerun it: fedmi run {path / CONFIG_FILE}"
+        )
+    if not any(r.analysed for r in records):
+        raise RunError(
+            f"{path}: the circuit analysis failed in every round (see analysis_error in "
+            f"{ROUNDS_FILE}); there is nothing to plot"
+        )
     try:
         config = RunDirectory(path).read_config()
     except ConfigError as err:
         raise RunError(f"{path}: cannot read {CONFIG_FILE}: {err}") from None
-    records.sort(key=lambda r: r["round"])
     return Run(path, config, records)
 
 
@@ -119,20 +126,18 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
         elif p.is_dir() and (children := sorted(c for c in p.iterdir() if is_run_dir(c))):
             found.extend(children)
         elif not p.exists():
-            raise RunError(f"{p} does not exist; pass run directories written by `fedmi run` (or the folder a sweep wrote them into)")
+            raise RunError(
+                f"{p} does not exist; pass run directories written by `fedmi run` (or the "
+                "folder a sweep wrote them into)"
+            )
         else:
-            raise RunError(f"{p} is not a run directory (no {CONFIG_FILE}) and holds none; pass folders written by `fedmi run`")
+            raise RunError(
+                f"{p} is not a run directory (no {CONFIG_FILE}) and holds none; pass folders written by `fedmi run`"
+            )
     return found
 
 
 # ---------------------------------------------------------------------- series
-
-
-def number(value: Any) -> float:
-    """A record value as a float; ``None`` (JSON null) and anything non-numeric is NaN."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return float("nan")
-    return float(value)
 
 
 def collect(records: Sequence[Record], entries: Callable[[Record], Iterable[tuple[Hashable, Any]]]) -> Series:
@@ -152,49 +157,66 @@ def _sort_key(key: Hashable) -> tuple:
     return tuple((0, p, "") if isinstance(p, (int, float)) else (1, 0, str(p)) for p in parts)
 
 
-def _int(key: str) -> int | str:
-    return int(key) if key.lstrip("-").isdigit() else key
+def _layers(iou: IoU) -> Iterable[tuple[str, float]]:
+    return ((layer, iou.layer(layer)) for layer in LAYERS)
+
+
+def grouped_series(records: Sequence[Record], view: View) -> Series:
+    """A view of means over pairs: ``(class or "a-b" pair, layer) ->`` mean IoU (see :func:`inter_client_series`)."""
+    return collect(
+        records, lambda r: (((k, layer), v) for k, e in r.grouped_view(view).items() for layer, v in _layers(e))
+    )
 
 
 def inter_client_series(records: Sequence[Record]) -> Series:
-    """Inter-client consistency (RQ1; paper Fig. 1, 6): ``(class, layer) ->`` mean pairwise IoU of the clients holding the class."""
-    return collect(records, lambda r: (((_int(c), layer), e.get(layer)) for c, e in (r.get("inter_client_iou") or {}).items() for layer in LAYERS))
+    """Inter-client consistency (RQ1; paper Fig. 1, 6).
+
+    ``(class, layer) ->`` mean pairwise IoU of the clients holding the class.
+    """
+    return grouped_series(records, View.INTER_CLIENT_IOU)
 
 
 def class_pair_series(records: Sequence[Record]) -> Series:
-    """Class-pair IoU (paper Fig. 3, 14): ``("a-b", layer) ->`` IoU of class a's and class b's circuits on different clients.
+    """Class-pair IoU (paper Fig. 3, 14).
+
+    ``("a-b", layer) ->`` IoU of class a's and class b's circuits on different clients.
 
     Under disjoint label skew no class has two holders and this is the only
     inter-client comparison. Records written before the view existed yield nothing.
     """
-    return collect(records, lambda r: (((pair, layer), e.get(layer)) for pair, e in (r.get("class_pair_iou") or {}).items() for layer in LAYERS))
+    return grouped_series(records, View.CLASS_PAIR_IOU)
 
 
-def _per_client_iou(view: str) -> Callable[[Record], Iterable[tuple[Hashable, Any]]]:
-    def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        for pid, per_class in (r.get(view) or {}).items():
-            for c, e in per_class.items():
-                for layer in LAYERS:
-                    yield (_int(pid), _int(c), layer), e.get(layer)
-
-    return entries
+def per_client_series(records: Sequence[Record], view: View) -> Series:
+    """A per-client view: ``(client, class, layer) ->`` IoU (see :func:`stability_series`)."""
+    return collect(
+        records,
+        lambda r: (
+            ((p, c, layer), v)
+            for p, per in r.per_client_view(view).items()
+            for c, e in per.items()
+            for layer, v in _layers(e)
+        ),
+    )
 
 
 def stability_series(records: Sequence[Record]) -> Series:
-    """Intra-client stability (RQ2; paper Fig. 10): ``(client, class, layer) ->`` IoU of the client's circuit with its previous one."""
-    return collect(records, _per_client_iou("stability"))
+    """Intra-client stability (RQ2; paper Fig. 10).
+
+    ``(client, class, layer) ->`` IoU of the client's circuit with its previous one.
+    """
+    return per_client_series(records, View.STABILITY)
 
 
 def local_global_series(records: Sequence[Record]) -> Series:
-    """Local-global preservation (paper Fig. 2, 5, 8, 15-18): ``(client, class, layer) ->`` IoU of local and global circuit."""
-    return collect(records, _per_client_iou("local_global_iou"))
+    """Local-global preservation (paper Fig. 2, 5, 8, 15-18).
+
+    ``(client, class, layer) ->`` IoU of local and global circuit.
+    """
+    return per_client_series(records, View.LOCAL_GLOBAL_IOU)
 
 
-FLOOR_OF_VIEW = {"inter_client_iou": "seed", "stability": "clients", "local_global_iou": "source"}
-"""Which noise floor scales which IoU view (see :mod:`fedmi_flower.analysis`)."""
-
-
-def floor_series(records: Sequence[Record], kind: str) -> Series:
+def floor_series(records: Sequence[Record], kind: FloorKind) -> Series:
     """Noise floor ``kind``: a model's circuit found twice, ``(class, layer) ->`` IoU.
 
     ``seed`` and ``source`` are the global model's floors; ``clients`` the floor
@@ -202,67 +224,89 @@ def floor_series(records: Sequence[Record], kind: str) -> Series:
     """
 
     def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        found = (r.get("noise_floor") or {}).get(kind) or {}
-        if kind == "clients":
-            yield from (((_int(p), _int(c), layer), e.get(layer)) for p, per in found.items() for c, e in per.items() for layer in LAYERS)
+        if kind is FloorKind.CLIENTS:
+            for p, per in r.noise_floor.clients.items():
+                yield from (((p, c, layer), v) for c, e in per.items() for layer, v in _layers(e))
         else:
-            yield from (((_int(c), layer), e.get(layer)) for c, e in found.items() for layer in LAYERS)
+            found = r.noise_floor.seed if kind is FloorKind.SEED else (r.noise_floor.source or {})
+            yield from (((c, layer), v) for c, e in found.items() for layer, v in _layers(e))
 
     return collect(records, entries)
 
 
-def chance_series(records: Sequence[Record], view: str) -> Series:
+def chance_series(records: Sequence[Record], view: View) -> Series:
     """Chance level of an IoU view, keyed as the view's own series: expected IoU of random circuits of the same sizes.
 
-    ``view`` is a record key: ``inter_client_iou`` and ``class_pair_iou`` give ``(class
-    or pair, layer)`` keys, ``stability`` and ``local_global_iou`` ``(client, class, layer)``.
-    Records written before chance levels existed yield nothing.
+    Inter-client and class-pair IoU give ``(class or pair, layer)`` keys, stability and
+    local-global IoU ``(client, class, layer)``. Records written before chance levels
+    existed yield nothing.
     """
 
     def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        for key, e in (r.get(view) or {}).items():
-            if view in ("inter_client_iou", "class_pair_iou"):
-                for layer in LAYERS:
-                    yield (_int(key), layer), (e.get("chance") or {}).get(layer)
-            else:
-                for c, pair in e.items():
-                    for layer in LAYERS:
-                        yield (_int(key), _int(c), layer), (pair.get("chance") or {}).get(layer)
+        if view in (View.INTER_CLIENT_IOU, View.CLASS_PAIR_IOU):
+            for key, e in r.grouped_view(view).items():
+                if e.chance is not None:
+                    yield from (((key, layer), e.chance_layer(layer)) for layer in LAYERS)
+        else:
+            for p, per in r.per_client_view(view).items():
+                for c, e in per.items():
+                    if e.chance is not None:
+                        yield from (((p, c, layer), e.chance_layer(layer)) for layer in LAYERS)
 
     return collect(records, entries)
 
 
 def cross_eval_series(records: Sequence[Record], score: str = "sufficiency") -> Series:
-    """Cross-evaluation (paper Fig. 4, 7, 9): ``(client, class) ->`` ``score`` of the local circuit on the global weights.
+    """Cross-evaluation (paper Fig. 4, 7, 9).
+
+    ``(client, class) ->`` ``score`` of the local circuit on the global weights.
 
     ``score`` is ``sufficiency`` (the paper's circuit accuracy), ``specificity`` or ``necessity``.
     """
-    return collect(records, lambda r: (((_int(p), _int(c)), s.get(score)) for p, per in (r.get("cross_eval") or {}).items() for c, s in per.items()))
+    if score not in SCORE_NAMES:
+        raise ValueError(f"score {score!r} is none of {', '.join(SCORE_NAMES)}")
+    return collect(
+        records, lambda r: (((p, c), getattr(s, score)) for p, per in r.cross_eval.items() for c, s in per.items())
+    )
+
+
+OVERALL = "overall"
+"""The key of the overall accuracy in :func:`accuracy_series` (the classes are int keys)."""
 
 
 def accuracy_series(records: Sequence[Record]) -> Series:
-    """Global model accuracy: ``"overall"`` and each class (an int key) over rounds."""
+    """Global model accuracy: :data:`OVERALL` and each class (an int key) over rounds."""
 
     def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        g = r.get("global") or {}
-        yield "overall", g.get("accuracy")
-        for c, a in (g.get("per_class_accuracy") or {}).items():
-            yield _int(c), a
+        if not r.analysed:
+            return
+        yield OVERALL, r.global_model.accuracy
+        yield from r.global_model.per_class_accuracy.items()
 
     return collect(records, entries)
+
+
+GLOBAL = "global"
+"""The client key of the global model's circuits in :func:`circuit_size_series`."""
 
 
 def circuit_size_series(records: Sequence[Record]) -> Series:
-    """Circuit sizes in channels: ``(client, class)`` for local circuits, ``("global", class)`` for the global model's."""
+    """Circuit sizes in channels: ``(client, class)`` for local circuits, ``(GLOBAL, class)`` for the global model's."""
 
     def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        for pid, client in (r.get("clients") or {}).items():
-            for c, n in (client.get("circuit_sizes") or {}).items():
-                yield (_int(pid), _int(c)), n
-        for c, n in ((r.get("global") or {}).get("circuit_sizes") or {}).items():
-            yield ("global", _int(c)), n
+        for pid, client in r.clients.items():
+            yield from (((pid, c), n) for c, n in client.circuit_sizes.items())
+        yield from (((GLOBAL, c), n) for c, n in r.global_model.circuit_sizes.items())
 
     return collect(records, entries)
+
+
+def summary_series(records: Sequence[Record], name: str) -> np.ndarray:
+    """One scalar summary (a :class:`~fedmi_flower.records.round_record.RoundSummary` field) over rounds.
+
+    NaN where not analysed.
+    """
+    return np.array([number(getattr(r.summary, name)) if r.analysed else math.nan for r in records], dtype=float)
 
 
 # ---------------------------------------------------------------------- reductions
@@ -298,7 +342,11 @@ IGNORED_SETTINGS: tuple[str, ...] = ("name", "description", "resources.")
 
 def settings(config: ExperimentConfig) -> dict[str, Any]:
     """The config as flat dotted keys (``train.sparsity``), without :data:`IGNORED_SETTINGS`."""
-    return {k: v for k, v in config.to_run_config().items() if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in IGNORED_SETTINGS)}
+    return {
+        k: v
+        for k, v in config.to_run_config().items()
+        if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in IGNORED_SETTINGS)
+    }
 
 
 def differing_settings(configs: Sequence[ExperimentConfig]) -> list[str]:
@@ -309,7 +357,9 @@ def differing_settings(configs: Sequence[ExperimentConfig]) -> list[str]:
 
 
 def group_runs(runs: Sequence[Run], ignore: Sequence[str] = ("seed",)) -> list[list[Run]]:
-    """Runs whose settings are equal but for ``ignore`` (by default: the seeds of one configuration), in order of appearance."""
+    """Runs whose settings are equal but for ``ignore`` (by default: the seeds of one configuration), in
+    order of appearance.
+    """
     groups: dict[str, list[Run]] = {}
     for run in runs:
         key = json.dumps({k: v for k, v in settings(run.config).items() if k not in ignore}, sort_keys=True)
@@ -343,10 +393,14 @@ def comparison(runs: Sequence[Run]) -> tuple[str, list[list[Run]]]:
     elif differing_settings([r.config for r in runs]) == ["seed"]:
         groups, keys = [[r] for r in runs], ["seed"]
     else:
-        raise RunError(f"the runs {', '.join(str(r.path) for r in runs)} have the same settings; --compare shows runs that differ in one setting")
+        raise RunError(
+            f"the runs {', '.join(str(r.path) for r in runs)} have the same settings; "
+            "--compare shows runs that differ in one setting"
+        )
     if len(keys) != 1:
         raise RunError(
-            f"--compare needs runs that differ in one setting (seeds aside), but these differ in {len(keys)}: {', '.join(keys)}; "
+            "--compare needs runs that differ in one setting (seeds aside), "
+            f"but these differ in {len(keys)}: {', '.join(keys)}; "
             "pass runs that share every other setting, e.g. the runs of one sweep"
         )
     key = keys[0]

@@ -10,25 +10,22 @@ only on the labels, their parameters and a seed.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import os
 import shutil
 import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision
 
-from .seeding import numpy_rng
-
-if TYPE_CHECKING:
-    from .config import DataConfig
+from fedmi_flower.science.seeding import numpy_rng
 
 DATA_ROOT_ENV = "FEDMI_DATA_ROOT"
 
@@ -88,16 +85,16 @@ class ImageSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> "ImageSplit":
+    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ImageSplit:
         """Return the rows at ``indices`` (a copy)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.labels.device)
         return ImageSplit(self.images[idx], self.labels[idx])
 
-    def of_class(self, cls: int) -> "ImageSplit":
+    def of_class(self, cls: int) -> ImageSplit:
         """Return the rows labelled ``cls``."""
         return self.subset(torch.nonzero(self.labels == cls).flatten())
 
-    def to(self, device: torch.device | str) -> "ImageSplit":
+    def to(self, device: torch.device | str) -> ImageSplit:
         """Return the split on ``device`` (itself when already there)."""
         return ImageSplit(self.images.to(device), self.labels.to(device))
 
@@ -141,10 +138,15 @@ def _check_idx_file(path: Path, magic: int, dims: int) -> int:
         raise DatasetError(f"dataset file {path} is truncated ({size} bytes, not even a header); {fix}")
     found_magic, *shape = struct.unpack(f">I{dims}I", header)
     if found_magic != magic:
-        raise DatasetError(f"dataset file {path} is not an IDX file of the expected kind (magic {found_magic:#010x}, expected {magic:#010x}); {fix}")
+        raise DatasetError(
+            f"dataset file {path} is not an IDX file of the expected kind (magic "
+            f"{found_magic:#010x}, expected {magic:#010x}); {fix}"
+        )
     expected = 4 + 4 * dims + int(np.prod(shape))
     if size != expected:
-        raise DatasetError(f"dataset file {path} is corrupt or truncated: {size} bytes, its header announces {expected}; {fix}")
+        raise DatasetError(
+            f"dataset file {path} is corrupt or truncated: {size} bytes, its header announces {expected}; {fix}"
+        )
     return int(shape[0])
 
 
@@ -199,7 +201,9 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
             except Exception as err:  # offline: URLError, RuntimeError, OSError...
                 looked = [str(raw_dir)] + list(spec.system_dirs)
                 lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-                reason = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else type(err).__name__)
+                reason = next(
+                    (ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else type(err).__name__
+                )
                 raise DatasetError(
                     f"{spec.folder} ({'train' if train else 'test'} split) not found; looked in "
                     f"{', '.join(looked)} and torchvision's download failed ({reason}). "
@@ -210,14 +214,18 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
     n_images = _check_idx_file(image_file, _IDX_IMAGES_MAGIC, 3)
     n_labels = _check_idx_file(label_file, _IDX_LABELS_MAGIC, 1)
     if n_images != n_labels:
-        raise DatasetError(f"{image_file} holds {n_images} images but {label_file} holds {n_labels} labels; provide a matching pair")
+        raise DatasetError(
+            f"{image_file} holds {n_images} images but {label_file} holds {n_labels} labels; provide a matching pair"
+        )
     try:
         ds = spec.factory(str(root), train=train, download=False)
     except Exception as err:
         raise DatasetError(f"torchvision could not read {raw_dir}: {err}") from err
     images, labels = ds.data, ds.targets.to(torch.int64)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
-        raise DatasetError(f"{label_file} holds labels outside 0..{spec.num_classes - 1}; the file is corrupt, provide it again")
+        raise DatasetError(
+            f"{label_file} holds labels outside 0..{spec.num_classes - 1}; the file is corrupt, provide it again"
+        )
     return images, labels
 
 
@@ -309,7 +317,9 @@ def partition_dirichlet(
         raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
     labels = np.asarray(labels)
     if min_client_size * num_clients > len(labels):
-        raise ValueError(f"min_client_size {min_client_size} x {num_clients} clients exceeds the {len(labels)} examples")
+        raise ValueError(
+            f"min_client_size {min_client_size} x {num_clients} clients exceeds the {len(labels)} examples"
+        )
     rng = numpy_rng(seed, "partition-dirichlet")
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
@@ -327,7 +337,9 @@ def partition_dirichlet(
     )
 
 
-def partition_by_class_map(labels: np.ndarray, class_map: Sequence[Sequence[int]], seed: int = 0, num_classes: int | None = None) -> list[list[int]]:
+def partition_by_class_map(
+    labels: np.ndarray, class_map: Sequence[Sequence[int]], seed: int = 0, num_classes: int | None = None
+) -> list[list[int]]:
     """Give client i the classes ``class_map[i]``.
 
     A class held by several clients is split evenly at random among them (disjoint
@@ -344,7 +356,9 @@ def partition_by_class_map(labels: np.ndarray, class_map: Sequence[Sequence[int]
             raise ValueError(f"client {client} lists a class twice: {list(classes)}")
         for cls in classes:
             if not 0 <= int(cls) < n_classes:
-                raise ValueError(f"client {client} asks for class {cls}, but the dataset has classes 0..{n_classes - 1}")
+                raise ValueError(
+                    f"client {client} asks for class {cls}, but the dataset has classes 0..{n_classes - 1}"
+                )
             holders.setdefault(int(cls), []).append(client)
     rng = numpy_rng(seed, "partition-class-map")
     parts: list[list[np.ndarray]] = [[] for _ in class_map]
@@ -363,7 +377,10 @@ def classes_per_client_map(num_clients: int, k: int, num_classes: int = 10) -> l
     if k < 1:
         raise ValueError(f"classes per client must be at least 1, got {k}")
     if num_clients * k > num_classes:
-        raise ValueError(f"{num_clients} clients x {k} disjoint classes = {num_clients * k} classes, but the dataset has {num_classes}")
+        raise ValueError(
+            f"{num_clients} clients x {k} disjoint classes = {num_clients * k} classes, "
+            f"but the dataset has {num_classes}"
+        )
     return [list(range(i * k, i * k + k)) for i in range(num_clients)]
 
 
@@ -380,17 +397,24 @@ def shared_class_map(num_clients: int, shared: int, k_distinct: int, num_classes
         raise ValueError(f"distinct classes per client must be >= 0, got {k_distinct}")
     others = [c for c in range(num_classes) if c != shared]
     if num_clients * k_distinct > len(others):
-        raise ValueError(f"{num_clients} clients x {k_distinct} distinct classes need {num_clients * k_distinct} classes besides {shared}, but only {len(others)} exist")
+        raise ValueError(
+            f"{num_clients} clients x {k_distinct} distinct classes need {num_clients * k_distinct} classes "
+            f"besides {shared}, but only {len(others)} exist"
+        )
     return [[shared] + others[i * k_distinct : (i + 1) * k_distinct] for i in range(num_clients)]
 
 
-def partition_classes_per_client(labels: np.ndarray, num_clients: int, k: int, seed: int = 0, num_classes: int | None = None) -> list[list[int]]:
+def partition_classes_per_client(
+    labels: np.ndarray, num_clients: int, k: int, seed: int = 0, num_classes: int | None = None
+) -> list[list[int]]:
     """Pathological label skew: client i holds all examples of classes i*k .. i*k+k-1."""
     n_classes = _num_classes(labels, num_classes)
     return partition_by_class_map(labels, classes_per_client_map(num_clients, k, n_classes), seed, n_classes)
 
 
-def partition_shared_class(labels: np.ndarray, num_clients: int, shared: int, k_distinct: int, seed: int = 0, num_classes: int | None = None) -> list[list[int]]:
+def partition_shared_class(
+    labels: np.ndarray, num_clients: int, shared: int, k_distinct: int, seed: int = 0, num_classes: int | None = None
+) -> list[list[int]]:
     """Every client holds a share of ``shared`` plus ``k_distinct`` classes of its own."""
     n_classes = _num_classes(labels, num_classes)
     return partition_by_class_map(labels, shared_class_map(num_clients, shared, k_distinct, n_classes), seed, n_classes)
@@ -464,12 +488,16 @@ def make_partitions(
         capped = cap_partition(part, max_per_client, seed, pid)
         train, holdout = split_holdout(capped, holdout_fraction, seed, pid)
         if not train:
-            raise ValueError(f"client {pid} has no training examples left after the held-out split; lower holdout_fraction")
+            raise ValueError(
+                f"client {pid} has no training examples left after the held-out split; lower holdout_fraction"
+            )
         out.append(ClientPartition(train, holdout))
     return out
 
 
-def server_splits(test_labels: np.ndarray, probe_fraction: float, seed: int, eval_per_class: int | None = None) -> tuple[list[int], list[int]]:
+def server_splits(
+    test_labels: np.ndarray, probe_fraction: float, seed: int, eval_per_class: int | None = None
+) -> tuple[list[int], list[int]]:
     """Split the test set into the server's probe rows (global discovery) and evaluation rows.
 
     The evaluation rows are capped at ``eval_per_class`` per class (seeded) when given.
@@ -481,17 +509,23 @@ def server_splits(test_labels: np.ndarray, probe_fraction: float, seed: int, eva
     n_probe = int(round(probe_fraction * len(order)))
     probe, evaluation = order[:n_probe], order[n_probe:]
     if eval_per_class is not None:
-        evaluation = np.concatenate([evaluation[test_labels[evaluation] == c][:eval_per_class] for c in np.unique(test_labels)])
+        evaluation = np.concatenate(
+            [evaluation[test_labels[evaluation] == c][:eval_per_class] for c in np.unique(test_labels)]
+        )
     return np.sort(probe).tolist(), np.sort(evaluation).tolist()
 
 
-def experiment_partitions(data: "DataConfig", clients: int, seed: int, data_root: str | os.PathLike | None = None) -> list[ClientPartition]:
+def experiment_partitions(
+    data: Mapping[str, Any], clients: int, seed: int, data_root: str | os.PathLike | None = None
+) -> list[ClientPartition]:
     """Every client's rows for an experiment's data settings (cached per process).
 
-    Deterministic from the settings and the seed, so that the server and each client
-    compute the same partition independently.
+    ``data`` holds the experiment's ``[data]`` settings as plain values (the fields of
+    ``fedmi_flower.config.DataConfig``). Deterministic from the settings and the seed, so
+    that the server and each client compute the same partition independently.
     """
-    return _experiment_partitions(json.dumps(dataclasses.asdict(data), sort_keys=True), clients, seed, str(resolve_data_root(data_root)))
+    key = json.dumps(dict(data), sort_keys=True)
+    return _experiment_partitions(key, clients, seed, str(resolve_data_root(data_root)))
 
 
 @lru_cache(maxsize=4)

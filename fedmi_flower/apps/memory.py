@@ -11,6 +11,7 @@ fell from 3.55 to 3.05 GiB at no measured cost in speed (bench/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 
@@ -24,7 +25,5 @@ def return_large_blocks_to_os(threshold: int = THRESHOLD_BYTES) -> None:
     A no-op where the C library is not glibc.
     """
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(threshold))
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
-    except (OSError, AttributeError):
-        pass

@@ -1,0 +1,1 @@
+"""The server's analysis of a round: orchestration of the science over the clients' reports."""

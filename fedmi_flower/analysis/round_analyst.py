@@ -1,0 +1,452 @@
+"""The server's analysis of one round: every circuit-preservation view of paper section 2.3, with its scale.
+
+Given the aggregated global model and the clients' reports, :class:`RoundAnalyst`
+discovers the global model's circuit of each analysed class once (on the server's
+probe split), scores global and local circuits in one batched evaluation on the
+evaluation split, and computes inter-client IoU, intra-client stability (round t
+against round t-1 only), local-global IoU and cross-evaluation. It keeps the state
+that stability needs (each client's last circuits) and can save and restore it.
+
+Every IoU view comes with its scale (DESIGN.md, "Measurement has a scale"):
+
+- the **chance level**: the expected IoU of random channel sets of the same sizes in
+  the same layers (:func:`~fedmi_flower.science.metrics.chance_circuit_iou`), averaged over the
+  same pairs as the view;
+- the **noise floor**: the IoU of the same model's circuit found twice the way the view
+  compares circuits. ``seed``: the global model on a bootstrap redraw of the probe rows
+  with another seed (the floor of inter-client IoU). ``source``: the global model on
+  one client's training rows against the probe rows (the floor of local-global IoU,
+  which compares circuits found on different data). ``clients``: the floor client's
+  own model found twice on another draw of its own rows with another seed, as that
+  client reports it (the floor of stability, which compares a client's circuits found
+  on its rows with different seeds). Each floor is one draw per round: a difference of
+  a few hundredths from it is within its own noise;
+- ``pairs``: the number of defined pairs behind every mean.
+
+Plain PyTorch and Python: no Flower type appears here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.records.round_record import (
+    ClientEntry,
+    CrossEvaluation,
+    GlobalEntry,
+    IoU,
+    NoiseFloor,
+    RoundRecord,
+    RoundSummary,
+    RoundTimings,
+    Scores,
+    number,
+)
+from fedmi_flower.science.circuits import (
+    SCORE_NAMES,
+    Circuit,
+    CircuitScores,
+    circuit_size,
+    discover_circuits,
+    evaluate_circuits,
+)
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.metrics import (
+    chance_circuit_iou,
+    circuit_iou,
+    class_pairs,
+    defined_pairs,
+    mean_entries,
+    nanmean,
+)
+from fedmi_flower.science.model import SimpleCNN, evaluate
+from fedmi_flower.science.seeding import derive_seed, torch_generator
+from fedmi_flower.science.sparsity import sparsity_report
+from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict
+from fedmi_flower.wire.protocol import ClientReport
+
+__all__ = ["COLLAPSE_THRESHOLD", "RoundAnalyst"]
+
+
+def _scores(s: CircuitScores) -> Scores:
+    return Scores(s.sufficiency, s.specificity, s.necessity, s.num_target)
+
+
+def bootstrap(split: ImageSplit, seed: int) -> ImageSplit:
+    """Another draw of the same rows: ``len(split)`` rows sampled with replacement, seeded."""
+    g = torch_generator(seed, "bootstrap")
+    return split.subset(torch.randint(len(split), (len(split),), generator=g).sort().values)
+
+
+def compare(a: Circuit, b: Circuit, layer_sizes: Mapping[str, int]) -> IoU:
+    """IoU of two circuits per layer and mean, with the chance level of circuits of their sizes."""
+    return IoU(circuit_iou(a, b), chance=chance_circuit_iou(a, b, layer_sizes))
+
+
+def summarise_pairs(pairs: Sequence[IoU]) -> IoU:
+    """Mean IoU over compared pairs (per layer and over layers), their mean chance level, and how many
+    pairs are defined.
+    """
+    return IoU(
+        mean_entries([p.layers for p in pairs]),
+        chance=mean_entries([p.chance or {} for p in pairs]),
+        pairs=defined_pairs([p.layers for p in pairs]),
+    )
+
+
+class RoundAnalyst:
+    """Analyses rounds for one run and remembers what the next round's stability needs.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The experiment (discovery settings, analysed classes, seed).
+    probe : ImageSplit
+        Server data the global circuits are discovered on.
+    evaluation : ImageSplit
+        Server data every score and accuracy is measured on.
+    floor_rows : ImageSplit, optional
+        Training rows of partition ``config.analysis.floor_client``: the global model's
+        circuits found on them against those found on ``probe`` give the source noise
+        floor. Without them that floor is not measured.
+    """
+
+    def __init__(
+        self, config: ExperimentConfig, probe: ImageSplit, evaluation: ImageSplit, floor_rows: ImageSplit | None = None
+    ) -> None:
+        self.config = config
+        self.probe = probe
+        self.evaluation = evaluation
+        self.floor_rows = floor_rows
+        # partition id -> (round, circuits) of the client's last report
+        self.previous: dict[int, tuple[int, dict[int, Circuit]]] = {}
+
+    # ------------------------------------------------------------------ state for checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: the last circuits of every client."""
+        return {
+            str(pid): {"round": r, "circuits": {str(c): circ for c, circ in sorted(circuits.items())}}
+            for pid, (r, circuits) in self.previous.items()
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.previous = {
+            int(pid): (int(v["round"]), {int(c): circ for c, circ in v["circuits"].items()}) for pid, v in state.items()
+        }
+
+    # ------------------------------------------------------------------ pieces of the analysis
+
+    def classes_to_analyse(self, reports: Sequence[ClientReport]) -> list[int]:
+        """The configured classes, or every class some client reported a circuit for."""
+        if self.config.analysis.classes is not None:
+            return sorted(set(self.config.analysis.classes))
+        return sorted({c for r in reports for c in r.circuits})
+
+    def discover(
+        self,
+        model: SimpleCNN,
+        data: ImageSplit,
+        classes: Sequence[int],
+        purpose: str,
+        server_round: int,
+        min_rows: int = 1,
+    ) -> dict[int, Circuit]:
+        """The model's circuits of the ``classes`` that ``data`` holds at least ``min_rows`` of, with a
+        seed for ``purpose``.
+        """
+        device = next(model.parameters()).device
+        present = [c for c in classes if int((data.labels == c).sum()) >= min_rows]
+        if not present:
+            return {}
+        settings = dataclasses.asdict(self.config.discovery)
+        return discover_circuits(
+            model, data.to(device), present, seed=derive_seed(self.config.seed, purpose, server_round), **settings
+        )
+
+    def noise_floor(
+        self,
+        model: SimpleCNN,
+        global_circuits: Mapping[int, Circuit],
+        server_round: int,
+        reports: Sequence[ClientReport],
+    ) -> NoiseFloor:
+        """The noise floors of this round (see the module docstring).
+
+        Unmeasured when ``analysis.noise_floor`` is off.
+        """
+        if not self.config.analysis.noise_floor or not global_circuits:
+            return NoiseFloor(measured=False)
+        sizes = model.layer_sizes
+        classes = sorted(global_circuits)
+        redraw = bootstrap(self.probe, derive_seed(self.config.seed, "floor-bootstrap", server_round))
+        again = self.discover(model, redraw, classes, "floor-discovery", server_round)
+        floor = NoiseFloor(seed={c: compare(global_circuits[c], again[c], sizes) for c in classes if c in again})
+        if self.floor_rows is not None:
+            # A client analyses only the classes it holds enough of; so does its floor.
+            min_rows = self.config.analysis.min_class_examples
+            elsewhere = self.discover(model, self.floor_rows, classes, "floor-source", server_round, min_rows)
+            floor.source = {c: compare(elsewhere[c], global_circuits[c], sizes) for c in classes if c in elsewhere}
+            floor.source_client = self.config.analysis.floor_client
+        # Only the floor client was asked for its own floor; anything another client sends is ignored.
+        floor.clients = {
+            r.partition_id: {c: IoU(dict(v)) for c, v in sorted(r.noise_floor.items())}
+            for r in reports
+            if r.noise_floor and r.partition_id == self.config.analysis.floor_client
+        }
+        return floor
+
+    @staticmethod
+    def inter_client(
+        classes: Sequence[int], reports: Sequence[ClientReport], sizes: Mapping[str, int]
+    ) -> dict[int, IoU]:
+        """Inter-client consistency (RQ1) per class.
+
+        Mean pairwise IoU of the holders' circuits, chance level, pair count.
+        """
+        out = {}
+        for cls in classes:
+            holders = {r.partition_id: r.circuits[cls] for r in reports if cls in r.circuits}
+            pairs = [compare(a, b, sizes) for a, b in itertools.combinations(holders.values(), 2)]
+            out[cls] = dataclasses.replace(summarise_pairs(pairs), clients=sorted(holders))
+        return out
+
+    @staticmethod
+    def class_pair(reports: Sequence[ClientReport], sizes: Mapping[str, int]) -> dict[str, IoU]:
+        """Class-pair IoU per pair of classes ``a-b``: class a's circuit on one client against class b's on another."""
+        found = class_pairs({r.partition_id: r.circuits for r in reports})
+        return {
+            f"{a}-{b}": summarise_pairs([compare(x, y, sizes) for x, y in pairs]) for (a, b), pairs in found.items()
+        }
+
+    @staticmethod
+    def local_global(
+        reports: Sequence[ClientReport], global_circuits: Mapping[int, Circuit], sizes: Mapping[str, int]
+    ) -> dict[int, dict[int, IoU]]:
+        """Local-global preservation: each client's circuit against the global model's circuit of its class."""
+        return {
+            r.partition_id: {
+                c: compare(circ, global_circuits[c], sizes)
+                for c, circ in sorted(r.circuits.items())
+                if c in global_circuits
+            }
+            for r in reports
+        }
+
+    def stability(
+        self, server_round: int, reports: Sequence[ClientReport], sizes: Mapping[str, int]
+    ) -> tuple[dict[int, dict[int, IoU]], dict[int, dict[int, IoU]]]:
+        """Intra-client stability (RQ2): each client's circuit against its own of round t-1.
+
+        Returns ``(stability, gaps)``. A client whose last report is older than t-1 (not
+        sampled, failed or rejected in between) is no t-1 comparison: it goes to
+        ``gaps``, with the round it was compared with, and stays out of every stability mean.
+        """
+        stable: dict[int, dict[int, IoU]] = {}
+        gaps: dict[int, dict[int, IoU]] = {}
+        for r in reports:
+            if r.partition_id not in self.previous:
+                continue
+            prev_round, prev = self.previous[r.partition_id]
+            entry = {
+                c: dataclasses.replace(compare(circ, prev[c], sizes), previous_round=prev_round)
+                for c, circ in sorted(r.circuits.items())
+                if c in prev
+            }
+            (stable if prev_round == server_round - 1 else gaps)[r.partition_id] = entry
+        return stable, gaps
+
+    def score(
+        self, model: SimpleCNN, global_circuits: Mapping[int, Circuit], reports: Sequence[ClientReport]
+    ) -> tuple[dict[int, CircuitScores], dict[tuple[int, int], CircuitScores]]:
+        """Global circuits and every local circuit scored on the global weights, in one batched evaluation.
+
+        Returns the global circuits' scores by class and the cross-evaluation by ``(client, class)``.
+        """
+        pairs: list[tuple[int, Circuit]] = list(global_circuits.items())
+        keys: list[tuple[int, int]] = []
+        for r in reports:
+            for cls, circ in sorted(r.circuits.items()):
+                pairs.append((cls, circ))
+                keys.append((r.partition_id, cls))
+        scores = evaluate_circuits(model, self.evaluation, pairs, ablation=self.config.discovery.ablation)
+        return dict(zip(global_circuits, scores[: len(global_circuits)])), dict(
+            zip(keys, scores[len(global_circuits) :])
+        )
+
+    def global_entry(
+        self, model: SimpleCNN, circuits: Mapping[int, Circuit], scores: Mapping[int, CircuitScores]
+    ) -> GlobalEntry:
+        """The global model's part of the record.
+
+        Accuracy on the evaluation rows, achieved sparsity, circuits, verdicts.
+        """
+        accuracy = evaluate(model, self.evaluation)
+        achieved = sparsity_report(model)
+        sizes = {c: circuit_size(circ) for c, circ in sorted(circuits.items())}
+        return GlobalEntry(
+            accuracy=accuracy.accuracy,
+            loss=accuracy.loss,
+            per_class_accuracy=dict(accuracy.per_class_accuracy),
+            sparsity=achieved.overall,
+            sparsity_per_tensor=dict(achieved.per_tensor),
+            circuits=dict(sorted(circuits.items())),
+            circuit_sizes=sizes,
+            scores={c: _scores(s) for c, s in sorted(scores.items())},
+            verdicts={c: circuit_verdict(sizes[c], s.sufficiency, s.specificity) for c, s in sorted(scores.items())},
+        )
+
+    # ------------------------------------------------------------------ the analysis
+
+    def analyse(self, server_round: int, model: SimpleCNN, reports: Sequence[ClientReport]) -> RoundRecord:
+        """Analyse one round; return its record (NaN where a value is undefined).
+
+        ``reports`` must hold validated reports with distinct partition ids.
+        """
+        began = time.perf_counter()
+        classes = self.classes_to_analyse(reports)
+        sizes = model.layer_sizes
+        reports = sorted(reports, key=lambda r: r.partition_id)
+        timings = RoundTimings()
+        t0 = time.perf_counter()
+        global_circuits = self.discover(model, self.probe, classes, "server-discovery", server_round)
+        timings.global_discovery = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        floor = self.noise_floor(model, global_circuits, server_round, reports)
+        timings.noise_floor = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        global_scores, cross = self.score(model, global_circuits, reports)
+        global_entry = self.global_entry(model, global_circuits, global_scores)
+        timings.evaluation = time.perf_counter() - t0
+
+        stability, gaps = self.stability(server_round, reports, sizes)
+        record = RoundRecord(
+            round=int(server_round),
+            classes=classes,
+            clients={r.partition_id: self.client_entry(r) for r in reports},
+            global_model=global_entry,
+            noise_floor=floor,
+            inter_client_iou=self.inter_client(classes, reports, sizes),
+            class_pair_iou=self.class_pair(reports, sizes),
+            local_global_iou=self.local_global(reports, global_circuits, sizes),
+            stability=stability,
+            stability_gap=gaps,
+            cross_eval={
+                r.partition_id: {c: self.cross_entry(r, c, cross[(r.partition_id, c)]) for c in sorted(r.circuits)}
+                for r in reports
+                if r.circuits
+            },
+            timings=timings,
+        )
+        for r in reports:
+            self.previous[r.partition_id] = (int(server_round), dict(r.circuits))
+        record.summary = self.summarise(record)
+        timings.analysis = time.perf_counter() - began
+        return record
+
+    @staticmethod
+    def client_entry(r: ClientReport) -> ClientEntry:
+        """A client's part of the round record: what it reported, with its circuits' sizes and local verdicts."""
+        sizes = {c: circuit_size(circ) for c, circ in sorted(r.circuits.items())}
+        local = {c: _reported_scores(s) for c, s in sorted(r.local_scores.items())}
+        return ClientEntry(
+            num_examples=r.num_examples,
+            train_loss=r.train_loss,
+            train_accuracy=r.train_accuracy,
+            sparsity=r.sparsity,
+            sparsity_per_tensor=dict(r.sparsity_per_tensor),
+            timings=dict(r.timings),
+            class_counts=list(r.class_counts),
+            device=r.device,
+            circuits=dict(sorted(r.circuits.items())),
+            circuit_sizes=sizes,
+            local_scores=local,
+            local_verdicts={c: circuit_verdict(n, *_local_scores(local, c)) for c, n in sizes.items()},
+            discovery_steps=dict(sorted(r.discovery_steps.items())),
+        )
+
+    @staticmethod
+    def cross_entry(r: ClientReport, cls: int, s: CircuitScores) -> CrossEvaluation:
+        """Cross-evaluation of one local circuit on the global weights, with its verdict there and on its own model."""
+        size = circuit_size(r.circuits[cls])
+        local = {c: _reported_scores(v) for c, v in r.local_scores.items()}
+        return CrossEvaluation(
+            s.sufficiency,
+            s.specificity,
+            s.necessity,
+            s.num_target,
+            verdict=circuit_verdict(size, s.sufficiency, s.specificity),
+            local_verdict=circuit_verdict(size, *_local_scores(local, cls)),
+        )
+
+    @staticmethod
+    def summarise(record: RoundRecord) -> RoundSummary:
+        """Scalar summaries of a round record (what Flower metrics, the summary CSV and the progress line carry).
+
+        Every IoU mean comes with its pair count, its chance level and the view's noise
+        floor (:class:`~fedmi_flower.records.round_record.RoundSummary`).
+        """
+        cross = [s for per_class in record.cross_eval.values() for s in per_class.values()]
+        local_sizes = [n for c in record.clients.values() for n in c.circuit_sizes.values()]
+        inter = list(record.inter_client_iou.values())
+        pair = list(record.class_pair_iou.values())
+        lg = [v for per in record.local_global_iou.values() for v in per.values()]
+        stab = [v for per in record.stability.values() for v in per.values()]
+        floor = record.noise_floor
+        client_floor = [v for per in floor.clients.values() for v in per.values()]
+        worked = [s for s in cross if s.local_verdict == "working"]
+        return RoundSummary(
+            clients=len(record.clients),
+            global_accuracy=record.global_model.accuracy,
+            global_loss=record.global_model.loss,
+            inter_client_iou=nanmean(v.mean for v in inter),
+            inter_client_iou_pairs=sum(v.pairs or 0 for v in inter),
+            inter_client_iou_chance=nanmean(v.chance_mean for v in inter),
+            class_pair_iou=nanmean(v.mean for v in pair),
+            class_pair_iou_pairs=sum(v.pairs or 0 for v in pair),
+            class_pair_iou_chance=nanmean(v.chance_mean for v in pair),
+            local_global_iou=nanmean(v.mean for v in lg),
+            local_global_iou_pairs=defined_pairs([v.layers for v in lg]),
+            local_global_iou_chance=nanmean(v.chance_mean for v in lg),
+            stability=nanmean(v.mean for v in stab),
+            stability_pairs=defined_pairs([v.layers for v in stab]),
+            stability_chance=nanmean(v.chance_mean for v in stab),
+            stability_gaps=sum(len(per) for per in record.stability_gap.values()),
+            seed_floor=nanmean(v.mean for v in floor.seed.values()),
+            source_floor=nanmean(v.mean for v in (floor.source or {}).values()),
+            client_seed_floor=nanmean(v.mean for v in client_floor),
+            cross_sufficiency=nanmean(s.sufficiency for s in cross),
+            cross_specificity=nanmean(s.specificity for s in cross),
+            # The paper's collapse (sufficiency alone, as the report and figures count it); the verdicts follow.
+            cross_collapsed=sum(
+                1 for s in cross if not math.isnan(s.sufficiency) and s.sufficiency < COLLAPSE_THRESHOLD
+            ),
+            cross_working_locally=len(worked),
+            cross_preserved=sum(1 for s in worked if s.verdict == "working"),
+            cross_collapsed_after_working=sum(1 for s in worked if s.verdict == "collapsed"),
+            cross_indiscriminate=sum(1 for s in cross if s.verdict == "indiscriminate"),
+            global_circuit_channels=nanmean(float(v) for v in record.global_model.circuit_sizes.values()),
+            local_circuit_channels=nanmean(float(v) for v in local_sizes),
+            empty_local_circuits=sum(1 for v in local_sizes if v == 0),
+        )
+
+
+def _reported_scores(reported: Mapping[str, float | None]) -> Scores:
+    """A client's own scores of one of its circuits, as it reported them (wire names: ``SCORE_NAMES``)."""
+    sufficiency, specificity, necessity = (number(reported.get(name)) for name in SCORE_NAMES)
+    return Scores(sufficiency, specificity, necessity)
+
+
+def _local_scores(local: Mapping[int, Scores], cls: int) -> tuple[float | None, float | None]:
+    """A client's own sufficiency and specificity of its class-``cls`` circuit (None when it sent none)."""
+    s = local.get(cls)
+    return (s.sufficiency, s.specificity) if s is not None else (None, None)

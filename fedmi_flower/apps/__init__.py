@@ -1,0 +1,1 @@
+"""Flower wiring: the ServerApp, the ClientApp, the simulation and the local deployment."""

@@ -1,0 +1,618 @@
+"""The round record: everything one round of a run says, typed and versioned (one line of ``rounds.jsonl``).
+
+The server's analysis (:mod:`fedmi_flower.analysis.round_analyst`) and the strategy
+build a :class:`RoundRecord`; the run directory writes it with :meth:`RoundRecord.to_json`;
+every reader (series, figures, graphs, reports, the CLI) gets it back with
+:meth:`RoundRecord.from_json` and reads attributes. This module is the only one that
+spells a key of the JSON layout, so a renamed field fails loudly, in one place.
+
+JSON layout (schema :data:`SCHEMA_VERSION`; class and client ids are string keys,
+undefined values ``null``)::
+
+    {"schema": 2, "round": t, "classes": [...],
+     "clients": {pid: ClientEntry}, "global": GlobalEntry,
+     "noise_floor": {"seed": {cls: IoU}, "source": {cls: IoU}, "source_client": pid,
+                     "clients": {pid: {cls: IoU}}},
+     "inter_client_iou": {cls: IoU}, "class_pair_iou": {"a-b": IoU},
+     "local_global_iou": {pid: {cls: IoU}}, "stability": {pid: {cls: IoU}},
+     "stability_gap": {pid: {cls: IoU}}, "cross_eval": {pid: {cls: CrossEvaluation}},
+     "summary": RoundSummary, "timings": RoundTimings,
+     "aggregated": bool, "not_aggregated_because": str, "sampled": n,
+     "failures": [...], "silent_clients": [...], "rejected": [...]}
+
+An :class:`IoU` is flat: ``{"conv1": .., "conv2": .., "conv3": .., "mean": .., "chance":
+{same layers}, "pairs": n, "clients": [...], "previous_round": t}`` (the last four where
+they apply). A round whose analysis failed carries ``analysis_error`` and none of the
+analysis fields. Records written before the schema had a version read as version 1:
+the same layout, with the views added later simply absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from fedmi_flower.science.circuits import Circuit
+from fedmi_flower.science.metrics import MEAN
+
+SCHEMA_VERSION = 2
+"""Version written into every new record."""
+KNOWN_VERSIONS = (1, 2)
+"""Versions this package reads; 1 is a record without a ``schema`` field (written before it existed)."""
+
+Json = dict[str, Any]
+
+
+class RecordError(ValueError):
+    """A round record this package cannot read; the message names the problem and the fix."""
+
+
+class View(StrEnum):
+    """The circuit-preservation views of paper section 2.3 that a round record carries as IoUs."""
+
+    INTER_CLIENT_IOU = "inter_client_iou"
+    CLASS_PAIR_IOU = "class_pair_iou"
+    STABILITY = "stability"
+    LOCAL_GLOBAL_IOU = "local_global_iou"
+
+
+class FloorKind(StrEnum):
+    """The noise floors of a round (see :mod:`fedmi_flower.analysis.round_analyst`)."""
+
+    SEED = "seed"
+    SOURCE = "source"
+    CLIENTS = "clients"
+
+
+FLOOR_OF_VIEW: dict[View, FloorKind] = {
+    View.INTER_CLIENT_IOU: FloorKind.SEED,
+    View.STABILITY: FloorKind.CLIENTS,
+    View.LOCAL_GLOBAL_IOU: FloorKind.SOURCE,
+}
+"""Which noise floor scales which IoU view (class-pair IoU has none: it compares different classes)."""
+
+
+def number(value: Any) -> float:
+    """A record value as a float; ``None`` (JSON null) and anything non-numeric is NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    return float(value)
+
+
+def _keyed(raw: Mapping[str, Any] | None, convert: Any = lambda v: v) -> dict[int, Any]:
+    return {int(k): convert(v) for k, v in (raw or {}).items()}
+
+
+def _nested(raw: Mapping[str, Any] | None, convert: Any) -> dict[int, dict[int, Any]]:
+    return {int(p): _keyed(per, convert) for p, per in (raw or {}).items()}
+
+
+def _str_keyed(values: Mapping[int, Any], convert: Any = lambda v: v) -> Json:
+    return {str(k): convert(v) for k, v in sorted(values.items())}
+
+
+def _circuit(raw: Mapping[str, Any]) -> Circuit:
+    return {layer: [int(c) for c in channels] for layer, channels in raw.items()}
+
+
+# ---------------------------------------------------------------------- IoU entries
+
+_IOU_EXTRAS = ("chance", "pairs", "clients", "previous_round")
+
+
+@dataclass
+class IoU:
+    """An IoU of two circuits, or a mean over pairs of them, per layer and over layers (``MEAN``).
+
+    Attributes
+    ----------
+    layers : dict
+        Layer name (and ``"mean"``) to IoU; NaN where undefined (both sets empty).
+    chance : dict, optional
+        The chance level: the expected IoU of random circuits of the same sizes, keyed as ``layers``.
+    pairs : int, optional
+        For a mean over pairs: how many pairs have a defined mean.
+    clients : list of int, optional
+        Inter-client IoU: the clients holding the class.
+    previous_round : int, optional
+        Stability: the round the circuit was compared with.
+    """
+
+    layers: dict[str, float]
+    chance: dict[str, float] | None = None
+    pairs: int | None = None
+    clients: list[int] | None = None
+    previous_round: int | None = None
+
+    @property
+    def mean(self) -> float:
+        """The IoU over layers (NaN when undefined)."""
+        return number(self.layers.get(MEAN))
+
+    @property
+    def chance_mean(self) -> float:
+        """The chance level over layers (NaN when not recorded)."""
+        return number((self.chance or {}).get(MEAN))
+
+    def layer(self, name: str) -> float:
+        return number(self.layers.get(name))
+
+    def chance_layer(self, name: str) -> float:
+        return number((self.chance or {}).get(name))
+
+    def to_json(self) -> Json:
+        out: Json = dict(self.layers)
+        for name in _IOU_EXTRAS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = dict(value) if name == "chance" else value
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> IoU:
+        return cls(
+            layers={k: number(v) for k, v in raw.items() if k not in _IOU_EXTRAS},
+            chance={k: number(v) for k, v in raw["chance"].items()} if raw.get("chance") is not None else None,
+            pairs=raw.get("pairs"),
+            clients=raw.get("clients"),
+            previous_round=raw.get("previous_round"),
+        )
+
+
+# ---------------------------------------------------------------------- scores and entries
+
+
+@dataclass
+class Scores:
+    """How a circuit behaves on a model: sufficiency, specificity, necessity
+    (:class:`~fedmi_flower.science.circuits.CircuitScores`).
+    """
+
+    sufficiency: float = math.nan
+    specificity: float = math.nan
+    necessity: float = math.nan
+    num_target: int | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {"sufficiency": self.sufficiency, "specificity": self.specificity, "necessity": self.necessity}
+        if self.num_target is not None:
+            out["num_target"] = self.num_target
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Scores:
+        return cls(
+            number(raw.get("sufficiency")),
+            number(raw.get("specificity")),
+            number(raw.get("necessity")),
+            raw.get("num_target"),
+        )
+
+
+@dataclass
+class CrossEvaluation(Scores):
+    """A local circuit scored on the global weights, with its verdict there (``verdict``) and on its own model."""
+
+    verdict: str = "unscored"
+    local_verdict: str = "unscored"
+
+    def to_json(self) -> Json:
+        return {**super().to_json(), "verdict": self.verdict, "local_verdict": self.local_verdict}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> CrossEvaluation:
+        s = Scores.from_json(raw)
+        return cls(
+            s.sufficiency,
+            s.specificity,
+            s.necessity,
+            s.num_target,
+            raw.get("verdict", "unscored"),
+            raw.get("local_verdict", "unscored"),
+        )
+
+
+@dataclass
+class ClientEntry:
+    """One client's part of a round: what it reported, with its circuits' sizes and local verdicts."""
+
+    num_examples: int
+    train_loss: float = math.nan
+    train_accuracy: float = math.nan
+    sparsity: float = math.nan
+    sparsity_per_tensor: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    class_counts: list[int] = field(default_factory=list)
+    device: str = "cpu"
+    circuits: dict[int, Circuit] = field(default_factory=dict)
+    circuit_sizes: dict[int, int] = field(default_factory=dict)
+    local_scores: dict[int, Scores] = field(default_factory=dict)
+    local_verdicts: dict[int, str] = field(default_factory=dict)
+    discovery_steps: dict[int, int] = field(default_factory=dict)
+
+    def to_json(self) -> Json:
+        return {
+            "num_examples": self.num_examples,
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "sparsity": self.sparsity,
+            "sparsity_per_tensor": dict(self.sparsity_per_tensor),
+            "timings": dict(self.timings),
+            "class_counts": list(self.class_counts),
+            "device": self.device,
+            "circuits": _str_keyed(self.circuits),
+            "circuit_sizes": _str_keyed(self.circuit_sizes),
+            "local_scores": _str_keyed(self.local_scores, Scores.to_json),
+            "local_verdicts": _str_keyed(self.local_verdicts),
+            "discovery_steps": _str_keyed(self.discovery_steps),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ClientEntry:
+        return cls(
+            num_examples=int(raw.get("num_examples", 0)),
+            train_loss=number(raw.get("train_loss")),
+            train_accuracy=number(raw.get("train_accuracy")),
+            sparsity=number(raw.get("sparsity")),
+            sparsity_per_tensor={k: number(v) for k, v in (raw.get("sparsity_per_tensor") or {}).items()},
+            timings={k: number(v) for k, v in (raw.get("timings") or {}).items()},
+            class_counts=list(raw.get("class_counts") or []),
+            device=raw.get("device", "cpu"),
+            circuits=_keyed(raw.get("circuits"), _circuit),
+            circuit_sizes=_keyed(raw.get("circuit_sizes"), int),
+            local_scores=_keyed(raw.get("local_scores"), Scores.from_json),
+            local_verdicts=_keyed(raw.get("local_verdicts")),
+            discovery_steps=_keyed(raw.get("discovery_steps"), int),
+        )
+
+
+@dataclass
+class GlobalEntry:
+    """The global model of a round: accuracy, achieved sparsity, its circuits, their scores and verdicts."""
+
+    accuracy: float = math.nan
+    loss: float = math.nan
+    per_class_accuracy: dict[int, float] = field(default_factory=dict)
+    sparsity: float = math.nan
+    sparsity_per_tensor: dict[str, float] = field(default_factory=dict)
+    circuits: dict[int, Circuit] = field(default_factory=dict)
+    circuit_sizes: dict[int, int] = field(default_factory=dict)
+    scores: dict[int, Scores] = field(default_factory=dict)
+    verdicts: dict[int, str] = field(default_factory=dict)
+
+    def to_json(self) -> Json:
+        return {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "per_class_accuracy": _str_keyed(self.per_class_accuracy),
+            "sparsity": self.sparsity,
+            "sparsity_per_tensor": dict(self.sparsity_per_tensor),
+            "circuits": _str_keyed(self.circuits),
+            "circuit_sizes": _str_keyed(self.circuit_sizes),
+            "scores": _str_keyed(self.scores, Scores.to_json),
+            "verdicts": _str_keyed(self.verdicts),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> GlobalEntry:
+        return cls(
+            accuracy=number(raw.get("accuracy")),
+            loss=number(raw.get("loss")),
+            per_class_accuracy=_keyed(raw.get("per_class_accuracy"), number),
+            sparsity=number(raw.get("sparsity")),
+            sparsity_per_tensor={k: number(v) for k, v in (raw.get("sparsity_per_tensor") or {}).items()},
+            circuits=_keyed(raw.get("circuits"), _circuit),
+            circuit_sizes=_keyed(raw.get("circuit_sizes"), int),
+            scores=_keyed(raw.get("scores"), Scores.from_json),
+            verdicts=_keyed(raw.get("verdicts")),
+        )
+
+
+@dataclass
+class NoiseFloor:
+    """A round's noise floors: the same model's circuit found twice, compared the way each view compares.
+
+    ``seed``: the global model, another seed and draw of the probe rows (inter-client
+    IoU's floor). ``source``: the global model on ``source_client``'s rows against the
+    probe rows (local-global IoU's floor; None when not measured). ``clients``: the floor
+    client's own model found twice, as it reported it (stability's floor).
+    """
+
+    seed: dict[int, IoU] = field(default_factory=dict)
+    source: dict[int, IoU] | None = None
+    source_client: int | None = None
+    clients: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    measured: bool = True
+
+    def of(self, kind: FloorKind) -> dict[int, IoU] | dict[int, dict[int, IoU]]:
+        """The floor of one kind (``clients`` is keyed by client, then class)."""
+        if kind is FloorKind.SEED:
+            return self.seed
+        if kind is FloorKind.SOURCE:
+            return self.source or {}
+        return self.clients
+
+    def to_json(self) -> Json:
+        if not self.measured:
+            return {}
+        out: Json = {"seed": _str_keyed(self.seed, IoU.to_json)}
+        if self.source is not None:
+            out["source"] = _str_keyed(self.source, IoU.to_json)
+            out["source_client"] = self.source_client
+        out["clients"] = _str_keyed(self.clients, lambda per: _str_keyed(per, IoU.to_json))
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> NoiseFloor:
+        if not raw:
+            return cls(measured=False)
+        return cls(
+            seed=_keyed(raw.get("seed"), IoU.from_json),
+            source=_keyed(raw["source"], IoU.from_json) if raw.get("source") is not None else None,
+            source_client=raw.get("source_client"),
+            clients=_nested(raw.get("clients"), IoU.from_json),
+        )
+
+
+# ---------------------------------------------------------------------- summary, timings, bookkeeping
+
+
+@dataclass
+class RoundSummary:
+    """Scalar summaries of a round: what Flower metrics, ``summary.csv`` and the progress line carry.
+
+    Every IoU mean comes with ``<view>_pairs`` (defined pairs behind it), ``<view>_chance``
+    and its view's noise floor (``seed_floor`` for inter-client IoU, ``client_seed_floor``
+    for stability, ``source_floor`` for local-global IoU).
+    """
+
+    clients: int = 0
+    global_accuracy: float = math.nan
+    global_loss: float = math.nan
+    inter_client_iou: float = math.nan
+    inter_client_iou_pairs: int = 0
+    inter_client_iou_chance: float = math.nan
+    class_pair_iou: float = math.nan
+    class_pair_iou_pairs: int = 0
+    class_pair_iou_chance: float = math.nan
+    local_global_iou: float = math.nan
+    local_global_iou_pairs: int = 0
+    local_global_iou_chance: float = math.nan
+    stability: float = math.nan
+    stability_pairs: int = 0
+    stability_chance: float = math.nan
+    stability_gaps: int = 0
+    seed_floor: float = math.nan
+    source_floor: float = math.nan
+    client_seed_floor: float = math.nan
+    cross_sufficiency: float = math.nan
+    cross_specificity: float = math.nan
+    cross_collapsed: int = 0
+    """The paper's collapse: sufficiency alone below the collapse threshold."""
+    cross_working_locally: int = 0
+    cross_preserved: int = 0
+    cross_collapsed_after_working: int = 0
+    cross_indiscriminate: int = 0
+    global_circuit_channels: float = math.nan
+    local_circuit_channels: float = math.nan
+    empty_local_circuits: int = 0
+
+    def view(self, view: View) -> float:
+        """The mean IoU of a view."""
+        return number(getattr(self, view.value))
+
+    def view_pairs(self, view: View) -> int:
+        """How many defined pairs the view's mean rests on."""
+        return int(getattr(self, f"{view.value}_pairs"))
+
+    def view_chance(self, view: View) -> float:
+        """The view's chance level."""
+        return number(getattr(self, f"{view.value}_chance"))
+
+    def view_floor(self, view: View) -> float:
+        """The view's noise floor (NaN for a view without one)."""
+        kind = FLOOR_OF_VIEW.get(view)
+        return number(getattr(self, SUMMARY_FLOOR[kind])) if kind is not None else math.nan
+
+    def scalars(self) -> dict[str, float | int]:
+        """Every summary by name (the columns of ``summary.csv``, the metrics Flower receives)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> RoundSummary:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for k, v in (raw or {}).items():
+            if k in names:
+                values[k] = int(v) if names[k].type == "int" and isinstance(v, (int, float)) else number(v)
+        return cls(**values)
+
+
+SUMMARY_FLOOR: dict[FloorKind, str] = {
+    FloorKind.SEED: "seed_floor",
+    FloorKind.SOURCE: "source_floor",
+    FloorKind.CLIENTS: "client_seed_floor",
+}
+"""The summary field that holds each noise floor's mean."""
+
+
+@dataclass
+class RoundTimings:
+    """Where a round's server time went, in seconds (NaN where a step did not run)."""
+
+    global_discovery: float = math.nan
+    noise_floor: float = math.nan
+    evaluation: float = math.nan
+    analysis: float = math.nan
+    server: float = math.nan
+    """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
+    round: float = math.nan
+    """From ``configure_fit`` to the end of ``aggregate_fit``: the clients' work included."""
+
+    def to_json(self) -> Json:
+        return {k: v for k, v in dataclasses.asdict(self).items() if not math.isnan(v)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> RoundTimings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: number(v) for k, v in (raw or {}).items() if k in names})
+
+
+@dataclass
+class Failure:
+    """A client that failed in a round (``client`` None when Flower did not say which)."""
+
+    client: str | None
+    error: str
+
+
+@dataclass
+class SilentClient:
+    """A sampled client that neither answered nor failed."""
+
+    client: str
+    partition_id: int | None
+
+
+@dataclass
+class Rejection:
+    """A client result the server screened out, why, and whether its weights were still aggregated."""
+
+    client: str
+    reason: str
+    weights_aggregated: bool
+
+
+# ---------------------------------------------------------------------- the record
+
+
+@dataclass
+class RoundRecord:
+    """One round of a run: the global model, every client's report and every circuit view, with its scale.
+
+    A round whose analysis failed has ``analysis_error`` and empty analysis fields;
+    :attr:`analysed` tells them apart.
+    """
+
+    round: int
+    classes: list[int] = field(default_factory=list)
+    clients: dict[int, ClientEntry] = field(default_factory=dict)
+    global_model: GlobalEntry = field(default_factory=GlobalEntry)
+    noise_floor: NoiseFloor = field(default_factory=lambda: NoiseFloor(measured=False))
+    inter_client_iou: dict[int, IoU] = field(default_factory=dict)
+    class_pair_iou: dict[str, IoU] = field(default_factory=dict)
+    local_global_iou: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    stability: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    stability_gap: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    cross_eval: dict[int, dict[int, CrossEvaluation]] = field(default_factory=dict)
+    summary: RoundSummary = field(default_factory=RoundSummary)
+    timings: RoundTimings = field(default_factory=RoundTimings)
+    aggregated: bool = True
+    not_aggregated_because: str | None = None
+    sampled: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    silent_clients: list[SilentClient] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    analysis_error: str | None = None
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def analysed(self) -> bool:
+        """Whether the round's circuit analysis ran (its views are meaningful)."""
+        return self.analysis_error is None
+
+    def per_client_view(self, view: View) -> dict[int, dict[int, IoU]]:
+        """A per-client IoU view (stability or local-global IoU): client -> class -> IoU."""
+        if view is View.STABILITY:
+            return self.stability
+        if view is View.LOCAL_GLOBAL_IOU:
+            return self.local_global_iou
+        raise ValueError(f"{view} is not a per-client view")
+
+    def grouped_view(self, view: View) -> dict[Any, IoU]:
+        """A view of means over pairs (inter-client IoU by class, class-pair IoU by ``"a-b"``)."""
+        if view is View.INTER_CLIENT_IOU:
+            return dict(self.inter_client_iou)
+        if view is View.CLASS_PAIR_IOU:
+            return dict(self.class_pair_iou)
+        raise ValueError(f"{view} is not a view of means over pairs")
+
+    def to_json(self) -> Json:
+        """The JSON layout of the module docstring (NaN left as is: the run directory writes it as null)."""
+        out: Json = {"schema": self.schema, "round": self.round}
+        if self.analysed:
+            per_client = lambda view: _str_keyed(view, lambda per: _str_keyed(per, IoU.to_json))
+            out.update(
+                {
+                    "classes": list(self.classes),
+                    "clients": _str_keyed(self.clients, ClientEntry.to_json),
+                    "global": self.global_model.to_json(),
+                    "noise_floor": self.noise_floor.to_json(),
+                    View.INTER_CLIENT_IOU.value: _str_keyed(self.inter_client_iou, IoU.to_json),
+                    View.CLASS_PAIR_IOU.value: {k: v.to_json() for k, v in self.class_pair_iou.items()},
+                    View.LOCAL_GLOBAL_IOU.value: per_client(self.local_global_iou),
+                    View.STABILITY.value: per_client(self.stability),
+                    "stability_gap": per_client(self.stability_gap),
+                    "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
+                    "summary": self.summary.scalars(),
+                }
+            )
+        else:
+            out["analysis_error"] = self.analysis_error
+        out["timings"] = self.timings.to_json()
+        out["aggregated"] = self.aggregated
+        if self.not_aggregated_because is not None:
+            out["not_aggregated_because"] = self.not_aggregated_because
+        out["sampled"] = self.sampled
+        out["failures"] = [dataclasses.asdict(f) for f in self.failures]
+        out["silent_clients"] = [dataclasses.asdict(s) for s in self.silent_clients]
+        out["rejected"] = [dataclasses.asdict(r) for r in self.rejected]
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> RoundRecord:
+        """Read a record; raise :class:`RecordError` for a schema version this package does not know."""
+        version = raw.get("schema", 1)
+        if version not in KNOWN_VERSIONS:
+            raise RecordError(
+                f"round record of schema version {version!r}; this fedmi-flower reads versions "
+                f"{', '.join(map(str, KNOWN_VERSIONS))}: "
+                "read it with the fedmi-flower that wrote it, or upgrade this one"
+            )
+        if "round" not in raw:
+            raise RecordError(
+                "round record without a round number; the file was edited by hand or is not a rounds.jsonl"
+            )
+        per_client = lambda key: _nested(raw.get(key), IoU.from_json)
+        return cls(
+            round=int(raw["round"]),
+            classes=[int(c) for c in raw.get("classes") or []],
+            clients=_keyed(raw.get("clients"), ClientEntry.from_json),
+            global_model=GlobalEntry.from_json(raw.get("global") or {}),
+            noise_floor=NoiseFloor.from_json(raw.get("noise_floor")),
+            inter_client_iou=_keyed(raw.get(View.INTER_CLIENT_IOU.value), IoU.from_json),
+            class_pair_iou={k: IoU.from_json(v) for k, v in (raw.get(View.CLASS_PAIR_IOU.value) or {}).items()},
+            local_global_iou=per_client(View.LOCAL_GLOBAL_IOU.value),
+            stability=per_client(View.STABILITY.value),
+            stability_gap=per_client("stability_gap"),
+            cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
+            summary=RoundSummary.from_json(raw.get("summary")),
+            timings=RoundTimings.from_json(raw.get("timings")),
+            aggregated=bool(raw.get("aggregated", True)),
+            not_aggregated_because=raw.get("not_aggregated_because"),
+            sampled=int(raw.get("sampled", 0)),
+            failures=[Failure(f.get("client"), f.get("error", "")) for f in raw.get("failures") or []],
+            silent_clients=[
+                SilentClient(s.get("client", ""), s.get("partition_id")) for s in raw.get("silent_clients") or []
+            ],
+            rejected=[
+                Rejection(r.get("client", ""), r.get("reason", ""), bool(r.get("weights_aggregated")))
+                for r in raw.get("rejected") or []
+            ],
+            analysis_error=raw.get("analysis_error"),
+            schema=version,
+        )

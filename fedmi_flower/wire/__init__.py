@@ -1,0 +1,1 @@
+"""What crosses the wire between clients and server: fit instructions, packed circuits, validated reports."""
