@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
@@ -15,9 +14,8 @@ from fedmi_flower.science.circuits import (
     SCORE_NAMES,
     Circuit,
     channel_means,
-    circuits_from_scores,
     evaluate_circuits,
-    learn_gate_scores,
+    find_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.metrics import circuit_iou
@@ -43,6 +41,10 @@ class CircuitClient(NumPyClient):
         Where training and discovery run: CUDA when present, else CPU.
     num_classes : int
         Classes of the dataset.
+    reference : ImageSplit, optional
+        The run's unlabelled reference images: the other images of the faithful
+        objective for a client that holds one class (or for every client, with
+        ``discovery.negatives = "reference"``).
     """
 
     def __init__(
@@ -52,12 +54,14 @@ class CircuitClient(NumPyClient):
         holdout: ImageSplit,
         device: torch.device | str = "cpu",
         num_classes: int = 10,
+        reference: ImageSplit | None = None,
     ) -> None:
         self.partition_id = int(partition_id)
         self.device = torch.device(device)
         self.train = train.to(self.device)
         self.holdout = holdout.to(self.device)
         self.num_classes = num_classes
+        self.reference = reference.to(self.device) if reference is not None else None
         self.class_counts = self.train.class_counts(num_classes)
 
     def _model(self, parameters: NDArrays) -> SimpleCNN:
@@ -65,6 +69,22 @@ class CircuitClient(NumPyClient):
         model.to(self.device)
         set_weights(model, parameters)
         return model
+
+    def negatives(self, cfg: ExperimentConfig, data: ImageSplit) -> ImageSplit | None:
+        """The other images the faithful objective shows this client's circuits: None means its own rows.
+
+        The reference set replaces them with ``discovery.negatives = "reference"``, or
+        when ``data`` holds a single class (1-class non-IID), where there are none.
+        """
+        if not cfg.discovery.uses_reference(len(torch.unique(data.labels))):
+            return None
+        if self.reference is None:
+            raise ValueError(
+                f"client {self.partition_id} needs reference images for the faithful objective "
+                f"(discovery.negatives = {cfg.discovery.negatives!r}, classes held: "
+                f"{torch.unique(data.labels).tolist()}), but the ClientApp gave it none"
+            )
+        return self.reference
 
     def analysed_classes(self, analysis: AnalysisConfig) -> list[int]:
         """Classes this client finds circuits for: those asked for that it holds enough of."""
@@ -116,19 +136,19 @@ class CircuitClient(NumPyClient):
 
         t0 = time.perf_counter()
         classes = self.analysed_classes(cfg.analysis)
-        means = channel_means(model, self.train) if cfg.discovery.ablation == "mean" else None
+        means = channel_means(model, self.train) if cfg.discovery.resolved_ablation == "mean" else None
         circuits: dict[int, Circuit] = {}
         steps_run: list[int] = []
         if classes:
-            scores, steps_run = learn_gate_scores(
+            circuits, steps_run = find_circuits(
                 model,
                 self.train,
                 classes,
                 means=means,
+                negatives=self.negatives(cfg, self.train),
                 seed=derive_seed(cfg.seed, "client-discovery", rnd, pid),
-                **dataclasses.asdict(cfg.discovery),
+                **cfg.discovery.settings(),
             )
-            circuits = circuits_from_scores(scores, classes)
         t_discovery = time.perf_counter() - t0
         t0 = time.perf_counter()
         floor = (
@@ -145,7 +165,7 @@ class CircuitClient(NumPyClient):
                 model,
                 self.local_eval_split(cfg.seed),
                 list(circuits.items()),
-                ablation=cfg.discovery.ablation,
+                ablation=cfg.discovery.resolved_ablation,
                 means=means,
             )
             local_scores = {c: {name: getattr(s, name) for name in SCORE_NAMES} for c, s in zip(circuits, scored)}
@@ -192,11 +212,16 @@ class CircuitClient(NumPyClient):
             .values
         )
         classes = [c for c in circuits if bool((redraw.labels == c).any())]
-        means = channel_means(model, redraw) if cfg.discovery.ablation == "mean" else None
-        scores, _ = learn_gate_scores(
-            model, redraw, classes, means=means, seed=seed, **dataclasses.asdict(cfg.discovery)
+        means = channel_means(model, redraw) if cfg.discovery.resolved_ablation == "mean" else None
+        again, _ = find_circuits(
+            model,
+            redraw,
+            classes,
+            means=means,
+            negatives=self.negatives(cfg, redraw),
+            seed=seed,
+            **cfg.discovery.settings(),
         )
-        again = circuits_from_scores(scores, classes)
         return {c: circuit_iou(circuits[c], again[c]) for c in classes}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:

@@ -14,6 +14,7 @@ fedmi report RUN_DIR... [--out FILE]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -32,6 +33,7 @@ from fedmi_flower.config import (
     parse_override,
 )
 from fedmi_flower.records.results import RunDirectory, default_run_dir
+from fedmi_flower.records.round_record import RecordError
 from fedmi_flower.records.series import RunError
 from fedmi_flower.science.data import DatasetError, load_labels
 
@@ -241,6 +243,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    from fedmi_flower.analysis.frontier import FrontierPoint, frontier
+    from fedmi_flower.views.plots import fig_frontier, save
+
+    try:
+        lambdas = [float(x) for x in args.lambdas.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--lambdas {args.lambdas!r} must be numbers separated by commas, e.g. 0.003,0.01") from None
+    if not lambdas or any(v < 0 for v in lambdas):
+        raise ConfigError(f"--lambdas {args.lambdas!r} must list non-negative L0 coefficients")
+    try:
+        server_round, points = frontier(args.run, args.server_round, lambdas, data_root=args.data_root)
+    except RecordError as err:
+        raise RunError(str(err)) from None
+    out = Path(args.out) if args.out else Path(args.run) / "frontier"
+    title = f"Circuit size against faithfulness: global model of round {server_round} of {Path(args.run).name}"
+    made = save(fig_frontier(points, title), out, "frontier")
+    fields = [f.name for f in dataclasses.fields(FrontierPoint)]
+    lines = [",".join(fields)] + [",".join(str(getattr(p, f)) for f in fields) for p in points]
+    (out / "frontier.csv").write_text("\n".join(lines) + "\n")
+    print(
+        f"fedmi: {len(points)} circuits of round {server_round}; "
+        f"wrote {', '.join(str(p) for p in made)} and frontier.csv"
+    )
+    return 0
+
+
 def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
     """``fedmi plot`` and ``fedmi report``: figures and pages from run directories."""
     plot = sub.add_parser("plot", help="draw every figure of the paper from a run directory (PNG and SVG)")
@@ -284,6 +313,17 @@ def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
         ),
     )
     report.set_defaults(func=_cmd_report)
+
+    frontier = sub.add_parser(
+        "frontier",
+        help="circuit size against faithfulness: discovery swept over its L0 coefficient on a round's global model",
+    )
+    frontier.add_argument("run", metavar="RUN_DIR", help="a run directory")
+    frontier.add_argument("--round", type=int, dest="server_round", help="the round (default: the last analysed)")
+    frontier.add_argument("--lambdas", default="0.001,0.003,0.01,0.03,0.1", help="L0 coefficients, comma-separated")
+    frontier.add_argument("--data-root", help="folder holding MNIST/raw (default: $FEDMI_DATA_ROOT, else ./data)")
+    frontier.add_argument("--out", help="folder for frontier.png, .svg and .csv (default: RUN_DIR/frontier)")
+    frontier.set_defaults(func=_cmd_frontier)
 
 
 def build_parser() -> argparse.ArgumentParser:

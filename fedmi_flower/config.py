@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedmi_flower.science.circuits import ABLATIONS
+from fedmi_flower.science.circuits import ABLATIONS, GATES, OBJECTIVE_DEFAULTS, OBJECTIVES
 
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
+_CONFIG_ONLY = ("negatives", "reference_size")
+"""Discovery settings the apps act on (which other images a client gives discovery); not arguments of the science."""
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "fedmedian", "fedtrimmedavg")
 PARTITIONS = ("iid", "dirichlet", "classes-per-client", "shared-class", "class-map")
 DATASET_NAMES = ("mnist", "fashion-mnist")
@@ -120,18 +122,68 @@ class TrainConfig:
 
 @dataclass
 class DiscoveryConfig:
-    """Circuit discovery (paper section 2.2, phase B, Eq. 3); field names are those of ``learn_gate_scores``."""
+    """Circuit discovery (paper section 2.2, phase B); field names are those of ``find_circuits``.
 
+    ``objective = "paper"`` is Eq. 3 (target images only); ``"faithful"`` asks the circuit to
+    agree with the full model on target and other images (``fedmi_flower.science.circuits``).
+    ``"auto"`` settings take the objective's defaults (``OBJECTIVE_DEFAULTS``).
+    """
+
+    objective: str = _spec(
+        "faithful", choices=OBJECTIVES, doc="paper: Eq. 3, target images only; faithful: agree with the model"
+    )
     steps: int = _spec(200, lo=1, doc="optimisation steps")
     lr: float = _spec(0.1, lo=0.0, lo_open=True, doc="Adam learning rate of the gate scores")
-    l0_lambda: float = _spec(0.01, lo=0.0, doc="L0 penalty coefficient")
+    l0_lambda: float | None = _spec(
+        None, lo=0.0, doc="L0 penalty coefficient; omitted: the objective's (0.01 for both)"
+    )
     init_score: float = _spec(2.0, doc="initial gate score (positive: all gates open)")
-    batch_per_class: int = _spec(32, lo=1, doc="images of each class per step")
-    ablation: str = _spec("zero", choices=ABLATIONS, doc="what a closed channel outputs")
+    batch_per_class: int = _spec(32, lo=1, doc="images of each class per step (and as many others, faithful)")
+    ablation: str = _spec(
+        "auto", choices=("auto", *ABLATIONS), doc="what a closed channel outputs; auto: paper zero, faithful mean"
+    )
+    gate: str = _spec(
+        "auto",
+        choices=("auto", *GATES),
+        doc="straight-through Heaviside, or sigmoid with an annealed temperature; auto: paper straight-through",
+    )
+    temperature_start: float = _spec(1.0, lo=0.0, lo_open=True, doc="annealed gate: first temperature")
+    temperature_end: float = _spec(0.1, lo=0.0, lo_open=True, doc="annealed gate: last temperature")
+    target_faithfulness: float | None = _spec(
+        None,
+        lo=0.5,
+        hi=1.0,
+        doc="the smallest top-scored circuit that agrees with the model this often; omitted: scores above 0",
+    )
+    negatives: str = _spec(
+        "own",
+        choices=("own", "reference"),
+        doc=(
+            "faithful: other images from the client's own rows (the reference set when it holds one class), "
+            "or always from the reference set"
+        ),
+    )
+    reference_size: int = _spec(512, lo=1, doc="images in the reference set (unlabelled, from the server's probe rows)")
     patience: int | None = _spec(
         None, lo=1, doc="stop a class early once its gates have not changed for this many steps"
     )
     min_steps: int = _spec(0, lo=0, doc="never stop early before this many steps")
+
+    @property
+    def resolved_ablation(self) -> str:
+        """The ablation used: the configured one, or the objective's."""
+        return str(OBJECTIVE_DEFAULTS[self.objective]["ablation"]) if self.ablation == "auto" else self.ablation
+
+    def uses_reference(self, classes_held: int) -> bool:
+        """Whether discovery on rows of ``classes_held`` classes takes its other images from the reference set."""
+        return self.objective == "faithful" and (self.negatives == "reference" or classes_held < 2)
+
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments of ``find_circuits`` (``auto`` resolved, config-only keys left out)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _CONFIG_ONLY}
+        out["ablation"] = self.resolved_ablation
+        out["gate"] = str(OBJECTIVE_DEFAULTS[self.objective]["gate"]) if self.gate == "auto" else self.gate
+        return out
 
 
 @dataclass
@@ -152,6 +204,10 @@ class AnalysisConfig:
             "measure the noise floor of every IoU view each round: the global model's circuits found again (another "
             "seed and draw; another client's rows), and floor_client's own"
         ),
+    )
+    random_control: bool = _spec(
+        True,
+        doc="discover circuits on a never-trained model of the same architecture and sparsity, beside the real ones",
     )
     floor_client: int = _spec(
         0,

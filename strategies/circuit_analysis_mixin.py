@@ -228,7 +228,9 @@ class CircuitAnalysisMixin:
 
         Each IoU is followed by its scale: ``[floor F, chance C, n pairs]``, the noise
         floor of the view, the chance level of random circuits of the same sizes, and
-        the defined pairs behind the mean.
+        the defined pairs behind the mean. Then faithfulness (agreement of each circuit's
+        decision with its model's) and how many circuits are degenerate (empty, of a class
+        the model does not recognise, or always-target), the random-weight control's too.
         """
         s = record.summary
 
@@ -241,8 +243,9 @@ class CircuitAnalysisMixin:
         log(
             INFO,
             "[round %d/%d] %d/%d clients reported (%d failed, %d rejected)%s | global acc %.3f | inter-client IoU %s | "
-            "local-global IoU %s | stability %s | cross-eval suff %.2f spec %.2f, "
-            "%d of %d working circuits preserved | %.1f s",
+            "local-global IoU %s | stability %s | cross-eval suff %.2f spec %.2f faith %.2f, "
+            "%d of %d working circuits preserved | faithfulness local %.2f global %.2f | "
+            "degenerate circuits: %d of %d local, %d of %d global, %d of %d random-weight control | %.1f s",
             server_round,
             self.experiment.rounds,
             s.clients,
@@ -256,8 +259,17 @@ class CircuitAnalysisMixin:
             scaled(View.STABILITY),
             s.cross_sufficiency,
             s.cross_specificity,
+            s.cross_faithfulness,
             s.cross_preserved,
             s.cross_working_locally,
+            s.local_faithfulness,
+            s.global_faithfulness,
+            s.degenerate_local,
+            sum(len(c.circuits) for c in record.clients.values()),
+            s.degenerate_global,
+            len(record.global_model.circuits),
+            s.control_degenerate,
+            len(record.control.circuits) if record.control is not None else 0,
             record.timings.round,
         )
 

@@ -67,14 +67,17 @@ def server_data() -> ImageSplit:
 def make_strategy(tmp_path, name="fedavg", steps=100, folder=None, partition_sizes=None, rounds=2, **config_patch):
     """A circuit strategy over the planted model and server data.
 
-    ``partition_sizes`` is what the server knows of each client.
+    ``partition_sizes`` is what the server knows of each client. The planted model answers
+    its default class for every bright image and its planted circuits answer their class
+    for every one: circuits of the paper's objective, which these bookkeeping tests pin
+    (the faithful objective rightly finds them empty; tests/test_faithful.py).
     """
     table = {
         "clients": 3,
         "rounds": rounds,
         "strategy": {"name": name},
         "analysis": {"classes": [3, 8]},
-        "discovery": {"steps": steps},
+        "discovery": {"steps": steps, "objective": "paper"},
     }
     for key, value in config_patch.items():
         if isinstance(value, dict):

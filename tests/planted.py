@@ -24,13 +24,11 @@ def _relay(model: SimpleCNN, path: dict[str, list[int]], weight: float = 1.0) ->
     model.conv3.weight.data[c, b, 1, 1] = 1.0
 
 
-def planted_model(seed: int = 0) -> SimpleCNN:
-    """A SimpleCNN with the circuits of :data:`PLANTED`, a distractor path, and inert noise.
+def _noise_model(seed: int, paths: list[dict[str, list[int]]]) -> SimpleCNN:
+    """A SimpleCNN of small random conv weights and nothing else, whose channels on ``paths`` hear nothing.
 
-    Bright images drive every relay. Class k's logit reads only its own relay's conv3
-    channel; the distractor relay adds to the default class's logit, so a circuit for k
-    must close it. The remaining channels get small random weights but no route to the
-    logits: they cost L0 penalty and buy nothing.
+    The channels of ``paths`` are left for the caller to wire; the noise channels feed none
+    of them, so they have no route to the logits: they cost L0 penalty and buy nothing.
     """
     g = torch.Generator().manual_seed(seed)
     model = SimpleCNN()
@@ -39,17 +37,24 @@ def planted_model(seed: int = 0) -> SimpleCNN:
             p.zero_()
         for conv in (model.conv1, model.conv2, model.conv3):
             conv.weight.copy_(0.05 * torch.randn(conv.weight.shape, generator=g))
-        planted_channels = {
-            layer: [ch for path in [*PLANTED.values(), DISTRACTOR] for ch in path[layer]]
-            for layer in ("conv1", "conv2", "conv3")
-        }
-        # Planted channels listen only to their relay.
-        for layer, channels in planted_channels.items():
-            conv = getattr(model, layer)
-            conv.weight[channels] = 0.0
-        # Noise channels must not feed the relays either.
+        used = {layer: [ch for path in paths for ch in path.get(layer, [])] for layer in ("conv1", "conv2", "conv3")}
+        for layer, channels in used.items():
+            getattr(model, layer).weight[channels] = 0.0
         for layer_in, layer_out in (("conv1", "conv2"), ("conv2", "conv3")):
-            getattr(model, layer_out).weight[:, planted_channels[layer_in]] = 0.0
+            getattr(model, layer_out).weight[:, used[layer_in]] = 0.0
+    return model
+
+
+def planted_model(seed: int = 0) -> SimpleCNN:
+    """A SimpleCNN with the circuits of :data:`PLANTED`, a distractor path, and inert noise.
+
+    Bright images drive every relay. Class k's logit reads only its own relay's conv3
+    channel; the distractor relay adds to the default class's logit, so a circuit for k
+    must close it. The remaining channels get small random weights but no route to the
+    logits: they cost L0 penalty and buy nothing.
+    """
+    model = _noise_model(seed, [*PLANTED.values(), DISTRACTOR])
+    with torch.no_grad():
         for path in PLANTED.values():
             _relay(model, path)
         _relay(model, DISTRACTOR)
@@ -70,3 +75,52 @@ def bright_images(n: int, label: int, seed: int = 0) -> ImageSplit:
 
 def concat(*splits: ImageSplit) -> ImageSplit:
     return ImageSplit(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
+
+
+# ---------------------------------------------------------------------- a network with a shortcut
+
+EVIDENCE = {
+    3: {"conv1": [5], "conv2": [10], "conv3": [20]},
+    8: {"conv1": [17], "conv2": [41], "conv3": [99]},
+}
+"""Where each class's evidence flows in :func:`shortcut_model`: class 3 reads the top of the image, 8 the bottom."""
+SHORTCUT = {"conv3": [30]}
+"""A channel that is on for every image and votes for class 3, cancelled in the full model by :data:`BRAKE`."""
+BRAKE = {"conv3": [31]}
+
+
+def shortcut_model(seed: int = 0) -> SimpleCNN:
+    """A SimpleCNN whose class evidence depends on the image, plus a shortcut that answers 3 for everything.
+
+    Class 3's logit reads relay :data:`EVIDENCE` ``[3]`` on the top row of the final 3x3
+    map, class 8's reads relay ``[8]`` on the bottom row; a dark image leaves the default
+    class 0 (bias 2) on top. Two conv3 channels are on for every image (bias 1, no
+    input): :data:`SHORTCUT` adds +9 to class 3's logit, :data:`BRAKE` subtracts 9. In the
+    full model they cancel. With zero ablation a circuit that keeps the shortcut and
+    drops the brake answers 3 for every image: a one-channel circuit that the paper's
+    objective (target images only) rewards, and that behaves nothing like the model.
+    """
+    model = _noise_model(seed, [*EVIDENCE.values(), SHORTCUT, BRAKE])
+    with torch.no_grad():
+        for path in EVIDENCE.values():
+            _relay(model, path)
+        assert model.conv3.bias is not None
+        model.conv3.bias[SHORTCUT["conv3"] + BRAKE["conv3"]] = 1.0
+        fc = model.fc.weight.view(10, 128, 3, 3)
+        fc[3, EVIDENCE[3]["conv3"][0], 0, :] = 2.0  # top row: +6 on an image bright on top
+        fc[8, EVIDENCE[8]["conv3"][0], 2, :] = 2.0  # bottom row
+        fc[3, SHORTCUT["conv3"][0]] = 1.0  # +9 on every image
+        fc[3, BRAKE["conv3"][0]] = -1.0  # -9 on every image
+        model.fc.bias[DEFAULT_CLASS] = 2.0
+    return model
+
+
+def half_bright_images(n: int, label: int, seed: int = 0) -> ImageSplit:
+    """``n`` images labelled ``label``: bright on top for 3, at the bottom for 8, dark for any other class."""
+    g = torch.Generator().manual_seed(seed * 100 + label)
+    images = 0.05 * torch.rand(n, 1, 28, 28, generator=g)
+    if label == 3:
+        images[:, :, :12] += 1.0
+    elif label == 8:
+        images[:, :, 16:] += 1.0
+    return ImageSplit(images, torch.full((n,), label, dtype=torch.int64))

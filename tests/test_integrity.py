@@ -231,7 +231,7 @@ def test_client_reports_its_own_noise_floor_when_it_is_the_floor_client():
         {
             "clients": 3,
             "train": {"epochs": 1, "sparsity": 0.0, "lr": 1e-9, "batch_size": 64},
-            "discovery": {"steps": 100},
+            "discovery": {"steps": 100, "objective": "paper"},  # planted circuits are always-target ones
             "analysis": {"classes": [3, 8], "floor_client": 1},
         }
     )

@@ -41,6 +41,9 @@ SHARED = {
     "client",
     "reason",
     "scores",
+    "faithfulness",
+    "model_sufficiency",
+    "model_specificity",
 }
 # A figure's file name that happens to equal a summary's name.
 ALLOWED = {("fedmi_flower/views/plots.py", "global_accuracy")}

@@ -48,6 +48,7 @@ from fedmi_flower.records.round_record import (
     RoundSummary,
     RoundTimings,
     Scores,
+    View,
     number,
 )
 from fedmi_flower.science.circuits import (
@@ -67,17 +68,36 @@ from fedmi_flower.science.metrics import (
     mean_entries,
     nanmean,
 )
-from fedmi_flower.science.model import SimpleCNN, evaluate
+from fedmi_flower.science.model import SimpleCNN, build_model, evaluate
 from fedmi_flower.science.seeding import derive_seed, torch_generator
-from fedmi_flower.science.sparsity import sparsity_report
-from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict
+from fedmi_flower.science.sparsity import prune_, sparsity_report
+from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
 from fedmi_flower.wire.protocol import ClientReport
 
 __all__ = ["COLLAPSE_THRESHOLD", "RoundAnalyst"]
 
 
 def _scores(s: CircuitScores) -> Scores:
-    return Scores(s.sufficiency, s.specificity, s.necessity, s.num_target)
+    return Scores(
+        s.sufficiency,
+        s.specificity,
+        s.necessity,
+        s.num_target,
+        s.faithfulness,
+        s.model_sufficiency,
+        s.model_specificity,
+    )
+
+
+def _degenerate(size: int, s: Scores | CircuitScores | None, own_model: bool = True) -> str | None:
+    if s is None:
+        return degenerate_reason(size, None, None, None)
+    return degenerate_reason(size, s.specificity, s.model_sufficiency, s.model_specificity, s.sufficiency, own_model)
+
+
+def without_degenerate(r: ClientReport, degenerate: Mapping[int, str]) -> ClientReport:
+    """The report with only its circuits that are not degenerate (for the IoU means over those)."""
+    return dataclasses.replace(r, circuits={c: circ for c, circ in r.circuits.items() if c not in degenerate})
 
 
 def bootstrap(split: ImageSplit, seed: int) -> ImageSplit:
@@ -117,15 +137,25 @@ class RoundAnalyst:
         Training rows of partition ``config.analysis.floor_client``: the global model's
         circuits found on them against those found on ``probe`` give the source noise
         floor. Without them that floor is not measured.
+    reference : ImageSplit, optional
+        The run's reference images (the faithful objective's other images where the
+        discovery rows hold one class), as the clients have them.
     """
 
     def __init__(
-        self, config: ExperimentConfig, probe: ImageSplit, evaluation: ImageSplit, floor_rows: ImageSplit | None = None
+        self,
+        config: ExperimentConfig,
+        probe: ImageSplit,
+        evaluation: ImageSplit,
+        floor_rows: ImageSplit | None = None,
+        reference: ImageSplit | None = None,
     ) -> None:
         self.config = config
         self.probe = probe
         self.evaluation = evaluation
         self.floor_rows = floor_rows
+        self.reference = reference
+        self._control: GlobalEntry | None = None
         # partition id -> (round, circuits) of the client's last report
         self.previous: dict[int, tuple[int, dict[int, Circuit]]] = {}
 
@@ -168,9 +198,17 @@ class RoundAnalyst:
         present = [c for c in classes if int((data.labels == c).sum()) >= min_rows]
         if not present:
             return {}
-        settings = dataclasses.asdict(self.config.discovery)
+        discovery = self.config.discovery
+        use_reference = discovery.uses_reference(len(torch.unique(data.labels)))
+        if use_reference and self.reference is None:
+            raise ValueError("the faithful objective needs the reference set here, and the analyst was given none")
         return discover_circuits(
-            model, data.to(device), present, seed=derive_seed(self.config.seed, purpose, server_round), **settings
+            model,
+            data.to(device),
+            present,
+            negatives=self.reference.to(device) if use_reference and self.reference is not None else None,
+            seed=derive_seed(self.config.seed, purpose, server_round),
+            **discovery.settings(),
         )
 
     def noise_floor(
@@ -278,7 +316,7 @@ class RoundAnalyst:
             for cls, circ in sorted(r.circuits.items()):
                 pairs.append((cls, circ))
                 keys.append((r.partition_id, cls))
-        scores = evaluate_circuits(model, self.evaluation, pairs, ablation=self.config.discovery.ablation)
+        scores = evaluate_circuits(model, self.evaluation, pairs, ablation=self.config.discovery.resolved_ablation)
         return dict(zip(global_circuits, scores[: len(global_circuits)])), dict(
             zip(keys, scores[len(global_circuits) :])
         )
@@ -303,7 +341,32 @@ class RoundAnalyst:
             circuit_sizes=sizes,
             scores={c: _scores(s) for c, s in sorted(scores.items())},
             verdicts={c: circuit_verdict(sizes[c], s.sufficiency, s.specificity) for c, s in sorted(scores.items())},
+            degenerate={c: why for c in sizes if (why := _degenerate(sizes[c], scores.get(c))) is not None},
         )
+
+    def control(self, classes: Sequence[int], server_round: int) -> GlobalEntry | None:
+        """The random-weight control (Adebayo et al. 2018): discovery on a model that was never trained.
+
+        Same architecture, pruned to the run's sparsity the way training prunes, its circuits
+        found on the probe rows and scored on the evaluation rows like the global model's.
+        A discovery objective that "finds" working, faithful circuits here manufactures
+        behaviour the model lacks; the model does not recognise any class, so every
+        circuit should come out degenerate. Computed once per run (the model never
+        changes) and repeated in every record; None when ``analysis.random_control`` is off.
+        """
+        if not self.config.analysis.random_control or not classes:
+            return None
+        if self._control is None or sorted(self._control.circuits) != sorted(classes):
+            device = self.evaluation.images.device
+            model = build_model(seed=derive_seed(self.config.seed, "random-control"))
+            train = self.config.train
+            if train.sparsity:
+                prune_(model, train.sparsity, train.min_per_neuron, train.sparsity_scope)
+            model.to(device)
+            circuits = self.discover(model, self.probe, classes, "random-control", 0)
+            scores, _ = self.score(model, circuits, [])
+            self._control = self.global_entry(model, circuits, scores)
+        return self._control
 
     # ------------------------------------------------------------------ the analysis
 
@@ -327,13 +390,18 @@ class RoundAnalyst:
         global_scores, cross = self.score(model, global_circuits, reports)
         global_entry = self.global_entry(model, global_circuits, global_scores)
         timings.evaluation = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        control = self.control(classes, server_round)
+        timings.control = time.perf_counter() - t0
 
         stability, gaps = self.stability(server_round, reports, sizes)
+        clients = {r.partition_id: self.client_entry(r) for r in reports}
         record = RoundRecord(
             round=int(server_round),
             classes=classes,
-            clients={r.partition_id: self.client_entry(r) for r in reports},
+            clients=clients,
             global_model=global_entry,
+            control=control,
             noise_floor=floor,
             inter_client_iou=self.inter_client(classes, reports, sizes),
             class_pair_iou=self.class_pair(reports, sizes),
@@ -347,9 +415,21 @@ class RoundAnalyst:
             },
             timings=timings,
         )
+        # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
+        clean = [without_degenerate(r, clients[r.partition_id].degenerate) for r in reports]
+        clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
+        clean_stability, _ = self.stability(server_round, clean, sizes)
+        nondegenerate = {
+            View.INTER_CLIENT_IOU: list(self.inter_client(classes, clean, sizes).values()),
+            View.CLASS_PAIR_IOU: list(self.class_pair(clean, sizes).values()),
+            View.LOCAL_GLOBAL_IOU: [
+                v for per in self.local_global(clean, clean_global, sizes).values() for v in per.values()
+            ],
+            View.STABILITY: [v for per in clean_stability.values() for v in per.values()],
+        }
         for r in reports:
             self.previous[r.partition_id] = (int(server_round), dict(r.circuits))
-        record.summary = self.summarise(record)
+        record.summary = self.summarise(record, nondegenerate)
         timings.analysis = time.perf_counter() - began
         return record
 
@@ -372,6 +452,7 @@ class RoundAnalyst:
             local_scores=local,
             local_verdicts={c: circuit_verdict(n, *_local_scores(local, c)) for c, n in sizes.items()},
             discovery_steps=dict(sorted(r.discovery_steps.items())),
+            degenerate={c: why for c, n in sizes.items() if (why := _degenerate(n, local.get(c))) is not None},
         )
 
     @staticmethod
@@ -380,20 +461,19 @@ class RoundAnalyst:
         size = circuit_size(r.circuits[cls])
         local = {c: _reported_scores(v) for c, v in r.local_scores.items()}
         return CrossEvaluation(
-            s.sufficiency,
-            s.specificity,
-            s.necessity,
-            s.num_target,
+            **dataclasses.asdict(_scores(s)),
             verdict=circuit_verdict(size, s.sufficiency, s.specificity),
             local_verdict=circuit_verdict(size, *_local_scores(local, cls)),
+            degenerate=_degenerate(size, s, own_model=False),
         )
 
     @staticmethod
-    def summarise(record: RoundRecord) -> RoundSummary:
+    def summarise(record: RoundRecord, nondegenerate: Mapping[View, Sequence[IoU]] | None = None) -> RoundSummary:
         """Scalar summaries of a round record (what Flower metrics, the summary CSV and the progress line carry).
 
         Every IoU mean comes with its pair count, its chance level and the view's noise
-        floor (:class:`~fedmi_flower.records.round_record.RoundSummary`).
+        floor (:class:`~fedmi_flower.records.round_record.RoundSummary`); ``nondegenerate``
+        holds each view's pairs of circuits that are not degenerate.
         """
         cross = [s for per_class in record.cross_eval.values() for s in per_class.values()]
         local_sizes = [n for c in record.clients.values() for n in c.circuit_sizes.values()]
@@ -437,13 +517,36 @@ class RoundAnalyst:
             global_circuit_channels=nanmean(float(v) for v in record.global_model.circuit_sizes.values()),
             local_circuit_channels=nanmean(float(v) for v in local_sizes),
             empty_local_circuits=sum(1 for v in local_sizes if v == 0),
+            local_faithfulness=nanmean(
+                s.faithfulness for c in record.clients.values() for s in c.local_scores.values()
+            ),
+            global_faithfulness=nanmean(s.faithfulness for s in record.global_model.scores.values()),
+            cross_faithfulness=nanmean(s.faithfulness for s in cross),
+            degenerate_local=sum(len(c.degenerate) for c in record.clients.values()),
+            degenerate_global=len(record.global_model.degenerate),
+            control_degenerate=len(record.control.degenerate) if record.control is not None else 0,
+            control_faithfulness=nanmean(s.faithfulness for s in record.control.scores.values())
+            if record.control is not None
+            else math.nan,
+            **_nondegenerate_means(nondegenerate or {}),
         )
+
+
+def _nondegenerate_means(views: Mapping[View, Sequence[IoU]]) -> dict[str, Any]:
+    """``<view>_nondegenerate`` and its pair count for each view (means over groups carry their own pair counts)."""
+    out: dict[str, Any] = {}
+    for view, entries in views.items():
+        out[f"{view.value}_nondegenerate"] = nanmean(v.mean for v in entries)
+        grouped = view in (View.INTER_CLIENT_IOU, View.CLASS_PAIR_IOU)
+        pairs = sum(v.pairs or 0 for v in entries) if grouped else defined_pairs([v.layers for v in entries])
+        out[f"{view.value}_nondegenerate_pairs"] = pairs
+    return out
 
 
 def _reported_scores(reported: Mapping[str, float | None]) -> Scores:
     """A client's own scores of one of its circuits, as it reported them (wire names: ``SCORE_NAMES``)."""
-    sufficiency, specificity, necessity = (number(reported.get(name)) for name in SCORE_NAMES)
-    return Scores(sufficiency, specificity, necessity)
+    suff, spec, nec, faith, model_suff, model_spec = (number(reported.get(name)) for name in SCORE_NAMES)
+    return Scores(suff, spec, nec, None, faith, model_suff, model_spec)
 
 
 def _local_scores(local: Mapping[int, Scores], cls: int) -> tuple[float | None, float | None]:

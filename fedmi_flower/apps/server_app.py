@@ -21,6 +21,7 @@ from flwr.common.logger import FLOWER_LOGGER
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.apps.client_app import reference_of
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig
@@ -72,7 +73,10 @@ def prepare_run(
         floor_rows = load_split(
             config.data.dataset, True, data_root, partitions[config.analysis.floor_client].train
         ).to(device)
-    analyst = RoundAnalyst(config, probe, evaluation, floor_rows)
+    reference = reference_of(config, data_root)
+    analyst = RoundAnalyst(
+        config, probe, evaluation, floor_rows, reference.to(device) if reference is not None else None
+    )
     if checkpoint is not None:
         analyst.load_state_dict(checkpoint.analyst_state)
         weights = checkpoint.weights

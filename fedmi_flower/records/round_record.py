@@ -168,19 +168,27 @@ class IoU:
 
 @dataclass
 class Scores:
-    """How a circuit behaves on a model: sufficiency, specificity, necessity
-    (:class:`~fedmi_flower.science.circuits.CircuitScores`).
+    """How a circuit behaves on a model (:class:`~fedmi_flower.science.circuits.CircuitScores`).
+
+    Sufficiency, specificity, necessity, faithfulness to the model, and the model's own
+    sufficiency and specificity on the same images.
     """
 
     sufficiency: float = math.nan
     specificity: float = math.nan
     necessity: float = math.nan
     num_target: int | None = None
+    faithfulness: float = math.nan
+    model_sufficiency: float = math.nan
+    model_specificity: float = math.nan
 
     def to_json(self) -> Json:
         out: Json = {"sufficiency": self.sufficiency, "specificity": self.specificity, "necessity": self.necessity}
         if self.num_target is not None:
             out["num_target"] = self.num_target
+        out["faithfulness"] = self.faithfulness
+        out["model_sufficiency"] = self.model_sufficiency
+        out["model_specificity"] = self.model_specificity
         return out
 
     @classmethod
@@ -190,29 +198,40 @@ class Scores:
             number(raw.get("specificity")),
             number(raw.get("necessity")),
             raw.get("num_target"),
+            number(raw.get("faithfulness")),
+            number(raw.get("model_sufficiency")),
+            number(raw.get("model_specificity")),
         )
 
 
 @dataclass
 class CrossEvaluation(Scores):
-    """A local circuit scored on the global weights, with its verdict there (``verdict``) and on its own model."""
+    """A local circuit scored on the global weights.
+
+    With its verdict there (``verdict``) and on its own model (``local_verdict``), and why
+    it is degenerate on the global weights (``degenerate``, None when it is not).
+    """
 
     verdict: str = "unscored"
     local_verdict: str = "unscored"
+    degenerate: str | None = None
 
     def to_json(self) -> Json:
-        return {**super().to_json(), "verdict": self.verdict, "local_verdict": self.local_verdict}
+        return {
+            **super().to_json(),
+            "verdict": self.verdict,
+            "local_verdict": self.local_verdict,
+            "degenerate": self.degenerate,
+        }
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> CrossEvaluation:
         s = Scores.from_json(raw)
         return cls(
-            s.sufficiency,
-            s.specificity,
-            s.necessity,
-            s.num_target,
-            raw.get("verdict", "unscored"),
-            raw.get("local_verdict", "unscored"),
+            **dataclasses.asdict(s),
+            verdict=raw.get("verdict", "unscored"),
+            local_verdict=raw.get("local_verdict", "unscored"),
+            degenerate=raw.get("degenerate"),
         )
 
 
@@ -233,6 +252,8 @@ class ClientEntry:
     local_scores: dict[int, Scores] = field(default_factory=dict)
     local_verdicts: dict[int, str] = field(default_factory=dict)
     discovery_steps: dict[int, int] = field(default_factory=dict)
+    degenerate: dict[int, str] = field(default_factory=dict)
+    """Why a circuit is degenerate on its own model, for each circuit that is (:mod:`fedmi_flower.science.verdicts`)."""
 
     def to_json(self) -> Json:
         return {
@@ -249,6 +270,7 @@ class ClientEntry:
             "local_scores": _str_keyed(self.local_scores, Scores.to_json),
             "local_verdicts": _str_keyed(self.local_verdicts),
             "discovery_steps": _str_keyed(self.discovery_steps),
+            "degenerate": _str_keyed(self.degenerate),
         }
 
     @classmethod
@@ -267,6 +289,7 @@ class ClientEntry:
             local_scores=_keyed(raw.get("local_scores"), Scores.from_json),
             local_verdicts=_keyed(raw.get("local_verdicts")),
             discovery_steps=_keyed(raw.get("discovery_steps"), int),
+            degenerate=_keyed(raw.get("degenerate")),
         )
 
 
@@ -283,6 +306,8 @@ class GlobalEntry:
     circuit_sizes: dict[int, int] = field(default_factory=dict)
     scores: dict[int, Scores] = field(default_factory=dict)
     verdicts: dict[int, str] = field(default_factory=dict)
+    degenerate: dict[int, str] = field(default_factory=dict)
+    """Why a circuit is degenerate, for each circuit that is."""
 
     def to_json(self) -> Json:
         return {
@@ -295,6 +320,7 @@ class GlobalEntry:
             "circuit_sizes": _str_keyed(self.circuit_sizes),
             "scores": _str_keyed(self.scores, Scores.to_json),
             "verdicts": _str_keyed(self.verdicts),
+            "degenerate": _str_keyed(self.degenerate),
         }
 
     @classmethod
@@ -309,6 +335,7 @@ class GlobalEntry:
             circuit_sizes=_keyed(raw.get("circuit_sizes"), int),
             scores=_keyed(raw.get("scores"), Scores.from_json),
             verdicts=_keyed(raw.get("verdicts")),
+            degenerate=_keyed(raw.get("degenerate")),
         )
 
 
@@ -400,6 +427,25 @@ class RoundSummary:
     global_circuit_channels: float = math.nan
     local_circuit_channels: float = math.nan
     empty_local_circuits: int = 0
+    local_faithfulness: float = math.nan
+    """Mean faithfulness of the local circuits on their own models, as the clients scored them."""
+    global_faithfulness: float = math.nan
+    cross_faithfulness: float = math.nan
+    """Mean faithfulness of the local circuits on the global weights (to the global model)."""
+    degenerate_local: int = 0
+    """Local circuits that are degenerate on their own model."""
+    degenerate_global: int = 0
+    control_degenerate: int = 0
+    """Circuits of the random-weight control that are degenerate (all of them, for an instrument that works)."""
+    control_faithfulness: float = math.nan
+    inter_client_iou_nondegenerate: float = math.nan
+    inter_client_iou_nondegenerate_pairs: int = 0
+    class_pair_iou_nondegenerate: float = math.nan
+    class_pair_iou_nondegenerate_pairs: int = 0
+    local_global_iou_nondegenerate: float = math.nan
+    local_global_iou_nondegenerate_pairs: int = 0
+    stability_nondegenerate: float = math.nan
+    stability_nondegenerate_pairs: int = 0
 
     def view(self, view: View) -> float:
         """The mean IoU of a view."""
@@ -412,6 +458,12 @@ class RoundSummary:
     def view_chance(self, view: View) -> float:
         """The view's chance level."""
         return number(getattr(self, f"{view.value}_chance"))
+
+    def view_nondegenerate(self, view: View) -> tuple[float, int]:
+        """The view's mean over pairs of circuits that are not degenerate, and how many such pairs are defined."""
+        return number(getattr(self, f"{view.value}_nondegenerate")), int(
+            getattr(self, f"{view.value}_nondegenerate_pairs")
+        )
 
     def view_floor(self, view: View) -> float:
         """The view's noise floor (NaN for a view without one)."""
@@ -448,6 +500,8 @@ class RoundTimings:
     noise_floor: float = math.nan
     evaluation: float = math.nan
     analysis: float = math.nan
+    control: float = math.nan
+    """The random-weight control (its first round only: it is computed once)."""
     server: float = math.nan
     """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
     round: float = math.nan
@@ -502,6 +556,8 @@ class RoundRecord:
     classes: list[int] = field(default_factory=list)
     clients: dict[int, ClientEntry] = field(default_factory=dict)
     global_model: GlobalEntry = field(default_factory=GlobalEntry)
+    control: GlobalEntry | None = None
+    """The random-weight control: discovery on a never-trained model of the same architecture and sparsity."""
     noise_floor: NoiseFloor = field(default_factory=lambda: NoiseFloor(measured=False))
     inter_client_iou: dict[int, IoU] = field(default_factory=dict)
     class_pair_iou: dict[str, IoU] = field(default_factory=dict)
@@ -551,6 +607,7 @@ class RoundRecord:
                     "classes": list(self.classes),
                     "clients": _str_keyed(self.clients, ClientEntry.to_json),
                     "global": self.global_model.to_json(),
+                    "control": self.control.to_json() if self.control is not None else None,
                     "noise_floor": self.noise_floor.to_json(),
                     View.INTER_CLIENT_IOU.value: _str_keyed(self.inter_client_iou, IoU.to_json),
                     View.CLASS_PAIR_IOU.value: {k: v.to_json() for k, v in self.class_pair_iou.items()},
@@ -593,6 +650,7 @@ class RoundRecord:
             classes=[int(c) for c in raw.get("classes") or []],
             clients=_keyed(raw.get("clients"), ClientEntry.from_json),
             global_model=GlobalEntry.from_json(raw.get("global") or {}),
+            control=GlobalEntry.from_json(raw["control"]) if raw.get("control") else None,
             noise_floor=NoiseFloor.from_json(raw.get("noise_floor")),
             inter_client_iou=_keyed(raw.get(View.INTER_CLIENT_IOU.value), IoU.from_json),
             class_pair_iou={k: IoU.from_json(v) for k, v in (raw.get(View.CLASS_PAIR_IOU.value) or {}).items()},

@@ -515,6 +515,27 @@ def server_splits(
     return np.sort(probe).tolist(), np.sort(evaluation).tolist()
 
 
+def reference_split(
+    dataset: str,
+    data_root: str | os.PathLike | None,
+    *,
+    probe_fraction: float,
+    eval_per_class: int | None,
+    seed: int,
+    size: int,
+) -> ImageSplit:
+    """The faithful objective's reference images: ``size`` of the server's probe rows, seeded.
+
+    A client that holds one class has no other images to show its circuits; these stand
+    in (their labels are never used: the model's own outputs are the targets). They are
+    never the server's evaluation rows, and every client derives the same ones from the
+    run's seed, so nothing needs to be shipped.
+    """
+    probe, _ = server_splits(load_labels(dataset, False, data_root), probe_fraction, seed, eval_per_class)
+    rows = numpy_rng(seed, "reference").choice(np.asarray(probe), size=min(size, len(probe)), replace=False)
+    return load_split(dataset, False, data_root, sorted(int(r) for r in rows))
+
+
 def experiment_partitions(
     data: Mapping[str, Any], clients: int, seed: int, data_root: str | os.PathLike | None = None
 ) -> list[ClientPartition]:

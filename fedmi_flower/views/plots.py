@@ -720,3 +720,46 @@ def plot_compare(
         for p in save(fig_compare_cross_eval(groups, labels, setting), out, "compare_cross_eval", formats)
     ]
     return made
+
+
+# ---------------------------------------------------------------------- size against faithfulness
+
+
+def fig_frontier(points: Sequence[Any], title: str) -> Figure:
+    """Circuit size against faithfulness and specificity, one colour per objective, one marker per class.
+
+    ``points`` carry ``objective``, ``l0_lambda``, ``cls``, ``size``, ``faithfulness`` and
+    ``specificity`` (:class:`fedmi_flower.analysis.frontier.FrontierPoint`); the line joins
+    each objective's mean over classes at each L0 coefficient, labelled with it.
+    """
+    fig, axes = _figure(1, 2, width=4.6, height=3.4)
+    objectives = list(dict.fromkeys(p.objective for p in points))
+    classes = sorted({p.cls for p in points})
+    markers = "os^DvP*X"
+    for ax, score in zip(axes[0], ("faithfulness", "specificity")):
+        for i, objective in enumerate(objectives):
+            colour = plt.get_cmap("tab10")(i)
+            mine = [p for p in points if p.objective == objective]
+            for j, cls in enumerate(classes):
+                own = [p for p in mine if p.cls == cls]
+                ax.scatter(
+                    [p.size for p in own],
+                    [getattr(p, score) for p in own],
+                    color=colour,
+                    alpha=0.45,
+                    s=18,
+                    marker=markers[j % len(markers)],
+                    label=f"class {cls}" if i == 0 else None,
+                )
+            lambdas = sorted({p.l0_lambda for p in mine})
+            xs = [float(np.mean([p.size for p in mine if p.l0_lambda == lam])) for lam in lambdas]
+            ys = [float(np.nanmean([getattr(p, score) for p in mine if p.l0_lambda == lam])) for lam in lambdas]
+            ax.plot(xs, ys, color=colour, linewidth=1.6, marker="o", markersize=4, label=f"{objective} (mean)")
+            for x, y, lam in zip(xs, ys, lambdas):
+                ax.annotate(f"{lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=colour)
+        ax.set_xlabel("circuit size (channels of 224)")
+        ax.set_title(score, fontsize=9)
+        _unit_axis(ax, score)
+    _legend(fig, [axes[0][0]], title="objective and class (labels: L0 coefficient)")
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -81,6 +81,8 @@ RQ2_STABILITY = "RQ2: intra-client stability (Fig. 10)"
 RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
 COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
 SCALE = "Scale: is a change above the noise floor?"
+FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)"
+NONDEGENERATE = "over circuits that are not degenerate"
 SCALE_VIEWS = (
     ("inter-client IoU", View.INTER_CLIENT_IOU),
     ("intra-client stability", View.STABILITY),
@@ -124,6 +126,10 @@ _COUNTS = {
     PEAK_ROUND,
     PAIRS,
     ROUNDS_BELOW,
+    "degenerate local circuits",
+    "degenerate global circuits",
+    "random-weight control: circuits",
+    "random-weight control: degenerate circuits",
 }
 _VERDICTS = {DECLINES, BELOW}
 
@@ -278,6 +284,36 @@ def verdict_numbers(records: Sequence[Record]) -> Numbers:
     }
 
 
+def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
+    """Faithfulness and degenerate circuits of the final analysed round, and every IoU view over the others.
+
+    Records written before faithfulness existed leave these undefined.
+    """
+    analysed = [r for r in records if r.analysed]
+    if not analysed:
+        return {}
+    last = analysed[-1]
+    s = last.summary
+    control = last.control
+    out: Numbers = {
+        (FAITHFUL, "faithfulness of local circuits (own model)", VALUE): s.local_faithfulness,
+        (FAITHFUL, "faithfulness of global circuits", VALUE): s.global_faithfulness,
+        (FAITHFUL, "faithfulness of local circuits on the global weights", VALUE): s.cross_faithfulness,
+        (FAITHFUL, "degenerate local circuits", VALUE): float(s.degenerate_local),
+        (FAITHFUL, "degenerate global circuits", VALUE): float(s.degenerate_global),
+        (FAITHFUL, "random-weight control: circuits", VALUE): float(len(control.circuits)) if control else math.nan,
+        (FAITHFUL, "random-weight control: degenerate circuits", VALUE): float(s.control_degenerate)
+        if control
+        else math.nan,
+        (FAITHFUL, "random-weight control: faithfulness", VALUE): s.control_faithfulness,
+    }
+    for label, view in SCALE_VIEWS:
+        value, pairs = s.view_nondegenerate(view)
+        out[(FAITHFUL, f"{label} {NONDEGENERATE}", VALUE)] = value
+        out[(FAITHFUL, f"{label} {NONDEGENERATE}: pairs", VALUE)] = float(pairs)
+    return out
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -287,6 +323,7 @@ def rq_table(records: Sequence[Record]) -> Numbers:
         **collapse_numbers(records),
         **verdict_numbers(records),
         **scale_numbers(records),
+        **faithfulness_numbers(records),
     }
 
 
@@ -325,7 +362,7 @@ def _kind(key: Key) -> str:
     _, row, column = key
     if column in _VERDICTS:
         return "verdict"
-    return "count" if row in _COUNTS or column in _COUNTS else "float"
+    return "count" if row in _COUNTS or column in _COUNTS or row.endswith(": pairs") else "float"
 
 
 def format_value(key: Key, value: float) -> str:
@@ -361,6 +398,14 @@ Block = tuple[Any, ...]
 """
 
 DEFINITIONS = [
+    "**Faithfulness**: how often a circuit's decision about its class (is it the class?) agrees with its model's, "
+    "balanced: the mean of the agreement on the images the model calls the class and on those it does not. 1 is the "
+    "whole network; 0.5 is a circuit that answers the class for every input, or never. A circuit is **degenerate** "
+    "when it is empty, when the model itself does not recognise the class (its own sufficiency or specificity below "
+    f"{WORKING_THRESHOLD:.0%}), or when it is always-target (specificity below {WORKING_THRESHOLD:.0%} where the "
+    "model's is at least 90%); every IoU view is also given over the circuits that are not. The **random-weight "
+    "control** runs the same discovery on a never-trained model of the same architecture and sparsity: its circuits "
+    "should all be degenerate.",
     "**Collapse**: a local circuit collapses in a round when its sufficiency on that round's global weights "
     f"(cross-evaluation) is below {COLLAPSE_THRESHOLD:.0%}. "
     "The **collapse rate** is the share of evaluated client-class-rounds that collapse.",
@@ -473,7 +518,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         numbers = _formatted(runs)
         if len(runs) > 1:
             blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL):
             blocks += _table_blocks(title_, numbers)
     else:
         per_group = [_formatted(g) for g in groups]
@@ -481,7 +526,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         if seeds > 1:
             blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL):
             blocks += _group_table_blocks(title_, per_group, heads)
 
     blocks.append(("h", 2, "Definitions"))

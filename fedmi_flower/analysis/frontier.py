@@ -1,0 +1,97 @@
+"""Circuit size against faithfulness: discovery swept over its L0 coefficient on one round's global model.
+
+A fixed L0 coefficient says nothing about how small a circuit can be and still behave
+like its model; the frontier does. For each objective and each coefficient the global
+model's circuits of the round's classes are found on the server's probe rows and scored
+on its evaluation rows, as the run's own analysis does (``fedmi frontier``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedmi_flower.records.results import RunDirectory
+from fedmi_flower.records.round_record import RecordError
+from fedmi_flower.science.circuits import (
+    OBJECTIVE_DEFAULTS,
+    OBJECTIVES,
+    circuit_size,
+    discover_circuits,
+    evaluate_circuits,
+)
+from fedmi_flower.science.data import load_split
+from fedmi_flower.science.model import build_model, set_weights
+from fedmi_flower.science.seeding import derive_seed
+
+LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1)
+"""The L0 coefficients of a sweep by default."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontierPoint:
+    """One circuit found at one setting: its size and how it behaves on the evaluation rows."""
+
+    objective: str
+    l0_lambda: float
+    cls: int
+    size: int
+    sufficiency: float
+    specificity: float
+    faithfulness: float
+
+
+def frontier(
+    run_path: str | Path,
+    server_round: int | None = None,
+    lambdas: Sequence[float] = LAMBDAS,
+    objectives: Sequence[str] = OBJECTIVES,
+    data_root: str | None = None,
+) -> tuple[int, list[FrontierPoint]]:
+    """Sweep ``lambdas`` for each objective on the global model of ``server_round`` (default: the last analysed).
+
+    Returns the round and every point. Raises ``RecordError`` when the run holds no such round
+    or no weights for it.
+    """
+    run = RunDirectory(Path(run_path))
+    config = run.read_config()
+    analysed = [r for r in run.read_rounds() if r.analysed]
+    if not analysed:
+        raise RecordError(f"{run.path} has no analysed round; run the experiment first")
+    record = analysed[-1] if server_round is None else next((r for r in analysed if r.round == server_round), None)
+    if record is None:
+        raise RecordError(
+            f"{run.path} has no analysed round {server_round}; choose one of {[r.round for r in analysed]}"
+        )
+    weights = run.read_round_weights(record.round)
+    if weights is None:
+        raise RecordError(f"{run.path} kept no weights of round {record.round} (weights/round-{record.round}/)")
+    model = build_model()
+    set_weights(model, weights)
+    server = run.read_partitions()["server"]
+    probe = load_split(config.data.dataset, False, data_root, server["probe"])
+    evaluation = load_split(config.data.dataset, False, data_root, server["evaluation"])
+    base: dict[str, Any] = {
+        k: v for k, v in config.discovery.settings().items() if k not in ("objective", "l0_lambda", "ablation", "gate")
+    }
+    points = []
+    for objective in objectives:
+        ablation = str(OBJECTIVE_DEFAULTS[objective]["ablation"])
+        for lam in lambdas:
+            circuits = discover_circuits(
+                model,
+                probe,
+                record.classes,
+                seed=derive_seed(config.seed, "frontier", record.round),
+                **{**base, "objective": objective, "l0_lambda": lam, "ablation": ablation},
+            )
+            pairs = sorted(circuits.items())
+            for (cls, circuit), s in zip(pairs, evaluate_circuits(model, evaluation, pairs, ablation=ablation)):
+                points.append(
+                    FrontierPoint(
+                        objective, lam, cls, circuit_size(circuit), s.sufficiency, s.specificity, s.faithfulness
+                    )
+                )
+    return record.round, points

@@ -1,0 +1,93 @@
+"""The faithful objective on a network whose answer is planted: evidence channels, and a shortcut that answers 3."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from planted import BRAKE, EVIDENCE, SHORTCUT, concat, half_bright_images, shortcut_model
+
+from fedmi_flower.science.circuits import discover_circuits, evaluate_circuits, find_circuits
+from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.metrics import circuit_iou
+from fedmi_flower.science.model import build_model
+from fedmi_flower.science.sparsity import prune_
+from fedmi_flower.science.verdicts import ALWAYS_TARGET, EMPTY, NEVER_TARGET, UNRECOGNISED, degenerate_reason
+
+CLASSES = [3, 8]
+
+
+def mixed_data(n: int = 64, seed: int = 0):
+    """Images of the two evidence classes and of two classes the network calls its default class."""
+    return concat(*(half_bright_images(n, c, seed) for c in (3, 8, 0, 5)))
+
+
+def test_the_paper_objective_takes_the_shortcut_where_the_faithful_one_finds_the_evidence():
+    model, data = shortcut_model(), mixed_data()
+    paper = discover_circuits(model, data, CLASSES, seed=1, objective="paper", ablation="zero")
+    (paper3, _) = evaluate_circuits(model, data, list(paper.items()), ablation="zero")
+    assert SHORTCUT["conv3"][0] in paper[3]["conv3"] and BRAKE["conv3"][0] not in paper[3]["conv3"]
+    assert paper3.sufficiency == 1.0 and paper3.specificity == 0.0 and paper3.faithfulness == 0.5
+
+    faithful = discover_circuits(model, data, CLASSES, seed=1, objective="faithful")  # its defaults: mean ablation
+    scores = evaluate_circuits(model, mixed_data(seed=1), list(faithful.items()), ablation="mean")
+    for cls, s in zip(CLASSES, scores):
+        assert circuit_iou(faithful[cls], EVIDENCE[cls])["mean"] >= 0.9, (cls, faithful[cls])
+        assert s.specificity >= 0.9 and s.sufficiency >= 0.9 and s.faithfulness == 1.0
+
+
+def test_a_client_holding_one_class_finds_its_circuit_through_reference_negatives():
+    model, only3 = shortcut_model(), half_bright_images(64, 3)
+    reference = concat(half_bright_images(32, 8, seed=2), half_bright_images(32, 0, seed=2))
+    with pytest.raises(ValueError, match="discovery.negatives = 'reference'"):
+        discover_circuits(model, only3, [3], objective="faithful")
+    found = discover_circuits(model, only3, [3], seed=1, objective="faithful", negatives=reference)
+    (s,) = evaluate_circuits(model, mixed_data(seed=3), list(found.items()), ablation="mean")
+    assert circuit_iou(found[3], EVIDENCE[3])["mean"] >= 0.9 and s.specificity >= 0.9
+
+
+def test_target_faithfulness_gives_the_smallest_circuit_that_agrees_with_the_model():
+    model, data = shortcut_model(), mixed_data()
+    found, _ = find_circuits(model, data, CLASSES, seed=1, objective="faithful", target_faithfulness=0.99)
+    assert found == {3: EVIDENCE[3], 8: EVIDENCE[8]}  # three channels each: fewer cannot carry the evidence
+
+
+def test_faithfulness_is_the_balanced_agreement_with_the_models_decision():
+    model, data = shortcut_model(), mixed_data()
+    whole = {layer: list(range(n)) for layer, n in model.layer_sizes.items()}
+    only_shortcut = {"conv1": [], "conv2": [], "conv3": SHORTCUT["conv3"]}
+    w, s = evaluate_circuits(model, data, [(3, whole), (3, only_shortcut)], ablation="zero")
+    assert w.faithfulness == 1.0 and (w.model_sufficiency, w.model_specificity) == (1.0, 1.0)
+    # The shortcut alone says 3 for everything: it agrees on the 64 images the model calls 3, never on the 192 others.
+    assert s.sufficiency == 1.0 and s.specificity == 0.0 and s.faithfulness == 0.5
+
+
+def test_degenerate_circuits_say_why():
+    assert degenerate_reason(0, 1.0, 1.0, 1.0) == EMPTY
+    assert degenerate_reason(5, 0.9, 0.2, 0.95) == UNRECOGNISED  # the model misses the class
+    assert degenerate_reason(5, 0.9, 1.0, 0.0) == UNRECOGNISED  # the model calls everything the class
+    assert degenerate_reason(5, 0.1, 0.9, 0.95) == ALWAYS_TARGET
+    assert degenerate_reason(5, 0.1, 0.9, 0.6) is None  # a model that is not specific itself: no verdict
+    assert degenerate_reason(5, math.nan, math.nan, math.nan) is None
+    assert degenerate_reason(5, 1.0, 0.69, 0.95, sufficiency=0.0) == NEVER_TARGET  # discovery failed on its own model
+    assert degenerate_reason(5, 1.0, 0.69, 0.95, sufficiency=0.3) is None  # weakened, not degenerate
+    assert degenerate_reason(5, 1.0, 0.95, 0.95, sufficiency=0.0, own_model=False) is None  # collapse: the finding
+
+
+def test_an_untrained_network_recognises_no_class_and_its_circuits_are_degenerate():
+    """The random-weight control (Adebayo et al. 2018): whatever discovery finds there, no circuit passes."""
+    model = build_model(seed=0)
+    prune_(model, 0.9)
+    g = torch.Generator().manual_seed(0)
+    data = ImageSplit(torch.rand(400, 1, 28, 28, generator=g), torch.arange(10).repeat_interleave(40))
+    with torch.no_grad():
+        favoured = int(model(data.images).argmax(1).mode().values)  # what the random network answers most
+    classes = sorted({favoured, 1, 2, 7})
+    for objective in ("paper", "faithful"):
+        found = discover_circuits(model, data, classes, seed=0, objective=objective, steps=50)
+        scores = dict(zip(classes, evaluate_circuits(model, data, list(found.items()), ablation="mean")))
+        assert scores[favoured].model_specificity < 0.5  # the network calls (nearly) everything its favourite
+        for cls, s in scores.items():
+            size = sum(map(len, found[cls].values()))
+            assert degenerate_reason(size, s.specificity, s.model_sufficiency, s.model_specificity) is not None
