@@ -40,7 +40,8 @@ def row(label: str, model: torch.nn.Module, test, circuits, ablation: str, secon
     scores = evaluate_circuits(model, test, [(c, circuits[c]) for c in CLASSES], ablation=ablation)
     sizes = [circuit_size(circuits[c]) for c in CLASSES]
     degenerate = [
-        degenerate_reason(n, s.specificity, s.model_sufficiency, s.model_specificity) for n, s in zip(sizes, scores)
+        degenerate_reason(n, s.specificity, s.model_sufficiency, s.model_specificity, s.sufficiency)
+        for n, s in zip(sizes, scores)
     ]
 
     def fmt(values: list[float]) -> str:

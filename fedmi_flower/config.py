@@ -138,7 +138,11 @@ class DiscoveryConfig:
         None, lo=0.0, doc="L0 penalty coefficient; omitted: the objective's (0.01 for both)"
     )
     init_score: float = _spec(2.0, doc="initial gate score (positive: all gates open)")
-    batch_per_class: int = _spec(32, lo=1, doc="images of each class per step (and as many others, faithful)")
+    batch_per_class: int | None = _spec(
+        None,
+        lo=1,
+        doc="images of the class per step (faithful: and as many others); omitted: paper 32, faithful 16",
+    )
     ablation: str = _spec(
         "auto", choices=("auto", *ABLATIONS), doc="what a closed channel outputs; auto: paper zero, faithful mean"
     )

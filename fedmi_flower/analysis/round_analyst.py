@@ -344,7 +344,7 @@ class RoundAnalyst:
             degenerate={c: why for c in sizes if (why := _degenerate(sizes[c], scores.get(c))) is not None},
         )
 
-    def control(self, classes: Sequence[int], server_round: int) -> GlobalEntry | None:
+    def control(self, classes: Sequence[int]) -> GlobalEntry | None:
         """The random-weight control (Adebayo et al. 2018): discovery on a model that was never trained.
 
         Same architecture, pruned to the run's sparsity the way training prunes, its circuits
@@ -391,7 +391,7 @@ class RoundAnalyst:
         global_entry = self.global_entry(model, global_circuits, global_scores)
         timings.evaluation = time.perf_counter() - t0
         t0 = time.perf_counter()
-        control = self.control(classes, server_round)
+        control = self.control(classes)
         timings.control = time.perf_counter() - t0
 
         stability, gaps = self.stability(server_round, reports, sizes)
@@ -525,7 +525,9 @@ class RoundAnalyst:
             degenerate_local=sum(len(c.degenerate) for c in record.clients.values()),
             degenerate_global=len(record.global_model.degenerate),
             control_degenerate=len(record.control.degenerate) if record.control is not None else 0,
-            control_faithfulness=nanmean(s.faithfulness for s in record.control.scores.values())
+            control_faithfulness=nanmean(
+                s.faithfulness for c, s in record.control.scores.items() if c not in record.control.degenerate
+            )
             if record.control is not None
             else math.nan,
             **_nondegenerate_means(nondegenerate or {}),

@@ -438,6 +438,7 @@ class RoundSummary:
     control_degenerate: int = 0
     """Circuits of the random-weight control that are degenerate (all of them, for an instrument that works)."""
     control_faithfulness: float = math.nan
+    """Mean faithfulness of the control's circuits that are not degenerate (NaN when none: what should happen)."""
     inter_client_iou_nondegenerate: float = math.nan
     inter_client_iou_nondegenerate_pairs: int = 0
     class_pair_iou_nondegenerate: float = math.nan

@@ -305,7 +305,9 @@ def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
         (FAITHFUL, "random-weight control: degenerate circuits", VALUE): float(s.control_degenerate)
         if control
         else math.nan,
-        (FAITHFUL, "random-weight control: faithfulness", VALUE): s.control_faithfulness,
+        (FAITHFUL, "random-weight control: faithfulness of its circuits that are not degenerate", VALUE): (
+            s.control_faithfulness
+        ),
     }
     for label, view in SCALE_VIEWS:
         value, pairs = s.view_nondegenerate(view)
@@ -402,8 +404,10 @@ DEFINITIONS = [
     "balanced: the mean of the agreement on the images the model calls the class and on those it does not. 1 is the "
     "whole network; 0.5 is a circuit that answers the class for every input, or never. A circuit is **degenerate** "
     "when it is empty, when the model itself does not recognise the class (its own sufficiency or specificity below "
-    f"{WORKING_THRESHOLD:.0%}), or when it is always-target (specificity below {WORKING_THRESHOLD:.0%} where the "
-    "model's is at least 90%); every IoU view is also given over the circuits that are not. The **random-weight "
+    f"{WORKING_THRESHOLD:.0%}), when it is always-target (specificity below {WORKING_THRESHOLD:.0%} where the "
+    f"model's is at least 90%) or never-target (sufficiency below {COLLAPSE_THRESHOLD:.0%} on the model it was found "
+    f"on, whose own is at least {WORKING_THRESHOLD:.0%}); every IoU view is also given over the circuits that are not. "
+    "The **random-weight "
     "control** runs the same discovery on a never-trained model of the same architecture and sparsity: its circuits "
     "should all be degenerate.",
     "**Collapse**: a local circuit collapses in a round when its sufficiency on that round's global weights "
