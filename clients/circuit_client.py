@@ -70,13 +70,25 @@ class CircuitClient(NumPyClient):
         set_weights(model, parameters)
         return model
 
+    def fill_means(self, model: SimpleCNN, cfg: ExperimentConfig) -> dict[str, torch.Tensor] | None:
+        """Channel means for mean ablation, measured on the run's reference images.
+
+        The server measures the global model's on the same images, so a circuit's verdict on
+        its own model and on the global weights differ by the weights alone, not by what a
+        closed channel outputs (means over a 2-class client's own rows would carry its classes).
+        """
+        if cfg.discovery.resolved_ablation != "mean":
+            return None
+        return channel_means(model, self.reference if self.reference is not None else self.train)
+
     def negatives(self, cfg: ExperimentConfig, data: ImageSplit) -> ImageSplit | None:
         """The other images the faithful objective shows this client's circuits: None means its own rows.
 
         The reference set replaces them with ``discovery.negatives = "reference"``, or
         when ``data`` holds a single class (1-class non-IID), where there are none.
         """
-        if not cfg.discovery.uses_reference(len(torch.unique(data.labels))):
+        held = sum(1 for n in data.class_counts(self.num_classes) if n >= cfg.analysis.min_class_examples)
+        if not cfg.discovery.uses_reference(held):
             return None
         if self.reference is None:
             raise ValueError(
@@ -92,14 +104,25 @@ class CircuitClient(NumPyClient):
         return [c for c in sorted(set(wanted)) if self.class_counts[c] >= analysis.min_class_examples]
 
     def local_eval_split(self, seed: int, max_rows: int = 2000) -> ImageSplit:
-        """Where a client scores its own circuits: its held-out rows, or (holding none out) up to
-        ``max_rows`` of its training rows, a seeded sample."""
+        """Where a client scores its own circuits.
+
+        Its held-out rows, or (holding none out) up to ``max_rows`` of its training rows, a
+        seeded sample; with the reference images beside them when those rows hold one
+        class, where specificity and the "not the class" side of faithfulness would
+        otherwise rest on nothing.
+        """
         if len(self.holdout):
-            return self.holdout
-        if len(self.train) <= max_rows:
-            return self.train
-        g = torch_generator(seed, "local-eval", self.partition_id)
-        return self.train.subset(torch.randperm(len(self.train), generator=g)[:max_rows].sort().values)
+            rows = self.holdout
+        elif len(self.train) <= max_rows:
+            rows = self.train
+        else:
+            g = torch_generator(seed, "local-eval", self.partition_id)
+            rows = self.train.subset(torch.randperm(len(self.train), generator=g)[:max_rows].sort().values)
+        if self.reference is not None and len(torch.unique(rows.labels)) < 2:
+            rows = ImageSplit(
+                torch.cat([rows.images, self.reference.images]), torch.cat([rows.labels, self.reference.labels])
+            )
+        return rows
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """The partition this node holds (the server samples clients by it)."""
@@ -136,7 +159,7 @@ class CircuitClient(NumPyClient):
 
         t0 = time.perf_counter()
         classes = self.analysed_classes(cfg.analysis)
-        means = channel_means(model, self.train) if cfg.discovery.resolved_ablation == "mean" else None
+        means = self.fill_means(model, cfg)
         circuits: dict[int, Circuit] = {}
         steps_run: list[int] = []
         if classes:
@@ -212,7 +235,7 @@ class CircuitClient(NumPyClient):
             .values
         )
         classes = [c for c in circuits if bool((redraw.labels == c).any())]
-        means = channel_means(model, redraw) if cfg.discovery.resolved_ablation == "mean" else None
+        means = self.fill_means(model, cfg)
         again, _ = find_circuits(
             model,
             redraw,

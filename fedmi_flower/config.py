@@ -156,6 +156,7 @@ class DiscoveryConfig:
     target_faithfulness: float | None = _spec(
         None,
         lo=0.5,
+        lo_open=True,  # an empty circuit already agrees half the time
         hi=1.0,
         doc="the smallest top-scored circuit that agrees with the model this often; omitted: scores above 0",
     )
@@ -178,9 +179,20 @@ class DiscoveryConfig:
         """The ablation used: the configured one, or the objective's."""
         return str(OBJECTIVE_DEFAULTS[self.objective]["ablation"]) if self.ablation == "auto" else self.ablation
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the run needs its reference images: other images for the faithful objective or a target
+        faithfulness, and the common set of channel means for mean ablation."""
+        return self.objective == "faithful" or self.target_faithfulness is not None or self.resolved_ablation == "mean"
+
     def uses_reference(self, classes_held: int) -> bool:
-        """Whether discovery on rows of ``classes_held`` classes takes its other images from the reference set."""
-        return self.objective == "faithful" and (self.negatives == "reference" or classes_held < 2)
+        """Whether discovery on rows of ``classes_held`` classes takes its other images from the reference set.
+
+        Count a class as held when there are at least ``analysis.min_class_examples`` rows of it:
+        a handful of stray images of another class are no set of other images.
+        """
+        wants_others = self.objective == "faithful" or self.target_faithfulness is not None
+        return wants_others and (self.negatives == "reference" or classes_held < 2)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of ``find_circuits`` (``auto`` resolved, config-only keys left out)."""

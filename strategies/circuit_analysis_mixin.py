@@ -230,7 +230,8 @@ class CircuitAnalysisMixin:
         floor of the view, the chance level of random circuits of the same sizes, and
         the defined pairs behind the mean. Then faithfulness (agreement of each circuit's
         decision with its model's) and how many circuits are degenerate (empty, of a class
-        the model does not recognise, or always-target), the random-weight control's too.
+        the model does not recognise, always-target or never-target), the random-weight
+        control's too.
         """
         s = record.summary
 

@@ -75,3 +75,15 @@ def test_summary_means_count_their_pairs_and_keep_gaps_out():
     assert s.stability == 0.8 and s.stability_pairs == 1 and s.stability_gaps == 1
     assert s.cross_working_locally == 2 and s.cross_preserved == 1 and s.cross_collapsed_after_working == 1
     assert s.cross_collapsed == 1 and s.local_circuit_channels == 1.5 and s.empty_local_circuits == 1
+
+
+def test_stability_over_non_degenerate_circuits_leaves_out_a_degenerate_previous_circuit():
+    analyst = RoundAnalyst(ExperimentConfig(), NO_DATA, NO_DATA)
+    analyst.previous = {1: (2, {7: B, 3: C})}
+    analyst.previous_degenerate = {1: {7}}  # its class-7 circuit of round 2 was degenerate
+    everything, _ = analyst.stability(3, [report(1, {7: A, 3: C})], SIZES)
+    clean, _ = analyst.stability(3, [report(1, {7: A, 3: C})], SIZES, without_degenerate=True)
+    assert set(everything[1]) == {3, 7} and set(clean[1]) == {3}
+    restored = RoundAnalyst(ExperimentConfig(), NO_DATA, NO_DATA)
+    restored.load_state_dict(analyst.state_dict())  # a resumed run remembers which were degenerate
+    assert restored.previous_degenerate == {1: {7}}

@@ -18,11 +18,12 @@ from fedmi_flower.records.round_record import RecordError
 from fedmi_flower.science.circuits import (
     OBJECTIVE_DEFAULTS,
     OBJECTIVES,
+    channel_means,
     circuit_size,
     discover_circuits,
     evaluate_circuits,
 )
-from fedmi_flower.science.data import load_split
+from fedmi_flower.science.data import load_split, reference_split
 from fedmi_flower.science.model import build_model, set_weights
 from fedmi_flower.science.seeding import derive_seed
 
@@ -73,8 +74,20 @@ def frontier(
     server = run.read_partitions()["server"]
     probe = load_split(config.data.dataset, False, data_root, server["probe"])
     evaluation = load_split(config.data.dataset, False, data_root, server["evaluation"])
+    # Channel means on the run's reference images, as its own analysis measures them.
+    reference = reference_split(
+        config.data.dataset,
+        data_root,
+        probe_fraction=config.data.probe_fraction,
+        eval_per_class=config.data.eval_per_class,
+        seed=config.seed,
+        size=config.discovery.reference_size,
+    )
+    means = channel_means(model, reference)
     base: dict[str, Any] = {
-        k: v for k, v in config.discovery.settings().items() if k not in ("objective", "l0_lambda", "ablation", "gate")
+        k: v
+        for k, v in config.discovery.settings().items()
+        if k not in ("objective", "l0_lambda", "ablation", "gate", "batch_per_class", "target_faithfulness")
     }
     points = []
     for objective in objectives:
@@ -85,10 +98,12 @@ def frontier(
                 probe,
                 record.classes,
                 seed=derive_seed(config.seed, "frontier", record.round),
+                means=means if ablation == "mean" else None,
                 **{**base, "objective": objective, "l0_lambda": lam, "ablation": ablation},
             )
             pairs = sorted(circuits.items())
-            for (cls, circuit), s in zip(pairs, evaluate_circuits(model, evaluation, pairs, ablation=ablation)):
+            scored = evaluate_circuits(model, evaluation, pairs, ablation=ablation, means=means)
+            for (cls, circuit), s in zip(pairs, scored):
                 points.append(
                     FrontierPoint(
                         objective, lam, cls, circuit_size(circuit), s.sufficiency, s.specificity, s.faithfulness

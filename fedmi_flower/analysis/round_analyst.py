@@ -55,6 +55,7 @@ from fedmi_flower.science.circuits import (
     SCORE_NAMES,
     Circuit,
     CircuitScores,
+    channel_means,
     circuit_size,
     discover_circuits,
     evaluate_circuits,
@@ -156,15 +157,21 @@ class RoundAnalyst:
         self.floor_rows = floor_rows
         self.reference = reference
         self._control: GlobalEntry | None = None
+        # partition id -> classes whose circuit in its last report was degenerate
+        self.previous_degenerate: dict[int, set[int]] = {}
         # partition id -> (round, circuits) of the client's last report
         self.previous: dict[int, tuple[int, dict[int, Circuit]]] = {}
 
     # ------------------------------------------------------------------ state for checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state: the last circuits of every client."""
+        """JSON-able state: the last circuits of every client, and which of them were degenerate."""
         return {
-            str(pid): {"round": r, "circuits": {str(c): circ for c, circ in sorted(circuits.items())}}
+            str(pid): {
+                "round": r,
+                "circuits": {str(c): circ for c, circ in sorted(circuits.items())},
+                "degenerate_classes": sorted(self.previous_degenerate.get(pid, set())),
+            }
             for pid, (r, circuits) in self.previous.items()
         }
 
@@ -173,6 +180,7 @@ class RoundAnalyst:
         self.previous = {
             int(pid): (int(v["round"]), {int(c): circ for c, circ in v["circuits"].items()}) for pid, v in state.items()
         }
+        self.previous_degenerate = {int(pid): {int(c) for c in v.get("degenerate_classes", [])} for pid, v in state.items()}
 
     # ------------------------------------------------------------------ pieces of the analysis
 
@@ -199,7 +207,8 @@ class RoundAnalyst:
         if not present:
             return {}
         discovery = self.config.discovery
-        use_reference = discovery.uses_reference(len(torch.unique(data.labels)))
+        min_rows_held = self.config.analysis.min_class_examples
+        use_reference = discovery.uses_reference(sum(1 for n in data.class_counts() if n >= min_rows_held))
         if use_reference and self.reference is None:
             raise ValueError("the faithful objective needs the reference set here, and the analyst was given none")
         return discover_circuits(
@@ -207,6 +216,7 @@ class RoundAnalyst:
             data.to(device),
             present,
             negatives=self.reference.to(device) if use_reference and self.reference is not None else None,
+            means=self.fill_means(model),
             seed=derive_seed(self.config.seed, purpose, server_round),
             **discovery.settings(),
         )
@@ -281,13 +291,19 @@ class RoundAnalyst:
         }
 
     def stability(
-        self, server_round: int, reports: Sequence[ClientReport], sizes: Mapping[str, int]
+        self,
+        server_round: int,
+        reports: Sequence[ClientReport],
+        sizes: Mapping[str, int],
+        without_degenerate: bool = False,
     ) -> tuple[dict[int, dict[int, IoU]], dict[int, dict[int, IoU]]]:
         """Intra-client stability (RQ2): each client's circuit against its own of round t-1.
 
         Returns ``(stability, gaps)``. A client whose last report is older than t-1 (not
         sampled, failed or rejected in between) is no t-1 comparison: it goes to
         ``gaps``, with the round it was compared with, and stays out of every stability mean.
+        ``without_degenerate`` leaves out the previous round's degenerate circuits (the
+        caller leaves out this round's).
         """
         stable: dict[int, dict[int, IoU]] = {}
         gaps: dict[int, dict[int, IoU]] = {}
@@ -295,6 +311,9 @@ class RoundAnalyst:
             if r.partition_id not in self.previous:
                 continue
             prev_round, prev = self.previous[r.partition_id]
+            if without_degenerate:
+                dropped = self.previous_degenerate.get(r.partition_id, set())
+                prev = {c: circ for c, circ in prev.items() if c not in dropped}
             entry = {
                 c: dataclasses.replace(compare(circ, prev[c], sizes), previous_round=prev_round)
                 for c, circ in sorted(r.circuits.items())
@@ -316,7 +335,13 @@ class RoundAnalyst:
             for cls, circ in sorted(r.circuits.items()):
                 pairs.append((cls, circ))
                 keys.append((r.partition_id, cls))
-        scores = evaluate_circuits(model, self.evaluation, pairs, ablation=self.config.discovery.resolved_ablation)
+        scores = evaluate_circuits(
+            model,
+            self.evaluation,
+            pairs,
+            ablation=self.config.discovery.resolved_ablation,
+            means=self.fill_means(model),
+        )
         return dict(zip(global_circuits, scores[: len(global_circuits)])), dict(
             zip(keys, scores[len(global_circuits) :])
         )
@@ -344,6 +369,12 @@ class RoundAnalyst:
             degenerate={c: why for c in sizes if (why := _degenerate(sizes[c], scores.get(c))) is not None},
         )
 
+    def fill_means(self, model: SimpleCNN) -> dict[str, torch.Tensor] | None:
+        """Channel means of ``model`` for mean ablation, on the reference images the clients use too."""
+        if self.config.discovery.resolved_ablation != "mean":
+            return None
+        return channel_means(model, self.reference if self.reference is not None else self.evaluation)
+
     def control(self, classes: Sequence[int]) -> GlobalEntry | None:
         """The random-weight control (Adebayo et al. 2018): discovery on a model that was never trained.
 
@@ -351,8 +382,10 @@ class RoundAnalyst:
         found on the probe rows and scored on the evaluation rows like the global model's.
         A discovery objective that "finds" working, faithful circuits here manufactures
         behaviour the model lacks; the model does not recognise any class, so every
-        circuit should come out degenerate. Computed once per run (the model never
-        changes) and repeated in every record; None when ``analysis.random_control`` is off.
+        circuit should come out degenerate (by the model's own scores alone: the record's
+        control also keeps each circuit's size and scores, what discovery made of it).
+        Computed once per set of analysed classes (the model never changes) and repeated in
+        every record; None when ``analysis.random_control`` is off.
         """
         if not self.config.analysis.random_control or not classes:
             return None
@@ -418,7 +451,7 @@ class RoundAnalyst:
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
         clean = [without_degenerate(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
-        clean_stability, _ = self.stability(server_round, clean, sizes)
+        clean_stability, _ = self.stability(server_round, clean, sizes, without_degenerate=True)
         nondegenerate = {
             View.INTER_CLIENT_IOU: list(self.inter_client(classes, clean, sizes).values()),
             View.CLASS_PAIR_IOU: list(self.class_pair(clean, sizes).values()),
@@ -429,6 +462,7 @@ class RoundAnalyst:
         }
         for r in reports:
             self.previous[r.partition_id] = (int(server_round), dict(r.circuits))
+            self.previous_degenerate[r.partition_id] = set(clients[r.partition_id].degenerate)
         record.summary = self.summarise(record, nondegenerate)
         timings.analysis = time.perf_counter() - began
         return record

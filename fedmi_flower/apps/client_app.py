@@ -59,8 +59,8 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
 
 
 def reference_of(config: ExperimentConfig, data_root: str | None) -> ImageSplit | None:
-    """The run's reference images for the faithful objective (None for the paper's objective, which needs none)."""
-    if config.discovery.objective != "faithful":
+    """The run's reference images (None when its discovery needs none: ``DiscoveryConfig.needs_reference``)."""
+    if not config.discovery.needs_reference:
         return None
     return reference_split(
         config.data.dataset,

@@ -261,15 +261,18 @@ def learn_gate_scores(
     classes : sequence of int
         Classes to discover; every one must have at least one example in ``data``.
     objective : {"paper", "faithful"}
-        Eq. 3 (target images only), or agreement with the full model's P(c | x) on
-        target and other images.
+        Eq. 3 (target images only), or the full model's own decision about c (a hinge
+        on the margin of c's logit) on target and other images.
     gate : {"straight-through", "annealed"}, optional
         Heaviside forward with a sigmoid gradient, or sigmoid(score / T) with T going
         from ``temperature_start`` to ``temperature_end`` geometrically. None: the
         objective's default (:data:`OBJECTIVE_DEFAULTS`).
     steps, lr, l0_lambda, init_score : int, float, float, float
         Optimisation steps, Adam learning rate, L0 penalty coefficient (None: the
-        objective's default) and initial score (paper: 200, 0.1, 0.01, 2.0).
+        objective's default) and initial score (paper: 200, 0.1, 0.01, 2.0). The penalty is
+        ``l0_lambda * sum(sigmoid(score))`` for both gates: with the annealed gate it does
+        not sharpen with the temperature, so one coefficient is not the same pressure
+        under both gates (the defaults were measured per objective).
     batch_per_class : int, optional
         Images of each class per step (and as many other images, for ``faithful``),
         drawn with replacement from a stream seeded by ``(seed, class)`` so that a class
@@ -356,7 +359,7 @@ def learn_gate_scores(
     optimizer = torch.optim.Adam(scores.values(), lr=lr)
     active = torch.ones(k, dtype=torch.bool)
     steps_run = [steps] * k
-    last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1)
+    last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1).cpu()  # compared on the CPU below
     last_change = torch.full((k,), earliest_gate_change(init_score, lr), dtype=torch.long)
     initial_pattern = last_pattern.clone()
     moved = torch.zeros(k, dtype=torch.bool)  # a class whose gates never moved has not started, whatever the step

@@ -290,7 +290,7 @@ def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
     Records written before faithfulness existed leave these undefined.
     """
     analysed = [r for r in records if r.analysed]
-    if not analysed:
+    if not analysed or analysed[-1].schema < 2:  # written before faithfulness and verdicts of degeneracy existed
         return {}
     last = analysed[-1]
     s = last.summary
