@@ -180,7 +180,9 @@ class RoundAnalyst:
         self.previous = {
             int(pid): (int(v["round"]), {int(c): circ for c, circ in v["circuits"].items()}) for pid, v in state.items()
         }
-        self.previous_degenerate = {int(pid): {int(c) for c in v.get("degenerate_classes", [])} for pid, v in state.items()}
+        self.previous_degenerate = {
+            int(pid): {int(c) for c in v.get("degenerate_classes", [])} for pid, v in state.items()
+        }
 
     # ------------------------------------------------------------------ pieces of the analysis
 
