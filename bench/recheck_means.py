@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.science.circuits import channel_means, evaluate_circuits
-from fedmi_flower.science.data import experiment_partitions, load_split, reference_split
+from fedmi_flower.science.data import experiment_partitions, load_split
 from fedmi_flower.science.model import build_model, set_weights
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict
 
@@ -33,14 +34,7 @@ def main() -> None:
     config = run.read_config()
     server = run.read_partitions()["server"]
     evaluation = load_split(config.data.dataset, False, args.data_root, server["evaluation"])
-    reference = reference_split(
-        config.data.dataset,
-        args.data_root,
-        probe_fraction=config.data.probe_fraction,
-        eval_per_class=config.data.eval_per_class,
-        seed=config.seed,
-        size=config.discovery.reference_size,
-    )
+    reference = reference_images(config, args.data_root)
     parts = experiment_partitions(dataclasses.asdict(config.data), config.clients, config.seed, args.data_root)
     totals = {"recorded fills": [0, 0, 0], "reference fills": [0, 0, 0]}  # circuits, working locally, then collapsed
     for record in run.read_rounds():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedmi_flower.science.circuits import ABLATIONS, GATES, OBJECTIVE_DEFAULTS, OBJECTIVES
+from fedmi_flower.science.circuits import ABLATIONS, GATES, OBJECTIVES, objective_setting
 
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
 _CONFIG_ONLY = ("negatives", "reference_size")
@@ -177,7 +177,7 @@ class DiscoveryConfig:
     @property
     def resolved_ablation(self) -> str:
         """The ablation used: the configured one, or the objective's."""
-        return str(OBJECTIVE_DEFAULTS[self.objective]["ablation"]) if self.ablation == "auto" else self.ablation
+        return str(objective_setting(self.objective, "ablation", None if self.ablation == "auto" else self.ablation))
 
     @property
     def needs_reference(self) -> bool:
@@ -198,7 +198,7 @@ class DiscoveryConfig:
         """Keyword arguments of ``find_circuits`` (``auto`` resolved, config-only keys left out)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _CONFIG_ONLY}
         out["ablation"] = self.resolved_ablation
-        out["gate"] = str(OBJECTIVE_DEFAULTS[self.objective]["gate"]) if self.gate == "auto" else self.gate
+        out["gate"] = objective_setting(self.objective, "gate", None if self.gate == "auto" else self.gate)
         return out
 
 

@@ -13,17 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RecordError
 from fedmi_flower.science.circuits import (
-    OBJECTIVE_DEFAULTS,
     OBJECTIVES,
     channel_means,
     circuit_size,
     discover_circuits,
     evaluate_circuits,
+    objective_setting,
 )
-from fedmi_flower.science.data import load_split, reference_split
+from fedmi_flower.science.data import load_split
 from fedmi_flower.science.model import build_model, set_weights
 from fedmi_flower.science.seeding import derive_seed
 
@@ -75,15 +76,7 @@ def frontier(
     probe = load_split(config.data.dataset, False, data_root, server["probe"])
     evaluation = load_split(config.data.dataset, False, data_root, server["evaluation"])
     # Channel means on the run's reference images, as its own analysis measures them.
-    reference = reference_split(
-        config.data.dataset,
-        data_root,
-        probe_fraction=config.data.probe_fraction,
-        eval_per_class=config.data.eval_per_class,
-        seed=config.seed,
-        size=config.discovery.reference_size,
-    )
-    means = channel_means(model, reference)
+    means = channel_means(model, reference_images(config, data_root))
     base: dict[str, Any] = {
         k: v
         for k, v in config.discovery.settings().items()
@@ -91,7 +84,7 @@ def frontier(
     }
     points = []
     for objective in objectives:
-        ablation = str(OBJECTIVE_DEFAULTS[objective]["ablation"])
+        ablation = objective_setting(objective, "ablation")
         for lam in lambdas:
             circuits = discover_circuits(
                 model,

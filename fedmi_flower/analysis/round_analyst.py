@@ -96,7 +96,7 @@ def _degenerate(size: int, s: Scores | CircuitScores | None, own_model: bool = T
     return degenerate_reason(size, s.specificity, s.model_sufficiency, s.model_specificity, s.sufficiency, own_model)
 
 
-def without_degenerate(r: ClientReport, degenerate: Mapping[int, str]) -> ClientReport:
+def non_degenerate_part(r: ClientReport, degenerate: Mapping[int, str]) -> ClientReport:
     """The report with only its circuits that are not degenerate (for the IoU means over those)."""
     return dataclasses.replace(r, circuits={c: circ for c, circ in r.circuits.items() if c not in degenerate})
 
@@ -451,7 +451,7 @@ class RoundAnalyst:
             timings=timings,
         )
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
-        clean = [without_degenerate(r, clients[r.partition_id].degenerate) for r in reports]
+        clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
         clean_stability, _ = self.stability(server_round, clean, sizes, without_degenerate=True)
         nondegenerate = {
@@ -495,7 +495,8 @@ class RoundAnalyst:
     def cross_entry(r: ClientReport, cls: int, s: CircuitScores) -> CrossEvaluation:
         """Cross-evaluation of one local circuit on the global weights, with its verdict there and on its own model."""
         size = circuit_size(r.circuits[cls])
-        local = {c: _reported_scores(v) for c, v in r.local_scores.items()}
+        own = r.local_scores.get(cls)
+        local = {cls: _reported_scores(own)} if own is not None else {}
         return CrossEvaluation(
             **dataclasses.asdict(_scores(s)),
             verdict=circuit_verdict(size, s.sufficiency, s.specificity),

@@ -19,10 +19,11 @@ from flwr.client import Client, ClientApp
 from flwr.common import Context
 
 from clients import CircuitClient
+from fedmi_flower.analysis.reference import reference_of
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_split, reference_split
+from fedmi_flower.science.data import experiment_partitions, load_split
 
 
 def data_root_of(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str | None:
@@ -56,20 +57,6 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
     holdout = load_split(config.data.dataset, True, root, part.holdout)
     device = pick_device(config.resources.device)
     return CircuitClient(pid, train, holdout, device, reference=reference_of(config, root))
-
-
-def reference_of(config: ExperimentConfig, data_root: str | None) -> ImageSplit | None:
-    """The run's reference images (None when its discovery needs none: ``DiscoveryConfig.needs_reference``)."""
-    if not config.discovery.needs_reference:
-        return None
-    return reference_split(
-        config.data.dataset,
-        data_root,
-        probe_fraction=config.data.probe_fraction,
-        eval_per_class=config.data.eval_per_class,
-        seed=config.seed,
-        size=config.discovery.reference_size,
-    )
 
 
 def client_fn(context: Context) -> Client:

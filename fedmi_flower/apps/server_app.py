@@ -20,8 +20,8 @@ from flwr.common import Context, log, ndarrays_to_parameters
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
+from fedmi_flower.analysis.reference import reference_of
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
-from fedmi_flower.apps.client_app import reference_of
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig

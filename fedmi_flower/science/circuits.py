@@ -57,6 +57,15 @@ OBJECTIVE_DEFAULTS: dict[str, dict[str, object]] = {
 }
 """Each objective's gate, ablation and L0 coefficient where an experiment leaves them to it (measured defaults:
 docs/faithful-circuits.md)."""
+
+
+def objective_setting(objective: str, name: str, value: Any = None) -> Any:
+    """``value``, or the objective's default for the setting ``name`` when it is None (:data:`OBJECTIVE_DEFAULTS`)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    return OBJECTIVE_DEFAULTS[objective][name] if value is None else value
+
+
 SCORE_NAMES = ("sufficiency", "specificity", "necessity", "faithfulness", "model_sufficiency", "model_specificity")
 """The scores of :class:`CircuitScores` a client reports for each of its own circuits."""
 
@@ -305,14 +314,10 @@ def learn_gate_scores(
     steps_run : list of int
         Steps each class was optimised for.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    defaults = OBJECTIVE_DEFAULTS[objective]
-    gate = str(defaults["gate"]) if gate is None else gate
-    ablation = str(defaults["ablation"]) if ablation is None else ablation
-    l0 = float(defaults["l0_lambda"]) if l0_lambda is None else float(l0_lambda)  # type: ignore[arg-type]
-    if batch_per_class is None:
-        batch_per_class = int(defaults["batch_per_class"])  # type: ignore[call-overload]
+    gate = objective_setting(objective, "gate", gate)
+    ablation = objective_setting(objective, "ablation", ablation)
+    l0 = float(objective_setting(objective, "l0_lambda", l0_lambda))
+    batch_per_class = int(objective_setting(objective, "batch_per_class", batch_per_class))
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
     classes = [int(c) for c in classes]
@@ -523,8 +528,7 @@ def find_circuits(
     scores, steps_run = learn_gate_scores(model, data, classes, means=means, negatives=negatives, seed=seed, **settings)
     if target_faithfulness is None:
         return circuits_from_scores(scores, classes), steps_run
-    objective = settings.get("objective", "paper")
-    ablation = settings.get("ablation") or str(OBJECTIVE_DEFAULTS[objective]["ablation"])
+    ablation = objective_setting(settings.get("objective", "paper"), "ablation", settings.get("ablation"))
     circuits = {
         int(cls): smallest_faithful_circuit(
             model,
