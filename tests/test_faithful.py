@@ -91,3 +91,14 @@ def test_an_untrained_network_recognises_no_class_and_its_circuits_are_degenerat
         for cls, s in scores.items():
             size = sum(map(len, found[cls].values()))
             assert degenerate_reason(size, s.specificity, s.model_sufficiency, s.model_specificity) is not None
+
+
+def test_the_faithful_objectives_other_images_come_from_one_seeded_pool_of_bounded_size():
+    from fedmi_flower.science.circuits import NEGATIVE_POOL, _negative_pool
+
+    pool = _negative_pool(5000, seed=3, device=torch.device("cpu"))
+    assert pool.numel() == NEGATIVE_POOL == torch.unique(pool).numel()
+    assert bool((pool[1:] > pool[:-1]).all()) and int(pool.max()) < 5000
+    assert torch.equal(pool, _negative_pool(5000, seed=3, device=torch.device("cpu")))
+    assert not torch.equal(pool, _negative_pool(5000, seed=4, device=torch.device("cpu")))
+    assert torch.equal(_negative_pool(300, seed=3, device=torch.device("cpu")), torch.arange(300))

@@ -195,6 +195,26 @@ def _draws(rows: torch.Tensor, steps: int, n: int, seed: int, stream: str, cls: 
     return rows[pick.to(rows.device)]
 
 
+NEGATIVE_POOL = 512
+"""At most this many of the data's rows, the same for every class, supply the faithful objective's other images."""
+
+
+def _negative_pool(rows: int, seed: int, device: torch.device) -> torch.Tensor:
+    """A fixed, seeded set of at most :data:`NEGATIVE_POOL` row indices, sorted.
+
+    The faithful objective runs every distinct image it draws through the ungated model
+    once (the model's own decisions, the stem cache). Drawing each class's other images
+    from all of a client's rows made that one-off pass cover most of them (6,000 of
+    8,000 for 4 classes and 200 steps) and cost as much as the optimisation itself; a
+    shared pool as large as the reference set (``discovery.reference_size``) bounds it,
+    and a client holding one class already draws from 512 reference images.
+    """
+    if rows <= NEGATIVE_POOL:
+        return torch.arange(rows, device=device)
+    pick = torch.randperm(rows, generator=torch_generator(seed, "negative-pool"))[:NEGATIVE_POOL]
+    return pick.sort().values.to(device)
+
+
 def _rows(labels: torch.Tensor, cls: int, other: bool = False) -> torch.Tensor:
     """Indices of the rows labelled ``cls`` (or, with ``other``, of every other row)."""
     return torch.nonzero((labels != cls) if other else (labels == cls)).flatten()
@@ -294,7 +314,8 @@ def learn_gate_scores(
         Channel means for mean ablation; measured on ``data`` when omitted.
     negatives : ImageSplit, optional
         ``faithful`` only: where the other images come from (labels unused); without
-        it, ``data``'s rows of other classes.
+        it, ``data``'s rows of other classes among a fixed, seeded pool of at most
+        :data:`NEGATIVE_POOL` of its rows.
     seed : int
         Seed of the image draws.
     patience : int, optional
@@ -330,6 +351,7 @@ def learn_gate_scores(
     # Other images come after data's rows in one pool, so that one stem cache serves both.
     pool = data if negatives is None or not faithful else _concat(data, negatives.to(device))
     k = len(classes)
+    negative_pool = _negative_pool(len(data), seed, device)
     draws = []
     for cls in classes:
         if not bool((data.labels == cls).any()):
@@ -340,7 +362,9 @@ def learn_gate_scores(
                 reference = torch.arange(len(data), len(pool), device=device)
                 rows.append(_draws(reference, steps, batch_per_class, seed, "negatives", cls))
             elif bool((data.labels != cls).any()):
-                rows.append(_draws(_rows(data.labels, cls, other=True), steps, batch_per_class, seed, "negatives", cls))
+                others = _rows(data.labels[negative_pool], cls, other=True)
+                others = negative_pool[others] if others.numel() else _rows(data.labels, cls, other=True)
+                rows.append(_draws(others, steps, batch_per_class, seed, "negatives", cls))
             else:
                 raise ValueError(
                     f"the faithful objective needs images other than class {cls}'s, and the data holds class {cls} "
