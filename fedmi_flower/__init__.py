@@ -12,4 +12,9 @@ Layers, each importing only those above it in this list (docs/architecture.md):
 - ``apps``: the ServerApp, ClientApp, simulation and deployment; ``cli``: the ``fedmi`` command.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("fedmi-flower")  # one definition: pyproject.toml's, which Flower's app packaging reads too
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"

@@ -23,19 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedmi_flower.apps.deploy import DeploymentError, LocalDeployment
+from fedmi_flower import __version__
+from fedmi_flower.apps.deploy import LocalDeployment
 from fedmi_flower.config import (
     ConfigError,
     ExperimentConfig,
     list_experiments,
-    load_experiment,
     load_sweep,
     parse_override,
 )
-from fedmi_flower.records.results import RunDirectory, default_run_dir
-from fedmi_flower.records.round_record import RecordError
-from fedmi_flower.records.series import RunError
-from fedmi_flower.science.data import DatasetError, load_labels
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -45,16 +41,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 1
     width = max(len(n) for n in experiments)
     for name in experiments:
-        config = load_experiment(name)
+        configs = load_sweep(name)
+        config = configs[0]
+        sparsity = f"sparsity {config.train.sparsity:g}"
+        if len(configs) > 1:  # a sweep: one run per point, named after its values
+            points = " / ".join(c.name.removeprefix(f"{name}-") for c in configs)
+            sparsity = f"a sweep of {len(configs)} runs: {points}"
         print(
             f"{name:<{width}}  {config.clients} clients x {config.rounds} rounds, {config.strategy.name}, "
-            f"sparsity {config.train.sparsity:g}: {config.description}"
+            f"{sparsity}: {config.description}"
         )
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
     from fedmi_flower.apps.simulation import simulate
+    from fedmi_flower.records.results import RunDirectory
 
     run = RunDirectory(args.resume)
     if not (run.path / "config.toml").is_file():
@@ -85,27 +87,29 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(name: str, out: Path, began: float) -> None:
+    from fedmi_flower.records.results import RunDirectory
+
     rounds = RunDirectory(out).read_rounds()
     print(f"fedmi: {name} finished {len(rounds)} rounds in {time.perf_counter() - began:.0f} s; results in {out}")
-    if rounds and rounds[-1].analysed:
-        s = rounds[-1].summary.scalars()
-        print(
-            "  last round: "
-            + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if v == v)
-        )
+    # The last round's line above has its numbers; summary.csv has every one of every round.
+    print(f"  next: `fedmi report {out}` (what the numbers say), `fedmi plot {out}` (figures); log in {out}/run.log")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedmi_flower.apps.simulation import simulate  # Flower and Ray load only when a run starts
-
     if args.resume:
         return _resume(args)
     if not args.experiment:
         raise ConfigError("name an experiment (see `fedmi list`) or give --resume RUN_DIR")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     configs = load_sweep(args.experiment, _overrides(args), seeds=seeds)
+    # Flower, Ray and torch load only once the config is known to be good.
+    from fedmi_flower.apps.simulation import simulate
+    from fedmi_flower.records.results import RunDirectory, default_run_dir
+
     swept = len(configs) > 1 or seeds is not None  # every point of a sweep (or seed) in its own folder under --out
     base = Path(args.out) if args.out else default_run_dir(args.experiment if swept else configs[0].name)
+    for config in configs:  # every folder refused before the first run starts, not after hours of it
+        RunDirectory(base / config.name if swept else base).check_new()
     for i, config in enumerate(configs):
         out = base / config.name if swept else base
         print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
@@ -152,6 +156,9 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
             f"drop --clients, or add --set clients={args.clients} to change the experiment"
         )
     run_config = _deployment_run_config(args.experiment, overrides, config)
+    from fedmi_flower.records.results import RunDirectory, default_run_dir
+    from fedmi_flower.science.data import load_labels
+
     # Fail on a missing dataset here, with the loader's message, before any process starts.
     load_labels(config.data.dataset, True, args.data_root)
     load_labels(config.data.dataset, False, args.data_root)
@@ -203,7 +210,7 @@ def _common_folder(paths: list[Path]) -> Path:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from fedmi_flower.records.series import comparison, find_runs, load_run, setting_label
+    from fedmi_flower.records.series import RunError, comparison, find_runs, load_run, setting_label
     from fedmi_flower.views.plots import plot_compare, plot_run  # matplotlib loads only for plotting
 
     paths = find_runs(args.runs)
@@ -227,17 +234,27 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_path(out: str) -> Path:
+    """The Markdown file ``--out`` names: ``out/report.md`` for a folder (existing, or a name without a suffix)."""
+    path = Path(out)
+    if path.is_dir() or not path.suffix:
+        return path / "report.md"
+    if path.suffix.lower() != ".md":
+        raise ConfigError(
+            f"--out {out}: a report is a Markdown file with its HTML beside it; "
+            f"give a folder or a .md file, e.g. --out {path.with_suffix('.md')}"
+        )
+    return path
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from fedmi_flower.records.series import find_runs, load_run
     from fedmi_flower.views.report import write_report
 
+    out = report_path(args.out) if args.out else None
     paths = find_runs(args.runs)
     runs = [load_run(p) for p in paths]
-    out = (
-        Path(args.out)
-        if args.out
-        else (paths[0] if len(paths) == 1 else _common_folder(paths)) / "report" / "report.md"
-    )
+    out = out or (paths[0] if len(paths) == 1 else _common_folder(paths)) / "report" / "report.md"
     md, html = write_report(runs, out)
     print(f"fedmi: report on {len(runs)} run{'s' if len(runs) > 1 else ''}: {md} and {html}")
     return 0
@@ -245,6 +262,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from fedmi_flower.analysis.frontier import FrontierPoint, frontier
+    from fedmi_flower.records.round_record import RecordError
+    from fedmi_flower.records.series import RunError
     from fedmi_flower.views.plots import fig_frontier, save
 
     try:
@@ -328,6 +347,7 @@ def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedmi", description="Circuit preservation in federated learning, on Flower.")
+    parser.add_argument("--version", action="version", version=f"fedmi-flower {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment as a Flower simulation (Ray virtual clients)")
@@ -388,11 +408,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (
+    ("fedmi_flower.config", "ConfigError"),
+    ("fedmi_flower.science.data", "DatasetError"),
+    ("fedmi_flower.apps.deploy", "DeploymentError"),
+    ("fedmi_flower.records.series", "RunError"),
+    ("builtins", "FileExistsError"),
+    ("builtins", "FileNotFoundError"),
+)
+"""The errors that are the user's to fix: one line naming the problem and the fix, no traceback."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is one of :data:`USER_ERRORS`.
+
+    Looked up among the modules already loaded rather than imported here: importing
+    them would load torch, and `fedmi --help` or a config error must answer without it
+    (an error of a module that was never loaded cannot have been raised).
+    """
+    for module, name in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(err, cls):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, DeploymentError, FileExistsError, FileNotFoundError, RunError) as err:
+    except Exception as err:
+        if not is_user_error(err):
+            raise
         print(f"fedmi: error: {err}", file=sys.stderr)
         return 2
 

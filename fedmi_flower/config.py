@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedmi_flower.science.circuits import ABLATIONS, GATES, OBJECTIVES, objective_setting
+from fedmi_flower.science.objectives import ABLATIONS, GATES, OBJECTIVES, objective_setting
 
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
 _CONFIG_ONLY = ("negatives", "reference_size")

@@ -33,6 +33,9 @@ from fedmi_flower.wire.protocol import ClientReport, PayloadError, fit_instructi
 
 from .seeded_client_manager import SeededClientManager
 
+CONSOLE_KEY = "fedmi_console"
+"""A log record whose ``extra`` sets this key is one of fedmi's own lines: shown on a quiet console too."""
+
 Result = tuple[ClientProxy, FitRes]
 
 
@@ -235,43 +238,46 @@ class CircuitAnalysisMixin:
         """
         s = record.summary
 
-        def scaled(view: View) -> str:
-            return (
-                f"{s.view(view):.2f} [floor {s.view_floor(view):.2f}, "
-                f"chance {s.view_chance(view):.2f}, {s.view_pairs(view)} pairs]"
-            )
+        def num(value: float, digits: int = 2) -> str:
+            return "null" if value != value else f"{value:.{digits}f}"  # NaN as rounds.jsonl spells it
 
+        def scaled(view: View, named: bool = False) -> str:
+            floor, chance = num(s.view_floor(view)), num(s.view_chance(view))
+            return f"{num(s.view(view))} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
+
+        trouble = [
+            f"{n} {what}" for n, what in ((len(record.failures), "failed"), (len(record.rejected), "rejected")) if n
+        ]
+        control = record.control
         log(
             INFO,
-            "[round %d/%d] %d/%d clients reported (%d failed, %d rejected)%s | global acc %.3f | inter-client IoU %s | "
-            "local-global IoU %s | stability %s | cross-eval suff %.2f spec %.2f faith %.2f, "
-            "%d of %d working circuits preserved | faithfulness local %.2f global %.2f | "
-            "degenerate circuits: %d of %d local, %d of %d global, %d of %d random-weight control | %.1f s",
+            "[round %d/%d] %d/%d clients%s%s | acc %s | IoU inter-client %s | local-global %s | stability %s | "
+            "faith local %s global %s | cross-eval suff %s spec %s faith %s, preserved %d/%d | "
+            "degenerate %d/%d local, %d/%d global, %s control | %.1f s",
             server_round,
             self.experiment.rounds,
             s.clients,
             record.sampled,
-            len(record.failures),
-            len(record.rejected),
+            f" ({', '.join(trouble)})" if trouble else "",
             "" if record.aggregated else " NOT AGGREGATED",
-            s.global_accuracy,
-            scaled(View.INTER_CLIENT_IOU),
+            num(s.global_accuracy, 3),
+            scaled(View.INTER_CLIENT_IOU, named=True),
             scaled(View.LOCAL_GLOBAL_IOU),
             scaled(View.STABILITY),
-            s.cross_sufficiency,
-            s.cross_specificity,
-            s.cross_faithfulness,
+            num(s.local_faithfulness),
+            num(s.global_faithfulness),
+            num(s.cross_sufficiency),
+            num(s.cross_specificity),
+            num(s.cross_faithfulness),
             s.cross_preserved,
             s.cross_working_locally,
-            s.local_faithfulness,
-            s.global_faithfulness,
             s.degenerate_local,
             sum(len(c.circuits) for c in record.clients.values()),
             s.degenerate_global,
             len(record.global_model.circuits),
-            s.control_degenerate,
-            len(record.control.circuits) if record.control is not None else 0,
+            f"{s.control_degenerate}/{len(control.circuits)}" if control is not None else "no",
             record.timings.round,
+            extra={CONSOLE_KEY: True},
         )
 
     # ------------------------------------------------------------------ aggregation
@@ -368,6 +374,9 @@ class CircuitAnalysisMixin:
         answered = {proxy.cid for proxy, _ in results} | {f[0].cid for f in failures if isinstance(f, tuple)}
         silent = [SilentClient(cid, self._partition_of.get(cid)) for cid in self._sampled if cid not in answered]
         failure_notes = [Failure(f[0].cid if isinstance(f, tuple) else None, describe_failure(f)) for f in failures]
+        for note in failure_notes:
+            who = f"client {note.client}" if note.client is not None else "a client"
+            log(WARNING, "round %d: %s failed, its update is left out: %s", rnd, who, note.error)
         aggregated = parameters is not None
         reason = None
         if not aggregated:

@@ -103,3 +103,24 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path):
     relative = tmp_path / "rel.py"
     relative.write_text("from ..records.series import load_run\n")
     assert imports("fedmi_flower.views.rel", relative) == [("fedmi_flower.records.series", ["load_run"])]
+
+
+def test_the_command_answers_help_list_and_config_errors_without_loading_torch_flower_or_ray():
+    import subprocess
+    import sys
+
+    probe = (
+        "import contextlib, io, sys\n"
+        "from fedmi_flower.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "    main(['list'])\n"
+        "    assert main(['run', 'quickstart', '--set', 'train.sparsity=1.5']) == 2\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'flwr', 'ray', 'matplotlib') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

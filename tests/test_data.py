@@ -47,6 +47,10 @@ def test_missing_dataset_names_where_it_looked(tmp_path):
         and "FEDMI_DATA_ROOT" in message
         and "train-images-idx3-ubyte" in message
     )
+    assert list(tmp_path.iterdir()) == []  # the failed lookup created nothing (torchvision's download makes MNIST/raw)
+    with pytest.raises(DatasetError):
+        load_raw("mnist", True, str(tmp_path / "absent"))
+    assert not (tmp_path / "absent").exists()
 
 
 def _copy_mnist(src_root: str, dst: Path) -> Path:

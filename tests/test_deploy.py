@@ -56,7 +56,7 @@ def test_a_failed_run_is_an_error_naming_the_log(deployed):
 
 
 def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
-    assert "[round 2/2] 3/3 clients reported" in deployed["echo"]  # the ServerApp's log, streamed through `flwr run`
+    assert "[round 2/2] 3/3 clients |" in deployed["echo"]  # the ServerApp's log, streamed through `flwr run`
     rounds = rounds_json(RunDirectory(deployed["out"]))
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:

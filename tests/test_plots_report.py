@@ -362,3 +362,16 @@ def test_seeds_run_into_their_own_folders(noniid_runs):
         run = load_run(path)
         assert run.config.seed == seed and run.config.name == f"noniid-2class-seed={seed}" and len(run.records) == 3
     assert load_run(noniid_runs[0]).records[0].clients != load_run(noniid_runs[1]).records[0].clients
+
+
+def test_report_out_takes_a_folder_or_a_markdown_file_and_refuses_anything_else_before_writing(iid_run, tmp_path):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    code, out, err = cli("report", str(iid_run), "--out", str(existing))
+    assert code == 0, err
+    assert (existing / "report.md").is_file() and str(existing / "report.md") in out
+    code, out, err = cli("report", str(iid_run), "--out", str(tmp_path / "new-folder"))
+    assert code == 0 and (tmp_path / "new-folder" / "report.md").is_file() and (tmp_path / "new-folder").is_dir()
+    code, out, err = cli("report", str(iid_run), "--out", str(tmp_path / "page.txt"))
+    assert code == 2 and "give a folder or a .md file" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "new-folder"]  # no stray figures/

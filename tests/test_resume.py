@@ -61,11 +61,30 @@ def _without_timings(record: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, mnist_root) -> list[dict]:
+def uninterrupted_run(tmp_path_factory, mnist_root) -> tuple[Path, str]:
+    """The run made whole, and what its console showed."""
     out = tmp_path_factory.mktemp("resume") / "whole"
     proc = subprocess.run(_command(out, mnist_root), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return rounds_json(RunDirectory(out))
+    return out, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run) -> list[dict]:
+    return rounds_json(RunDirectory(uninterrupted_run[0]))
+
+
+def test_an_injected_failure_is_one_line_on_the_console_and_its_tracebacks_are_in_the_log(uninterrupted_run):
+    out, console = uninterrupted_run
+    said = [line for line in console.splitlines() if "failed, its update is left out" in line]
+    assert said == [
+        "WARNING: round 2: a client failed, its update is left out: "
+        "client 2 fails in round 2, as the experiment's [faults] table asks"
+    ]
+    assert "[round 2/3] 1/2 clients (1 failed) |" in console or "[round 2/3] 0/2 clients (1 failed) |" in console
+    assert "Traceback" not in console and "ClientAppException" not in console
+    log = (out / "run.log").read_text()
+    assert "Traceback" in log and "InjectedFailure: client 2 fails in round 2" in log
 
 
 def test_killed_run_resumes_to_the_same_records(tmp_path, mnist_root, uninterrupted):

@@ -60,10 +60,21 @@ def test_run_directory_is_complete(quick_run):
     assert len((quick_run / "summary.csv").read_text().splitlines()) == 3
 
 
-def test_the_console_keeps_the_summary_and_the_run_directory_keeps_flowers_history(quick_run):
+def test_the_console_has_one_line_per_round_and_the_run_directory_keeps_the_rest(quick_run):
     console = (quick_run / "console.log").read_text()
-    assert "Run finished 2 round(s)" in console and "fedmi: quickstart finished 2 rounds" in console
-    assert "History (metrics, distributed, fit)" not in console and "'inter_client_iou': [(1," not in console
+    lines = console.splitlines()
+    assert [line for line in lines if line.startswith("[round ")] == [
+        line for line in lines if line.startswith(("[round 1/2] 3/3 clients | acc ", "[round 2/2] 3/3 clients | acc "))
+    ]
+    assert sum(line.startswith("[round ") for line in lines) == 2
+    # Nothing else but fedmi's own lines (and, until `fedmi run` leaves run_simulation, Flower's deprecation notice).
+    others = [line for line in lines if not line.startswith(("fedmi: ", "[round ", "  next: "))]
+    assert all(line.startswith("WARNING: DEPRECATED FEATURE") for line in others), others
+    assert "fedmi: quickstart finished 2 rounds" in console and f"`fedmi report {quick_run}`" in console
+    assert "\x1b[" not in console  # no colour codes in output that is not a terminal
+    log = (quick_run / "run.log").read_text()
+    assert "configure_fit" in log and "Run finished 2 round(s)" in log and "[round 2/2] 3/3 clients" in log
+    assert "\x1b[" not in log and "configure_fit" not in console
     history = (quick_run / "flower-history.log").read_text()
     assert history.startswith("History") and "'inter_client_iou': [(1," in history
 
@@ -108,6 +119,7 @@ def test_cli_reports_bad_input_without_a_traceback():
     assert proc.returncode == 2 and "/nonexistent/MNIST/raw" in proc.stderr
     proc = fedmi("list")
     assert proc.returncode == 0 and "noniid-3class-50rounds" in proc.stdout
+    assert "sparsity-ablation" in proc.stdout and "a sweep of 4 runs: sparsity=0.95 / sparsity=0.97" in proc.stdout
 
 
 def _free_port() -> int:
@@ -202,3 +214,11 @@ def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
         assert set(floor["clients"]) <= {"0"} and 0.0 <= record["summary"]["seed_floor"] <= 1.0
         for entry in record["inter_client_iou"].values():
             assert 0.0 <= entry["chance"]["mean"] <= 1.0
+
+
+def test_a_reused_run_directory_is_refused_before_flower_starts(quick_run):
+    log_before = (quick_run / "run.log").read_text()
+    proc = fedmi("run", "quickstart", "--out", str(quick_run))
+    assert proc.returncode == 2 and "already holds a run; choose another --out (or resume it)" in proc.stderr
+    assert "run_simulation" not in proc.stderr + proc.stdout  # Flower's simulation never started
+    assert (quick_run / "run.log").read_text() == log_before

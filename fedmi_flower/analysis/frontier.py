@@ -16,16 +16,10 @@ from typing import Any
 from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RecordError
-from fedmi_flower.science.circuits import (
-    OBJECTIVES,
-    channel_means,
-    circuit_size,
-    discover_circuits,
-    evaluate_circuits,
-    objective_setting,
-)
+from fedmi_flower.science.circuits import channel_means, circuit_size, discover_circuits, evaluate_circuits
 from fedmi_flower.science.data import load_split
 from fedmi_flower.science.model import build_model, set_weights
+from fedmi_flower.science.objectives import OBJECTIVES, objective_setting
 from fedmi_flower.science.seeding import derive_seed
 
 LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1)

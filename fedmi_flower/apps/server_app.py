@@ -29,7 +29,7 @@ from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_d
 from fedmi_flower.science.data import experiment_partitions, load_labels, load_split, server_splits
 from fedmi_flower.science.model import build_model, get_weights
 from fedmi_flower.science.seeding import derive_seed
-from strategies import CircuitAnalysisMixin, build_strategy
+from strategies import CONSOLE_KEY, CircuitAnalysisMixin, build_strategy
 
 
 def prepare_run(
@@ -138,6 +138,7 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         config.strategy.name,
         f"resuming after round {done} in" if resume else "writing",
         run_dir.path.resolve(),
+        extra={CONSOLE_KEY: True},
     )
     HistoryToFile.install(run_dir.path / HISTORY_LOG)
     parts = run_dir.read_partitions()["clients"]

@@ -10,10 +10,11 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from fedmi_flower.apps.client_app import make_client_app
+from fedmi_flower.apps.console import run_console
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.apps.server_app import make_server_app
 from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.records.results import default_run_dir
+from fedmi_flower.records.results import RunDirectory, default_run_dir
 from fedmi_flower.science.data import load_labels
 
 
@@ -52,10 +53,12 @@ def simulate(
     load_labels(config.data.dataset, True, data_root)
     load_labels(config.data.dataset, False, data_root)
     run_dir = Path(out) if out else default_run_dir(config.name)
+    if not resume:
+        RunDirectory(run_dir).check_new()  # before Ray starts (the ServerApp checks again)
     run_config = {**config.to_run_config(), "out": str(run_dir), "resume": resume}
     if data_root:
         run_config["data-root"] = str(data_root)
-    with warnings.catch_warnings():
+    with run_console(run_dir, verbose), warnings.catch_warnings():
         # run_simulation is Flower's in-process entry point; `flwr run` is the other one.
         warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated", category=DeprecationWarning)
         # Ray's notice about a future default; the current one (hide GPUs from clients given no GPU share)

@@ -42,28 +42,11 @@ import torch.nn.functional as F
 
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN
+from fedmi_flower.science.objectives import ABLATIONS, GATES, objective_setting
 from fedmi_flower.science.seeding import torch_generator
 
 Circuit = dict[str, list[int]]
 """Sorted channel indices per circuit layer, e.g. ``{"conv1": [3, 7], "conv2": [], ...}``."""
-
-ABLATIONS = ("zero", "mean")
-OBJECTIVES = ("paper", "faithful")
-GATES = ("straight-through", "annealed")
-OBJECTIVE_DEFAULTS: dict[str, dict[str, object]] = {
-    "paper": {"gate": "straight-through", "ablation": "zero", "l0_lambda": 0.01, "batch_per_class": 32},
-    # 16 of the class and 16 others: as many images per step as the paper's 32, the same circuits as 32 + 32.
-    "faithful": {"gate": "annealed", "ablation": "mean", "l0_lambda": 0.01, "batch_per_class": 16},
-}
-"""Each objective's gate, ablation and L0 coefficient where an experiment leaves them to it (measured defaults:
-docs/faithful-circuits.md)."""
-
-
-def objective_setting(objective: str, name: str, value: Any = None) -> Any:
-    """``value``, or the objective's default for the setting ``name`` when it is None (:data:`OBJECTIVE_DEFAULTS`)."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    return OBJECTIVE_DEFAULTS[objective][name] if value is None else value
 
 
 SCORE_NAMES = ("sufficiency", "specificity", "necessity", "faithfulness", "model_sufficiency", "model_specificity")

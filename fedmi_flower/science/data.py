@@ -10,6 +10,7 @@ only on the labels, their parameters and a seed.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -196,9 +197,13 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
 
     if not (image_file.is_file() and label_file.is_file()):
         if not _stage_system_copy(spec, raw_dir):
+            missing = [d for d in (raw_dir, raw_dir.parent, root) if not d.exists()]  # deepest first
             try:
                 spec.factory(str(root), train=train, download=True)
             except Exception as err:  # offline: URLError, RuntimeError, OSError...
+                for folder in missing:  # a failed lookup leaves nothing behind (the download made these)
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when still empty
                 looked = [str(raw_dir)] + list(spec.system_dirs)
                 lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
                 reason = next(

@@ -1,0 +1,58 @@
+"""The quiet console: fedmi's lines on it, one line per warning, Flower's chatter and tracebacks in run.log only."""
+
+from __future__ import annotations
+
+import io
+from logging import ERROR, INFO, WARNING
+
+from flwr.common.logger import FLOWER_LOGGER, console_handler
+
+from fedmi_flower.apps.console import RUN_LOG, run_console
+from strategies import CONSOLE_KEY
+
+
+def _log_a_round(engine_path: str) -> None:
+    FLOWER_LOGGER.log(INFO, "configure_fit: strategy sampled 3 clients (out of 3)")
+    FLOWER_LOGGER.log(INFO, "[round 1/1] 3/3 clients | acc 0.5", extra={CONSOLE_KEY: True})
+    FLOWER_LOGGER.log(WARNING, "DEPRECATED FEATURE: something\n\n    It will be removed")
+    # What Flower's simulation engine logs for a client's exception (the strategy names the failure itself).
+    record = FLOWER_LOGGER.makeRecord(
+        FLOWER_LOGGER.name, ERROR, engine_path, 140, "Traceback (most recent call last):\n  ...", (), None
+    )
+    FLOWER_LOGGER.handle(record)
+    FLOWER_LOGGER.log(ERROR, "ServerApp raised an exception")
+
+
+def test_quiet_console_shows_fedmi_lines_and_one_line_per_warning_and_the_log_keeps_everything(tmp_path):
+    screen = io.StringIO()
+    old_stream = console_handler.setStream(screen)
+    handlers_before = list(FLOWER_LOGGER.handlers)
+    try:
+        with run_console(tmp_path / "run") as log_path:
+            _log_a_round("/x/flwr/server/superlink/fleet/vce/vce_api.py")
+    finally:
+        console_handler.setStream(old_stream)
+    assert FLOWER_LOGGER.handlers == handlers_before  # everything put back
+    assert log_path == tmp_path / "run" / RUN_LOG
+    assert screen.getvalue().splitlines() == [
+        "[round 1/1] 3/3 clients | acc 0.5",
+        f"WARNING: DEPRECATED FEATURE: something (more in {log_path})",
+        "ERROR: ServerApp raised an exception",
+    ]
+    log = log_path.read_text()
+    for text in ("configure_fit", "[round 1/1]", "It will be removed", "Traceback (most recent call last)"):
+        assert text in log
+    assert "\x1b[" not in log and "\x1b[" not in screen.getvalue()
+
+
+def test_verbose_console_keeps_flowers_lines_without_colour_codes_off_a_terminal(tmp_path):
+    screen = io.StringIO()
+    old_stream = console_handler.setStream(screen)
+    try:
+        with run_console(tmp_path / "run", verbose=True):
+            _log_a_round("/x/flwr/server/superlink/fleet/vce/vce_api.py")
+    finally:
+        console_handler.setStream(old_stream)
+    shown = screen.getvalue()
+    assert "configure_fit" in shown and "Traceback (most recent call last)" in shown and "\x1b[" not in shown
+    assert console_handler.colored is True  # Flower's own setting, put back
