@@ -8,7 +8,10 @@ fedmi list
 fedmi run EXPERIMENT --seeds 0,1,2 [...]
 fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
 fedmi plot --compare RUN_DIR... [--out DIR]
-fedmi report RUN_DIR... [--out FILE]
+fedmi report RUN_DIR... [--out FILE_OR_DIR]
+fedmi view RUN_DIR... [--out FILE_OR_DIR]
+fedmi tensorboard RUN_DIR... --logdir DIR
+fedmi frontier RUN_DIR [--round N] [--lambdas L,L,...]
 """
 
 from __future__ import annotations
@@ -47,9 +50,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if len(configs) > 1:  # a sweep: one run per point, named after its values
             points = " / ".join(c.name.removeprefix(f"{name}-") for c in configs)
             sparsity = f"a sweep of {len(configs)} runs: {points}"
+        minutes = (
+            f"~{config.measured_minutes:g} min on 2 cores"
+            if config.measured_minutes is not None
+            else "time not measured"
+        )
         print(
             f"{name:<{width}}  {config.clients} clients x {config.rounds} rounds, {config.strategy.name}, "
-            f"{sparsity}: {config.description}"
+            f"{sparsity}, {minutes}: {config.description}"
         )
     return 0
 
@@ -260,6 +268,39 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from fedmi_flower.records.series import find_runs, load_run
+    from fedmi_flower.views.explorer import write_explorer
+
+    paths = find_runs(args.runs)
+    runs = [load_run(p) for p in paths]
+    if args.out:
+        out = Path(args.out)
+    elif len(runs) == 1:
+        out = runs[0].path / "view.html"
+    else:
+        out = _common_folder(paths) / "views"
+    for page in write_explorer(runs, out):
+        print(f"fedmi: wrote {page} (one file, works offline: open it in a browser)")
+    return 0
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    from fedmi_flower.records.series import find_runs, load_run
+    from fedmi_flower.views.tensorboard import TensorBoardScalars
+
+    paths = find_runs(args.runs)
+    for path in paths:
+        run = load_run(path)
+        scalars = TensorBoardScalars(args.logdir, run.path.name)
+        for record in run.records:
+            scalars(record)
+        scalars.close()
+        print(f"fedmi: {len(run.records)} rounds of {run.path} -> {scalars.path}")
+    print(f"  next: `tensorboard --logdir {args.logdir}`")
+    return 0
+
+
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from fedmi_flower.analysis.frontier import FrontierPoint, frontier
     from fedmi_flower.records.round_record import RecordError
@@ -332,6 +373,25 @@ def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
         ),
     )
     report.set_defaults(func=_cmd_report)
+
+    view = sub.add_parser(
+        "view", help="an interactive page per run: round slider, client / class / layer selectors (one HTML file)"
+    )
+    view.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    view.add_argument(
+        "--out", help="the .html file (one run), or a folder for one page per run (default: RUN_DIR/view.html)"
+    )
+    view.set_defaults(func=_cmd_view)
+
+    board = sub.add_parser(
+        "tensorboard",
+        help="write finished runs' round scalars as TensorBoard events (a running run: --set logging.tensorboard=DIR)",
+    )
+    board.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    board.add_argument(
+        "--logdir", required=True, help="TensorBoard's folder; each run goes to LOGDIR/<run folder name>"
+    )
+    board.set_defaults(func=_cmd_tensorboard)
 
     frontier = sub.add_parser(
         "frontier",

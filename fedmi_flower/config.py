@@ -279,11 +279,25 @@ class FaultsConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where a run's numbers go besides its run directory."""
+
+    tensorboard: str | None = _spec(
+        None, doc="a folder for TensorBoard events: every round's scalars go to <folder>/<run name>"
+    )
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment. Build it with :func:`load_experiment` or :meth:`from_run_config`."""
 
     name: str = _spec("unnamed", doc="experiment name")
     description: str = _spec("", doc="one line on what the experiment shows")
+    measured_minutes: float | None = _spec(
+        None,
+        lo=0.0,
+        doc="wall time of one run as written, measured on 2 CPU cores (shown by `fedmi list`; not a setting)",
+    )
     seed: int = _spec(0, lo=0, doc="the run's seed; every random choice derives from it")
     rounds: int = _spec(10, lo=1, doc="federated rounds")
     clients: int = _spec(5, lo=1, doc="number of clients (partitions)")
@@ -294,6 +308,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = _spec(factory=StrategyConfig)
     resources: ResourcesConfig = _spec(factory=ResourcesConfig)
     faults: FaultsConfig = _spec(factory=FaultsConfig)
+    logging: LoggingConfig = _spec(factory=LoggingConfig)
 
     # ------------------------------------------------------------------ conversions
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -89,9 +89,11 @@ class CircuitAnalysisMixin:
         start_round: int = 0,
         partition_sizes: Mapping[int, int] | None = None,
         holdout_sizes: Mapping[int, int] | None = None,
+        round_listeners: Sequence[Callable[[RoundRecord], None]] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.round_listeners = list(round_listeners)
         self.experiment = experiment
         self.analyst = analyst
         self.run_dir = run_dir
@@ -227,7 +229,7 @@ class CircuitAnalysisMixin:
         self.run_dir.write_round_weights(server_round, arrays, local)
 
     def on_round_end(self, server_round: int, record: RoundRecord) -> None:
-        """Called with every finished round record; logs a one-line progress summary.
+        """Called with every finished round record; logs a one-line progress summary and calls the round listeners.
 
         Each IoU is followed by its scale: ``[floor F, chance C, n pairs]``, the noise
         floor of the view, the chance level of random circuits of the same sizes, and
@@ -245,9 +247,8 @@ class CircuitAnalysisMixin:
             floor, chance = num(s.view_floor(view)), num(s.view_chance(view))
             return f"{num(s.view(view))} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
 
-        trouble = [
-            f"{n} {what}" for n, what in ((len(record.failures), "failed"), (len(record.rejected), "rejected")) if n
-        ]
+        failed, refused = len(record.failures), len(record.rejected)
+        trouble = [f"{failed} failed"] * bool(failed) + [f"{refused} rejected"] * bool(refused)
         control = record.control
         log(
             INFO,
@@ -279,6 +280,8 @@ class CircuitAnalysisMixin:
             record.timings.round,
             extra={CONSOLE_KEY: True},
         )
+        for listener in self.round_listeners:  # e.g. TensorBoard scalars (logging.tensorboard)
+            listener(record)
 
     # ------------------------------------------------------------------ aggregation
 

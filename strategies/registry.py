@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flwr.common import Metrics, Parameters
@@ -13,6 +13,7 @@ from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.config import STRATEGIES as STRATEGY_NAMES
 from fedmi_flower.config import ExperimentConfig, StrategyConfig
 from fedmi_flower.records.results import RunDirectory
+from fedmi_flower.records.round_record import RoundRecord
 
 from .circuit_analysis_mixin import CircuitAnalysisMixin
 from .circuit_fedavg import CircuitFedAvg
@@ -72,12 +73,14 @@ def build_strategy(
     start_round: int = 0,
     partition_sizes: Mapping[int, int] | None = None,
     holdout_sizes: Mapping[int, int] | None = None,
+    round_listeners: Sequence[Callable[[RoundRecord], None]] = (),
 ) -> FedAvg:
     """The experiment's strategy, with the circuit analysis, ready for a ServerApp.
 
     ``start_round``: rounds already done; ``partition_sizes`` and ``holdout_sizes``: each
     partition's training and held-out rows as the server computed them (a client's
-    example counts in fit and evaluate must match its own).
+    example counts in fit and evaluate must match its own); ``round_listeners`` are called with every finished
+    round's record.
     """
     base, specific = STRATEGIES[config.strategy.name]
     s = config.strategy
@@ -91,6 +94,7 @@ def build_strategy(
         start_round=start_round,
         partition_sizes=partition_sizes,
         holdout_sizes=holdout_sizes,
+        round_listeners=round_listeners,
         fraction_fit=s.fraction_fit,
         fraction_evaluate=s.fraction_evaluate,
         min_fit_clients=s.min_fit_clients or sampled,

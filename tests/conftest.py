@@ -26,9 +26,13 @@ def mnist_root() -> str:
 
 @pytest.fixture(scope="session")
 def iid_run(tmp_path_factory, mnist_root) -> Path:
-    """`fedmi run quickstart` with :data:`runs.SMALL_IID`: 3 IID clients x 2 rounds."""
+    """`fedmi run quickstart` with :data:`runs.SMALL_IID`: 3 IID clients x 2 rounds.
+
+    Its TensorBoard scalars go to ``tensorboard/`` beside the run directory.
+    """
     out = tmp_path_factory.mktemp("iid") / "run"
-    proc = fedmi("run", "quickstart", *sets(SMALL_IID), "--out", str(out), "--data-root", mnist_root)
+    board = f"logging.tensorboard={out.parent / 'tensorboard'}"
+    proc = fedmi("run", "quickstart", *sets([*SMALL_IID, board]), "--out", str(out), "--data-root", mnist_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[round 2/2] 3/3 clients |" in proc.stdout + proc.stderr
     (out / "console.log").write_text(proc.stdout + proc.stderr)  # what the user saw, for the tests that read it

@@ -264,6 +264,8 @@ def test_fedmi_report_writes_markdown_and_html_with_the_numbers(iid_run, tmp_pat
     for src in (tmp_path / "rep").glob("figures/*/*.png"):
         assert src.stat().st_size > 5000
     assert "Never recovered" in md and "peaks, then declines" in md
+    assert "## What this page answers" in md and "RQ1, inter-client consistency" in md and "**Only 2 rounds**" in md
+    assert "of 224 channels |" in md  # circuit sizes for people: "71 of 224 channels", not 71.333
 
 
 def test_report_over_seeds_gives_mean_std_and_range(noniid_runs, tmp_path):
@@ -375,3 +377,66 @@ def test_report_out_takes_a_folder_or_a_markdown_file_and_refuses_anything_else_
     code, out, err = cli("report", str(iid_run), "--out", str(tmp_path / "page.txt"))
     assert code == 2 and "give a folder or a .md file" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "new-folder"]  # no stray figures/
+
+
+def test_the_page_warns_when_rounds_are_too_few_or_degenerate_circuits_dominate_or_the_control_passes(iid_run):
+    from fedmi_flower.views.report import caveats
+
+    run = load_run(iid_run)
+    said = " ".join(caveats([run]))
+    assert "**Only 2 rounds**" in said and "Degenerate circuits** in the final round: " in said
+    last = run.records[-1].summary
+    assert ("Most circuits are degenerate" in said) == (last.degenerate_local + last.degenerate_global > (12 + 4) / 2)
+
+    def with_final(degenerate_local: int, degenerate_global: int, control_degenerate: int):
+        raw = {
+            "round": 1,
+            "schema": 2,
+            "clients": {str(p): {"circuits": {str(c): {} for c in range(4)}} for p in range(3)},
+            "global": {"circuits": {str(c): {} for c in range(4)}},
+            "control": {"circuits": {str(c): {} for c in range(4)}},
+            "summary": {
+                "degenerate_local": degenerate_local,
+                "degenerate_global": degenerate_global,
+                "control_degenerate": control_degenerate,
+            },
+        }
+        return Run(run.path, run.config, [RoundRecord.from_json({**raw, "round": t}) for t in range(1, 7)])
+
+    healthy = " ".join(caveats([with_final(1, 0, 4)]))
+    assert "Only" not in healthy and "1 of 12 local and 0 of 4 global" in healthy
+    assert "Most circuits are degenerate" not in healthy and "random-weight control" not in healthy
+    sick = " ".join(caveats([with_final(9, 2, 1)]))
+    assert "Most circuits are degenerate" in sick and "control found 3 of 4 circuits that are not degenerate" in sick
+
+
+def test_no_figure_draws_text_outside_itself(iid_run, noniid_runs):
+    """Every figure kind, drawn for real runs: a title, label or legend cut off at an edge fails."""
+    import matplotlib.pyplot as plt
+    from figure_bounds import text_outside
+
+    from fedmi_flower.analysis.frontier import FrontierPoint
+    from fedmi_flower.records.series import group_runs
+    from fedmi_flower.views.graphs import graph_figures
+    from fedmi_flower.views.plots import fig_compare_cross_eval, fig_compare_summary, fig_frontier
+
+    figures = []
+    for run_dir in (iid_run, noniid_runs[0]):
+        run = load_run(run_dir)
+        figures += [(f"{run.name}: {name}", make(run)) for name, make, _ in RUN_FIGURES]
+        figures += [(f"{run.name}: {name}", fig) for name, fig, _ in graph_figures(run)]
+    groups = group_runs([load_run(p) for p in noniid_runs])
+    figures.append(("compare_summary", fig_compare_summary(groups, ["a setting"], "seed")))
+    figures.append(("compare_cross_eval", fig_compare_cross_eval(groups, ["a setting"], "seed")))
+    points = [
+        FrontierPoint(objective, lam, cls, size, 0.9, 0.8, 0.95)
+        for objective in ("paper", "faithful")
+        for lam, size in ((0.003, 120), (0.01, 70), (0.03, 20))
+        for cls in (0, 1, 2, 7)
+    ]
+    figures.append(("frontier", fig_frontier(points, "Circuit size against faithfulness: a round of a run")))
+    assert len(figures) == 2 * len(RUN_FIGURE_NAMES) + len(COMPARE_FIGURES) + 1
+    outside = {name: bad for name, fig in figures if (bad := text_outside(fig))}
+    for _, fig in figures:
+        plt.close(fig)
+    assert outside == {}

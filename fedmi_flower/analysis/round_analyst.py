@@ -7,7 +7,7 @@ evaluation split, and computes inter-client IoU, intra-client stability (round t
 against round t-1 only), local-global IoU and cross-evaluation. It keeps the state
 that stability needs (each client's last circuits) and can save and restore it.
 
-Every IoU view comes with its scale (DESIGN.md, "Measurement has a scale"):
+Every IoU view comes with its scale (README, "Reading the numbers"):
 
 - the **chance level**: the expected IoU of random channel sets of the same sizes in
   the same layers (:func:`~fedmi_flower.science.metrics.chance_circuit_iou`), averaged over the

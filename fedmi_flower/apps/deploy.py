@@ -215,6 +215,7 @@ class LocalDeployment:
         log = self.logs / "flwr-run.log"
         with log.open("a") as stream:
             stream.write(f"---- run config: {json.dumps(config)}\n")
+        this_run = log.stat().st_size
         with log.open() as stream:
             stream.seek(0, os.SEEK_END)  # echo this run only
             flwr_run = self._start(
@@ -237,6 +238,10 @@ class LocalDeployment:
             if echo is not None:
                 echo.write(stream.read())
 
+        if out.is_dir():  # this run's part of the ServerApp's log, where `fedmi run` keeps its own
+            with log.open() as stream:
+                stream.seek(this_run)
+                (out / "run.log").write_text(stream.read())
         runs = [run for run_id, run in self._runs().items() if run_id not in earlier_runs]
         if flwr_run.returncode != 0 or [run["status"] for run in runs] != ["finished:completed"]:
             statuses = (

@@ -29,6 +29,7 @@ from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_d
 from fedmi_flower.science.data import experiment_partitions, load_labels, load_split, server_splits
 from fedmi_flower.science.model import build_model, get_weights
 from fedmi_flower.science.seeding import derive_seed
+from fedmi_flower.views.tensorboard import TensorBoardScalars
 from strategies import CONSOLE_KEY, CircuitAnalysisMixin, build_strategy
 
 
@@ -150,6 +151,9 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         start_round=done,
         partition_sizes={int(pid): len(c["train"]) for pid, c in parts.items()},
         holdout_sizes={int(pid): len(c["holdout"]) for pid, c in parts.items()},
+        round_listeners=[TensorBoardScalars(config.logging.tensorboard, run_dir.path.name)]
+        if config.logging.tensorboard
+        else [],
     )
     if checkpoint is not None:
         assert isinstance(strategy, CircuitAnalysisMixin)

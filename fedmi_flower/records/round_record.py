@@ -485,6 +485,22 @@ class RoundSummary:
         return cls(**values)
 
 
+def summary_group(name: str) -> str:
+    """The part of a round a :class:`RoundSummary` field summarises: accuracy, iou, cross_eval, degenerate or circuits.
+
+    (TensorBoard files each round's scalars under these sections.)
+    """
+    if name.startswith("global_"):
+        return "accuracy"
+    if name.startswith(tuple(View)) or name in SUMMARY_FLOOR.values():
+        return "iou"
+    if name.startswith("cross_"):
+        return "cross_eval"
+    if name.startswith(("degenerate", "control", "empty")):
+        return "degenerate"
+    return "circuits"
+
+
 SUMMARY_FLOOR: dict[FloorKind, str] = {
     FloorKind.SEED: "seed_floor",
     FloorKind.SOURCE: "source_floor",

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from fedmi_flower.science.data import ImageSplit
 
 CIRCUIT_LAYERS: tuple[str, ...] = ("conv1", "conv2", "conv3")
+CHANNELS: tuple[int, ...] = (32, 64, 128)
+"""Output channels of conv1..conv3 (the paper's SimpleCNN): 224 channels a circuit can hold."""
 
 Gates = Mapping[str, torch.Tensor]
 
@@ -47,7 +49,7 @@ class SimpleCNN(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = (32, 64, 128), image_size: int = 28
+        self, in_channels: int = 1, num_classes: int = 10, channels: Sequence[int] = CHANNELS, image_size: int = 28
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels

@@ -1,7 +1,7 @@
 """What a circuit's scores say about it: the verdicts every record, report and figure use.
 
 Sufficiency alone cannot judge a circuit: an empty circuit, or one that answers its
-class for every input, reaches sufficiency 1.0 (DESIGN.md, "Known weakness"). So a
+class for every input, reaches sufficiency 1.0 (docs/faithful-circuits.md). So a
 verdict reads the circuit's size and specificity too:
 
 - ``empty``: no channel; nothing to preserve or lose.

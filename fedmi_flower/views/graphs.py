@@ -19,7 +19,7 @@ No Flower imports here.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -41,8 +41,8 @@ COLUMNS: tuple[str, ...] = ("input", *CIRCUIT_LAYERS, "output")
 Node = tuple[str, int]
 Edge = tuple[Node, Node]
 
-GRAPH_DPI = 100
-"""PNG resolution of graph figures: hundreds of thin, translucent edges make large PNGs (the SVG has every detail)."""
+GRAPH_DPI = 200
+"""PNG resolution of graph figures (the SVG beside each has every detail)."""
 
 SHARED, ONLY_A, ONLY_B = "#6a3d9a", "#1f78b4", "#e6550d"
 """Colours: shared by both circuits (purple), only the first (blue), only the second (orange)."""
@@ -57,6 +57,8 @@ class CircuitGraph:
     label: str
     weights: str
     layer_sizes: Mapping[str, int]
+    strength: Mapping[Edge, float] = field(default_factory=dict)
+    """|weight| of every edge (summed over the kernel), for its line width."""
 
     @property
     def channels(self) -> int:
@@ -67,15 +69,20 @@ class CircuitGraph:
 def circuit_graph(model: SimpleCNN, circuit: Circuit, target_class: int, label: str, weights: str) -> CircuitGraph:
     """The graph of ``circuit`` (of ``target_class``) on ``model``'s weights."""
     found = circuit_edges(model, circuit, target_class)
-    edges: set[Edge] = set()
+    strength: dict[Edge, float] = {}
     previous = "input"
     for layer in CIRCUIT_LAYERS:
-        edges.update(((previous, s), (layer, d)) for s, d in found[layer])
+        w = getattr(model, layer).weight.detach().abs().sum(dim=(2, 3)).cpu()  # (out, in), as circuit_edges reads it
+        strength.update({((previous, s), (layer, d)): float(w[d, s]) for s, d in found[layer]})
         previous = layer
-    edges.update(((previous, c), ("output", k)) for c, k in found["fc"])
+    fc = model.fc.weight.detach().abs().cpu()
+    per_channel = fc.view(fc.shape[0], model.conv3.out_channels, -1).sum(dim=2)  # (classes, conv3 channels)
+    strength.update({((previous, c), ("output", k)): float(per_channel[k, c]) for c, k in found["fc"]})
     nodes = {("input", i) for i in range(model.conv1.in_channels)} | {("output", int(target_class))}
     nodes |= {(layer, int(ch)) for layer in CIRCUIT_LAYERS for ch in circuit.get(layer, [])}
-    return CircuitGraph(frozenset(nodes), frozenset(edges), label, weights, dict(model.layer_sizes))
+    return CircuitGraph(
+        frozenset(nodes), frozenset(strength), label, weights, dict(model.layer_sizes), strength=strength
+    )
 
 
 # ---------------------------------------------------------------------- weights of a round
@@ -194,19 +201,24 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
             (b_edges - a.edges, b_nodes - a.nodes, ONLY_B),
             (a.edges & b_edges, a.nodes & b_nodes, SHARED),
         ]
-    # In an overlay the differences matter: shared edges recede, edges of one circuit only stand out on top.
-    faint = b is not None
+    # Line width follows |weight| (relative to the figure's strongest edge, each layer on its own scale, since a
+    # conv3 -> output weight and a conv1 kernel are not comparable); shared and own edges are drawn alike, so that
+    # an overlap of 90% reads as 90% purple.
+    strength = {**b.strength, **a.strength} if b is not None else dict(a.strength)
+    top: dict[str, float] = {}
+    for (_, (layer, _)), value in strength.items():
+        top[layer] = max(top.get(layer, 0.0), value)
     for edges, _, colour in sorted(groups, key=lambda g: g[2] != SHARED):
         if edges:
-            shared = colour == SHARED
-            width, alpha = (0.4, 0.18) if shared and faint else (0.5, 0.35) if shared else (0.9, 0.75)
+            ordered = sorted(edges)
+            widths = [0.25 + 2.0 * strength.get(e, 0.0) / (top.get(e[1][0]) or 1.0) for e in ordered]
             ax.add_collection(
                 LineCollection(
-                    [[pos[s], pos[d]] for s, d in sorted(edges)],
+                    [[pos[s], pos[d]] for s, d in ordered],
                     colors=colour,
-                    linewidths=width,
-                    alpha=alpha,
-                    zorder=1 if shared else 2,
+                    linewidths=widths,
+                    alpha=0.55,
+                    zorder=1 if colour == SHARED else 2,
                 )
             )
     counts = {column: sum(1 for layer, _ in nodes if layer == column) for column in COLUMNS}
@@ -216,15 +228,15 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
             ax.scatter(
                 xy[:, 0],
                 xy[:, 1],
-                s=18 if colour == SHARED else 30,
+                s=30,
                 color=colour,
-                edgecolors="white" if colour == SHARED else "black",
+                edgecolors="black",
                 linewidths=0.4,
                 zorder=3,
             )
     for (column, ch), (x, y) in pos.items():
         if counts[column] <= 40 and column in CIRCUIT_LAYERS:
-            ax.text(x + 0.06, y, str(ch), fontsize=5, va="center", color="0.3", zorder=4)
+            ax.text(x + 0.06, y, str(ch), fontsize=7, va="center", color="0.25", zorder=4)
     for x, column in enumerate(COLUMNS):
         if column in CIRCUIT_LAYERS:
             size = a.layer_sizes.get(column, 0)

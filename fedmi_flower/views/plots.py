@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from fedmi_flower.records.round_record import FLOOR_OF_VIEW, SUMMARY_FLOOR, View
@@ -49,9 +50,11 @@ from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD
 from fedmi_flower.views.graphs import choose, graph_figures
 
 FORMATS: tuple[str, ...] = ("png", "svg")
-DPI = 110
-"""Resolution of the PNG figures; circuit graphs use their own (graphs.GRAPH_DPI): many thin edges make large PNGs."""
+DPI = 200
+"""Resolution of the PNG figures (print quality; the SVG beside each is resolution-free)."""
 GREY = "#d9d9d9"
+COLLAPSED = "#d62728"
+"""Red: the collapse threshold and the frame of a collapsed cell."""
 
 
 def class_colour(cls: int) -> tuple[float, ...]:
@@ -75,7 +78,8 @@ def _round_axis(ax: Axes, rounds: Sequence[int] | np.ndarray) -> None:
 
 
 def _unit_axis(ax: Axes, label: str) -> None:
-    ax.set_ylim(0, 1)
+    # A little room beyond 0 and 1: curves that sit at either end stay visible, not hidden in the frame.
+    ax.set_ylim(-0.04, 1.06)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
 
@@ -141,7 +145,8 @@ def _bottom_labels_only(axes: np.ndarray) -> None:
 
 
 def _title(fig: Figure, run: Run, what: str) -> None:
-    fig.suptitle(f"{what}\n{run.name}: {run.config.description or run.config.name}", fontsize=10)
+    """A short title and the run's name; the experiment's description belongs in the caption (``fedmi report``)."""
+    fig.suptitle(f"{what} ({run.name})", fontsize=10)
 
 
 # ---------------------------------------------------------------------- accuracy
@@ -349,22 +354,15 @@ def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: boo
     for i in range(1, len(keys)):  # a line between clients
         if keys[i][0] != keys[i - 1][0]:
             ax.axhline(i - 0.5, color="white", linewidth=1.5)
+    if score == "sufficiency":  # a collapsed circuit gets a red frame: visible whatever the cell's colour
+        for i, j in zip(*np.nonzero(np.nan_to_num(matrix, nan=1.0) < COLLAPSE_THRESHOLD)):
+            ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor=COLLAPSED, linewidth=1.4))
     if annotate and matrix.size <= 240:
         for (i, j), v in np.ndenumerate(matrix):
             if math.isnan(v):
                 ax.text(j, i, "–", ha="center", va="center", fontsize=6, color="0.4")
             else:
-                collapsed = score == "sufficiency" and v < COLLAPSE_THRESHOLD
-                ax.text(
-                    j,
-                    i,
-                    f"{v:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="red" if collapsed else ("black" if v > 0.6 else "white"),
-                    fontweight="bold" if collapsed else "normal",
-                )
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="black" if v > 0.6 else "white")
     if not keys:
         ax.text(
             0.5, 0.5, "no client circuit was evaluated", transform=ax.transAxes, ha="center", va="center", fontsize=8
@@ -377,7 +375,7 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
 
     Sufficiency (the paper's circuit accuracy) beside specificity (non-target images
     not called the target): a circuit that answers its class for everything scores
-    sufficiency 1 and specificity 0. Red values are collapsed (sufficiency < 10%).
+    sufficiency 1 and specificity 0. A red frame marks a collapsed circuit (sufficiency < 10%).
     """
     n_rows = max(1, len(_cross_matrix(run, "sufficiency")[0]))
     fig, axes = plt.subplots(
@@ -393,56 +391,51 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
         image = _heatmap(ax, run, score, ylabels=score == "sufficiency")
         ax.set_title(score, fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="score on the global weights")
-    _title(
-        fig,
-        run,
-        "Cross-evaluation: local circuits on the global weights (red: "
-        f"sufficiency < {COLLAPSE_THRESHOLD:.0%}, collapsed; grey: not evaluated)",
+    fig.legend(
+        handles=[
+            Patch(
+                fill=False,
+                edgecolor=COLLAPSED,
+                linewidth=1.4,
+                label=f"collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})",
+            ),
+            Patch(facecolor=GREY, label="not evaluated"),
+        ],
+        loc="outside lower center",
+        ncol=2,
+        fontsize=8,
+        frameon=False,
     )
+    _title(fig, run, "Cross-evaluation: local circuits on the global weights")
     return fig
 
 
 def fig_cross_eval_curves(run: Run) -> Figure:
-    """Cross-evaluation over rounds (paper Fig. 4, 7, 9).
+    """Cross-evaluation over rounds (paper Fig. 4, 7, 9): one column per client.
 
-    Sufficiency (solid) and specificity (dashed), one panel per client.
+    Top row sufficiency, with the collapse threshold; bottom row specificity (the
+    threshold does not apply to it). One colour per class.
     """
-    suff = cross_eval_series(run.records, "sufficiency")
-    spec = cross_eval_series(run.records, "specificity")
-    clients = sorted({p for p, _ in suff}) or [0]
-    ncols = min(3, len(clients))
-    nrows = math.ceil(len(clients) / ncols)
-    fig, axes = _figure(nrows, ncols, width=3.4, height=2.5)
+    scores = {score: cross_eval_series(run.records, score) for score in ("sufficiency", "specificity")}
+    clients = sorted({p for p, _ in scores["sufficiency"]}) or [0]
+    fig, axes = _figure(2, len(clients), width=2.9, height=2.3)
     rounds = run.rounds
-    for ax, pid in zip(axes.flat, clients):
-        for (p, cls), values in suff.items():
-            if p == pid:
-                _line(ax, rounds, values, color=class_colour(cls), label=f"class {cls} sufficiency")
-                _line(
-                    ax,
-                    rounds,
-                    spec[(p, cls)],
-                    color=class_colour(cls),
-                    linestyle="--",
-                    marker="s",
-                    markerfacecolor="none",
-                    label=f"class {cls} specificity",
+    for col, pid in enumerate(clients):
+        for row, (score, series) in enumerate(scores.items()):
+            ax = axes[row, col]
+            for (p, cls), values in series.items():
+                if p == pid:
+                    _line(ax, rounds, values, color=class_colour(cls), label=f"class {cls}")
+            if score == "sufficiency":
+                ax.axhline(
+                    COLLAPSE_THRESHOLD, color=COLLAPSED, linewidth=0.8, linestyle=":", label="collapse threshold"
                 )
-        ax.axhline(COLLAPSE_THRESHOLD, color="red", linewidth=0.8, linestyle=":", label="collapse threshold")
-        ax.set_title(f"client {pid}", fontsize=9)
-        _round_axis(ax, rounds)
-        _unit_axis(ax, "score on global weights")
-    for ax in axes.flat[len(clients) :]:
-        ax.set_visible(False)
+                ax.set_title(f"client {pid}", fontsize=9)
+            _round_axis(ax, rounds)
+            _unit_axis(ax, score if col == 0 else "")
     _bottom_labels_only(axes)
-    for i in range(len(clients) - ncols, len(clients)):  # the lowest visible panel of each column names the rounds
-        if i >= 0 and i < len(clients):
-            axes.flat[i].xaxis.set_tick_params(labelbottom=True)
-            axes.flat[i].set_xlabel("round")
-    _legend(fig, list(axes.flat), fontsize=7)
-    _title(
-        fig, run, "Cross-evaluation: each local circuit on the global weights (solid: sufficiency, dashed: specificity)"
-    )
+    _legend(fig, list(axes.flat), fontsize=7, order=lambda label: (label == "collapse threshold", label))
+    _title(fig, run, "Cross-evaluation: each local circuit on the global weights")
     return fig
 
 

@@ -66,10 +66,22 @@ from fedmi_flower.records.series import (
     stability_series,
 )
 from fedmi_flower.science.metrics import nanmean
+from fedmi_flower.science.model import CHANNELS
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
 
 DECLINE = 0.05
 """How far below its peak the last local-global IoU must be to count as a decline."""
+TREND_ROUNDS = 5
+"""Fewer rounds than this, and the page warns that its trend verdicts rest on too few points."""
+
+QUESTIONS = [
+    "**RQ1, inter-client consistency**: do clients that hold the same class find the same circuit for it, and do "
+    "circuits of different classes stay apart? (paper Fig. 1, 3, 6, 14)",
+    "**RQ2, stability and preservation**: does a client keep its circuit of a class from round to round, does the "
+    "global model keep the clients' circuits (local-global IoU: does it peak, then decline?), and do the clients' "
+    "circuits still work on the global weights, or collapse? (paper Fig. 2, 4, 5, 8, 10, 15-19)",
+]
+"""The research questions the tables answer, in words."""
 
 Key = tuple[str, str, str]
 Numbers = dict[Key, float]
@@ -364,6 +376,8 @@ def _kind(key: Key) -> str:
     _, row, column = key
     if column in _VERDICTS:
         return "verdict"
+    if "circuit size, channels" in row:
+        return "channels"
     return "count" if row in _COUNTS or column in _COUNTS or row.endswith(": pairs") else "float"
 
 
@@ -374,6 +388,8 @@ def format_value(key: Key, value: float) -> str:
     kind = _kind(key)
     if kind == "verdict":
         return "yes" if value else "no"
+    if kind == "channels":
+        return f"{value:.0f} of {sum(CHANNELS)} channels"
     return f"{value:.0f}" if kind == "count" else f"{value:.3f}"
 
 
@@ -385,10 +401,13 @@ def format_spread(key: Key, s: Spread) -> str:
     if kind == "verdict":
         text = f"{s.mean * s.n:.0f} of {s.n} runs"
     else:
-        digits = 1 if kind == "count" else 3
-        low, high = (f"{s.min:.0f}", f"{s.max:.0f}") if kind == "count" else (f"{s.min:.3f}", f"{s.max:.3f}")
+        digits = 1 if kind in ("count", "channels") else 3
+        whole = kind in ("count", "channels")
+        low, high = (f"{s.min:.0f}", f"{s.max:.0f}") if whole else (f"{s.min:.3f}", f"{s.max:.3f}")
         std = "—" if math.isnan(s.std) else f"{s.std:.{digits}f}"
         text = f"{s.mean:.{digits}f} ± {std} [{low}, {high}]"
+        if kind == "channels":
+            text += f" of {sum(CHANNELS)} channels"
     return text if s.n == s.total else f"{text} (defined in {s.n} of {s.total} runs)"
 
 
@@ -439,6 +458,51 @@ DEFINITIONS = [
     "**Chance level**: the expected IoU of random channel sets of the same sizes "
     "in the same layers. **Pairs**: the defined pairs behind the mean.",
 ]
+
+
+def caveats(runs: Sequence[Run]) -> list[str]:
+    """What to keep in mind before the numbers: too few rounds for a trend, degenerate circuits, a failing control.
+
+    Counts are over the final analysed round of every run.
+    """
+    out = []
+    rounds = min(len(r.records) for r in runs)
+    if rounds < TREND_ROUNDS:
+        out.append(
+            f"**Only {rounds} round{'s' if rounds != 1 else ''}**: the trend verdicts (peaks, then declines; never "
+            f"recovered) rest on {rounds} point{'s' if rounds != 1 else ''} each; read them as a first look, "
+            "not as a trend."
+        )
+    local = global_ = local_all = global_all = control = control_all = 0
+    for run in runs:
+        last = next((r for r in reversed(run.records) if r.analysed), None)
+        if last is None:
+            continue
+        local += last.summary.degenerate_local
+        local_all += sum(len(c.circuits) for c in last.clients.values())
+        global_ += last.summary.degenerate_global
+        global_all += len(last.global_model.circuits)
+        if last.control is not None:
+            control += len(last.control.circuits) - last.summary.control_degenerate
+            control_all += len(last.control.circuits)
+    where = " (over all runs)" if len(runs) > 1 else ""
+    out.append(
+        f"**Degenerate circuits** in the final round{where}: {local} of {local_all} local and {global_} of "
+        f"{global_all} global (empty, of a class the model does not recognise, always-target or never-target; "
+        "see Definitions)."
+    )
+    if local + global_ > (local_all + global_all) / 2:
+        out.append(
+            "**Most circuits are degenerate**: the IoUs of this page mostly compare channel sets that do not "
+            "behave like their model. Read the rows over circuits that are not degenerate, and the Faithfulness "
+            "table, before any IoU."
+        )
+    if control:
+        out.append(
+            f"**The random-weight control found {control} of {control_all} circuits that are not degenerate** on a "
+            "never-trained model: discovery is manufacturing behaviour the model lacks; distrust the circuits."
+        )
+    return out
 
 
 def _table_blocks(title: str, numbers: Mapping[Key, str]) -> list[Block]:
@@ -517,6 +581,10 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         )
     )
 
+    blocks.append(("h", 2, "What this page answers"))
+    blocks.append(("list", QUESTIONS))
+    blocks.append(("h", 2, "Read first"))
+    blocks.append(("list", caveats(runs)))
     blocks.append(("h", 2, "Numbers"))
     if len(groups) == 1:
         numbers = _formatted(runs)
