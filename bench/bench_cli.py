@@ -21,7 +21,12 @@ COMMANDS = {
     "fedmi --help": ["--help"],
     "fedmi --version": ["--version"],
     "fedmi list": ["list"],
-    "fedmi run quickstart --set train.sparsity=1.5 (config error)": ["run", "quickstart", "--set", "train.sparsity=1.5"],
+    "fedmi run quickstart --set train.sparsity=1.5 (config error)": [
+        "run",
+        "quickstart",
+        "--set",
+        "train.sparsity=1.5",
+    ],
 }
 
 
