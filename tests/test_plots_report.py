@@ -420,23 +420,27 @@ def test_no_figure_draws_text_outside_itself(iid_run, noniid_runs):
     from fedmi_flower.views.graphs import graph_figures
     from fedmi_flower.views.plots import fig_compare_cross_eval, fig_compare_summary, fig_frontier
 
-    figures = []
-    for run_dir in (iid_run, noniid_runs[0]):
-        run = load_run(run_dir)
-        figures += [(f"{run.name}: {name}", make(run)) for name, make, _ in RUN_FIGURES]
-        figures += [(f"{run.name}: {name}", fig) for name, fig, _ in graph_figures(run)]
-    groups = group_runs([load_run(p) for p in noniid_runs])
-    figures.append(("compare_summary", fig_compare_summary(groups, ["a setting"], "seed")))
-    figures.append(("compare_cross_eval", fig_compare_cross_eval(groups, ["a setting"], "seed")))
-    points = [
-        FrontierPoint(objective, lam, cls, size, 0.9, 0.8, 0.95)
-        for objective in ("paper", "faithful")
-        for lam, size in ((0.003, 120), (0.01, 70), (0.03, 20))
-        for cls in (0, 1, 2, 7)
-    ]
-    figures.append(("frontier", fig_frontier(points, "Circuit size against faithfulness: a round of a run")))
-    assert len(figures) == 2 * len(RUN_FIGURE_NAMES) + len(COMPARE_FIGURES) + 1
-    outside = {name: bad for name, fig in figures if (bad := text_outside(fig))}
-    for _, fig in figures:
+    def figures():
+        for run_dir in (iid_run, noniid_runs[0]):
+            run = load_run(run_dir)
+            yield from ((f"{run.name}: {name}", make(run)) for name, make, _ in RUN_FIGURES)
+            yield from ((f"{run.name}: {name}", fig) for name, fig, _ in graph_figures(run))
+        groups = group_runs([load_run(p) for p in noniid_runs])
+        yield "compare_summary", fig_compare_summary(groups, ["a setting"], "seed")
+        yield "compare_cross_eval", fig_compare_cross_eval(groups, ["a setting"], "seed")
+        points = [
+            FrontierPoint(objective, lam, cls, size, 0.9, 0.8, 0.95)
+            for objective in ("paper", "faithful")
+            for lam, size in ((0.003, 120), (0.01, 70), (0.03, 20))
+            for cls in (0, 1, 2, 7)
+        ]
+        yield "frontier", fig_frontier(points, "Circuit size against faithfulness: a round of a run")
+
+    outside, drawn = {}, 0
+    for name, fig in figures():  # each checked and closed before the next is drawn
+        if bad := text_outside(fig):
+            outside[name] = bad
         plt.close(fig)
+        drawn += 1
+    assert drawn == 2 * len(RUN_FIGURE_NAMES) + len(COMPARE_FIGURES) + 1
     assert outside == {}

@@ -46,7 +46,8 @@ def test_run_directory_is_complete(quick_run):
     run = RunDirectory(quick_run)
     rounds = rounds_json(run)
     assert [r["round"] for r in rounds] == [1, 2]
-    assert run.read_config() == load_experiment("quickstart", dict(parse_override(s) for s in SMALL))
+    board = f"logging.tensorboard={quick_run.parent / 'tensorboard'}"  # tests/conftest.py's run writes TensorBoard too
+    assert run.read_config() == load_experiment("quickstart", dict(parse_override(s) for s in [*SMALL, board]))
     parts = run.read_partitions()["clients"]
     trains = [set(p["train"]) | set(p["holdout"]) for p in parts.values()]
     assert len(trains) == 3 and all(len(t) == 2000 for t in trains) and not (trains[0] & trains[1])

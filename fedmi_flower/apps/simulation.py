@@ -18,13 +18,16 @@ from fedmi_flower.records.results import RunDirectory, default_run_dir
 from fedmi_flower.science.data import load_labels
 
 
-def backend_config(config: ExperimentConfig) -> dict[str, Any]:
+def backend_config(config: ExperimentConfig, verbose: bool = False) -> dict[str, Any]:
     """Ray backend settings: each virtual client gets the config's CPU and GPU share.
 
     Ray joins an existing cluster when ``RAY_ADDRESS`` is set; otherwise it starts a
-    local one sized to this machine.
+    local one sized to this machine. The clients' own output (Ray prefixes it with the
+    actor's pid) reaches the console only with ``verbose``: what matters of it, a
+    client's exception, reaches the strategy, which names it; the rest stays in Ray's
+    session logs (``/tmp/ray/session_latest/logs``).
     """
-    init_args: dict[str, Any] = {"include_dashboard": False}
+    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose}
     if not os.environ.get("RAY_ADDRESS"):
         init_args["num_cpus"] = os.cpu_count() or 1
     return {
@@ -68,7 +71,7 @@ def simulate(
             server_app=make_server_app(run_config),
             client_app=make_client_app(run_config),
             num_supernodes=config.clients,
-            backend_config=backend_config(config),
+            backend_config=backend_config(config, verbose),
             verbose_logging=verbose,
         )
     return run_dir

@@ -182,8 +182,8 @@ function drawCircuit(s) {
       groups[key][0].push(i); groups[key][1].push(ch);
     }
   });
-  const style = { both: ["#7b3294", 9, `in both`], client: ["#2b83ba", 9, `client ${s.client} only`],
-    global: ["#fdae61", 9, "global only"], neither: ["#dddddd", 4, "in neither"] };
+  const style = { both: ["#7b3294", 6, `in both`], client: ["#2b83ba", 6, `client ${s.client} only`],
+    global: ["#fdae61", 6, "global only"], neither: ["#dddddd", 3, "in neither"] };
   const traces = Object.entries(groups).map(([k, [x, y]]) => ({ x, y, mode: "markers", type: "scatter",
     name: style[k][2], marker: { color: style[k][0], size: style[k][1] } }));
   Plotly.react("circuit", traces, { title: chartTitle(`Class ${s.cls}: client ${s.client} vs global, round ${r.round}`),

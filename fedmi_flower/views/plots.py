@@ -13,6 +13,7 @@ Matplotlib runs on the Agg backend (files only, no display). No Flower imports h
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,15 @@ def _bottom_labels_only(axes: np.ndarray) -> None:
         ax.set_xlabel("")
 
 
+def _suptitle(fig: Figure, text: str, fontsize: float = 10) -> None:
+    """The figure's title, wrapped to the figure's width (a narrow figure would cut a long title at both sides)."""
+    per_line = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))  # ~0.55 em per character
+    fig.suptitle(textwrap.fill(text, per_line), fontsize=fontsize)
+
+
 def _title(fig: Figure, run: Run, what: str) -> None:
     """A short title and the run's name; the experiment's description belongs in the caption (``fedmi report``)."""
-    fig.suptitle(f"{what} ({run.name})", fontsize=10)
+    _suptitle(fig, f"{what} ({run.name})")
 
 
 # ---------------------------------------------------------------------- accuracy
@@ -551,14 +558,14 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
     _bottom_labels_only(axes)
     _legend(fig, [axes[0][0]], title=setting)
     scale = "; dashed: noise floor, dotted: chance level"
-    fig.suptitle(
+    _suptitle(
+        fig,
         f"Runs side by side by {setting}"
         + (
             " (lines: mean over seeds; bands: min-max" + scale + ")"
             if any(len(g) > 1 for g in groups)
             else " (" + scale[2:] + ")"
         ),
-        fontsize=10,
     )
     return fig
 
@@ -591,9 +598,10 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
             ax.set_title(label if setting == "seed" else f"{label}\nseed {run.config.seed}", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="sufficiency on the global weights")
-    fig.suptitle(
-        f"Cross-evaluation side by side by {setting}: local circuits on the global weights (grey: not evaluated)",
-        fontsize=10,
+    _suptitle(
+        fig,
+        f"Cross-evaluation side by side by {setting}: local circuits on the global weights (sufficiency; red frame: "
+        f"collapsed, below {COLLAPSE_THRESHOLD:.0%}; grey: not evaluated)",
     )
     return fig
 
@@ -754,5 +762,5 @@ def fig_frontier(points: Sequence[Any], title: str) -> Figure:
         ax.set_title(score, fontsize=9)
         _unit_axis(ax, score)
     _legend(fig, [axes[0][0]], title="objective and class (labels: L0 coefficient)")
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title)
     return fig
