@@ -91,6 +91,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = dict(parse_override(text) for text in args.set)
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if isinstance(overrides.get("logging.tensorboard"), str):  # the ServerApp may run in another working directory
+        overrides["logging.tensorboard"] = str(Path(overrides["logging.tensorboard"]).resolve())
     return overrides
 
 
@@ -293,9 +295,11 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
     for path in paths:
         run = load_run(path)
         scalars = TensorBoardScalars(args.logdir, run.path.name)
-        for record in run.records:
-            scalars(record)
-        scalars.close()
+        try:
+            for record in run.records:
+                scalars(record)
+        finally:
+            scalars.close()
         print(f"fedmi: {len(run.records)} rounds of {run.path} -> {scalars.path}")
     print(f"  next: `tensorboard --logdir {args.logdir}`")
     return 0

@@ -92,6 +92,8 @@ class CircuitAnalysisMixin:
         round_listeners: Sequence[Callable[[RoundRecord], None]] = (),
         **kwargs: Any,
     ) -> None:
+        """``round_listeners`` are called with every finished round's record (and closed, where they have a
+        ``close``, after the experiment's last round); the other arguments are the parent strategy's."""
         super().__init__(*args, **kwargs)
         self.round_listeners = list(round_listeners)
         self.experiment = experiment
@@ -231,9 +233,9 @@ class CircuitAnalysisMixin:
     def on_round_end(self, server_round: int, record: RoundRecord) -> None:
         """Called with every finished round record; logs a one-line progress summary and calls the round listeners.
 
-        Each IoU is followed by its scale: ``[floor F, chance C, n pairs]``, the noise
-        floor of the view, the chance level of random circuits of the same sizes, and
-        the defined pairs behind the mean. Then faithfulness (agreement of each circuit's
+        Each IoU is followed by its scale: ``[floor F, chance C]``, the noise floor of
+        the view and the chance level of random circuits of the same sizes (the pairs
+        behind each mean are in the record). Then faithfulness (agreement of each circuit's
         decision with its model's) and how many circuits are degenerate (empty, of a class
         the model does not recognise, always-target or never-target), the random-weight
         control's too.
@@ -280,8 +282,19 @@ class CircuitAnalysisMixin:
             record.timings.round,
             extra={CONSOLE_KEY: True},
         )
+        last = server_round >= self.experiment.rounds
         for listener in self.round_listeners:  # e.g. TensorBoard scalars (logging.tensorboard)
-            listener(record)
+            try:  # a listener that fails (a full disk) must not lose the run: the records are written already
+                listener(record)
+                if last and hasattr(listener, "close"):
+                    listener.close()
+            except Exception:
+                log(
+                    WARNING,
+                    "round %d: a round listener failed, the run goes on:\n%s",
+                    server_round,
+                    traceback.format_exc(),
+                )
 
     # ------------------------------------------------------------------ aggregation
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-from logging import ERROR, INFO, WARNING
+from logging import DEBUG, ERROR, INFO, WARNING
 
-from flwr.common.logger import FLOWER_LOGGER, console_handler
+from flwr.common.logger import FLOWER_LOGGER, console_handler, update_console_handler
 
 from fedmi_flower.apps.console import RUN_LOG, run_console
 from strategies import CONSOLE_KEY
@@ -17,7 +17,7 @@ def _log_a_round(engine_path: str) -> None:
     FLOWER_LOGGER.log(WARNING, "DEPRECATED FEATURE: something\n\n    It will be removed")
     # What Flower's simulation engine logs for a client's exception (the strategy names the failure itself).
     record = FLOWER_LOGGER.makeRecord(
-        FLOWER_LOGGER.name, ERROR, engine_path, 140, "Traceback (most recent call last):\n  ...", (), None
+        FLOWER_LOGGER.name, ERROR, engine_path, 140, "Traceback (most recent call last):\n  ...", (), None, "worker"
     )
     FLOWER_LOGGER.handle(record)
     FLOWER_LOGGER.log(ERROR, "ServerApp raised an exception")
@@ -48,11 +48,28 @@ def test_quiet_console_shows_fedmi_lines_and_one_line_per_warning_and_the_log_ke
 def test_verbose_console_keeps_flowers_lines_without_colour_codes_off_a_terminal(tmp_path):
     screen = io.StringIO()
     old_stream = console_handler.setStream(screen)
+    before = (console_handler.level, console_handler.colored, console_handler.timestamps)
     try:
         with run_console(tmp_path / "run", verbose=True):
+            # What Flower's simulation does with verbose_logging: debug level, timestamps, colour forced on.
+            update_console_handler(level=DEBUG, timestamps=True, colored=True)
             _log_a_round("/x/flwr/server/superlink/fleet/vce/vce_api.py")
     finally:
         console_handler.setStream(old_stream)
     shown = screen.getvalue()
     assert "configure_fit" in shown and "Traceback (most recent call last)" in shown and "\x1b[" not in shown
-    assert console_handler.colored is True  # Flower's own setting, put back
+    assert (console_handler.level, console_handler.colored, console_handler.timestamps) == before  # put back
+
+
+def test_the_engines_own_errors_reach_the_quiet_console_and_a_clients_exception_does_not(tmp_path):
+    screen = io.StringIO()
+    old_stream = console_handler.setStream(screen)
+    engine = "/x/flwr/server/superlink/fleet/vce/vce_api.py"
+    try:
+        with run_console(tmp_path / "run"):
+            for function, message in (("worker", "client failed"), ("start_and_shutdown", "Ray could not start")):
+                record = FLOWER_LOGGER.makeRecord(FLOWER_LOGGER.name, ERROR, engine, 1, message, (), None, function)
+                FLOWER_LOGGER.handle(record)
+    finally:
+        console_handler.setStream(old_stream)
+    assert screen.getvalue().splitlines() == ["ERROR: Ray could not start"]

@@ -58,7 +58,7 @@ def test_a_failed_run_is_an_error_naming_the_log(deployed):
 def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
     assert "[round 2/2] 3/3 clients |" in deployed["echo"]  # the ServerApp's log, streamed through `flwr run`
     run_log = (deployed["out"] / "run.log").read_text()  # and kept in the run directory, this run's part only
-    assert "[round 2/2] 3/3 clients |" in run_log and "no-such-experiment" not in run_log
+    assert "[round 2/2] 3/3 clients |" in run_log and "no-such-experiment" not in run_log and "\x1b[" not in run_log
     rounds = rounds_json(RunDirectory(deployed["out"]))
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:

@@ -98,3 +98,32 @@ def test_the_page_loads_in_chromium_and_the_round_slider_shows_each_rounds_recor
         assert errors == []
     finally:
         driver.quit()
+
+
+def test_a_round_that_was_not_analysed_and_markup_in_the_data_do_not_break_the_page(iid_run, tmp_path):
+    import dataclasses
+
+    from fedmi_flower.records.round_record import Failure, RoundRecord
+    from fedmi_flower.records.series import Run
+    from fedmi_flower.views.explorer import write_explorer
+
+    run = load_run(iid_run)
+    first = run.records[0]
+    first.failures = [Failure("1", "boom </script><!-- <script>window.broken = 1</script> __DATA__")]
+    broken = RoundRecord(round=2, analysis_error="the analysis raised")
+    config = dataclasses.replace(run.config, description="a </p><script>window.broken = 1</script> __DATA__")
+    (page,) = write_explorer([Run(run.path, config, [first, broken])], tmp_path / "page.html")
+    driver = _browser()
+    try:
+        driver.get(page.as_uri())
+        text = lambda element_id: driver.find_element("id", element_id).text
+        assert text("round-label") == "2 of 2 (not analysed)" and text("acc") == "null"
+        driver.execute_script(
+            "const r = document.getElementById('round'); r.value = 0; r.dispatchEvent(new Event('input'));"
+        )
+        assert text("acc") == fmt(first.global_model.accuracy, 3)
+        assert driver.execute_script("return window.broken") is None  # no injected script ran
+        assert "__DATA__" in driver.find_element("css selector", "p.note").text  # shown as text, not substituted
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()

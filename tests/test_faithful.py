@@ -102,3 +102,33 @@ def test_the_faithful_objectives_other_images_come_from_one_seeded_pool_of_bound
     assert torch.equal(pool, _negative_pool(5000, seed=3, device=torch.device("cpu")))
     assert not torch.equal(pool, _negative_pool(5000, seed=4, device=torch.device("cpu")))
     assert torch.equal(_negative_pool(300, seed=3, device=torch.device("cpu")), torch.arange(300))
+
+
+def test_discovery_draws_other_images_from_the_pool_and_from_every_other_row_when_the_pool_has_too_few(monkeypatch):
+    from fedmi_flower.science import circuits
+
+    given: dict[int, torch.Tensor] = {}
+    real_draws = circuits._draws
+
+    def recording_draws(rows, steps, n, seed, stream, cls):
+        if stream == "negatives":
+            given[cls] = rows.clone()
+        return real_draws(rows, steps, n, seed, stream, cls)
+
+    monkeypatch.setattr(circuits, "_draws", recording_draws)
+    model = shortcut_model()
+    # 800 rows, balanced: the pool (512 of them) holds plenty of other images for each class.
+    data = mixed_data(n=200)
+    circuits.learn_gate_scores(model, data, CLASSES, objective="faithful", steps=2, seed=5)
+    pool = set(circuits._negative_pool(len(data), 5, torch.device("cpu")).tolist())
+    for cls in CLASSES:
+        rows = set(given[cls].tolist())
+        assert rows <= pool and all(int(data.labels[r]) != cls for r in rows)
+        assert len(rows) == sum(int(data.labels[r]) != cls for r in pool)  # every pooled row of another class
+    # 620 rows of class 3 and 20 of class 8: the pool holds fewer than MIN_POOLED_OTHERS others for class 3,
+    # so class 3 draws from all 20 rows of class 8, not only from those the pool happened to take.
+    skewed = concat(half_bright_images(620, 3), half_bright_images(20, 8))
+    given.clear()
+    circuits.learn_gate_scores(model, skewed, [3], objective="faithful", steps=2, seed=5)
+    assert set(given[3].tolist()) == set(range(620, 640))
+    assert circuits.MIN_POOLED_OTHERS > 20

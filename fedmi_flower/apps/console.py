@@ -24,7 +24,14 @@ RUN_LOG = "run.log"
 
 
 SIMULATION_ENGINE = f"{os.sep}fleet{os.sep}vce{os.sep}"
-"""Where Flower's simulation engine logs a client's exception: the strategy reports each one as a failure."""
+"""Where Flower's simulation engine logs; :data:`CLIENT_EXCEPTION_LOGGERS` name its functions that log a client's
+exception, which the strategy reports as a failure."""
+CLIENT_EXCEPTION_LOGGERS = ("worker", "process_message")
+
+
+def is_client_exception(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is the simulation engine logging one client's exception (its message, then tracebacks)."""
+    return SIMULATION_ENGINE in record.pathname and record.funcName in CLIENT_EXCEPTION_LOGGERS
 
 
 class QuietConsole(logging.StreamHandler):
@@ -34,7 +41,8 @@ class QuietConsole(logging.StreamHandler):
     any other warning or error on one line, its first, with a pointer to ``run.log``
     when there was more; Flower's INFO lines not at all. A client's exception, which
     Flower's simulation engine logs with two tracebacks, is left to ``run.log``: the
-    round's line counts it and the strategy's warning names it.
+    round's line counts it and the strategy's warning names it. The engine's other
+    errors (it failed to start, it crashed) do reach the console.
     """
 
     def __init__(self, stream: TextIO, log_path: Path) -> None:
@@ -45,12 +53,12 @@ class QuietConsole(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, CONSOLE_KEY, False):
             return super().emit(record)
-        if record.levelno < logging.WARNING or SIMULATION_ENGINE in record.pathname:
+        if record.levelno < logging.WARNING or is_client_exception(record):
             return None
-        text = record.getMessage().strip()
-        first = text.splitlines()[0] if text else ""
-        more = f" (more in {self.log_path})" if "\n" in text or record.exc_info else ""
         try:
+            text = record.getMessage().strip()
+            first = text.splitlines()[0] if text else ""
+            more = f" (more in {self.log_path})" if "\n" in text or record.exc_info else ""
             self.stream.write(f"{record.levelname}: {first}{more}{self.terminator}")
             self.flush()
         except Exception:  # the logging module's own rule: a failing handler must not stop the program
@@ -62,9 +70,10 @@ class QuietConsole(logging.StreamHandler):
 def run_console(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
     """Within the block, Flower's logger writes everything to ``run_dir/run.log`` and the console only fedmi's lines.
 
-    With ``verbose`` the console keeps Flower's own handler and its INFO lines; its
-    colour codes are switched on only when its stream is a terminal. Everything is put
-    back on exit. Yields the log's path.
+    With ``verbose`` the console shows Flower's own lines too (and its debug level, which
+    Flower's simulation turns on): through Flower's handler on a terminal, and through a
+    plain one otherwise, since Flower's handler forces colour codes on. Everything is
+    put back on exit. Yields the log's path.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RUN_LOG
@@ -72,20 +81,26 @@ def run_console(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
     to_file.setLevel(logging.DEBUG if verbose else logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     stream = console_handler.stream
-    quiet = None if verbose else QuietConsole(stream, path)
-    was_colored, was_level = console_handler.colored, FLOWER_LOGGER.level
-    console_handler.colored = bool(getattr(stream, "isatty", lambda: False)())
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    replacement: logging.Handler | None = None
+    if not verbose:
+        replacement = QuietConsole(stream, path)
+    elif not terminal:
+        replacement = logging.StreamHandler(stream)
+        replacement.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+    saved = (console_handler.level, console_handler.colored, console_handler.timestamps, FLOWER_LOGGER.level)
     FLOWER_LOGGER.addHandler(to_file)
-    if quiet is not None:
+    if replacement is not None:
         FLOWER_LOGGER.removeHandler(console_handler)
-        FLOWER_LOGGER.addHandler(quiet)
+        FLOWER_LOGGER.addHandler(replacement)
     try:
         yield path
     finally:
-        if quiet is not None:
-            FLOWER_LOGGER.removeHandler(quiet)
+        if replacement is not None:
+            FLOWER_LOGGER.removeHandler(replacement)
             FLOWER_LOGGER.addHandler(console_handler)
-        console_handler.colored = was_colored
+        console_handler.setLevel(saved[0])
+        console_handler.colored, console_handler.timestamps = saved[1], saved[2]
+        FLOWER_LOGGER.setLevel(saved[3])
         FLOWER_LOGGER.removeHandler(to_file)
-        FLOWER_LOGGER.setLevel(was_level)
         to_file.close()

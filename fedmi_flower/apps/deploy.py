@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,9 @@ CONNECTION = "fedmi-deployment"
 """Name of the SuperLink connection written to the deployment's own ``$FLWR_HOME/config.toml``."""
 
 HOST = "127.0.0.1"
+
+ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+"""A terminal colour code, as Flower's log lines carry them (removed from the run directory's copy)."""
 
 
 class DeploymentError(RuntimeError):
@@ -211,11 +215,22 @@ class LocalDeployment:
         config_file = self.workdir / "run-config.toml"
         config_file.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in config.items()))
 
-        earlier_runs = set(self._runs())
         log = self.logs / "flwr-run.log"
         with log.open("a") as stream:
             stream.write(f"---- run config: {json.dumps(config)}\n")
         this_run = log.stat().st_size
+        try:
+            self._follow(log, app_dir, config_file, timeout, echo)
+        finally:
+            if out.is_dir():  # this run's part of the ServerApp's log, where `fedmi run` keeps its own
+                with log.open() as stream:
+                    stream.seek(this_run)
+                    (out / "run.log").write_text(ANSI_CODE.sub("", stream.read()))
+        return out
+
+    def _follow(self, log: Path, app_dir: Path, config_file: Path, timeout: float | None, echo: IO[str] | None) -> None:
+        """Submit the run with `flwr run --stream`, echo the ServerApp's log, and check that it completed."""
+        earlier_runs = set(self._runs())
         with log.open() as stream:
             stream.seek(0, os.SEEK_END)  # echo this run only
             flwr_run = self._start(
@@ -238,10 +253,6 @@ class LocalDeployment:
             if echo is not None:
                 echo.write(stream.read())
 
-        if out.is_dir():  # this run's part of the ServerApp's log, where `fedmi run` keeps its own
-            with log.open() as stream:
-                stream.seek(this_run)
-                (out / "run.log").write_text(stream.read())
         runs = [run for run_id, run in self._runs().items() if run_id not in earlier_runs]
         if flwr_run.returncode != 0 or [run["status"] for run in runs] != ["finished:completed"]:
             statuses = (
@@ -251,7 +262,6 @@ class LocalDeployment:
                 f"flwr run exited with code {flwr_run.returncode}, run status: {statuses}; "
                 f"read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)"
             )
-        return out
 
     def stop(self) -> None:
         """Stop every process this deployment started, with all their descendants (ServerApp, ClientApps)."""

@@ -485,17 +485,20 @@ class RoundSummary:
         return cls(**values)
 
 
-def summary_group(name: str) -> str:
-    """The part of a round a :class:`RoundSummary` field summarises: accuracy, iou, cross_eval, degenerate or circuits.
+SUMMARY_GROUPS = ("accuracy", "iou", "cross_eval", "faithfulness", "degenerate", "circuits")
+"""What a :class:`RoundSummary` field can summarise (TensorBoard files each round's scalars under these)."""
 
-    (TensorBoard files each round's scalars under these sections.)
-    """
-    if name.startswith("global_"):
+
+def summary_group(name: str) -> str:
+    """Which of :data:`SUMMARY_GROUPS` the :class:`RoundSummary` field ``name`` belongs to."""
+    if name in ("global_accuracy", "global_loss"):
         return "accuracy"
-    if name.startswith(tuple(View)) or name in SUMMARY_FLOOR.values():
-        return "iou"
     if name.startswith("cross_"):
         return "cross_eval"
+    if name.endswith("_faithfulness"):
+        return "faithfulness"
+    if name.startswith(tuple(View)) or name in SUMMARY_FLOOR.values():
+        return "iou"
     if name.startswith(("degenerate", "control", "empty")):
         return "degenerate"
     return "circuits"

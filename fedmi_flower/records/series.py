@@ -336,8 +336,8 @@ def finite(values: Iterable[float]) -> list[float]:
 
 # ---------------------------------------------------------------------- comparing runs
 
-IGNORED_SETTINGS: tuple[str, ...] = ("name", "description", "resources.")
-"""Config keys (or key prefixes) that do not tell runs apart: labels, and where clients ran."""
+IGNORED_SETTINGS: tuple[str, ...] = ("name", "description", "measured_minutes", "resources.", "logging.")
+"""Config keys (or key prefixes) that do not tell runs apart: labels, where clients ran, where numbers were logged."""
 
 
 def settings(config: ExperimentConfig) -> dict[str, Any]:

@@ -198,6 +198,21 @@ def _negative_pool(rows: int, seed: int, device: torch.device) -> torch.Tensor:
     return pick.sort().values.to(device)
 
 
+MIN_POOLED_OTHERS = 64
+"""Fewer rows of other classes than this in the pool (a client holding mostly ``cls``), and all of them are used."""
+
+
+def _other_rows(labels: torch.Tensor, pool: torch.Tensor, cls: int) -> torch.Tensor:
+    """The rows that supply class ``cls``'s other images.
+
+    The pool's rows of other classes; where the pool holds fewer than
+    :data:`MIN_POOLED_OTHERS` of them (a client holding mostly ``cls``), every row of
+    another class.
+    """
+    pooled = pool[_rows(labels[pool], cls, other=True)]
+    return pooled if pooled.numel() >= MIN_POOLED_OTHERS else _rows(labels, cls, other=True)
+
+
 def _rows(labels: torch.Tensor, cls: int, other: bool = False) -> torch.Tensor:
     """Indices of the rows labelled ``cls`` (or, with ``other``, of every other row)."""
     return torch.nonzero((labels != cls) if other else (labels == cls)).flatten()
@@ -345,9 +360,9 @@ def learn_gate_scores(
                 reference = torch.arange(len(data), len(pool), device=device)
                 rows.append(_draws(reference, steps, batch_per_class, seed, "negatives", cls))
             elif bool((data.labels != cls).any()):
-                others = _rows(data.labels[negative_pool], cls, other=True)
-                others = negative_pool[others] if others.numel() else _rows(data.labels, cls, other=True)
-                rows.append(_draws(others, steps, batch_per_class, seed, "negatives", cls))
+                rows.append(
+                    _draws(_other_rows(data.labels, negative_pool, cls), steps, batch_per_class, seed, "negatives", cls)
+                )
             else:
                 raise ValueError(
                     f"the faithful objective needs images other than class {cls}'s, and the data holds class {cls} "

@@ -18,12 +18,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fedmi_flower.records.round_record import View
-from fedmi_flower.records.series import Run
+from fedmi_flower.records.series import Run, RunError
 from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS
 
 VIEWS = (
@@ -119,17 +120,22 @@ function fill(select, values) {
 function state() {
   return { t: Number($("round").value), client: $("client").value, cls: $("class").value, layer: $("layer").value };
 }
+// A round whose analysis did not run has no summary, global model or clients in its record.
+const at = (t) => { const r = DATA.records[t];
+  return { ...r, summary: r.summary || {}, global: r.global || { circuits: {}, degenerate: {} },
+           clients: r.clients || {}, cross_eval: r.cross_eval || {} }; };
 function drawNumbers(s) {
-  const r = DATA.records[s.t], m = r.summary;
-  $("round-label").textContent = `${r.round} of ${DATA.rounds[DATA.rounds.length - 1]}`;
+  const r = at(s.t), m = r.summary;
+  $("round-label").textContent = `${r.round} of ${DATA.rounds[DATA.rounds.length - 1]}` +
+    (r.analysis_error ? " (not analysed)" : "");
   $("acc").textContent = fmt(r.global.accuracy);
   $("inter").textContent = fmt(m.inter_client_iou, 2);
   $("lg").textContent = fmt(m.local_global_iou, 2);
   $("stab").textContent = fmt(m.stability, 2);
   $("cross").textContent = `${fmt(m.cross_sufficiency, 2)} / ${fmt(m.cross_specificity, 2)} / ` +
     fmt(m.cross_faithfulness, 2);
-  $("preserved").textContent = `${m.cross_preserved}/${m.cross_working_locally}`;
-  $("degenerate").textContent = `${m.degenerate_local}, ${m.degenerate_global}`;
+  $("preserved").textContent = r.analysis_error ? "null" : `${m.cross_preserved}/${m.cross_working_locally}`;
+  $("degenerate").textContent = r.analysis_error ? "null" : `${m.degenerate_local}, ${m.degenerate_global}`;
   const c = r.clients[s.client] || {};
   const local = (c.degenerate || {})[s.cls], glob = (r.global.degenerate || {})[s.cls];
   $("verdicts").textContent = `class ${s.cls}: client ${s.client}'s circuit ` +
@@ -152,10 +158,10 @@ function drawIoU(s) {
     legend: { orientation: "h", y: -0.25 } }, { displaylogo: false, responsive: true });
 }
 function drawHeatmap(s) {
-  const r = DATA.records[s.t];
+  const r = at(s.t);
   const z = [], text = [];
   DATA.clients.forEach((p) => {
-    const row = [], hover = [], cross = (r.cross_eval || {})[p] || {};
+    const row = [], hover = [], cross = r.cross_eval[p] || {};
     DATA.classes.forEach((c) => {
       const e = cross[c];
       row.push(e ? e.sufficiency : null);
@@ -171,7 +177,7 @@ function drawHeatmap(s) {
     { displaylogo: false, responsive: true });
 }
 function drawCircuit(s) {
-  const r = DATA.records[s.t];
+  const r = at(s.t);
   const local = ((r.clients[s.client] || { circuits: {} }).circuits[s.cls] || {});
   const glob = r.global.circuits[s.cls] || {};
   const groups = { both: [[], []], client: [[], []], global: [[], []], neither: [[], []] };
@@ -195,9 +201,9 @@ function drawSizes(s) {
   const x = DATA.rounds, count = (circuit) => circuit ? DATA.layers.reduce(
     (n, l) => n + (s.layer === "all" || s.layer === l ? (circuit[l] || []).length : 0), 0) : null;
   const traces = DATA.clients.map((p) => ({ x, name: `client ${p}`, mode: "lines+markers",
-    y: DATA.records.map((r) => count(((r.clients[p] || { circuits: {} }).circuits)[s.cls])) }));
+    y: DATA.rounds.map((_, t) => count(((at(t).clients[p] || { circuits: {} }).circuits)[s.cls])) }));
   traces.push({ x, name: "global", mode: "lines+markers", line: { color: "#000", width: 3 },
-    y: DATA.records.map((r) => count(r.global.circuits[s.cls])) });
+    y: DATA.rounds.map((_, t) => count(at(t).global.circuits[s.cls])) });
   Plotly.react("sizes", traces, { title: chartTitle(`Circuit size of class ${s.cls}, ${s.layer === "all" ?
     "all layers" : s.layer} (channels)`), xaxis: { title: { text: "round" }, dtick: 1 }, margin: { t: 40 } },
     { displaylogo: false, responsive: true });
@@ -223,20 +229,24 @@ def explorer_html(run: Run) -> str:
     """The page for ``run``, Plotly's JavaScript inlined."""
     from plotly.offline import get_plotlyjs  # the page's only dependency, loaded only here
 
-    data = json.dumps(explorer_data(run), allow_nan=False).replace("</", "<\\/")  # no "</script>" inside
-    title = html.escape(f"fedmi view: {run.name}")
-    return (
-        PAGE.replace("__PLOTLY__", get_plotlyjs())
-        .replace("__TITLE__", title)
-        .replace("__DESCRIPTION__", html.escape(run.config.description or ""))
-        .replace("__DATA__", data)
-    )
+    # Inside <script>, "<", ">" and "&" in the data (a client's error text, say) must not read as markup.
+    data = json.dumps(explorer_data(run), allow_nan=False)
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    fields = {
+        "__PLOTLY__": get_plotlyjs(),
+        "__TITLE__": html.escape(f"fedmi view: {run.name}"),
+        "__DESCRIPTION__": html.escape(run.config.description or ""),
+        "__DATA__": data,
+    }
+    # One pass: a value that happens to contain another placeholder is not substituted again.
+    return re.sub("|".join(fields), lambda m: fields[m.group(0)], PAGE)
 
 
 def write_explorer(runs: Sequence[Run], out: Path) -> list[Path]:
     """One page per run: ``out`` itself for one run given a ``.html`` path, else ``out/<run name>.html``."""
-    one_file = len(runs) == 1 and out.suffix.lower() == ".html"
-    targets = [out] if one_file else [out / f"{run.name}.html" for run in runs]
+    if out.suffix.lower() == ".html" and len(runs) > 1:
+        raise RunError(f"--out {out} names one page, but there are {len(runs)} runs; give a folder for their pages")
+    targets = [out] if out.suffix.lower() == ".html" else [out / f"{run.name}.html" for run in runs]
     for run, target in zip(runs, targets):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(explorer_html(run), encoding="utf-8")

@@ -54,6 +54,8 @@ FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 200
 """Resolution of the PNG figures (print quality; the SVG beside each is resolution-free)."""
 GREY = "#d9d9d9"
+CURVE_COLUMNS = 5
+"""Clients side by side in a cross-evaluation curve figure; more wrap into further rows."""
 COLLAPSED = "#d62728"
 """Red: the collapse threshold and the frame of a collapsed cell."""
 
@@ -425,11 +427,15 @@ def fig_cross_eval_curves(run: Run) -> Figure:
     """
     scores = {score: cross_eval_series(run.records, score) for score in ("sufficiency", "specificity")}
     clients = sorted({p for p, _ in scores["sufficiency"]}) or [0]
-    fig, axes = _figure(2, len(clients), width=2.9, height=2.3)
+    ncols = min(CURVE_COLUMNS, len(clients))  # more clients wrap into further pairs of rows
+    fig, axes = _figure(2 * math.ceil(len(clients) / ncols), ncols, width=2.9, height=2.3)
     rounds = run.rounds
-    for col, pid in enumerate(clients):
+    used: set[tuple[int, int]] = set()
+    for i, pid in enumerate(clients):
+        block, col = divmod(i, ncols)
         for row, (score, series) in enumerate(scores.items()):
-            ax = axes[row, col]
+            used.add((2 * block + row, col))
+            ax = axes[2 * block + row, col]
             for (p, cls), values in series.items():
                 if p == pid:
                     _line(ax, rounds, values, color=class_colour(cls), label=f"class {cls}")
@@ -440,6 +446,10 @@ def fig_cross_eval_curves(run: Run) -> Figure:
                 ax.set_title(f"client {pid}", fontsize=9)
             _round_axis(ax, rounds)
             _unit_axis(ax, score if col == 0 else "")
+            ax.xaxis.set_tick_params(labelbottom=row == 1)  # every pair of rows names its rounds
+    for (r, c), ax in np.ndenumerate(axes):
+        if (r, c) not in used:
+            ax.set_visible(False)
     _bottom_labels_only(axes)
     _legend(fig, list(axes.flat), fontsize=7, order=lambda label: (label == "collapse threshold", label))
     _title(fig, run, "Cross-evaluation: each local circuit on the global weights")

@@ -388,8 +388,9 @@ def format_value(key: Key, value: float) -> str:
     kind = _kind(key)
     if kind == "verdict":
         return "yes" if value else "no"
-    if kind == "channels":
-        return f"{value:.0f} of {sum(CHANNELS)} channels"
+    if kind == "channels":  # a mean over circuits: one decimal unless whole ("0.4", not "0", for near-empty ones)
+        number = f"{value:.0f}" if value == round(value) else f"{value:.1f}"
+        return f"{number} of {sum(CHANNELS)} channels"
     return f"{value:.0f}" if kind == "count" else f"{value:.3f}"
 
 
@@ -466,7 +467,7 @@ def caveats(runs: Sequence[Run]) -> list[str]:
     Counts are over the final analysed round of every run.
     """
     out = []
-    rounds = min(len(r.records) for r in runs)
+    rounds = min(sum(r.analysed for r in run.records) for run in runs)
     if rounds < TREND_ROUNDS:
         out.append(
             f"**Only {rounds} round{'s' if rounds != 1 else ''}**: the trend verdicts (peaks, then declines; never "

@@ -16,13 +16,15 @@ from fedmi_flower.records.round_record import RoundRecord, summary_group
 
 
 def round_scalars(record: RoundRecord) -> dict[str, float]:
-    """One round's scalars by TensorBoard tag: every summary field (accuracy, each IoU view with its noise floor,
-    chance level and pairs, sufficiency, specificity, faithfulness, the degenerate counts) and every timing.
+    """One round's scalars by TensorBoard tag: every summary field and every timing.
 
-    Undefined values (NaN) are left out: TensorBoard would draw them as gaps anyway.
+    The summary holds accuracy, each IoU view with its noise floor, chance level and
+    pairs, sufficiency, specificity, faithfulness and the degenerate counts. Undefined
+    values (NaN) are left out, and so is the whole summary of a round whose analysis
+    did not run (its counts would read as zeros, which ``summary.csv`` leaves out too).
     """
     tags: dict[str, float] = {}
-    for name, value in record.summary.scalars().items():
+    for name, value in record.summary.scalars().items() if record.analysed else ():
         tags[f"{summary_group(name)}/{name}"] = float(value)
     for name, value in record.timings.to_json().items():
         if isinstance(value, (int, float)):
@@ -45,4 +47,5 @@ class TensorBoardScalars:
         self.writer.flush()  # a run may be killed at any round: what is written is readable
 
     def close(self) -> None:
+        """Flush and close the event file (a run's last round does it)."""
         self.writer.close()
