@@ -3,7 +3,7 @@
 fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
 fedmi run --resume RUN_DIR
 fedmi deploy-local EXPERIMENT [--clients N] [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
-                   [--workdir DIR]
+                   [--workdir DIR] [--insecure]
 fedmi list
 fedmi run EXPERIMENT --seeds 0,1,2 [...]
 fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
@@ -183,10 +183,16 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     print(f"fedmi: starting a SuperLink and {config.clients} SuperNodes; state and logs in {workdir}", flush=True)
     try:
-        with LocalDeployment(workdir, config.clients, args.data_root) as deployment:
+        with LocalDeployment(workdir, config.clients, args.data_root, secure=not args.insecure) as deployment:
+            security = (
+                "TLS and SuperNode authentication off (--insecure)"
+                if args.insecure
+                else f"TLS on (CA in {workdir / 'credentials'}), SuperNode authentication on "
+                f"({config.clients} keys registered)"
+            )
             print(
                 f"fedmi: SuperLink on {deployment.address}, {config.clients} SuperNodes online after "
-                f"{time.perf_counter() - began:.1f} s; running {config.name} -> {out}",
+                f"{time.perf_counter() - began:.1f} s; {security}; running {config.name} -> {out}",
                 flush=True,
             )
             deployment.run(run_config, out, timeout=args.timeout, echo=sys.stdout)
@@ -464,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dep.add_argument("--workdir", help="folder for the processes' state and logs (default: a new temporary folder)")
     dep.add_argument("--timeout", type=float, help="seconds the run may take before it is stopped (default: no limit)")
+    dep.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS and no SuperNode authentication (default: both on, with throwaway credentials)",
+    )
     dep.set_defaults(func=_cmd_deploy_local)
 
     lst = sub.add_parser("list", help="list the bundled experiments")

@@ -18,6 +18,7 @@ import pytest
 from processes import DescendantRecorder
 from runs import rounds_json
 
+from fedmi_flower.apps.credentials import write_key_pair
 from fedmi_flower.apps.deploy import DeploymentError, LocalDeployment
 from fedmi_flower.records.results import RunDirectory
 
@@ -28,7 +29,8 @@ LAYERS = {"conv1", "conv2", "conv3"}
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory, mnist_root) -> dict:
-    """One deployment of 3 SuperNodes: a run that fails, then quickstart for 2 rounds; what they left behind."""
+    """One secure deployment of 3 SuperNodes: a run that fails, quickstart for 2 rounds, then two SuperNodes the
+    SuperLink must refuse (one with a key never registered, one without the CA); what they all left behind."""
     base = tmp_path_factory.mktemp("deploy")
     out, workdir, echo = base / "run", base / "work", io.StringIO()
     with DescendantRecorder() as recorder:
@@ -39,7 +41,26 @@ def deployed(tmp_path_factory, mnist_root) -> dict:
             except DeploymentError as err:
                 failure = str(err)
             deployment.run({"experiment": "quickstart", "set": " ".join(SMALL)}, out, timeout=400, echo=echo)
+            assert deployment.credentials is not None
+            stranger = base / "stranger-key"
+            write_key_pair(stranger)  # a well-formed key pair that was never registered
+            probes = {
+                "unregistered": deployment.start_untrusted_supernode(
+                    "unregistered", deployment.supernode_security(0, private_key=stranger)
+                ),
+                # The registered key of SuperNode 0, but no CA: it cannot verify the SuperLink's certificate.
+                "no-ca": deployment.start_untrusted_supernode(
+                    "no-ca", ["--auth-supernode-private-key", str(deployment.credentials.supernode_keys[0])]
+                ),
+            }
+            deadline = time.monotonic() + 120
+            while any(p.poll() is None for p in probes.values()) and time.monotonic() < deadline:
+                time.sleep(1.0)
+            refused = {name: p.poll() for name, p in probes.items()}
+            online_after = deployment._online_supernodes()
     return {
+        "refused": refused,
+        "online_after": online_after,
         "out": out,
         "workdir": workdir,
         "echo": echo.getvalue(),
@@ -67,6 +88,24 @@ def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
         for circuits in [record["global"]["circuits"]] + [c["circuits"] for c in record["clients"].values()]:
             assert sorted(circuits) == ["0", "1", "2", "7"]
             assert all(set(circuit) == LAYERS for circuit in circuits.values())
+
+
+def test_the_deployment_runs_over_tls_with_registered_supernodes_only(deployed):
+    logs = deployed["workdir"] / "logs"
+    commands = deployed["commands"]
+    link = next(c for c in commands if "flower-superlink" in c)
+    assert "--ssl-certfile" in link and "--enable-supernode-auth" in link and "--insecure" not in link
+    nodes = [c for c in commands if "flower-supernode" in c and "partition-id=" in c]
+    assert nodes and not any("--insecure" in c for c in nodes) and all("--root-certificates" in c for c in nodes)
+    assert (logs / "flwr-supernode-register.log").read_text().count("registered successfully") == 3
+    # A SuperNode whose key was never registered is refused by the SuperLink, and gives up.
+    assert deployed["refused"]["unregistered"] not in (None, 0)
+    assert "Attempted to register SuperNode with public key" in (logs / "superlink.log").read_text()
+    # A SuperNode without the CA cannot complete the TLS handshake.
+    assert deployed["refused"]["no-ca"] not in (None, 0)
+    assert "CERTIFICATE_VERIFY_FAILED" in (logs / "no-ca.log").read_text()
+    # The run was unaffected, and the federation still has exactly its three SuperNodes.
+    assert deployed["online_after"] == 3
 
 
 def test_every_supernode_trained_on_its_own_partition_only(deployed):

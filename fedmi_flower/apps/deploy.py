@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from fedmi_flower.apps.credentials import Credentials, make_credentials
+
 APP_DIR = Path(__file__).resolve().parents[2]
 """The Flower app folder (it holds ``pyproject.toml``) of this checkout."""
 
@@ -65,6 +67,12 @@ class LocalDeployment:
         config); None leaves it to ``$FEDMI_DATA_ROOT`` or ``./data``.
     startup_timeout : float
         Seconds to wait for every SuperNode to connect to the SuperLink.
+    secure : bool
+        TLS on every link to the SuperLink and SuperNode authentication (the default):
+        throwaway credentials are written to ``workdir/credentials``
+        (:mod:`fedmi_flower.apps.credentials`), every SuperNode's public key is
+        registered before it starts, and the SuperLink admits no other. False runs
+        everything with ``--insecure``.
 
     Examples
     --------
@@ -78,6 +86,7 @@ class LocalDeployment:
         num_supernodes: int,
         data_root: str | os.PathLike | None = None,
         startup_timeout: float = 120.0,
+        secure: bool = True,
     ) -> None:
         if num_supernodes < 1:
             raise ValueError(f"num_supernodes = {num_supernodes}; a deployment needs at least one SuperNode")
@@ -86,6 +95,8 @@ class LocalDeployment:
         self.num_supernodes = num_supernodes
         self.data_root = Path(data_root).resolve() if data_root else None
         self.startup_timeout = startup_timeout
+        self.secure = secure
+        self.credentials: Credentials | None = None
         self.address: str | None = None  # host:port of the SuperLink's Fleet, Control and Runtime HTTP API
         self._services: dict[str, subprocess.Popen] = {}  # must stay up while the deployment is in use
         self._processes: list[subprocess.Popen] = []  # every process started, to stop on exit
@@ -114,20 +125,15 @@ class LocalDeployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         link_port, *node_ports = free_ports(1 + self.num_supernodes)
         self.address = f"{HOST}:{link_port}"
+        if self.secure:
+            self.credentials = make_credentials(self.workdir / "credentials", self.num_supernodes)
         # No --database: state in memory, so that a reused workdir cannot hold SuperNodes of an
         # earlier deployment that still count as online.
         self._start_service(
             "superlink",
             self._home("superlink"),
-            [
-                "flower-superlink",
-                "--insecure",
-                "--host",
-                HOST,
-                "--port",
-                str(link_port),
-                "--disable-runtime-dependency-installation",
-            ],
+            ["flower-superlink", *self._superlink_security(), "--host", HOST, "--port", str(link_port)]
+            + ["--disable-runtime-dependency-installation"],
         )
         deadline = time.monotonic() + self.startup_timeout
         # SuperNodes that find no SuperLink retry with a growing back-off: start them once it listens.
@@ -139,7 +145,17 @@ class LocalDeployment:
                     f"{self.startup_timeout:g} s; read {self.logs}/superlink.log"
                 )
             time.sleep(0.2)
+        (self._home("cli") / "config.toml").write_text(
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n'
+            + (
+                f'root-certificates = "{self.credentials.ca_certificate}"\n'
+                if self.credentials is not None
+                else "insecure = true\n"
+            )
+        )
         for i, port in enumerate(node_ports):
+            if self.credentials is not None:  # registered before it starts: the SuperLink admits no other
+                self.register_supernode(self.credentials.public_key(i))
             node_config = f"partition-id={i} num-partitions={self.num_supernodes}"
             if self.data_root:
                 node_config += f" data-root={json.dumps(str(self.data_root))}"
@@ -148,7 +164,7 @@ class LocalDeployment:
                 self._home(f"supernode-{i}"),
                 [
                     "flower-supernode",
-                    "--insecure",
+                    *self.supernode_security(i),
                     "--superlink",
                     self.address,
                     "--host",
@@ -159,9 +175,6 @@ class LocalDeployment:
                     node_config,
                 ],
             )
-        (self._home("cli") / "config.toml").write_text(
-            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n'
-        )
         while (online := self._online_supernodes()) < self.num_supernodes:
             self._check_services("while starting")
             if time.monotonic() > deadline:
@@ -271,6 +284,71 @@ class LocalDeployment:
         self._processes.clear()
         self._services.clear()
         self.address = None
+
+    # ------------------------------------------------------------------ security
+
+    def _superlink_security(self) -> list[str]:
+        if self.credentials is None:
+            return ["--insecure"]
+        c = self.credentials
+        return [
+            "--ssl-ca-certfile",
+            str(c.ca_certificate),
+            "--ssl-certfile",
+            str(c.server_certificate),
+            "--ssl-keyfile",
+            str(c.server_key),
+            "--enable-supernode-auth",
+        ]
+
+    def supernode_security(self, i: int, private_key: Path | None = None) -> list[str]:
+        """The SuperNode flags for TLS (the CA to trust) and authentication (node ``i``'s key, or ``private_key``)."""
+        if self.credentials is None:
+            return ["--insecure"]
+        key = private_key if private_key is not None else self.credentials.supernode_keys[i]
+        return ["--root-certificates", str(self.credentials.ca_certificate), "--auth-supernode-private-key", str(key)]
+
+    def start_untrusted_supernode(self, name: str, flags: list[str], max_retries: int = 1) -> subprocess.Popen:
+        """Start one more SuperNode with ``flags`` in place of the deployment's security flags.
+
+        A probe that the SuperLink refuses what it should: a SuperNode without the CA, or
+        with a key that was never registered. Its output goes to ``logs/<name>.log``; it
+        gives up after ``max_retries`` failed connections, and :meth:`stop` ends it.
+        """
+        if self.address is None:
+            raise RuntimeError("the deployment is not started")
+        (port,) = free_ports(1)
+        return self._start(
+            name,
+            self._home(name),
+            ["flower-supernode", *flags, "--superlink", self.address, "--max-retries", str(max_retries)]
+            + [
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--node-config",
+                f"partition-id=0 num-partitions={self.num_supernodes}",
+            ],
+        )
+
+    def register_supernode(self, public_key: Path) -> None:
+        """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
+        done = subprocess.run(
+            [str(BIN_DIR / "flwr"), "supernode", "register", str(public_key), CONNECTION],
+            cwd=self._home("cli"),
+            env={**os.environ, "FLWR_HOME": str(self._home("cli"))},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        with (self.logs / "flwr-supernode-register.log").open("a") as log:
+            log.write(done.stdout + done.stderr)
+        if done.returncode != 0:
+            raise DeploymentError(
+                f"flwr supernode register {public_key} failed (exit code {done.returncode}); "
+                f"read {self.logs}/flwr-supernode-register.log"
+            )
 
     # ------------------------------------------------------------------ helpers
 

@@ -1,0 +1,129 @@
+"""Throwaway credentials for a secure local deployment: a CA, the SuperLink's certificate, one key pair per SuperNode.
+
+Flower's deployment runtime secures its links with TLS (the SuperLink's
+``--ssl-*`` files, the SuperNodes' and the CLI's ``root-certificates``) and admits
+only registered SuperNodes when the SuperLink runs with ``--enable-supernode-auth``
+(each SuperNode signs with its private key; its public key is registered with
+``flwr supernode register``). :func:`make_credentials` writes all of it with the
+``cryptography`` package (which Flower itself depends on): a self-signed CA valid
+for a day, a server certificate for ``127.0.0.1`` and ``localhost`` signed by it, and
+ECDSA P-384 key pairs in OpenSSH format, the format Flower reads (the one
+``ssh-keygen -t ecdsa -b 384`` writes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+VALID_FOR = datetime.timedelta(days=1)
+"""How long the throwaway certificates stay valid: one local deployment's lifetime, with margin."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Paths of one deployment's credentials."""
+
+    ca_certificate: Path
+    server_certificate: Path
+    server_key: Path
+    supernode_keys: tuple[Path, ...]
+    """Private keys (OpenSSH format); each public key is beside it with ``.pub`` added."""
+
+    def public_key(self, i: int) -> Path:
+        """SuperNode ``i``'s public key, the file ``flwr supernode register`` takes."""
+        return self.supernode_keys[i].with_name(self.supernode_keys[i].name + ".pub")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)  # private keys and certificates: this user only
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def write_key_pair(private_path: Path) -> Path:
+    """Write a fresh ECDSA P-384 key pair in OpenSSH format: ``private_path`` and ``private_path.pub``."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    _write(
+        private_path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
+    public = private_path.with_name(private_path.name + ".pub")
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    return public
+
+
+def make_credentials(folder: str | Path, num_supernodes: int) -> Credentials:
+    """Write a CA, a server certificate for loopback and ``num_supernodes`` key pairs into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("fedmi-flower local deployment CA"))
+        .issuer_name(_name("fedmi-flower local deployment CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALID_FOR)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    # The SuperNodes, the CLI and the SuperLink's own SuperExec all reach the SuperLink over loopback.
+    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALID_FOR)
+        .add_extension(names, critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    ca_path, server_path, key_path = folder / "ca.crt", folder / "server.pem", folder / "server.key"
+    _write(ca_path, ca.public_bytes(serialization.Encoding.PEM))
+    _write(server_path, server.public_bytes(serialization.Encoding.PEM))
+    _write(
+        key_path,
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ),
+    )
+    keys = tuple(folder / f"supernode-{i}" for i in range(num_supernodes))
+    for key in keys:
+        write_key_pair(key)
+    return Credentials(ca_path, server_path, key_path, keys)
