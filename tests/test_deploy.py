@@ -95,8 +95,10 @@ def test_the_deployment_runs_over_tls_with_registered_supernodes_only(deployed):
     commands = deployed["commands"]
     link = next(c for c in commands if "flower-superlink" in c)
     assert "--ssl-certfile" in link and "--enable-supernode-auth" in link and "--insecure" not in link
-    nodes = [c for c in commands if "flower-supernode" in c and "partition-id=" in c]
-    assert nodes and not any("--insecure" in c for c in nodes) and all("--root-certificates" in c for c in nodes)
+    # The deployment's own SuperNodes (the two probes below give up after --max-retries).
+    nodes = [c for c in commands if "flower-supernode" in c and "partition-id=" in c and "--max-retries" not in c]
+    assert len(nodes) == 3 and not any("--insecure" in c for c in nodes)
+    assert all("--root-certificates" in c and "--auth-supernode-private-key" in c for c in nodes)
     assert (logs / "flwr-supernode-register.log").read_text().count("registered successfully") == 3
     # A SuperNode whose key was never registered is refused by the SuperLink, and gives up.
     assert deployed["refused"]["unregistered"] not in (None, 0)
