@@ -522,6 +522,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. train.sparsity=0.995")
     key, raw = (s.strip() for s in text.split("=", 1))
+    if not key:
+        raise ConfigError(f"override {text!r} names no key; it must look like key=value, e.g. train.sparsity=0.995")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

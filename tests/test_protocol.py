@@ -93,6 +93,10 @@ def test_report_round_trip():
         ({"report": json.dumps({"local_scores": {"0": {"sufficiency": 2.0}}})}, r"sufficiency must be a fraction"),
         ({"report": json.dumps({"discovery_steps": {"zero": 1}})}, "not a class"),
         ({"circuits": b"FMC1"}, "FMC1 header"),
+        # Found by tests/test_fuzz.py: a field that must be an object, given a scalar, crashed the decoder.
+        ({"report": json.dumps({"local_scores": True})}, "local_scores must be a JSON object, got bool"),
+        ({"report": json.dumps({"noise_floor": [1]})}, "noise_floor must be a JSON object, got list"),
+        ({"report": json.dumps({"discovery_steps": "7"})}, "discovery_steps must be a JSON object, got str"),
     ],
 )
 def test_malformed_reports_are_refused_with_a_reason(patch, message):

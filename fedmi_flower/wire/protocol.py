@@ -256,13 +256,13 @@ def report_from_metrics(
     ):
         raise PayloadError(f"class_counts must be {num_classes} non-negative integers")
     local_scores: dict[int, dict[str, float | None]] = {}
-    for key, scores in (nested.get("local_scores") or {}).items():
+    for key, scores in _object(nested, "local_scores").items():
         cls = _class_key(key, circuits, "local_scores")
         if not isinstance(scores, dict):
             raise PayloadError(f"local_scores[{key}] must be an object")
         local_scores[cls] = {name: _score(scores.get(name), f"local_scores[{key}].{name}") for name in SCORE_NAMES}
     steps: dict[int, int] = {}
-    for key, n in (nested.get("discovery_steps") or {}).items():
+    for key, n in _object(nested, "discovery_steps").items():
         cls = _class_key(key, circuits, "discovery_steps")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise PayloadError(f"discovery_steps[{key}] must be a non-negative integer")
@@ -276,7 +276,7 @@ def report_from_metrics(
         raise PayloadError("sparsity_per_tensor must map at most 64 tensor names to fractions")
     per_tensor = {k: _score(v, f"sparsity_per_tensor[{k}]") for k, v in per_tensor.items()}
     floor: dict[int, dict[str, float]] = {}
-    for key, entry in (nested.get("noise_floor") or {}).items():
+    for key, entry in _object(nested, "noise_floor").items():
         cls = _class_key(key, circuits, "noise_floor")
         if not isinstance(entry, dict) or set(entry) - {*layer_sizes, "mean"}:
             raise PayloadError(f"noise_floor[{key}] must map layers and 'mean' to IoUs")
@@ -300,6 +300,16 @@ def report_from_metrics(
         sparsity_per_tensor={k: v for k, v in per_tensor.items() if v is not None},
         noise_floor=floor,
     )
+
+
+def _object(nested: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The report's field ``name``: a JSON object (an empty one when missing or null)."""
+    value = nested.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PayloadError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _class_key(key: str, circuits: Mapping[int, Circuit], where: str) -> int:
