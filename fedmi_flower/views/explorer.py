@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmi_flower.records.results import json_safe
 from fedmi_flower.records.round_record import View
 from fedmi_flower.records.series import Run, RunError
 from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS
@@ -36,26 +36,15 @@ VIEWS = (
 """The IoU views the page draws, with their labels."""
 
 
-def _json_safe(value: Any) -> Any:
-    """The record's JSON with NaN as null (JSON has no NaN; rounds.jsonl spells undefined values null too)."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def explorer_data(run: Run) -> dict[str, Any]:
     """Everything the page shows: the round records as ``rounds.jsonl`` spells them, and each IoU view over rounds."""
     records = run.records
     views = {
         str(view): {
             "label": label,
-            "value": [_json_safe(r.summary.view(view)) for r in records],
-            "floor": [_json_safe(r.summary.view_floor(view)) for r in records],
-            "chance": [_json_safe(r.summary.view_chance(view)) for r in records],
+            "value": [json_safe(r.summary.view(view)) for r in records],
+            "floor": [json_safe(r.summary.view_floor(view)) for r in records],
+            "chance": [json_safe(r.summary.view_chance(view)) for r in records],
         }
         for view, label in VIEWS
     }
@@ -69,7 +58,7 @@ def explorer_data(run: Run) -> dict[str, Any]:
         "layers": list(CIRCUIT_LAYERS),
         "layer_sizes": dict(zip(CIRCUIT_LAYERS, CHANNELS)),
         "views": views,
-        "records": [_json_safe(r.to_json()) for r in records],
+        "records": [json_safe(r.to_json()) for r in records],
     }
 
 
