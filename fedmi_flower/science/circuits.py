@@ -748,6 +748,34 @@ def _nanmean2(a: float, b: float) -> float:
 
 
 @torch.no_grad()
+def circuit_edge_strengths(
+    model: SimpleCNN, circuit: Circuit, target_class: int | None = None
+) -> dict[str, dict[tuple[int, int], float]]:
+    """The edges of :func:`circuit_edges`, each with its strength: the |weight| between the two channels.
+
+    For a conv edge the absolute kernel weights summed over the kernel; for an ``fc``
+    edge those summed over the conv3 channel's positions.
+    """
+    edges: dict[str, dict[tuple[int, int], float]] = {}
+    previous: list[int] | None = None  # None: the input, whose channels are all present
+    for layer in CIRCUIT_LAYERS:
+        w = getattr(model, layer).weight.detach().abs().sum(dim=(2, 3)).cpu()  # (out, in)
+        dst = torch.as_tensor(circuit.get(layer, []), dtype=torch.long)
+        src = torch.arange(w.shape[1]) if previous is None else torch.as_tensor(previous, dtype=torch.long)
+        sub = w[dst][:, src] if dst.numel() and src.numel() else torch.zeros(0, 0)
+        pairs = torch.nonzero(sub > 0)
+        edges[layer] = {(int(src[j]), int(dst[i])): float(sub[i, j]) for i, j in pairs.tolist()}
+        previous = circuit.get(layer, [])
+    fc = model.fc.weight.detach().abs().cpu()
+    channels = model.conv3.out_channels
+    per_channel = fc.view(fc.shape[0], channels, -1).sum(dim=2)  # (classes, conv3 channels)
+    outputs = range(fc.shape[0]) if target_class is None else [int(target_class)]
+    edges["fc"] = {
+        (c, k): float(per_channel[k, c]) for k in outputs for c in (previous or []) if float(per_channel[k, c]) > 0
+    }
+    return edges
+
+
 def circuit_edges(
     model: SimpleCNN, circuit: Circuit, target_class: int | None = None
 ) -> dict[str, list[tuple[int, int]]]:
@@ -758,19 +786,4 @@ def circuit_edges(
     channels, and ``fc`` edges go from conv3 circuit channels to ``target_class`` (to
     every class when it is None).
     """
-    edges: dict[str, list[tuple[int, int]]] = {}
-    previous: list[int] | None = None  # None: the input, whose channels are all present
-    for layer in CIRCUIT_LAYERS:
-        w = getattr(model, layer).weight.detach().abs().sum(dim=(2, 3)).cpu()  # (out, in)
-        dst = torch.as_tensor(circuit.get(layer, []), dtype=torch.long)
-        src = torch.arange(w.shape[1]) if previous is None else torch.as_tensor(previous, dtype=torch.long)
-        sub = w[dst][:, src] if dst.numel() and src.numel() else torch.zeros(0, 0)
-        pairs = torch.nonzero(sub > 0)
-        edges[layer] = [(int(src[j]), int(dst[i])) for i, j in pairs.tolist()]
-        previous = circuit.get(layer, [])
-    fc = model.fc.weight.detach().abs().cpu()
-    channels = model.conv3.out_channels
-    per_channel = fc.view(fc.shape[0], channels, -1).sum(dim=2)  # (classes, conv3 channels)
-    outputs = range(fc.shape[0]) if target_class is None else [int(target_class)]
-    edges["fc"] = [(c, k) for k in outputs for c in (previous or []) if float(per_channel[k, c]) > 0]
-    return edges
+    return {layer: list(found) for layer, found in circuit_edge_strengths(model, circuit, target_class).items()}

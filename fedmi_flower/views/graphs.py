@@ -2,7 +2,7 @@
 
 A circuit's graph has the input channel, the circuit's channels of conv1..conv3 and
 the output class as nodes, and as edges the nonzero weights between active channels
-of consecutive layers (:func:`~fedmi_flower.science.circuits.circuit_edges`). Edges are read
+of consecutive layers (:func:`~fedmi_flower.science.circuits.circuit_edge_strengths`). Edges are read
 from the weights the circuit was discovered on: a client's local weights of that
 round, or the global weights of that round, which the run directory keeps under
 ``weights/round-<t>/``. Runs written before it kept them draw every circuit on the
@@ -34,7 +34,7 @@ from matplotlib.lines import Line2D
 from fedmi_flower.records.results import WEIGHTS_FILE, RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.records.series import Run, RunError
-from fedmi_flower.science.circuits import Circuit, circuit_edges
+from fedmi_flower.science.circuits import Circuit, circuit_edge_strengths
 from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights
 
 COLUMNS: tuple[str, ...] = ("input", *CIRCUIT_LAYERS, "output")
@@ -68,16 +68,11 @@ class CircuitGraph:
 
 def circuit_graph(model: SimpleCNN, circuit: Circuit, target_class: int, label: str, weights: str) -> CircuitGraph:
     """The graph of ``circuit`` (of ``target_class``) on ``model``'s weights."""
-    found = circuit_edges(model, circuit, target_class)
+    found = circuit_edge_strengths(model, circuit, target_class)
     strength: dict[Edge, float] = {}
-    previous = "input"
-    for layer in CIRCUIT_LAYERS:
-        w = getattr(model, layer).weight.detach().abs().sum(dim=(2, 3)).cpu()  # (out, in), as circuit_edges reads it
-        strength.update({((previous, s), (layer, d)): float(w[d, s]) for s, d in found[layer]})
-        previous = layer
-    fc = model.fc.weight.detach().abs().cpu()
-    per_channel = fc.view(fc.shape[0], model.conv3.out_channels, -1).sum(dim=2)  # (classes, conv3 channels)
-    strength.update({((previous, c), ("output", k)): float(per_channel[k, c]) for c, k in found["fc"]})
+    for source, (layer, edges) in zip(("input", *CIRCUIT_LAYERS), found.items()):
+        into = "output" if layer == "fc" else layer
+        strength.update({((source, s), (into, d)): w for (s, d), w in edges.items()})
     nodes = {("input", i) for i in range(model.conv1.in_channels)} | {("output", int(target_class))}
     nodes |= {(layer, int(ch)) for layer in CIRCUIT_LAYERS for ch in circuit.get(layer, [])}
     return CircuitGraph(
