@@ -67,52 +67,68 @@ def write_key_pair(private_path: Path) -> Path:
     return public
 
 
+def _certificate(
+    subject: str,
+    issuer: x509.Name | None,
+    key: ec.EllipticCurvePrivateKey,
+    signer: ec.EllipticCurvePrivateKey,
+    extensions: list[tuple[x509.ExtensionType, bool]],
+) -> x509.Certificate:
+    """A certificate for ``key`` valid from a few minutes ago for :data:`VALID_FOR`, signed by ``signer``.
+
+    ``issuer`` None makes it self-signed (the CA); ``extensions`` are ``(extension, critical)``.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer if issuer is not None else _name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALID_FOR)
+    )
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA384())
+
+
 def make_credentials(folder: str | Path, num_supernodes: int) -> Credentials:
     """Write a CA, a server certificate for loopback and ``num_supernodes`` key pairs into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("fedmi-flower local deployment CA"))
-        .issuer_name(_name("fedmi-flower local deployment CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALID_FOR)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA384())
+    signs_certificates = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    ca = _certificate(
+        "fedmi-flower local deployment CA",
+        None,
+        ca_key,
+        ca_key,
+        [(x509.BasicConstraints(ca=True, path_length=0), True), (signs_certificates, True)],
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
     # The SuperNodes, the CLI and the SuperLink's own SuperExec all reach the SuperLink over loopback.
     names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALID_FOR)
-        .add_extension(names, critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA384())
+    server = _certificate(
+        "localhost",
+        ca.subject,
+        server_key,
+        ca_key,
+        [
+            (names, False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
     )
     ca_path, server_path, key_path = folder / "ca.crt", folder / "server.pem", folder / "server.key"
     _write(ca_path, ca.public_bytes(serialization.Encoding.PEM))
