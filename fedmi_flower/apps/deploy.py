@@ -156,25 +156,8 @@ class LocalDeployment:
         for i, port in enumerate(node_ports):
             if self.credentials is not None:  # registered before it starts: the SuperLink admits no other
                 self.register_supernode(self.credentials.public_key(i))
-            node_config = f"partition-id={i} num-partitions={self.num_supernodes}"
-            if self.data_root:
-                node_config += f" data-root={json.dumps(str(self.data_root))}"
-            self._start_service(
-                f"supernode-{i}",
-                self._home(f"supernode-{i}"),
-                [
-                    "flower-supernode",
-                    *self.supernode_security(i),
-                    "--superlink",
-                    self.address,
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--node-config",
-                    node_config,
-                ],
-            )
+            name = f"supernode-{i}"
+            self._start_service(name, self._home(name), self._supernode_command(i, port, self.supernode_security(i)))
         while (online := self._online_supernodes()) < self.num_supernodes:
             self._check_services("while starting")
             if time.monotonic() > deadline:
@@ -315,22 +298,29 @@ class LocalDeployment:
         with a key that was never registered. Its output goes to ``logs/<name>.log``; it
         gives up after ``max_retries`` failed connections, and :meth:`stop` ends it.
         """
+        (port,) = free_ports(1)
+        flags = [*flags, "--max-retries", str(max_retries)]
+        return self._start(name, self._home(name), self._supernode_command(0, port, flags))
+
+    def _supernode_command(self, partition: int, port: int, flags: list[str]) -> list[str]:
+        """``flower-supernode`` for ``partition`` of this deployment, its Runtime API on ``port``, with ``flags``."""
         if self.address is None:
             raise RuntimeError("the deployment is not started")
-        (port,) = free_ports(1)
-        return self._start(
-            name,
-            self._home(name),
-            ["flower-supernode", *flags, "--superlink", self.address, "--max-retries", str(max_retries)]
-            + [
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-                "--node-config",
-                f"partition-id=0 num-partitions={self.num_supernodes}",
-            ],
-        )
+        node_config = f"partition-id={partition} num-partitions={self.num_supernodes}"
+        if self.data_root:
+            node_config += f" data-root={json.dumps(str(self.data_root))}"
+        return [
+            "flower-supernode",
+            *flags,
+            "--superlink",
+            self.address,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--node-config",
+            node_config,
+        ]
 
     def register_supernode(self, public_key: Path) -> None:
         """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
