@@ -33,7 +33,21 @@ from fedmi_flower.science.objectives import ABLATIONS, GATES, OBJECTIVES, object
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
 _CONFIG_ONLY = ("negatives", "reference_size")
 """Discovery settings the apps act on (which other images a client gives discovery); not arguments of the science."""
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi", "fedmedian", "fedtrimmedavg")
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedadagrad",
+    "fedyogi",
+    "fedmedian",
+    "fedtrimmedavg",
+    "matchedfedavg",
+    "maskedfedavg",
+    "modularfedavg",
+)
+MATCHINGS = ("weights", "activations")
+"""How two models' channels are paired (``science/alignment.py``): Git Re-Basin weight matching, or activations."""
 PARTITIONS = ("iid", "dirichlet", "classes-per-client", "shared-class", "class-map")
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
@@ -230,6 +244,14 @@ class AnalysisConfig:
         lo=0,
         doc="partition whose training rows give the local-global noise floor and which measures its own seed floor",
     )
+    alignment: str = _spec(
+        "weights",
+        choices=(*MATCHINGS, "off"),
+        doc=(
+            "aligned IoU: before comparing masks, match each client's channels to the global model's (weights: "
+            "weight matching; activations: on the probe rows); off: raw IoU only"
+        ),
+    )
 
 
 @dataclass
@@ -256,6 +278,17 @@ class StrategyConfig:
     beta_2: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="second moment decay (FedAdam, FedYogi)")
     tau: float = _spec(1e-3, lo=0.0, lo_open=True, doc="adaptivity (FedAdam, FedAdagrad, FedYogi)")
     trim_beta: float = _spec(0.2, lo=0.0, hi=0.5, hi_open=True, doc="share trimmed from each end (FedTrimmedAvg)")
+    matching: str = _spec(
+        "weights",
+        choices=MATCHINGS,
+        doc=(
+            "how matchedfedavg pairs each client's channels with the global model's: weights, "
+            "or activations on the probe rows"
+        ),
+    )
+    masked_prune: bool = _spec(
+        True, doc="maskedfedavg prunes the merged weights back to train.sparsity (else it keeps the clients' union)"
+    )
 
 
 @dataclass

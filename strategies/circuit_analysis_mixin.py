@@ -220,15 +220,14 @@ class CircuitAnalysisMixin:
         )
 
     def keep_round_weights(
-        self, server_round: int, arrays: list[np.ndarray], reported: list[tuple[ClientReport, FitRes]]
+        self, server_round: int, arrays: list[np.ndarray], local: Mapping[int, list[np.ndarray]]
     ) -> None:
         """Write the round's global weights and the local weights of every client whose circuits were accepted.
 
         Circuit graphs (paper Fig. 11-13) read a circuit's edges from the weights it was
         found on: a client's are the weights it sent with its report.
         """
-        local = {report.partition_id: parameters_to_ndarrays(res.parameters) for report, res in reported}
-        self.run_dir.write_round_weights(server_round, arrays, local)
+        self.run_dir.write_round_weights(server_round, arrays, dict(local))
 
     def on_round_end(self, server_round: int, record: RoundRecord) -> None:
         """Called with every finished round record; logs a one-line progress summary and calls the round listeners.
@@ -249,12 +248,18 @@ class CircuitAnalysisMixin:
             floor, chance = num(s.view_floor(view)), num(s.view_chance(view))
             return f"{num(s.view(view))} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
 
+        aligned = ""
+        if record.aligned_inter_client_iou or record.aligned_local_global_iou:
+            aligned = (
+                f" | aligned inter-client {num(s.aligned_inter_client_iou)} local-global "
+                f"{num(s.aligned_local_global_iou)}, {num(s.channels_moved, 0)} channels moved"
+            )
         failed, refused = len(record.failures), len(record.rejected)
         trouble = [f"{failed} failed"] * bool(failed) + [f"{refused} rejected"] * bool(refused)
         control = record.control
         log(
             INFO,
-            "[round %d/%d] %d/%d clients%s%s | acc %s | IoU inter-client %s | local-global %s | stability %s | "
+            "[round %d/%d] %d/%d clients%s%s | acc %s | IoU inter-client %s | local-global %s | stability %s%s | "
             "faith local %s global %s | cross-eval suff %s spec %s faith %s, preserved %d/%d | "
             "degenerate %d/%d local, %d/%d global, %s control | %.1f s",
             server_round,
@@ -267,6 +272,7 @@ class CircuitAnalysisMixin:
             scaled(View.INTER_CLIENT_IOU, named=True),
             scaled(View.LOCAL_GLOBAL_IOU),
             scaled(View.STABILITY),
+            aligned,
             num(s.local_faithfulness),
             num(s.global_faithfulness),
             num(s.cross_sufficiency),
@@ -405,8 +411,10 @@ class CircuitAnalysisMixin:
         model = build_model()
         set_weights(model, arrays)
         model.to(self.analyst.evaluation.images.device)
+        # The weights each accepted report's circuits were found on (aligned IoU, circuit graphs).
+        local = {report.partition_id: parameters_to_ndarrays(res.parameters) for report, res in reported}
         try:
-            record = self.analyst.analyse(rnd, model, [report for report, _ in reported])
+            record = self.analyst.analyse(rnd, model, [report for report, _ in reported], local)
         except Exception:  # a bug in the analysis must not lose the training run
             log(WARNING, "round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
             record = RoundRecord(round=rnd, analysis_error=traceback.format_exc())
@@ -418,7 +426,7 @@ class CircuitAnalysisMixin:
         record.rejected = rejected
         record.timings.server = time.perf_counter() - began
         record.timings.round = time.perf_counter() - self._round_started
-        self.keep_round_weights(record.round, arrays, reported)
+        self.keep_round_weights(record.round, arrays, local)
         self.run_dir.append_round(record)
         self.run_dir.write_weights(arrays, rnd)
         # The checkpoint is the round's commit point: written last.

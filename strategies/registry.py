@@ -9,27 +9,61 @@ from typing import Any
 from flwr.common import Metrics, Parameters
 from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi
 
-from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.analysis.round_analyst import ALIGNMENT_IMAGES, RoundAnalyst
 from fedmi_flower.config import STRATEGIES as STRATEGY_NAMES
-from fedmi_flower.config import ExperimentConfig, StrategyConfig
+from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 
 from .circuit_analysis_mixin import CircuitAnalysisMixin
 from .circuit_fedavg import CircuitFedAvg
+from .masked_fedavg import MaskedFedAvg
+from .matched_fedavg import MatchedFedAvg
+from .modular_fedavg import ModularFedAvg
 
-StrategyParameters = Callable[[StrategyConfig], dict[str, Any]]
+StrategyParameters = Callable[[ExperimentConfig, RoundAnalyst], dict[str, Any]]
 
-# Each Flower class and the parameters it takes from the experiment's [strategy] table.
+
+def _matched(config: ExperimentConfig, analyst: RoundAnalyst) -> dict[str, Any]:
+    probe = analyst.probe.images[:ALIGNMENT_IMAGES] if config.strategy.matching == "activations" else None
+    return {"matching": config.strategy.matching, "probe_images": probe}
+
+
+def _masked(config: ExperimentConfig, analyst: RoundAnalyst) -> dict[str, Any]:
+    train = config.train
+    return {
+        "target_sparsity": train.sparsity if config.strategy.masked_prune else None,
+        "min_per_neuron": train.min_per_neuron,
+        "sparsity_scope": train.sparsity_scope,
+    }
+
+
+# Each strategy class and the parameters it takes from the experiment (its [strategy] table, mostly).
 _PARAMETERS: dict[type[FedAvg], StrategyParameters] = {
-    FedAvg: lambda s: {},
-    FedProx: lambda s: {"proximal_mu": s.proximal_mu},
-    FedAvgM: lambda s: {"server_learning_rate": s.server_learning_rate, "server_momentum": s.server_momentum},
-    FedAdam: lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau},
-    FedAdagrad: lambda s: {"eta": s.eta, "tau": s.tau},
-    FedYogi: lambda s: {"eta": s.eta, "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau},
-    FedMedian: lambda s: {},
-    FedTrimmedAvg: lambda s: {"beta": s.trim_beta},
+    FedAvg: lambda c, a: {},
+    FedProx: lambda c, a: {"proximal_mu": c.strategy.proximal_mu},
+    FedAvgM: lambda c, a: {
+        "server_learning_rate": c.strategy.server_learning_rate,
+        "server_momentum": c.strategy.server_momentum,
+    },
+    FedAdam: lambda c, a: {
+        "eta": c.strategy.eta,
+        "beta_1": c.strategy.beta_1,
+        "beta_2": c.strategy.beta_2,
+        "tau": c.strategy.tau,
+    },
+    FedAdagrad: lambda c, a: {"eta": c.strategy.eta, "tau": c.strategy.tau},
+    FedYogi: lambda c, a: {
+        "eta": c.strategy.eta,
+        "beta_1": c.strategy.beta_1,
+        "beta_2": c.strategy.beta_2,
+        "tau": c.strategy.tau,
+    },
+    FedMedian: lambda c, a: {},
+    FedTrimmedAvg: lambda c, a: {"beta": c.strategy.trim_beta},
+    MatchedFedAvg: _matched,
+    MaskedFedAvg: _masked,
+    ModularFedAvg: lambda c, a: {},
 }
 _BY_NAME = {base.__name__.lower(): (base, parameters) for base, parameters in _PARAMETERS.items()}
 
@@ -104,7 +138,7 @@ def build_strategy(
         initial_parameters=initial_parameters,
         fit_metrics_aggregation_fn=weighted_train_metrics,
         evaluate_metrics_aggregation_fn=weighted_eval_metrics,
-        **specific(s),
+        **specific(config, analyst),
     )
 
 

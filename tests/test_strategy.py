@@ -172,7 +172,7 @@ def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, n
     base, specific = BASES[name]
     plain = base(
         initial_parameters=ndarrays_to_parameters(get_weights(planted_model())),
-        **specific(strategy.experiment.strategy),
+        **specific(strategy.experiment, strategy.analyst),
     )
     expected, _ = plain.aggregate_fit(1, [(proxy, res) for proxy, res in results], [])
     params, _ = strategy.aggregate_fit(1, results, [])

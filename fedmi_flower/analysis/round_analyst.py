@@ -23,6 +23,13 @@ Every IoU view comes with its scale (README, "Reading the numbers"):
   a few hundredths from it is within its own noise;
 - ``pairs``: the number of defined pairs behind every mean.
 
+**Aligned IoU** (``analysis.alignment``): inter-client and local-global IoU again,
+after each client's channels are matched to the global model's
+(:mod:`fedmi_flower.science.alignment`) and its masks mapped into the global model's
+channel indices. Raw IoU low and aligned IoU high means the same circuit in other
+channels; both low, different circuits. A permutation moves masks without looking at
+them, so the chance level of random circuits of the same sizes is unchanged.
+
 Plain PyTorch and Python: no Flower type appears here.
 """
 
@@ -35,6 +42,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedmi_flower.config import ExperimentConfig
@@ -50,6 +58,12 @@ from fedmi_flower.records.round_record import (
     Scores,
     View,
     number,
+)
+from fedmi_flower.science.alignment import (
+    Permutation,
+    channels_moved,
+    map_circuit,
+    match,
 )
 from fedmi_flower.science.circuits import (
     SCORE_NAMES,
@@ -69,13 +83,16 @@ from fedmi_flower.science.metrics import (
     mean_entries,
     nanmean,
 )
-from fedmi_flower.science.model import SimpleCNN, build_model, evaluate
+from fedmi_flower.science.model import SimpleCNN, build_model, evaluate, get_weights
 from fedmi_flower.science.seeding import derive_seed, torch_generator
 from fedmi_flower.science.sparsity import prune_, sparsity_report
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
 from fedmi_flower.wire.protocol import ClientReport
 
 __all__ = ["COLLAPSE_THRESHOLD", "RoundAnalyst"]
+
+ALIGNMENT_IMAGES = 512
+"""Probe images that activation matching compares channels on."""
 
 
 def _scores(s: CircuitScores) -> Scores:
@@ -324,6 +341,26 @@ class RoundAnalyst:
             (stable if prev_round == server_round - 1 else gaps)[r.partition_id] = entry
         return stable, gaps
 
+    def alignments(self, model: SimpleCNN, local_weights: Mapping[int, Sequence[np.ndarray]]) -> dict[int, Permutation]:
+        """Each client's permutation onto the global model's channels (``analysis.alignment``; none when off)."""
+        how = self.config.analysis.alignment
+        if how == "off":
+            return {}
+        reference = get_weights(model)
+        images = self.probe.images[:ALIGNMENT_IMAGES].to(next(model.parameters()).device)
+        return {pid: match(reference, w, how, images) for pid, w in sorted(local_weights.items())}
+
+    @staticmethod
+    def aligned(reports: Sequence[ClientReport], alignments: Mapping[int, Permutation]) -> list[ClientReport]:
+        """The reports of the aligned clients, their circuits in the global model's channel indices."""
+        return [
+            dataclasses.replace(
+                r, circuits={c: map_circuit(circ, alignments[r.partition_id]) for c, circ in r.circuits.items()}
+            )
+            for r in reports
+            if r.partition_id in alignments
+        ]
+
     def score(
         self, model: SimpleCNN, global_circuits: Mapping[int, Circuit], reports: Sequence[ClientReport]
     ) -> tuple[dict[int, CircuitScores], dict[tuple[int, int], CircuitScores]]:
@@ -405,10 +442,18 @@ class RoundAnalyst:
 
     # ------------------------------------------------------------------ the analysis
 
-    def analyse(self, server_round: int, model: SimpleCNN, reports: Sequence[ClientReport]) -> RoundRecord:
+    def analyse(
+        self,
+        server_round: int,
+        model: SimpleCNN,
+        reports: Sequence[ClientReport],
+        local_weights: Mapping[int, Sequence[np.ndarray]] | None = None,
+    ) -> RoundRecord:
         """Analyse one round; return its record (NaN where a value is undefined).
 
-        ``reports`` must hold validated reports with distinct partition ids.
+        ``reports`` must hold validated reports with distinct partition ids;
+        ``local_weights``, by partition id, the weights each client's circuits were found
+        on (for aligned IoU; without them aligned IoU is not measured).
         """
         began = time.perf_counter()
         classes = self.classes_to_analyse(reports)
@@ -429,8 +474,16 @@ class RoundAnalyst:
         control = self.control(classes)
         timings.control = time.perf_counter() - t0
 
+        t0 = time.perf_counter()
+        alignments = self.alignments(model, local_weights or {})
+        aligned = self.aligned(reports, alignments)
+        timings.alignment = time.perf_counter() - t0
+
         stability, gaps = self.stability(server_round, reports, sizes)
         clients = {r.partition_id: self.client_entry(r) for r in reports}
+        for pid, perm in alignments.items():
+            if pid in clients:
+                clients[pid].channels_moved = channels_moved(perm)
         record = RoundRecord(
             round=int(server_round),
             classes=classes,
@@ -441,6 +494,8 @@ class RoundAnalyst:
             inter_client_iou=self.inter_client(classes, reports, sizes),
             class_pair_iou=self.class_pair(reports, sizes),
             local_global_iou=self.local_global(reports, global_circuits, sizes),
+            aligned_inter_client_iou=self.inter_client(classes, aligned, sizes) if alignments else {},
+            aligned_local_global_iou=self.local_global(aligned, global_circuits, sizes) if alignments else {},
             stability=stability,
             stability_gap=gaps,
             cross_eval={
@@ -517,6 +572,9 @@ class RoundAnalyst:
         inter = list(record.inter_client_iou.values())
         pair = list(record.class_pair_iou.values())
         lg = [v for per in record.local_global_iou.values() for v in per.values()]
+        aligned_inter = list(record.aligned_inter_client_iou.values())
+        aligned_lg = [v for per in record.aligned_local_global_iou.values() for v in per.values()]
+        moved = [sum(c.channels_moved.values()) for c in record.clients.values() if c.channels_moved]
         stab = [v for per in record.stability.values() for v in per.values()]
         floor = record.noise_floor
         client_floor = [v for per in floor.clients.values() for v in per.values()]
@@ -534,6 +592,13 @@ class RoundAnalyst:
             local_global_iou=nanmean(v.mean for v in lg),
             local_global_iou_pairs=defined_pairs([v.layers for v in lg]),
             local_global_iou_chance=nanmean(v.chance_mean for v in lg),
+            aligned_inter_client_iou=nanmean(v.mean for v in aligned_inter),
+            aligned_inter_client_iou_pairs=sum(v.pairs or 0 for v in aligned_inter),
+            aligned_inter_client_iou_chance=nanmean(v.chance_mean for v in aligned_inter),
+            aligned_local_global_iou=nanmean(v.mean for v in aligned_lg),
+            aligned_local_global_iou_pairs=defined_pairs([v.layers for v in aligned_lg]),
+            aligned_local_global_iou_chance=nanmean(v.chance_mean for v in aligned_lg),
+            channels_moved=nanmean(float(m) for m in moved),
             stability=nanmean(v.mean for v in stab),
             stability_pairs=defined_pairs([v.layers for v in stab]),
             stability_chance=nanmean(v.chance_mean for v in stab),

@@ -15,6 +15,7 @@ undefined values ``null``)::
                      "clients": {pid: {cls: IoU}}},
      "inter_client_iou": {cls: IoU}, "class_pair_iou": {"a-b": IoU},
      "local_global_iou": {pid: {cls: IoU}}, "stability": {pid: {cls: IoU}},
+     "aligned_inter_client_iou": {cls: IoU}, "aligned_local_global_iou": {pid: {cls: IoU}},
      "stability_gap": {pid: {cls: IoU}}, "cross_eval": {pid: {cls: CrossEvaluation}},
      "summary": RoundSummary, "timings": RoundTimings,
      "aggregated": bool, "not_aggregated_because": str, "sampled": n,
@@ -254,6 +255,8 @@ class ClientEntry:
     discovery_steps: dict[int, int] = field(default_factory=dict)
     degenerate: dict[int, str] = field(default_factory=dict)
     """Why a circuit is degenerate on its own model, for each circuit that is (:mod:`fedmi_flower.science.verdicts`)."""
+    channels_moved: dict[str, int] = field(default_factory=dict)
+    """Per layer, how many of the client's channels its alignment to the global model moved (empty: not aligned)."""
 
     def to_json(self) -> Json:
         return {
@@ -271,6 +274,7 @@ class ClientEntry:
             "local_verdicts": _str_keyed(self.local_verdicts),
             "discovery_steps": _str_keyed(self.discovery_steps),
             "degenerate": _str_keyed(self.degenerate),
+            "channels_moved": dict(self.channels_moved),
         }
 
     @classmethod
@@ -290,6 +294,7 @@ class ClientEntry:
             local_verdicts=_keyed(raw.get("local_verdicts")),
             discovery_steps=_keyed(raw.get("discovery_steps"), int),
             degenerate=_keyed(raw.get("degenerate")),
+            channels_moved={k: int(v) for k, v in (raw.get("channels_moved") or {}).items()},
         )
 
 
@@ -413,6 +418,16 @@ class RoundSummary:
     stability_pairs: int = 0
     stability_chance: float = math.nan
     stability_gaps: int = 0
+    aligned_inter_client_iou: float = math.nan
+    """Inter-client IoU after every client's channels are matched to the global model's (``analysis.alignment``)."""
+    aligned_inter_client_iou_pairs: int = 0
+    aligned_inter_client_iou_chance: float = math.nan
+    aligned_local_global_iou: float = math.nan
+    """Local-global IoU after the same alignment."""
+    aligned_local_global_iou_pairs: int = 0
+    aligned_local_global_iou_chance: float = math.nan
+    channels_moved: float = math.nan
+    """Mean over aligned clients of how many of their 224 channels the alignment moved."""
     seed_floor: float = math.nan
     source_floor: float = math.nan
     client_seed_floor: float = math.nan
@@ -497,7 +512,7 @@ def summary_group(name: str) -> str:
         return "cross_eval"
     if name.endswith("_faithfulness"):
         return "faithfulness"
-    if name.startswith(tuple(View)) or name in SUMMARY_FLOOR.values():
+    if name.startswith((*View, "aligned_")) or name in SUMMARY_FLOOR.values():
         return "iou"
     if name.startswith(("degenerate", "control", "empty")):
         return "degenerate"
@@ -522,6 +537,8 @@ class RoundTimings:
     analysis: float = math.nan
     control: float = math.nan
     """The random-weight control (its first round only: it is computed once)."""
+    alignment: float = math.nan
+    """Matching every client's channels to the global model's (aligned IoU)."""
     server: float = math.nan
     """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
     round: float = math.nan
@@ -584,6 +601,10 @@ class RoundRecord:
     local_global_iou: dict[int, dict[int, IoU]] = field(default_factory=dict)
     stability: dict[int, dict[int, IoU]] = field(default_factory=dict)
     stability_gap: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    aligned_inter_client_iou: dict[int, IoU] = field(default_factory=dict)
+    """Inter-client IoU by class with every client's masks in the global model's channel indices."""
+    aligned_local_global_iou: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    """Local-global IoU with the client's masks in the global model's channel indices."""
     cross_eval: dict[int, dict[int, CrossEvaluation]] = field(default_factory=dict)
     summary: RoundSummary = field(default_factory=RoundSummary)
     timings: RoundTimings = field(default_factory=RoundTimings)
@@ -634,6 +655,8 @@ class RoundRecord:
                     View.LOCAL_GLOBAL_IOU.value: per_client(self.local_global_iou),
                     View.STABILITY.value: per_client(self.stability),
                     "stability_gap": per_client(self.stability_gap),
+                    "aligned_inter_client_iou": _str_keyed(self.aligned_inter_client_iou, IoU.to_json),
+                    "aligned_local_global_iou": per_client(self.aligned_local_global_iou),
                     "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
                     "summary": self.summary.scalars(),
                 }
@@ -677,6 +700,8 @@ class RoundRecord:
             local_global_iou=per_client(View.LOCAL_GLOBAL_IOU.value),
             stability=per_client(View.STABILITY.value),
             stability_gap=per_client("stability_gap"),
+            aligned_inter_client_iou=_keyed(raw.get("aligned_inter_client_iou"), IoU.from_json),
+            aligned_local_global_iou=per_client("aligned_local_global_iou"),
             cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
             summary=RoundSummary.from_json(raw.get("summary")),
             timings=RoundTimings.from_json(raw.get("timings")),

@@ -1,0 +1,224 @@
+"""Channel alignment of two SimpleCNNs: which channel of one is which channel of the other.
+
+A network's hidden channels can be permuted without changing what it computes (a
+conv layer's output channels, with the next layer's input side permuted the same
+way). Two clients that learned the same circuit may hold it in other channel
+indices; comparing masks index by index (the paper's IoU, section 2.3) would call
+that "different circuits". This module finds the permutation that maps one model's
+channels onto another's, applies it to weights and to circuit masks.
+
+Two ways to match, both solved per layer as a linear assignment
+(``scipy.optimize.linear_sum_assignment``, the Hungarian method):
+
+- **weights** (:func:`match_weights`): Git Re-Basin's weight matching (Ainsworth et
+  al. 2023, section 3.2, Algorithm 1). It maximises ``sum_l <W_l^ref, P_l W_l P_{l-1}^T>``
+  over the permutations ``P_l``: a forward pass gives each layer's permutation from
+  its own filters with the previous layer's permutation applied on the input side
+  (FedMA's layer-wise matching, Wang et al. 2020), then coordinate descent re-solves
+  each layer with both its incoming and outgoing weights until nothing improves. The
+  fc layer follows conv3: its input columns come in blocks, one per conv3 channel.
+- **activations** (:func:`match_activations`): each layer's channels paired by the
+  correlation of their outputs on the same images (Li et al. 2016, "Convergent
+  learning"; Git Re-Basin's activation matching). Needs images; independent per layer.
+
+Convention: ``perm[layer][i] = j`` means position ``i`` of the reference frame takes
+the other model's channel ``j``; the other model's channel ``j`` sits at
+``inverse(perm)[j]`` in the reference frame.
+
+Written here rather than taken from a package: ``rebasin`` (PyPI 0.0.47, 2023) traces
+modules with torchview and pairs a layer with the next by tensor shapes, so it cannot
+carry conv3's permutation through the flatten into fc's column blocks; it also applies
+the permutations to the model in place without returning them, and circuit masks need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from fedmi_flower.science.circuits import Circuit
+from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights
+
+Weights = Sequence[np.ndarray]
+Permutation = dict[str, np.ndarray]
+"""Per circuit layer, an int array: position ``i`` of the reference frame takes channel ``perm[i]``."""
+
+# SimpleCNN's state_dict order: (weight, bias) of conv1, conv2, conv3, fc.
+_WEIGHT = {layer: 2 * k for k, layer in enumerate(CIRCUIT_LAYERS)}
+_BIAS = {layer: 2 * k + 1 for k, layer in enumerate(CIRCUIT_LAYERS)}
+_FC_WEIGHT = 2 * len(CIRCUIT_LAYERS)
+
+
+def identity(layer_sizes: Mapping[str, int]) -> Permutation:
+    """The permutation that moves nothing."""
+    return {layer: np.arange(n) for layer, n in layer_sizes.items()}
+
+
+def layer_sizes_of(weights: Weights) -> dict[str, int]:
+    """Output channels of each circuit layer of a SimpleCNN given as its weight arrays."""
+    return {layer: int(np.asarray(weights[_WEIGHT[layer]]).shape[0]) for layer in CIRCUIT_LAYERS}
+
+
+def _fc_blocks(fc_weight: np.ndarray, channels: int) -> np.ndarray:
+    """fc's weight as (classes, conv3 channels, positions): its inputs come channel-major from the flatten."""
+    return np.asarray(fc_weight).reshape(fc_weight.shape[0], channels, -1)
+
+
+def permute(weights: Weights, perm: Permutation) -> list[np.ndarray]:
+    """The weights of the same function with hidden channels reordered by ``perm``.
+
+    Each layer's outputs (filters, biases) take ``perm[layer]``; the next layer's inputs
+    (and fc's column blocks, after conv3) take the same order, so the network computes
+    exactly what it did.
+    """
+    out = [np.array(w, copy=True) for w in weights]
+    previous: np.ndarray | None = None
+    for layer in CIRCUIT_LAYERS:
+        w = out[_WEIGHT[layer]][perm[layer]]
+        out[_WEIGHT[layer]] = w[:, previous] if previous is not None else w
+        out[_BIAS[layer]] = out[_BIAS[layer]][perm[layer]]
+        previous = perm[layer]
+    last = CIRCUIT_LAYERS[-1]
+    fc = out[_FC_WEIGHT]
+    channels = len(perm[last])
+    out[_FC_WEIGHT] = _fc_blocks(fc, channels)[:, perm[last]].reshape(fc.shape)
+    return out
+
+
+def _assign(similarity: np.ndarray) -> np.ndarray:
+    """The permutation maximising the summed similarity: row ``i`` takes column ``result[i]``."""
+    rows, cols = linear_sum_assignment(similarity, maximize=True)
+    out = np.empty(len(rows), dtype=np.int64)
+    out[rows] = cols
+    return out
+
+
+def _similarity(reference: Weights, other: Weights, perm: Permutation, layer: str, outgoing: bool) -> np.ndarray:
+    """``S[i, j]``: how well the other model's channel ``j`` fits position ``i`` of ``layer``, the other layers fixed.
+
+    Incoming weights (filter with the previous layer's permutation applied, and bias);
+    with ``outgoing``, also the next layer's weights that read the channel (that
+    layer's outputs permuted by its own permutation).
+    """
+    k = CIRCUIT_LAYERS.index(layer)
+    w_ref = np.asarray(reference[_WEIGHT[layer]], dtype=np.float64)
+    w_oth = np.asarray(other[_WEIGHT[layer]], dtype=np.float64)
+    if k > 0:
+        w_oth = w_oth[:, perm[CIRCUIT_LAYERS[k - 1]]]
+    s = w_ref.reshape(len(w_ref), -1) @ w_oth.reshape(len(w_oth), -1).T
+    s += np.outer(reference[_BIAS[layer]], other[_BIAS[layer]])
+    if outgoing:
+        if k + 1 < len(CIRCUIT_LAYERS):
+            following = CIRCUIT_LAYERS[k + 1]
+            n_ref = np.asarray(reference[_WEIGHT[following]], dtype=np.float64)
+            n_oth = np.asarray(other[_WEIGHT[following]], dtype=np.float64)[perm[following]]
+            # (out, in, kh, kw) -> per input channel, everything that reads it
+            a = np.moveaxis(n_ref, 1, 0).reshape(n_ref.shape[1], -1)
+            b = np.moveaxis(n_oth, 1, 0).reshape(n_oth.shape[1], -1)
+        else:
+            channels = w_ref.shape[0]
+            a = np.moveaxis(_fc_blocks(np.asarray(reference[_FC_WEIGHT], dtype=np.float64), channels), 1, 0)
+            b = np.moveaxis(_fc_blocks(np.asarray(other[_FC_WEIGHT], dtype=np.float64), channels), 1, 0)
+            a, b = a.reshape(channels, -1), b.reshape(channels, -1)
+        s += a @ b.T
+    return s
+
+
+def _objective(reference: Weights, other: Weights, perm: Permutation) -> float:
+    aligned = permute(other, perm)
+    return float(sum(np.vdot(np.asarray(r, np.float64), np.asarray(a, np.float64)) for r, a in zip(reference, aligned)))
+
+
+def match_weights(reference: Weights, other: Weights, max_sweeps: int = 20) -> Permutation:
+    """Git Re-Basin weight matching of ``other`` onto ``reference`` (see the module docstring).
+
+    Deterministic: the forward pass, then sweeps over the layers in order (not the
+    paper's random order, so that a run's seed is all that decides), each layer's
+    assignment re-solved with its neighbours fixed, until a sweep changes nothing or
+    ``max_sweeps`` is reached. A sweep never lowers the objective.
+    """
+    sizes = layer_sizes_of(reference)
+    if layer_sizes_of(other) != sizes:
+        raise ValueError(f"cannot match models of layer sizes {layer_sizes_of(other)} and {sizes}")
+    perm = identity(sizes)
+    for layer in CIRCUIT_LAYERS:
+        perm[layer] = _assign(_similarity(reference, other, perm, layer, outgoing=False))
+    best = _objective(reference, other, perm)
+    for _ in range(max_sweeps):
+        changed = False
+        for layer in CIRCUIT_LAYERS:
+            candidate = dict(perm)
+            candidate[layer] = _assign(_similarity(reference, other, perm, layer, outgoing=True))
+            if np.array_equal(candidate[layer], perm[layer]):
+                continue
+            value = _objective(reference, other, candidate)
+            if value > best + 1e-9 * max(1.0, abs(best)):
+                perm, best, changed = candidate, value, True
+        if not changed:
+            break
+    return perm
+
+
+@torch.no_grad()
+def match_activations(reference: SimpleCNN, other: SimpleCNN, images: torch.Tensor) -> Permutation:
+    """Each layer's channels of ``other`` paired with ``reference``'s by the correlation of their outputs on ``images``.
+
+    A channel's output is its (ReLU, pooled) activation at every position of every
+    image; two channels' similarity is the Pearson correlation of those values. A
+    channel that is constant on the images (dead) correlates with nothing: it is
+    paired wherever the assignment leaves room.
+    """
+    reference.eval()
+    other.eval()
+    ref_acts, oth_acts = reference.activations(images), other.activations(images)
+    perm: Permutation = {}
+    for layer in CIRCUIT_LAYERS:
+        a = _standardised(ref_acts[layer])
+        b = _standardised(oth_acts[layer])
+        perm[layer] = _assign((a.T @ b / a.shape[0]).double().cpu().numpy())
+    return perm
+
+
+def match(reference: Weights, other: Weights, how: str = "weights", images: torch.Tensor | None = None) -> Permutation:
+    """The permutation of ``other``'s channels onto ``reference``'s: ``how`` is ``"weights"`` (:func:`match_weights`)
+    or ``"activations"`` (:func:`match_activations` on ``images``).
+    """
+    if how == "weights":
+        return match_weights(reference, other)
+    if how != "activations":
+        raise ValueError(f"matching {how!r}: use 'weights' or 'activations'")
+    if images is None:
+        raise ValueError("activation matching needs images")
+    models = []
+    for weights in (reference, other):
+        model = build_model()
+        set_weights(model, weights)
+        models.append(model.to(images.device))
+    return match_activations(models[0], models[1], images)
+
+
+def _standardised(activation: torch.Tensor) -> torch.Tensor:
+    """(samples x positions, channels), each channel centred and scaled to unit variance (zero where constant)."""
+    values = activation.permute(0, 2, 3, 1).reshape(-1, activation.shape[1]).float()
+    values = values - values.mean(0)
+    std = values.std(0)
+    return values / torch.where(std > 0, std, torch.ones_like(std))
+
+
+def inverse(perm: Permutation) -> Permutation:
+    """Where each of the other model's channels sits in the reference frame."""
+    return {layer: np.argsort(p) for layer, p in perm.items()}
+
+
+def map_circuit(circuit: Circuit, perm: Permutation) -> Circuit:
+    """A circuit of the other model, in the reference model's channel indices."""
+    where = inverse(perm)
+    return {layer: sorted(int(where[layer][c]) for c in channels) for layer, channels in circuit.items()}
+
+
+def channels_moved(perm: Permutation) -> dict[str, int]:
+    """Per layer, how many channels the permutation puts at another index (0: already aligned)."""
+    return {layer: int(np.sum(p != np.arange(len(p)))) for layer, p in perm.items()}

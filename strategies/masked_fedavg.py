@@ -1,0 +1,55 @@
+"""MaskedFedAvg: each weight averaged over the clients that keep it, pruned back to the target sparsity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.common import parameters_to_ndarrays
+
+from fedmi_flower.science.aggregation import masked_mean, resparsify
+
+from .merging_fedavg import MergingFedAvg, Result
+
+
+class MaskedFedAvg(MergingFedAvg):
+    """Sparse FL's masked averaging (FedDST, Bibikar et al. 2022; FLASH, Babakniya et al. 2023).
+
+    FedAvg divides every weight by all clients' examples, so a weight kept by one
+    client of three shrinks to a third, and the global model's support is the union of
+    the clients': denser than any client. Here every weight is the example-weighted
+    mean over the clients where it is nonzero (:func:`~fedmi_flower.science.aggregation.masked_mean`);
+    a weight no client keeps stays zero. With ``target_sparsity`` the merged weights are
+    then pruned back to it by the clients' own rule (magnitude, per-neuron floor), so
+    the global model keeps the sparsity the clients train at.
+
+    Parameters
+    ----------
+    target_sparsity : float, optional
+        Sparsity to prune the merged weights to; None keeps the union of the supports.
+    min_per_neuron, sparsity_scope
+        The clients' pruning rule (``train.min_per_neuron``, ``train.sparsity_scope``).
+    **kwargs
+        FedAvg's.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        target_sparsity: float | None = None,
+        min_per_neuron: int = 4,
+        sparsity_scope: str = "tensor",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.target_sparsity = target_sparsity
+        self.min_per_neuron = min_per_neuron
+        self.sparsity_scope = sparsity_scope
+
+    def merge(self, server_round: int, results: list[Result]) -> list[np.ndarray]:
+        merged = masked_mean(
+            [parameters_to_ndarrays(res.parameters) for _, res in results], [res.num_examples for _, res in results]
+        )
+        if self.target_sparsity:
+            merged = resparsify(merged, self.target_sparsity, self.min_per_neuron, self.sparsity_scope)
+        return merged

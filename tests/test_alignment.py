@@ -1,0 +1,220 @@
+"""Channel alignment and circuit-aware aggregation, on networks whose answer is planted.
+
+A trained network and the same network with its channels permuted in a known way
+compute the same function: weight and activation matching must find the permutation,
+map their circuits onto each other (IoU 1.0), and MatchedFedAvg must average the pair
+back into the network, where FedAvg's blend of unrelated channels loses accuracy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fakes import Proxy
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg
+
+from fedmi_flower.science.aggregation import masked_mean, modular_mean, resparsify, weighted_mean
+from fedmi_flower.science.alignment import (
+    channels_moved,
+    identity,
+    inverse,
+    map_circuit,
+    match_activations,
+    match_weights,
+    permute,
+)
+from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.metrics import circuit_iou
+from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS, build_model, evaluate, get_weights, set_weights
+from fedmi_flower.science.seeding import torch_generator
+from fedmi_flower.science.sparsity import prunable_weights, train_sparse
+from fedmi_flower.wire.protocol import encode_circuits
+from strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg
+
+SIZES = dict(zip(CIRCUIT_LAYERS, CHANNELS))
+
+
+def random_permutation(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {layer: rng.permutation(n) for layer, n in SIZES.items()}
+
+
+def outputs(weights, images: torch.Tensor) -> torch.Tensor:
+    model = build_model()
+    set_weights(model, weights)
+    model.eval()
+    with torch.no_grad():
+        return model(images)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_root):
+    """A SimpleCNN trained for one dense epoch on 3,000 MNIST images, and 1,000 test images."""
+    parts = partition_iid(load_labels("mnist", True, mnist_root), 20, seed=0)
+    train = load_split("mnist", True, mnist_root, indices=parts[0])
+    test = load_split("mnist", False, mnist_root, indices=range(1000))
+    model = build_model(seed=0)
+    train_sparse(model, train, epochs=1, sparsity=0.0, batch_size=64, generator=torch_generator(0, "align"))
+    return get_weights(model), test
+
+
+def test_a_permutation_leaves_the_function_unchanged():
+    weights = get_weights(build_model(seed=3))
+    images = torch.randn(8, 1, 28, 28)
+    moved = permute(weights, random_permutation(1))
+    assert not np.allclose(moved[0], weights[0])
+    torch.testing.assert_close(outputs(moved, images), outputs(weights, images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reference_seed", [None, 11])
+def test_weight_matching_recovers_a_planted_permutation(trained, reference_seed):
+    weights, _ = trained
+    planted = random_permutation(2)
+    client = permute(weights, planted)
+    # Matched onto the network itself, the permutation undoes the planted one exactly.
+    found = match_weights(weights, client)
+    for layer in CIRCUIT_LAYERS:
+        np.testing.assert_array_equal(found[layer], inverse(planted)[layer])
+    # Matched onto an unrelated model, the network and its permuted copy land on the same weights.
+    if reference_seed is not None:
+        reference = get_weights(build_model(seed=reference_seed))
+        a = permute(weights, match_weights(reference, weights))
+        b = permute(client, match_weights(reference, client))
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_activation_matching_recovers_a_planted_permutation(trained):
+    weights, test = trained
+    planted = random_permutation(4)
+    reference, client = build_model(), build_model()
+    set_weights(reference, weights)
+    set_weights(client, permute(weights, planted))
+    found = match_activations(reference, client, test.images[:256])
+    # Channels that never fire on the images cannot be told apart; every live one is found.
+    acts = reference.activations(test.images[:256])
+    for layer in CIRCUIT_LAYERS:
+        live = acts[layer].amax(dim=(0, 2, 3)) > 0
+        np.testing.assert_array_equal(found[layer][live.numpy()], inverse(planted)[layer][live.numpy()])
+        assert live.float().mean() > 0.5
+
+
+def test_aligned_circuits_of_a_permuted_pair_coincide():
+    planted = random_permutation(5)
+    circuit = {"conv1": [0, 3, 9], "conv2": [1, 2, 40], "conv3": [7, 100, 127]}
+    # The permuted client holds channel j of the original at position inverse(planted)[j].
+    theirs = map_circuit(circuit, planted)
+    assert circuit_iou(circuit, theirs)["mean"] < 0.5
+    back = map_circuit(theirs, inverse(planted))
+    assert circuit_iou(circuit, back)["mean"] == 1.0
+    assert channels_moved(identity(SIZES)) == {layer: 0 for layer in SIZES}
+
+
+def fit_res(weights, n: int, circuits=None) -> FitRes:
+    metrics = {"circuits": encode_circuits(circuits, SIZES)} if circuits is not None else {}
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)
+
+
+def test_matchedfedavg_recovers_the_network_where_fedavg_loses_accuracy(trained):
+    weights, test = trained
+    planted = random_permutation(6)
+    # Different example counts: the mean is weighted, and still the network (both halves are one function).
+    results = [(Proxy("a"), fit_res(weights, 200)), (Proxy("b"), fit_res(permute(weights, planted), 150))]
+    initial = ndarrays_to_parameters(weights)
+    matched = MatchedFedAvg(initial_parameters=initial)
+    matched.reference = weights  # the round's global model, as configure_fit would remember it
+    params, _ = matched.aggregate_fit(1, results, [])
+    merged = parameters_to_ndarrays(params)
+    images = test.images[:256]
+    torch.testing.assert_close(outputs(merged, images), outputs(weights, images), rtol=1e-5, atol=1e-5)
+    assert channels_moved(matched.permutations["a"]) == {layer: 0 for layer in SIZES}
+    assert sum(channels_moved(matched.permutations["b"]).values()) > 200
+
+    blended, _ = FedAvg(initial_parameters=initial).aggregate_fit(1, results, [])
+    accuracy = {}
+    for name, arrays in (("own", weights), ("matched", merged), ("fedavg", parameters_to_ndarrays(blended))):
+        model = build_model()
+        set_weights(model, arrays)
+        accuracy[name] = evaluate(model, test).accuracy
+    assert accuracy["own"] > 0.85 and abs(accuracy["matched"] - accuracy["own"]) < 1e-9
+    assert accuracy["fedavg"] < accuracy["own"] - 0.15, accuracy  # measured: 0.89 own, 0.62 FedAvg
+
+
+def test_masked_mean_divides_each_weight_by_the_examples_of_the_clients_that_keep_it():
+    # One 2x3 tensor, three clients with 1, 2 and 4 examples; each client's weights are its own constant.
+    supports = [
+        np.array([[1, 1, 0], [0, 0, 0]]),
+        np.array([[1, 0, 1], [0, 0, 0]]),
+        np.array([[1, 0, 0], [1, 0, 0]]),
+    ]
+    values, counts = [10.0, 20.0, 40.0], [1, 2, 4]
+    clients = [[(s * v).astype(np.float32)] for s, v in zip(supports, values)]
+    (got,) = masked_mean(clients, counts)
+    expected = np.array(
+        [
+            [(10 + 2 * 20 + 4 * 40) / 7, 10.0, 20.0],  # kept by all three / by one / by one
+            [40.0, 0.0, 0.0],  # kept by client 2 only, and twice by nobody
+        ]
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    (fedavg,) = weighted_mean(clients, counts)
+    assert fedavg[0, 1] == pytest.approx(10 / 7)  # FedAvg shrinks a weight one client keeps
+
+
+def test_maskedfedavg_keeps_the_planted_sparsity_where_fedavg_keeps_the_union():
+    target = 0.9
+    clients = []
+    for seed, n in ((0, 50), (1, 150), (2, 400)):
+        model = build_model(seed=seed)
+        with torch.no_grad():
+            for w in prunable_weights(model).values():
+                w.mul_(torch.rand(w.shape, generator=torch.Generator().manual_seed(seed + 7)) < 1 - target)
+        clients.append((get_weights(model), n))
+    results = [(Proxy(str(k)), fit_res(w, n)) for k, (w, n) in enumerate(clients)]
+    initial = ndarrays_to_parameters(clients[0][0])
+
+    def density(arrays) -> float:
+        kept = [a for a in arrays if a.ndim > 1]
+        return sum(int((a != 0).sum()) for a in kept) / sum(a.size for a in kept)
+
+    masked, _ = MaskedFedAvg(initial_parameters=initial, target_sparsity=target).aggregate_fit(1, results, [])
+    union, _ = FedAvg(initial_parameters=initial).aggregate_fit(1, results, [])
+    assert density(parameters_to_ndarrays(masked)) == pytest.approx(1 - target, abs=0.005)
+    assert density(parameters_to_ndarrays(union)) > 0.25  # three random 10% supports: about 27% of weights
+    # Pruning back keeps the masked mean's largest weights, not some other rule's.
+    merged = masked_mean([w for w, _ in clients], [n for _, n in clients])
+    for got, mean in zip(parameters_to_ndarrays(masked), merged):
+        kept = got != 0
+        np.testing.assert_allclose(got[kept], mean[kept], rtol=1e-6)
+    np.testing.assert_array_equal(resparsify(merged, target)[0] != 0, parameters_to_ndarrays(masked)[0] != 0)
+
+
+def test_modularfedavg_takes_a_channel_from_the_clients_whose_circuits_use_it():
+    weights = [get_weights(build_model(seed=s)) for s in (0, 1, 2)]
+    counts = [100, 300, 600]
+    circuits = [
+        {3: {"conv1": [0], "conv2": [], "conv3": [5]}},  # conv1 channel 0 and conv3 channel 5: client 0 only
+        {1: {"conv1": [1], "conv2": [2], "conv3": []}, 4: {"conv1": [], "conv2": [], "conv3": [5]}},
+        {7: {"conv1": [1], "conv2": [], "conv3": []}},  # conv1 channel 1: clients 1 and 2
+    ]
+    results = [(Proxy(str(k)), fit_res(w, n, c)) for k, (w, n, c) in enumerate(zip(weights, counts, circuits))]
+    params, _ = ModularFedAvg(initial_parameters=ndarrays_to_parameters(weights[0])).aggregate_fit(1, results, [])
+    got = parameters_to_ndarrays(params)
+    assert [a.shape for a in got] == [a.shape for a in weights[0]]
+    np.testing.assert_allclose(got[0][0], weights[0][0][0], rtol=1e-6)  # conv1 ch 0: client 0's own filter
+    np.testing.assert_allclose(got[1][0], weights[0][1][0], rtol=1e-6)  # and its bias
+    np.testing.assert_allclose(got[0][1], (300 * weights[1][0][1] + 600 * weights[2][0][1]) / 900, rtol=1e-5)
+    np.testing.assert_allclose(got[2][2], weights[1][2][2], rtol=1e-6)  # conv2 ch 2: client 1's
+    # conv3 channel 5 is in clients 0 and 1's circuits: their mean, with fc's block of columns for it.
+    np.testing.assert_allclose(got[4][5], (100 * weights[0][4][5] + 300 * weights[1][4][5]) / 400, rtol=1e-5)
+    fc = [w[6].reshape(10, 128, -1) for w in weights]
+    np.testing.assert_allclose(
+        got[6].reshape(10, 128, -1)[:, 5], (100 * fc[0][:, 5] + 300 * fc[1][:, 5]) / 400, rtol=1e-5
+    )
+    # A channel no circuit uses, and fc's bias, are FedAvg's mean.
+    fedavg = weighted_mean(weights, counts)
+    np.testing.assert_allclose(got[0][2], fedavg[0][2], rtol=1e-5)
+    np.testing.assert_allclose(got[7], fedavg[7], rtol=1e-5)
+    assert modular_mean(weights, counts, [{}, {}, {}])[4].tolist() == fedavg[4].tolist()
