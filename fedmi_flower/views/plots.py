@@ -481,6 +481,15 @@ def collapsed_share(run: Run) -> np.ndarray:
         return np.where(defined > 0, collapsed / np.maximum(defined, 1), np.nan)
 
 
+def degenerate_share(run: Run) -> np.ndarray:
+    """Per round, the share of local circuits that are degenerate on their own model (NaN: none reported)."""
+    out = []
+    for record in run.records:
+        total = sum(len(c.circuits) for c in record.clients.values())
+        out.append(record.summary.degenerate_local / total if total else np.nan)
+    return np.asarray(out, dtype=float)
+
+
 def summary_curve(name: str) -> Callable[[Run], np.ndarray]:
     """A round summary (a ``RoundSummary`` field) over rounds (NaN where a round lacks it)."""
     return lambda run: summary_series(run.records, name)
@@ -519,6 +528,17 @@ SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray], tuple[str | None, s
         _scale_names(View.STABILITY),
     ),
     (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share, (None, None)),
+    (
+        "inter-client IoU, aligned to the global model",
+        summary_curve("aligned_inter_client_iou"),
+        (_scale_names(View.INTER_CLIENT_IOU)[0], "aligned_inter_client_iou_chance"),
+    ),
+    (
+        "local-global IoU, aligned to the global model",
+        summary_curve("aligned_local_global_iou"),
+        (_scale_names(View.LOCAL_GLOBAL_IOU)[0], "aligned_local_global_iou_chance"),
+    ),
+    ("share of local circuits degenerate", degenerate_share, (None, None)),
 ]
 """The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers), with the
 summary fields of their noise floor and chance level (drawn dashed and dotted in the group's colour)."""
@@ -529,7 +549,7 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
 
     Each summary curve per group, mean over the group's seeds with a min-max band.
     """
-    fig, axes = _figure(2, 3, width=3.6, height=2.6)
+    fig, axes = _figure(3, 3, width=3.6, height=2.6)
     cmap = plt.get_cmap("viridis" if len(groups) > 4 else "tab10")
     for ax, (what, curve, (floor_key, chance_key)) in zip(axes.flat, SUMMARY_CURVES):
         curves = []

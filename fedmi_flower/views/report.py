@@ -94,6 +94,7 @@ RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
 COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
 SCALE = "Scale: is a change above the noise floor?"
 FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)"
+ALIGNED = "Aligned IoU and the global model: the same circuit in other channels? (final round)"
 NONDEGENERATE = "over circuits that are not degenerate"
 SCALE_VIEWS = (
     ("inter-client IoU", View.INTER_CLIENT_IOU),
@@ -328,6 +329,30 @@ def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
     return out
 
 
+def alignment_numbers(records: Sequence[Record]) -> Numbers:
+    """Raw against aligned IoU, how far alignment moved channels, and the global model's sparsity (final round).
+
+    Aligned IoU compares masks after each client's channels are matched to the global
+    model's (``analysis.alignment``); raw IoU low and aligned IoU high means the same
+    circuit in other channels. Records without alignment leave the aligned rows undefined.
+    """
+    analysed = [r for r in records if r.analysed]
+    if not analysed:
+        return {}
+    last = analysed[-1]
+    s = last.summary
+    local = sum(len(c.circuits) for c in last.clients.values())
+    return {
+        (ALIGNED, "inter-client IoU, raw", VALUE): s.inter_client_iou,
+        (ALIGNED, "inter-client IoU, aligned", VALUE): s.aligned_inter_client_iou,
+        (ALIGNED, "local-global IoU, raw", VALUE): s.local_global_iou,
+        (ALIGNED, "local-global IoU, aligned", VALUE): s.aligned_local_global_iou,
+        (ALIGNED, "channels moved by the alignment, per client", VALUE): s.channels_moved,
+        (ALIGNED, "share of local circuits degenerate", VALUE): s.degenerate_local / local if local else math.nan,
+        (ALIGNED, "global model sparsity", VALUE): last.global_model.sparsity,
+    }
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -338,6 +363,7 @@ def rq_table(records: Sequence[Record]) -> Numbers:
         **verdict_numbers(records),
         **scale_numbers(records),
         **faithfulness_numbers(records),
+        **alignment_numbers(records),
     }
 
 
@@ -376,7 +402,7 @@ def _kind(key: Key) -> str:
     _, row, column = key
     if column in _VERDICTS:
         return "verdict"
-    if "circuit size, channels" in row:
+    if "circuit size, channels" in row or "channels moved" in row:
         return "channels"
     return "count" if row in _COUNTS or column in _COUNTS or row.endswith(": pairs") else "float"
 
@@ -591,7 +617,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         numbers = _formatted(runs)
         if len(runs) > 1:
             blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED):
             blocks += _table_blocks(title_, numbers)
     else:
         per_group = [_formatted(g) for g in groups]
@@ -599,7 +625,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         if seeds > 1:
             blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED):
             blocks += _group_table_blocks(title_, per_group, heads)
 
     blocks.append(("h", 2, "Definitions"))
