@@ -8,6 +8,8 @@ back into the network, where FedAvg's blend of unrelated channels loses accuracy
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from fakes import Proxy
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
+from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.science.aggregation import masked_mean, modular_mean, resparsify, weighted_mean
 from fedmi_flower.science.alignment import (
     channels_moved,
@@ -218,3 +221,57 @@ def test_modularfedavg_takes_a_channel_from_the_clients_whose_circuits_use_it():
     np.testing.assert_allclose(got[0][2], fedavg[0][2], rtol=1e-5)
     np.testing.assert_allclose(got[7], fedavg[7], rtol=1e-5)
     assert modular_mean(weights, counts, [{}, {}, {}])[4].tolist() == fedavg[4].tolist()
+
+
+def test_aligned_iou_sees_the_same_circuit_in_other_channels(tmp_path):
+    """Client 1 is client 0's network with its channels permuted; raw IoU says "other circuits", aligned IoU 1.0."""
+    from fakes import fit_res as client_result
+    from fakes import make_strategy
+    from planted import PLANTED, planted_model
+
+    planted = random_permutation(8)
+    # The planted network wires two conv1 channels with identical one-weight filters: a tie weight matching
+    # cannot break from conv1 alone, and coordinate descent stays in it (each layer's move alone gains
+    # nothing). Trained networks have no such twins; a 1e-3 jitter gives every filter its own identity.
+    jitter = np.random.default_rng(9)
+    weights = [w + 1e-3 * jitter.standard_normal(w.shape).astype(w.dtype) for w in get_weights(planted_model())]
+    theirs = {c: map_circuit(circuit, planted) for c, circuit in PLANTED.items()}
+    strategy, run_dir = make_strategy(tmp_path, "matchedfedavg", partition_sizes={0: 100, 1: 300, 2: 50})
+    results = [
+        client_result(0, PLANTED, weights, 100),
+        client_result(1, theirs, permute(weights, planted), 300),
+    ]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    for got, want in zip(parameters_to_ndarrays(params), weights):  # matched back onto client 0: its network
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    (record,) = run_dir.read_rounds()  # the record as written to rounds.jsonl and read back
+    for cls in PLANTED:
+        assert record.inter_client_iou[cls].mean < 0.5
+        assert record.aligned_inter_client_iou[cls].mean == 1.0
+        assert record.aligned_local_global_iou[1][cls].mean == record.local_global_iou[0][cls].mean
+    assert sum(record.clients[0].channels_moved.values()) == 0
+    assert record.clients[1].channels_moved == channels_moved(inverse(planted))
+    s = record.summary
+    assert s.aligned_inter_client_iou == 1.0 and s.inter_client_iou < 0.5 and s.channels_moved > 100
+    assert s.aligned_inter_client_iou_chance == pytest.approx(s.inter_client_iou_chance)
+
+
+def test_fedmi_run_with_maskedfedavg_keeps_the_sparsity_and_records_raw_and_aligned_iou(tmp_path, mnist_root):
+    """The command of the issue, small: `fedmi run noniid-2class --set strategy.name=maskedfedavg --set rounds=2`."""
+    from runs import SMALL_NONIID, fedmi, sets
+
+    out = tmp_path / "masked"
+    small = [s for s in SMALL_NONIID if not s.startswith("rounds=")]
+    args = sets([*small, "rounds=2", "strategy.name=maskedfedavg"])
+    proc = fedmi("run", "noniid-2class", *args, "--out", str(out), "--data-root", mnist_root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "aligned inter-client" in proc.stdout + proc.stderr
+    records = RunDirectory(out).read_rounds()
+    assert [r.round for r in records] == [1, 2]
+    for record in records:
+        assert record.global_model.sparsity == pytest.approx(0.95, abs=0.01)  # FedAvg's union would be denser
+        assert set(record.aligned_local_global_iou) == set(record.local_global_iou) == {0, 1, 2}
+        for pid, client in record.clients.items():
+            assert set(client.channels_moved) == set(SIZES)
+            assert set(record.aligned_local_global_iou[pid]) == set(record.local_global_iou[pid])
+        assert not math.isnan(record.summary.aligned_local_global_iou)

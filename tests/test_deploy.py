@@ -25,6 +25,7 @@ from fedmi_flower.records.results import RunDirectory
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["rounds=2", "data.max_per_client=600", "discovery.steps=10", "data.eval_per_class=20"]
+STRATEGY = "strategy.name=matchedfedavg"  # a strategy of fedmi's own, through the deployment runtime
 LAYERS = {"conv1", "conv2", "conv3"}
 
 
@@ -41,7 +42,9 @@ def deployed(tmp_path_factory, mnist_root) -> dict:
                 failure = ""
             except DeploymentError as err:
                 failure = str(err)
-            deployment.run({"experiment": "quickstart", "set": " ".join(SMALL)}, out, timeout=400, echo=echo)
+            deployment.run(
+                {"experiment": "quickstart", "set": " ".join([*SMALL, STRATEGY])}, out, timeout=400, echo=echo
+            )
             assert deployment.credentials is not None
             stranger = base / "stranger-key"
             write_key_pair(stranger)  # a well-formed key pair that was never registered
@@ -79,6 +82,7 @@ def test_a_failed_run_is_an_error_naming_the_log(deployed):
 
 def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
     assert "[round 2/2] 3/3 clients |" in deployed["echo"]  # the ServerApp's log, streamed through `flwr run`
+    assert "strategy matchedfedavg" in deployed["echo"]
     run_log = (deployed["out"] / "run.log").read_text()  # and kept in the run directory, this run's part only
     assert "[round 2/2] 3/3 clients |" in run_log and "no-such-experiment" not in run_log and "\x1b[" not in run_log
     rounds = rounds_json(RunDirectory(deployed["out"]))
@@ -86,6 +90,9 @@ def test_deployed_run_writes_both_rounds_of_three_clients(deployed):
     for record in rounds:
         assert sorted(record["clients"]) == ["0", "1", "2"] and record["failures"] == [] and record["rejected"] == []
         assert math.isfinite(record["global"]["accuracy"]) and 0.0 <= record["global"]["accuracy"] <= 1.0
+        # matchedfedavg ran, and the records carry aligned IoU beside the raw one
+        assert sorted(record["aligned_local_global_iou"]) == sorted(record["local_global_iou"]) == ["0", "1", "2"]
+        assert all(set(c["channels_moved"]) == LAYERS for c in record["clients"].values())
         for circuits in [record["global"]["circuits"]] + [c["circuits"] for c in record["clients"].values()]:
             assert sorted(circuits) == ["0", "1", "2", "7"]
             assert all(set(circuit) == LAYERS for circuit in circuits.values())

@@ -519,6 +519,13 @@ def summary_group(name: str) -> str:
     return "circuits"
 
 
+ALIGNED_SUMMARY: dict[View, str] = {
+    View.INTER_CLIENT_IOU: "aligned_inter_client_iou",
+    View.LOCAL_GLOBAL_IOU: "aligned_local_global_iou",
+}
+"""The :class:`RoundSummary` field of each view measured again after alignment; its chance level is the
+same name with ``_chance``."""
+
 SUMMARY_FLOOR: dict[FloorKind, str] = {
     FloorKind.SEED: "seed_floor",
     FloorKind.SOURCE: "source_floor",

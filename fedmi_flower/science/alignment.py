@@ -17,6 +17,9 @@ Two ways to match, both solved per layer as a linear assignment
   (FedMA's layer-wise matching, Wang et al. 2020), then coordinate descent re-solves
   each layer with both its incoming and outgoing weights until nothing improves. The
   fc layer follows conv3: its input columns come in blocks, one per conv3 channel.
+  Two channels with identical incoming weights are a tie the forward pass breaks
+  arbitrarily; when their outgoing weights differ, coordinate descent can stay in the
+  wrong order (moving one layer alone gains nothing). Trained networks do not have such twins.
 - **activations** (:func:`match_activations`): each layer's channels paired by the
   correlation of their outputs on the same images (Li et al. 2016, "Convergent
   learning"; Git Re-Basin's activation matching). Needs images; independent per layer.

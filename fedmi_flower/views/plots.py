@@ -29,7 +29,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from fedmi_flower.records.round_record import FLOOR_OF_VIEW, SUMMARY_FLOOR, View
+from fedmi_flower.records.round_record import ALIGNED_SUMMARY, FLOOR_OF_VIEW, SUMMARY_FLOOR, View
 from fedmi_flower.records.series import (
     LAYERS,
     OVERALL,
@@ -528,15 +528,13 @@ SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray], tuple[str | None, s
         _scale_names(View.STABILITY),
     ),
     (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share, (None, None)),
-    (
-        "inter-client IoU, aligned to the global model",
-        summary_curve("aligned_inter_client_iou"),
-        (_scale_names(View.INTER_CLIENT_IOU)[0], "aligned_inter_client_iou_chance"),
-    ),
-    (
-        "local-global IoU, aligned to the global model",
-        summary_curve("aligned_local_global_iou"),
-        (_scale_names(View.LOCAL_GLOBAL_IOU)[0], "aligned_local_global_iou_chance"),
+    *(
+        (
+            f"{what}, aligned to the global model",
+            summary_curve(ALIGNED_SUMMARY[view]),
+            (_scale_names(view)[0], f"{ALIGNED_SUMMARY[view]}_chance"),
+        )
+        for what, view in (("inter-client IoU", View.INTER_CLIENT_IOU), ("local-global IoU", View.LOCAL_GLOBAL_IOU))
     ),
     ("share of local circuits degenerate", degenerate_share, (None, None)),
 ]
