@@ -275,3 +275,14 @@ def test_fedmi_run_with_maskedfedavg_keeps_the_sparsity_and_records_raw_and_alig
             assert set(client.channels_moved) == set(SIZES)
             assert set(record.aligned_local_global_iou[pid]) == set(record.local_global_iou[pid])
         assert not math.isnan(record.summary.aligned_local_global_iou)
+
+
+def test_modularfedavg_counts_a_client_with_undecodable_circuits_as_claiming_no_channel():
+    weights = [get_weights(build_model(seed=s)) for s in (0, 1)]
+    good = {3: {"conv1": [0], "conv2": [], "conv3": []}}
+    results = [(Proxy("0"), fit_res(weights[0], 100, good)), (Proxy("1"), fit_res(weights[1], 300))]
+    results[1][1].metrics["circuits"] = b"FMC1\x00\x01garbage"  # a malformed payload: its circuits are dropped
+    params, _ = ModularFedAvg(initial_parameters=ndarrays_to_parameters(weights[0])).aggregate_fit(1, results, [])
+    expected = modular_mean(weights, [100, 300], [good, {}])
+    for got, want in zip(parameters_to_ndarrays(params), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
