@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import traceback
@@ -337,7 +338,8 @@ class CircuitAnalysisMixin:
         count is trusted (:meth:`screen_examples`) and no other result claims its
         partition. Two results claiming one partition that the server cannot tell apart
         are both rejected, whatever their order of arrival. A report that does not decode
-        loses its circuits only: its weights were already vouched for.
+        loses its circuits only: its weights were already vouched for, and its result goes
+        to the parent strategy without its circuits.
         """
         rejected: list[Rejection] = []
 
@@ -371,11 +373,13 @@ class CircuitAnalysisMixin:
                     )
                 continue
             ((proxy, res),) = claimants
-            accepted.append((proxy, res))
             try:
                 reported.append((self.screen_report(res), res))
             except PayloadError as err:
                 reject(proxy, str(err), True)
+                # Its circuits are untrusted: no aggregation rule that reads circuits (modularfedavg) sees them.
+                res = dataclasses.replace(res, metrics={k: v for k, v in res.metrics.items() if k != "circuits"})
+            accepted.append((proxy, res))
         rejected.sort(key=lambda r: r.client)
         return accepted, reported, rejected
 
@@ -418,6 +422,8 @@ class CircuitAnalysisMixin:
         except Exception:  # a bug in the analysis must not lose the training run
             log(WARNING, "round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
             record = RoundRecord(round=rnd, analysis_error=traceback.format_exc())
+        if record.alignment_error is not None:
+            log(WARNING, "round %d: aligned IoU failed, the other views stand:\n%s", rnd, record.alignment_error)
         record.aggregated = aggregated
         record.not_aggregated_because = reason
         record.sampled = len(results) + len(failures)

@@ -22,13 +22,17 @@ class ModularFedAvg(MergingFedAvg):
     client's circuits use is taken from that client; one that several clients' circuits
     use is their example-weighted mean; one that no circuit uses is every client's mean
     (:func:`~fedmi_flower.science.aggregation.modular_mean` states the rule). A client
-    whose circuits do not decode counts as using no channel: its weights still enter
-    the means of channels no circuit claims and the fc bias.
+    whose circuits are missing or do not decode, or whose report the circuit analysis
+    rejected, counts as using no channel: its weights still enter the means of channels
+    no circuit claims and the fc bias.
     """
 
     def circuits_of(self, result: Result, layer_sizes: dict[str, int]) -> dict[int, Circuit]:
-        """The client's circuits in its fit metrics; none when they are missing or do not decode."""
+        """The client's circuits in its fit metrics; none when they are missing (the circuit analysis removes
+        those of a rejected report) or do not decode."""
         proxy, res = result
+        if "circuits" not in res.metrics:
+            return {}
         try:
             return decode_circuits(res.metrics.get("circuits", b""), layer_sizes)
         except PayloadError as err:

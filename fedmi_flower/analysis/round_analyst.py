@@ -39,6 +39,7 @@ import dataclasses
 import itertools
 import math
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -475,7 +476,11 @@ class RoundAnalyst:
         timings.control = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        alignments = self.alignments(model, local_weights or {})
+        alignment_error = None
+        try:
+            alignments = self.alignments(model, local_weights or {})
+        except Exception:  # aligned IoU is one view: its failure must not cost the round's other views
+            alignments, alignment_error = {}, traceback.format_exc()
         aligned = self.aligned(reports, alignments)
         timings.alignment = time.perf_counter() - t0
 
@@ -504,6 +509,7 @@ class RoundAnalyst:
                 if r.circuits
             },
             timings=timings,
+            alignment_error=alignment_error,
         )
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]

@@ -512,7 +512,7 @@ def summary_group(name: str) -> str:
         return "cross_eval"
     if name.endswith("_faithfulness"):
         return "faithfulness"
-    if name.startswith((*View, "aligned_")) or name in SUMMARY_FLOOR.values():
+    if name.startswith((*View, "aligned_")) or name in (*SUMMARY_FLOOR.values(), "channels_moved"):
         return "iou"
     if name.startswith(("degenerate", "control", "empty")):
         return "degenerate"
@@ -622,6 +622,8 @@ class RoundRecord:
     silent_clients: list[SilentClient] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     analysis_error: str | None = None
+    alignment_error: str | None = None
+    """Why aligned IoU is missing from an analysed round (the alignment failed; the rest of the analysis stands)."""
     schema: int = SCHEMA_VERSION
 
     @property
@@ -668,6 +670,8 @@ class RoundRecord:
                     "summary": self.summary.scalars(),
                 }
             )
+            if self.alignment_error is not None:
+                out["alignment_error"] = self.alignment_error
         else:
             out["analysis_error"] = self.analysis_error
         out["timings"] = self.timings.to_json()
@@ -724,5 +728,6 @@ class RoundRecord:
                 for r in raw.get("rejected") or []
             ],
             analysis_error=raw.get("analysis_error"),
+            alignment_error=raw.get("alignment_error"),
             schema=version,
         )
