@@ -482,11 +482,16 @@ def collapsed_share(run: Run) -> np.ndarray:
 
 
 def degenerate_share(run: Run) -> np.ndarray:
-    """Per round, the share of local circuits that are degenerate on their own model (NaN: none reported)."""
+    """Per round, the share of the global model's circuits that are degenerate (NaN: none found).
+
+    What aggregation decides: whether the global model still recognises the classes its
+    clients hold. (Local circuits are degenerate on their own model or not, whatever the
+    strategy; the report counts them.)
+    """
     out = []
     for record in run.records:
-        total = sum(len(c.circuits) for c in record.clients.values())
-        out.append(record.summary.degenerate_local / total if total else np.nan)
+        total = len(record.global_model.circuits)
+        out.append(record.summary.degenerate_global / total if total else np.nan)
     return np.asarray(out, dtype=float)
 
 
@@ -527,19 +532,22 @@ SUMMARY_CURVES: list[tuple[str, Callable[[Run], np.ndarray], tuple[str | None, s
         lambda run: layer_curve(stability_series(run.records), "mean", len(run.records)),
         _scale_names(View.STABILITY),
     ),
-    (f"share of local circuits collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})", collapsed_share, (None, None)),
+    (f"local circuits collapsed (suff. < {COLLAPSE_THRESHOLD:.0%}), share", collapsed_share, (None, None)),
     *(
         (
-            f"{what}, aligned to the global model",
+            f"{what}, aligned",
             summary_curve(ALIGNED_SUMMARY[view]),
             (_scale_names(view)[0], f"{ALIGNED_SUMMARY[view]}_chance"),
         )
         for what, view in (("inter-client IoU", View.INTER_CLIENT_IOU), ("local-global IoU", View.LOCAL_GLOBAL_IOU))
     ),
-    ("share of local circuits degenerate", degenerate_share, (None, None)),
+    ("global circuits degenerate, share", degenerate_share, (None, None)),
 ]
 """The per-round curves a comparison sets side by side (IoUs: mean over classes, clients and layers), with the
 summary fields of their noise floor and chance level (drawn dashed and dotted in the group's colour)."""
+
+
+GROUP_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
@@ -557,7 +565,18 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
             masked = np.ma.masked_invalid(matrix)  # a run lacking a value leaves it out; no run: a gap
             mean = masked.mean(axis=0).filled(np.nan)
             curves.append(mean)
-            _line(ax, rounds, mean, color=colour, label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+            # Each group its own marker, and earlier groups drawn wider: a group whose curve coincides with an
+            # earlier one's (matchedfedavg where no channel moves is FedAvg) leaves that one visible around it.
+            _line(
+                ax,
+                rounds,
+                mean,
+                color=colour,
+                marker=GROUP_MARKERS[g % len(GROUP_MARKERS)],
+                markersize=max(6.5 - 1.2 * g, 3.0),
+                linewidth=max(3.2 - 0.6 * g, 1.0),
+                label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""),
+            )
             if len(runs) > 1:
                 ax.fill_between(
                     rounds,

@@ -94,7 +94,7 @@ RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
 COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
 SCALE = "Scale: is a change above the noise floor?"
 FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)"
-ALIGNED = "Aligned IoU and the global model: the same circuit in other channels? (final round)"
+ALIGNED = "Aligned IoU, degenerate circuits, the global model: what aggregation changes (final round)"
 NONDEGENERATE = "over circuits that are not degenerate"
 SCALE_VIEWS = (
     ("inter-client IoU", View.INTER_CLIENT_IOU),
@@ -342,6 +342,7 @@ def alignment_numbers(records: Sequence[Record]) -> Numbers:
     last = analysed[-1]
     s = last.summary
     local = sum(len(c.circuits) for c in last.clients.values())
+    found = len(last.global_model.circuits)
     return {
         (ALIGNED, "inter-client IoU, raw", VALUE): s.inter_client_iou,
         (ALIGNED, "inter-client IoU, aligned", VALUE): s.aligned_inter_client_iou,
@@ -349,6 +350,7 @@ def alignment_numbers(records: Sequence[Record]) -> Numbers:
         (ALIGNED, "local-global IoU, aligned", VALUE): s.aligned_local_global_iou,
         (ALIGNED, "channels moved by the alignment, per client", VALUE): s.channels_moved,
         (ALIGNED, "share of local circuits degenerate", VALUE): s.degenerate_local / local if local else math.nan,
+        (ALIGNED, "share of global circuits degenerate", VALUE): s.degenerate_global / found if found else math.nan,
         (ALIGNED, "global model sparsity", VALUE): last.global_model.sparsity,
     }
 
