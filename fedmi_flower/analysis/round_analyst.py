@@ -50,6 +50,7 @@ from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.records.round_record import (
     ClientEntry,
     CrossEvaluation,
+    Dominance,
     GlobalEntry,
     IoU,
     NoiseFloor,
@@ -78,11 +79,15 @@ from fedmi_flower.science.circuits import (
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.metrics import (
     chance_circuit_iou,
+    circuit_bloat,
     circuit_iou,
     class_pairs,
     defined_pairs,
+    dominance,
+    label_emd,
     mean_entries,
     nanmean,
+    polysemantic_share,
 )
 from fedmi_flower.science.model import SimpleCNN, build_model, evaluate, get_weights
 from fedmi_flower.science.seeding import derive_seed, torch_generator
@@ -362,6 +367,45 @@ class RoundAnalyst:
             if r.partition_id in alignments
         ]
 
+    @staticmethod
+    def skew_and_polysemanticity(
+        reports: Sequence[ClientReport],
+        clients: Mapping[int, ClientEntry],
+        global_entry: GlobalEntry,
+        sizes: Mapping[str, int],
+    ) -> None:
+        """Fill in each client's label skew and polysemantic share, and the global model's share and bloat.
+
+        Label skew is against the pooled label distribution of the round's clients (the
+        population's when every client reports).
+        """
+        counted = [r.class_counts for r in reports if r.class_counts]
+        pooled = [sum(column) for column in zip(*counted)] if counted else []
+        for r in reports:
+            entry = clients[r.partition_id]
+            if r.class_counts and pooled:
+                entry.label_emd = label_emd(r.class_counts, pooled)
+            entry.polysemantic_share = polysemantic_share(r.circuits, sizes)
+        global_entry.polysemantic_share = polysemantic_share(global_entry.circuits, sizes)
+        global_entry.bloat = {
+            c: circuit_bloat(n, [clients[r.partition_id].circuit_sizes[c] for r in reports if c in r.circuits])
+            for c, n in sorted(global_entry.circuit_sizes.items())
+            if any(c in r.circuits for r in reports)
+        }
+
+    @staticmethod
+    def dominance_by_class(
+        classes: Sequence[int], local_global: Mapping[int, Mapping[int, IoU]]
+    ) -> dict[int, Dominance]:
+        """Per class some client holds: which holder's circuit the global circuit follows, by local-global IoU."""
+        out = {}
+        for cls in classes:
+            ious = {pid: per[cls].mean for pid, per in local_global.items() if cls in per}
+            if ious:
+                found = dominance(ious)
+                out[cls] = Dominance(*found)
+        return out
+
     def score(
         self, model: SimpleCNN, global_circuits: Mapping[int, Circuit], reports: Sequence[ClientReport]
     ) -> tuple[dict[int, CircuitScores], dict[tuple[int, int], CircuitScores]]:
@@ -489,6 +533,8 @@ class RoundAnalyst:
         for pid, perm in alignments.items():
             if pid in clients:
                 clients[pid].channels_moved = channels_moved(perm)
+        self.skew_and_polysemanticity(reports, clients, global_entry, sizes)
+        local_global = self.local_global(reports, global_circuits, sizes)
         record = RoundRecord(
             round=int(server_round),
             classes=classes,
@@ -498,7 +544,8 @@ class RoundAnalyst:
             noise_floor=floor,
             inter_client_iou=self.inter_client(classes, reports, sizes),
             class_pair_iou=self.class_pair(reports, sizes),
-            local_global_iou=self.local_global(reports, global_circuits, sizes),
+            local_global_iou=local_global,
+            dominance=self.dominance_by_class(classes, local_global),
             aligned_inter_client_iou=self.inter_client(classes, aligned, sizes) if alignments else {},
             aligned_local_global_iou=self.local_global(aligned, global_circuits, sizes) if alignments else {},
             stability=stability,
@@ -605,6 +652,12 @@ class RoundAnalyst:
             aligned_local_global_iou_pairs=defined_pairs([v.layers for v in aligned_lg]),
             aligned_local_global_iou_chance=nanmean(v.chance_mean for v in aligned_lg),
             channels_moved=nanmean(float(m) for m in moved),
+            mean_label_emd=nanmean(c.label_emd for c in record.clients.values()),
+            circuit_bloat=nanmean(record.global_model.bloat.values()),
+            polysemantic_local=nanmean(c.polysemantic_share for c in record.clients.values()),
+            polysemantic_global=record.global_model.polysemantic_share,
+            dominance_lead=nanmean(d.lead for d in record.dominance.values()),
+            dominance_entropy=nanmean(d.entropy for d in record.dominance.values()),
             stability=nanmean(v.mean for v in stab),
             stability_pairs=defined_pairs([v.layers for v in stab]),
             stability_chance=nanmean(v.chance_mean for v in stab),

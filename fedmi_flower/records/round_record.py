@@ -16,6 +16,7 @@ undefined values ``null``)::
      "inter_client_iou": {cls: IoU}, "class_pair_iou": {"a-b": IoU},
      "local_global_iou": {pid: {cls: IoU}}, "stability": {pid: {cls: IoU}},
      "aligned_inter_client_iou": {cls: IoU}, "aligned_local_global_iou": {pid: {cls: IoU}},
+     "dominance": {cls: {"winner": pid, "lead": .., "entropy": ..}},
      "stability_gap": {pid: {cls: IoU}}, "cross_eval": {pid: {cls: CrossEvaluation}},
      "summary": RoundSummary, "timings": RoundTimings,
      "aggregated": bool, "not_aggregated_because": str, "sampled": n,
@@ -237,6 +238,23 @@ class CrossEvaluation(Scores):
 
 
 @dataclass
+class Dominance:
+    """Which client's circuit of a class the global circuit follows (:func:`fedmi_flower.science.metrics.dominance`)."""
+
+    winner: int | None = None
+    lead: float = math.nan
+    entropy: float = math.nan
+
+    def to_json(self) -> Json:
+        return {"winner": self.winner, "lead": self.lead, "entropy": self.entropy}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Dominance:
+        winner = raw.get("winner")
+        return cls(int(winner) if winner is not None else None, number(raw.get("lead")), number(raw.get("entropy")))
+
+
+@dataclass
 class ClientEntry:
     """One client's part of a round: what it reported, with its circuits' sizes and local verdicts."""
 
@@ -257,6 +275,10 @@ class ClientEntry:
     """Why a circuit is degenerate on its own model, for each circuit that is (:mod:`fedmi_flower.science.verdicts`)."""
     channels_moved: dict[str, int] = field(default_factory=dict)
     """Per layer, how many of the client's channels its alignment to the global model moved (empty: not aligned)."""
+    label_emd: float = math.nan
+    """Label skew: EMD of the client's label distribution to the pooled one of the round's clients."""
+    polysemantic_share: float = math.nan
+    """Of the channels the client's circuits use, the share used by two or more classes."""
 
     def to_json(self) -> Json:
         return {
@@ -275,6 +297,8 @@ class ClientEntry:
             "discovery_steps": _str_keyed(self.discovery_steps),
             "degenerate": _str_keyed(self.degenerate),
             "channels_moved": dict(self.channels_moved),
+            "label_emd": self.label_emd,
+            "polysemantic_share": self.polysemantic_share,
         }
 
     @classmethod
@@ -295,6 +319,8 @@ class ClientEntry:
             discovery_steps=_keyed(raw.get("discovery_steps"), int),
             degenerate=_keyed(raw.get("degenerate")),
             channels_moved={k: int(v) for k, v in (raw.get("channels_moved") or {}).items()},
+            label_emd=number(raw.get("label_emd")),
+            polysemantic_share=number(raw.get("polysemantic_share")),
         )
 
 
@@ -313,9 +339,15 @@ class GlobalEntry:
     verdicts: dict[int, str] = field(default_factory=dict)
     degenerate: dict[int, str] = field(default_factory=dict)
     """Why a circuit is degenerate, for each circuit that is."""
+    polysemantic_share: float = math.nan
+    """Of the channels the global circuits use, the share used by two or more classes."""
+    bloat: dict[int, float] = field(default_factory=dict)
+    """Per class: the global circuit's size over the mean size of the clients' circuits of the class."""
 
     def to_json(self) -> Json:
         return {
+            "polysemantic_share": self.polysemantic_share,
+            "bloat": _str_keyed(self.bloat),
             "accuracy": self.accuracy,
             "loss": self.loss,
             "per_class_accuracy": _str_keyed(self.per_class_accuracy),
@@ -341,6 +373,8 @@ class GlobalEntry:
             scores=_keyed(raw.get("scores"), Scores.from_json),
             verdicts=_keyed(raw.get("verdicts")),
             degenerate=_keyed(raw.get("degenerate")),
+            polysemantic_share=number(raw.get("polysemantic_share")),
+            bloat=_keyed(raw.get("bloat"), number),
         )
 
 
@@ -428,6 +462,18 @@ class RoundSummary:
     aligned_local_global_iou_chance: float = math.nan
     channels_moved: float = math.nan
     """Mean over aligned clients of how many of their 224 channels the alignment moved."""
+    mean_label_emd: float = math.nan
+    """Label skew of the round's clients: the mean of their ``label_emd``."""
+    circuit_bloat: float = math.nan
+    """Mean over classes of the global circuit's size over the clients' mean circuit size."""
+    polysemantic_local: float = math.nan
+    """Mean over clients of the share of their circuits' channels used by two or more classes."""
+    polysemantic_global: float = math.nan
+    """The same share for the global model's circuits."""
+    dominance_lead: float = math.nan
+    """Mean over classes held by two or more clients of the winning client's local-global IoU lead."""
+    dominance_entropy: float = math.nan
+    """Mean over those classes of the normalised entropy of the local-global IoUs (0: one client, 1: all alike)."""
     seed_floor: float = math.nan
     source_floor: float = math.nan
     client_seed_floor: float = math.nan
@@ -500,7 +546,7 @@ class RoundSummary:
         return cls(**values)
 
 
-SUMMARY_GROUPS = ("accuracy", "iou", "cross_eval", "faithfulness", "degenerate", "circuits")
+SUMMARY_GROUPS = ("accuracy", "iou", "cross_eval", "faithfulness", "degenerate", "circuits", "skew")
 """What a :class:`RoundSummary` field can summarise (TensorBoard files each round's scalars under these)."""
 
 
@@ -516,6 +562,8 @@ def summary_group(name: str) -> str:
         return "iou"
     if name.startswith(("degenerate", "control", "empty")):
         return "degenerate"
+    if name == "mean_label_emd":
+        return "skew"
     return "circuits"
 
 
@@ -612,6 +660,8 @@ class RoundRecord:
     """Inter-client IoU by class with every client's masks in the global model's channel indices."""
     aligned_local_global_iou: dict[int, dict[int, IoU]] = field(default_factory=dict)
     """Local-global IoU with the client's masks in the global model's channel indices."""
+    dominance: dict[int, Dominance] = field(default_factory=dict)
+    """Per class held by some client: which holder's circuit the global circuit follows."""
     cross_eval: dict[int, dict[int, CrossEvaluation]] = field(default_factory=dict)
     summary: RoundSummary = field(default_factory=RoundSummary)
     timings: RoundTimings = field(default_factory=RoundTimings)
@@ -666,6 +716,7 @@ class RoundRecord:
                     "stability_gap": per_client(self.stability_gap),
                     "aligned_inter_client_iou": _str_keyed(self.aligned_inter_client_iou, IoU.to_json),
                     "aligned_local_global_iou": per_client(self.aligned_local_global_iou),
+                    "dominance": _str_keyed(self.dominance, Dominance.to_json),
                     "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
                     "summary": self.summary.scalars(),
                 }
@@ -713,6 +764,7 @@ class RoundRecord:
             stability_gap=per_client("stability_gap"),
             aligned_inter_client_iou=_keyed(raw.get("aligned_inter_client_iou"), IoU.from_json),
             aligned_local_global_iou=per_client("aligned_local_global_iou"),
+            dominance=_keyed(raw.get("dominance"), Dominance.from_json),
             cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
             summary=RoundSummary.from_json(raw.get("summary")),
             timings=RoundTimings.from_json(raw.get("timings")),

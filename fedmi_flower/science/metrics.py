@@ -15,11 +15,13 @@ import functools
 import itertools
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from fedmi_flower.science.circuits import Circuit
 from fedmi_flower.science.model import CIRCUIT_LAYERS
 
 MEAN = "mean"
+K = TypeVar("K", bound=Hashable)
 
 
 def nanmean(values: Iterable[float]) -> float:
@@ -145,3 +147,96 @@ def local_global_iou(local: Circuit, global_: Circuit, layers: Sequence[str] = C
     IoU of a client's local circuit and the global model's circuit of the same class.
     """
     return circuit_iou(local, global_, layers)
+
+
+# ---------------------------------------------------------------------- the paper's open questions (issue 16)
+
+
+def label_emd(counts: Sequence[int], reference: Sequence[int]) -> float:
+    """Label skew of one client: the earth mover's distance of its label distribution to ``reference``'s.
+
+    For class labels with unit distance between any two classes this is the sum of the
+    absolute differences of the two distributions, ``sum_c |p_c - q_c|``: the measure
+    Zhao et al. (2018, "Federated Learning with Non-IID Data", section 3) relate to
+    FedAvg's accuracy drop. 0 for the reference's own distribution, 2 for disjoint
+    supports. NaN when either holds no example.
+    """
+    if len(counts) != len(reference):
+        raise ValueError(f"{len(counts)} class counts against {len(reference)} reference counts")
+    if any(c < 0 for c in counts) or any(c < 0 for c in reference):
+        raise ValueError("class counts must be non-negative")
+    n, m = sum(counts), sum(reference)
+    if n == 0 or m == 0:
+        return float("nan")
+    return math.fsum(abs(c / n - r / m) for c, r in zip(counts, reference))
+
+
+def mean_label_emd(client_counts: Sequence[Sequence[int]]) -> float:
+    """Mean over clients of :func:`label_emd` against the clients' pooled label distribution (the partition's skew)."""
+    if not client_counts:
+        return float("nan")
+    pooled = [sum(column) for column in zip(*client_counts)]
+    return nanmean(label_emd(c, pooled) for c in client_counts)
+
+
+def circuit_bloat(global_size: int, local_sizes: Sequence[int]) -> float:
+    """Circuit bloat of one class: the global model's circuit size over the mean size of the clients' circuits.
+
+    Above 1, averaging left the class a larger circuit than any client needs (the
+    paper's code lists "circuit bloat" as an open question). NaN without local circuits
+    or when they are all empty.
+    """
+    local = nanmean(float(s) for s in local_sizes)
+    return global_size / local if local == local and local > 0 else float("nan")
+
+
+def channel_class_counts(circuits: Mapping[int, Circuit], layer_sizes: Mapping[str, int]) -> dict[str, list[int]]:
+    """Per layer and channel, how many classes' circuits (of one model) use the channel."""
+    out = {layer: [0] * n for layer, n in layer_sizes.items()}
+    for circuit in circuits.values():
+        for layer, channels in circuit.items():
+            for c in set(channels):
+                out[layer][c] += 1
+    return out
+
+
+def polysemantic_share(circuits: Mapping[int, Circuit], layer_sizes: Mapping[str, int]) -> float:
+    """Induced polysemanticity: of the channels some class's circuit uses, the share used by two or more classes.
+
+    Over one model's circuits of every analysed class, all layers together. Compared
+    between local models and the global one it asks whether averaging makes channels
+    serve more classes (the paper's code lists "induced polysemanticity" as an open
+    question). NaN when no circuit uses any channel.
+    """
+    counts = [k for per_layer in channel_class_counts(circuits, layer_sizes).values() for k in per_layer if k > 0]
+    return sum(1 for k in counts if k >= 2) / len(counts) if counts else float("nan")
+
+
+def dominance(ious: Mapping[K, float]) -> tuple[K | None, float, float]:
+    """Which client's circuit the global circuit follows: ``(winner, lead, entropy)``.
+
+    ``ious`` maps each client holding a class to the local-global IoU of its circuit of
+    it. The winner has the highest IoU (the lowest id on ties); ``lead`` is its margin
+    over the next (NaN with one client); ``entropy`` is the normalised Shannon entropy of
+    the IoUs as shares, ``-sum p log p / log n`` with ``p_k = IoU_k / sum IoU``: 0 when
+    the global circuit follows one client only, 1 when it follows all alike (NaN with
+    fewer than two clients or no overlap at all). Paper section 3.2.1: "the FedAvg
+    update in a given round aligns the global model with the circuit of one dominant
+    client".
+    """
+    defined = {k: v for k, v in ious.items() if not math.isnan(v)}
+    if not defined:
+        return None, float("nan"), float("nan")
+    ranked = sorted(defined.items(), key=lambda kv: (-kv[1], _order(kv[0])))
+    winner, top = ranked[0]
+    lead = top - ranked[1][1] if len(ranked) > 1 else float("nan")
+    total = sum(defined.values())
+    if len(defined) < 2 or total <= 0:
+        return winner, lead, float("nan")
+    shares = [v / total for v in defined.values() if v > 0]
+    entropy = -math.fsum(p * math.log(p) for p in shares) / math.log(len(defined))
+    return winner, lead, entropy
+
+
+def _order(key: Hashable) -> tuple:
+    return (0, key, "") if isinstance(key, (int, float)) else (1, 0, str(key))

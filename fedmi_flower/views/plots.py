@@ -181,6 +181,50 @@ def fig_global_accuracy(run: Run) -> Figure:
     return fig
 
 
+def fig_open_questions(run: Run) -> Figure:
+    """Circuit bloat, induced polysemanticity and dominance over rounds (the paper's open questions, issue 16).
+
+    Bloat per class: the global circuit's size over the clients' mean circuit size of the
+    class (1: as large). Polysemanticity: of the channels some circuit uses, the share two
+    or more classes use, in the local models (mean over clients) and in the global model.
+    Dominance per class held by two or more clients: the normalised entropy of the
+    holders' local-global IoUs (0: the global circuit follows one client; 1: all alike).
+    """
+    rounds = run.rounds
+    fig, axes = _figure(1, 3, width=3.4)
+    bloat_ax, poly_ax, dom_ax = axes[0]
+    classes = sorted({c for r in run.records for c in (*r.global_model.bloat, *r.dominance)})
+    bloat_curves, dom_curves = [], []
+    for cls in classes:
+        bloat = np.array([r.global_model.bloat.get(cls, np.nan) for r in run.records], dtype=float)
+        entropy = np.array(
+            [r.dominance[cls].entropy if cls in r.dominance else np.nan for r in run.records], dtype=float
+        )
+        bloat_curves.append(bloat)
+        dom_curves.append(entropy)
+        _line(bloat_ax, rounds, bloat, color=class_colour(cls), label=f"class {cls}", markersize=3)
+        _line(dom_ax, rounds, entropy, color=class_colour(cls), markersize=3)
+    bloat_ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    bloat_ax.set_title("circuit bloat (global / local size)", fontsize=9)
+    bloat_ax.set_ylim(bottom=0)
+    local = np.array([r.summary.polysemantic_local for r in run.records], dtype=float)
+    global_ = np.array([r.summary.polysemantic_global for r in run.records], dtype=float)
+    _line(poly_ax, rounds, local, color="black", label="local models (mean)")
+    _line(poly_ax, rounds, global_, color="black", linestyle="--", label="global model")
+    poly_ax.set_title("channels used by 2+ classes, share", fontsize=9)
+    dom_ax.set_title("dominance: entropy over holders", fontsize=9)
+    _note_if_undefined(bloat_ax, bloat_curves, "no class with local and global circuits")
+    _note_if_undefined(poly_ax, [local, global_], "not in these records")
+    _note_if_undefined(dom_ax, dom_curves, "no class held by two clients")
+    for ax in (bloat_ax, poly_ax, dom_ax):
+        _round_axis(ax, rounds)
+    _unit_axis(poly_ax, "share")
+    _unit_axis(dom_ax, "normalised entropy")
+    _legend(fig, [bloat_ax, poly_ax])
+    _title(fig, run, "Circuit bloat, induced polysemanticity and dominance")
+    return fig
+
+
 # ---------------------------------------------------------------------- structural views
 
 
@@ -692,6 +736,12 @@ RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
         "cross_eval_curves",
         fig_cross_eval_curves,
         "Cross-evaluation over rounds (paper Fig. 4, 7, 9): sufficiency (solid) and specificity (dashed).",
+    ),
+    (
+        "open_questions",
+        fig_open_questions,
+        "The paper's open questions over rounds: circuit bloat per class, the share of channels serving two or "
+        "more classes (local and global), and how much the global circuit follows one client (dominance entropy).",
     ),
 ]
 """Name, figure function and caption of every per-run figure; circuit graphs are added by :func:`plot_run`."""

@@ -95,6 +95,7 @@ COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
 SCALE = "Scale: is a change above the noise floor?"
 FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)"
 ALIGNED = "Aligned IoU, degenerate circuits, the global model: what aggregation changes (final round)"
+OPEN = "Skew, circuit bloat, polysemanticity, dominance: the paper's open questions"
 NONDEGENERATE = "over circuits that are not degenerate"
 SCALE_VIEWS = (
     ("inter-client IoU", View.INTER_CLIENT_IOU),
@@ -355,6 +356,34 @@ def alignment_numbers(records: Sequence[Record]) -> Numbers:
     }
 
 
+def open_question_numbers(records: Sequence[Record]) -> Numbers:
+    """Label skew, circuit bloat, induced polysemanticity and dominance (final round; persistence over rounds).
+
+    ``one client keeps winning``: per class held by two or more clients, the share of
+    rounds its most frequent winner won, averaged over those classes (1: the same
+    client every round). Records written before these measures leave them undefined.
+    """
+    analysed = [r for r in records if r.analysed]
+    if not analysed:
+        return {}
+    s = analysed[-1].summary
+    winners: dict[int, list[int]] = {}
+    for record in analysed:
+        for cls, d in record.dominance.items():
+            if d.winner is not None and not math.isnan(d.lead):  # held by two or more clients
+                winners.setdefault(cls, []).append(d.winner)
+    persistence = [max(w.count(k) for k in set(w)) / len(w) for w in winners.values() if w]
+    return {
+        (OPEN, "label skew: mean EMD of the clients to the pooled labels (0 to 2)", VALUE): s.mean_label_emd,
+        (OPEN, "circuit bloat: global / local circuit size, mean over classes", VALUE): s.circuit_bloat,
+        (OPEN, "channels used by 2+ classes, share: local models", VALUE): s.polysemantic_local,
+        (OPEN, "channels used by 2+ classes, share: global model", VALUE): s.polysemantic_global,
+        (OPEN, "dominance: the winning client's local-global IoU lead", VALUE): s.dominance_lead,
+        (OPEN, "dominance: entropy over the holders (0: one client, 1: all alike)", VALUE): s.dominance_entropy,
+        (OPEN, "one client keeps winning: its share of the rounds", VALUE): nanmean(persistence),
+    }
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -366,6 +395,7 @@ def rq_table(records: Sequence[Record]) -> Numbers:
         **scale_numbers(records),
         **faithfulness_numbers(records),
         **alignment_numbers(records),
+        **open_question_numbers(records),
     }
 
 
@@ -619,7 +649,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         numbers = _formatted(runs)
         if len(runs) > 1:
             blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED, OPEN):
             blocks += _table_blocks(title_, numbers)
     else:
         per_group = [_formatted(g) for g in groups]
@@ -627,7 +657,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         if seeds > 1:
             blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED, OPEN):
             blocks += _group_table_blocks(title_, per_group, heads)
 
     blocks.append(("h", 2, "Definitions"))

@@ -1,0 +1,111 @@
+"""The paper's open questions as numbers (issue 16): label skew, circuit bloat, polysemanticity, dominance.
+
+Every answer is planted: label histograms whose EMD is worked out by hand, circuits whose
+sizes and shared channels are counted by hand, IoUs whose winner and entropy are known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fedmi_flower.science.metrics import (
+    channel_class_counts,
+    circuit_bloat,
+    dominance,
+    label_emd,
+    mean_label_emd,
+    polysemantic_share,
+)
+
+SIZES = {"conv1": 4, "conv2": 4, "conv3": 4}
+
+
+def test_label_emd_of_known_histograms():
+    assert label_emd([10, 0], [5, 5]) == pytest.approx(1.0, abs=1e-9)  # |1 - .5| + |0 - .5|
+    assert label_emd([3, 3, 3], [1, 1, 1]) == pytest.approx(0.0, abs=1e-9)
+    assert label_emd([1, 0, 0], [0, 0, 7]) == pytest.approx(2.0, abs=1e-9)  # disjoint supports
+    assert math.isnan(label_emd([0, 0], [1, 1]))
+    with pytest.raises(ValueError, match="3 class counts against 2"):
+        label_emd([1, 2, 3], [1, 2])
+
+
+def test_mean_label_emd_of_disjoint_and_iid_partitions():
+    # 5 clients, 2 disjoint classes of 10 each, 100 images per class: each client puts 0.5 on two classes where the
+    # pool puts 0.1, so its EMD is 2 * 0.4 + 8 * 0.1 = 1.6.
+    disjoint = [[100 if c // 2 == k else 0 for c in range(10)] for k in range(5)]
+    assert mean_label_emd(disjoint) == pytest.approx(1.6, abs=1e-9)
+    iid = [[20] * 10 for _ in range(5)]
+    assert mean_label_emd(iid) == pytest.approx(0.0, abs=1e-9)
+    # Unequal clients: 30 of class 0 and 10 of class 1 pooled with 10 of class 1 gives q = (0.6, 0.4).
+    assert mean_label_emd([[30, 10], [0, 10]]) == pytest.approx((abs(0.75 - 0.6) * 2 + abs(1 - 0.4) * 2) / 2, abs=1e-9)
+
+
+def test_circuit_bloat_is_the_global_size_over_the_mean_local_size():
+    assert circuit_bloat(30, [10, 20]) == pytest.approx(2.0)
+    assert circuit_bloat(5, [10]) == pytest.approx(0.5)
+    assert math.isnan(circuit_bloat(5, [])) and math.isnan(circuit_bloat(5, [0, 0]))
+
+
+def test_channels_shared_by_classes_are_counted_per_channel():
+    circuits = {
+        3: {"conv1": [0, 1], "conv2": [2], "conv3": []},
+        7: {"conv1": [1], "conv2": [2, 3], "conv3": [0]},
+        8: {"conv1": [1], "conv2": [], "conv3": []},
+    }
+    counts = channel_class_counts(circuits, SIZES)
+    assert counts == {"conv1": [1, 3, 0, 0], "conv2": [0, 0, 2, 1], "conv3": [1, 0, 0, 0]}
+    # Used channels: conv1 0 and 1, conv2 2 and 3, conv3 0; used by two or more classes: conv1 1 and conv2 2.
+    assert polysemantic_share(circuits, SIZES) == pytest.approx(2 / 5)
+    assert math.isnan(polysemantic_share({3: {"conv1": [], "conv2": [], "conv3": []}}, SIZES))
+
+
+def test_dominance_names_the_client_the_global_circuit_follows():
+    winner, lead, entropy = dominance({4: 0.2, 2: 0.8, 9: 0.0})
+    assert winner == 2 and lead == pytest.approx(0.6)
+    assert entropy == pytest.approx(-(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) / math.log(3))
+    assert dominance({0: 0.5, 1: 0.5})[2] == pytest.approx(1.0)  # followed alike
+    assert dominance({0: 0.5, 1: 0.5})[0] == 0  # ties go to the lowest id
+    assert dominance({0: 0.7, 1: 0.0})[2] == pytest.approx(0.0)  # one client only
+    winner, lead, entropy = dominance({5: 0.4})
+    assert winner == 5 and math.isnan(lead) and math.isnan(entropy)
+    winner, lead, entropy = dominance({})
+    assert winner is None and math.isnan(lead) and math.isnan(entropy)
+
+
+def test_a_round_record_carries_skew_bloat_polysemanticity_and_dominance(tmp_path):
+    from fakes import P3, P8, fit_res, make_strategy
+
+    # Clients 0 and 1 both hold class 3 (client 0 with the planted circuit itself); client 2 holds class 8 only.
+    circuits = {0: {3: P3, 8: P8}, 1: {3: {"conv1": [5, 6], "conv2": [10], "conv3": [20, 21]}}, 2: {8: P8}}
+    counts = {0: [0, 0, 0, 50, 0, 0, 0, 0, 50, 0], 1: [0, 0, 0, 100, 0, 0, 0, 0, 0, 0], 2: [0] * 8 + [100, 0]}
+    strategy, run_dir = make_strategy(tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100})
+    results = []
+    for pid in range(3):
+        proxy, res = fit_res(pid, circuits[pid])
+        report = json.loads(res.metrics["report"])
+        report["class_counts"] = counts[pid]
+        res.metrics["report"] = json.dumps(report)
+        results.append((proxy, res))
+    strategy.aggregate_fit(1, results, [])
+    (record,) = run_dir.read_rounds()
+    pooled = [sum(c[k] for c in counts.values()) for k in range(10)]
+    for pid, client in record.clients.items():
+        assert client.label_emd == pytest.approx(label_emd(counts[pid], pooled), abs=1e-9)
+        assert client.polysemantic_share == pytest.approx(
+            polysemantic_share(circuits[pid], strategy.template.layer_sizes)
+        )
+    assert record.summary.mean_label_emd == pytest.approx(
+        sum(label_emd(c, pooled) for c in counts.values()) / 3, abs=1e-9
+    )
+    g = record.global_model
+    local3 = [sum(len(v) for v in circuits[p][3].values()) for p in (0, 1)]
+    assert g.bloat[3] == pytest.approx(g.circuit_sizes[3] / (sum(local3) / 2))
+    # Class 3: two holders, the global circuit follows one of them; class 8 too (clients 0 and 2, same circuit).
+    ious3 = {p: record.local_global_iou[p][3].mean for p in (0, 1)}
+    assert record.dominance[3].winner == max(sorted(ious3), key=lambda p: ious3[p])
+    assert record.dominance[3].lead == pytest.approx(abs(ious3[0] - ious3[1]))
+    assert record.dominance[8].lead == pytest.approx(0.0) and record.dominance[8].entropy == pytest.approx(1.0)
+    assert record.summary.polysemantic_global == pytest.approx(g.polysemantic_share)
