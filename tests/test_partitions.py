@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,30 @@ def test_dirichlet_is_skewed_for_small_alpha_and_respects_min_size():
     flat = partition_dirichlet(LABELS, 4, alpha=1000.0, seed=3)
     flat_shares = np.array([[int((LABELS[p] == c).sum()) for c in range(10)] for p in flat]) / 100
     assert flat_shares.max(axis=0).mean() < 0.4
+
+
+def test_dirichlet_partitions_are_flwr_datasets_own(mnist_root):
+    """data.partition = "dirichlet" gives each client exactly the rows flwr-datasets' DirichletPartitioner gives it."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    from fedmi_flower.config import DataConfig
+    from fedmi_flower.science.data import dirichlet_seed, experiment_partitions, load_labels
+
+    labels = load_labels("mnist", True, mnist_root)
+    seed, clients, alpha = 4, 5, 0.3
+    data = dataclasses.asdict(DataConfig(partition="dirichlet", alpha=alpha, holdout_fraction=0.0, max_per_client=None))
+    ours = experiment_partitions(data, clients, seed, mnist_root)
+    theirs = DirichletPartitioner(
+        num_partitions=clients,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=data["min_client_size"],
+        seed=dirichlet_seed(seed),
+    )
+    theirs.dataset = Dataset.from_dict({"label": labels.tolist(), "i": list(range(len(labels)))})
+    for pid, part in enumerate(ours):
+        assert sorted(part.train) == sorted(theirs.load_partition(pid)["i"])
 
 
 @pytest.mark.parametrize(

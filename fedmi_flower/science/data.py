@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torchvision
 
-from fedmi_flower.science.seeding import numpy_rng
+from fedmi_flower.science.seeding import derive_seed, numpy_rng
 
 DATA_ROOT_ENV = "FEDMI_DATA_ROOT"
 
@@ -309,13 +309,16 @@ def partition_dirichlet(
     seed: int = 0,
     min_client_size: int = 10,
     num_classes: int | None = None,
-    max_tries: int = 100,
 ) -> list[list[int]]:
-    """Split each class among clients with proportions drawn from Dirichlet(alpha).
+    """Split each class among clients with proportions drawn from Dirichlet(alpha) (label skew).
 
-    Small ``alpha`` gives strong label skew, large ``alpha`` approaches IID. Draws are
-    repeated (from the same seeded stream) until every client holds at least
-    ``min_client_size`` examples.
+    Drawn by flwr-datasets' ``DirichletPartitioner`` (Yurochkin et al. 2019; the
+    definition Flower's baselines use, so that a partition here is one a Flower user
+    can reproduce), run offline on an in-memory ``datasets.Dataset`` of the labels,
+    with a seed derived from ``seed``; without self-balancing. Small ``alpha`` gives
+    strong label skew, large ``alpha`` approaches IID. The partitioner redraws until
+    every client holds at least ``min_client_size`` examples. ``num_classes`` is
+    accepted for symmetry with the other partitioners: the classes are those present.
     """
     _check_clients(num_clients)
     if not alpha > 0:
@@ -325,21 +328,32 @@ def partition_dirichlet(
         raise ValueError(
             f"min_client_size {min_client_size} x {num_clients} clients exceeds the {len(labels)} examples"
         )
-    rng = numpy_rng(seed, "partition-dirichlet")
-    for _ in range(max_tries):
-        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-        for cls in range(_num_classes(labels, num_classes)):
-            idx = rng.permutation(np.flatnonzero(labels == cls))
-            cuts = (np.cumsum(rng.dirichlet(np.full(num_clients, alpha))) * len(idx)).astype(int)[:-1]
-            for client, chunk in enumerate(np.split(idx, cuts)):
-                parts[client].append(chunk)
-        merged = [np.concatenate(p) for p in parts]
-        if min(len(m) for m in merged) >= min_client_size:
-            return _as_lists(merged)
-    raise ValueError(
-        f"no Dirichlet(alpha={alpha}) draw in {max_tries} tries gave every one of {num_clients} clients "
-        f">= {min_client_size} examples; raise alpha or lower min_client_size"
+    # Imported here: datasets brings pandas and pyarrow (about 2 s), which only this partitioner needs.
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    partitioner = DirichletPartitioner(
+        num_partitions=num_clients,
+        partition_by="label",
+        alpha=float(alpha),
+        min_partition_size=min_client_size,
+        self_balancing=False,
+        shuffle=True,
+        seed=dirichlet_seed(seed),
     )
+    partitioner.dataset = Dataset.from_dict({"label": labels.tolist(), "row": np.arange(len(labels)).tolist()})
+    try:
+        return [list(partitioner.load_partition(i)["row"]) for i in range(num_clients)]
+    except ValueError as err:  # flwr-datasets gives up after its own number of draws
+        raise ValueError(
+            f"no Dirichlet(alpha={alpha}) draw gave every one of {num_clients} clients >= {min_client_size} "
+            f"examples ({err}); raise alpha or lower min_client_size"
+        ) from None
+
+
+def dirichlet_seed(seed: int) -> int:
+    """The seed :func:`partition_dirichlet` gives flwr-datasets for a run's ``seed`` (numpy takes 32 bits)."""
+    return derive_seed(seed, "partition-dirichlet") % 2**32
 
 
 def partition_by_class_map(
