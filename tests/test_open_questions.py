@@ -109,3 +109,52 @@ def test_a_round_record_carries_skew_bloat_polysemanticity_and_dominance(tmp_pat
     assert record.dominance[3].lead == pytest.approx(abs(ious3[0] - ious3[1]))
     assert record.dominance[8].lead == pytest.approx(0.0) and record.dominance[8].entropy == pytest.approx(1.0)
     assert record.summary.polysemantic_global == pytest.approx(g.polysemantic_share)
+
+
+def test_the_skew_law_fit_recovers_a_planted_line_and_its_uncertainty():
+    from scipy import stats
+
+    from fedmi_flower.science.law import fit_line
+
+    x = [0.0, 0.5, 1.0, 1.5, 2.0]
+    exact = fit_line(x, [0.9 - 0.3 * v for v in x])
+    assert exact is not None
+    assert exact.slope == pytest.approx(-0.3) and exact.intercept == pytest.approx(0.9) and exact.r2 == pytest.approx(1)
+    assert exact.slope_ci == pytest.approx((-0.3, -0.3))
+    # With noise: the estimate and its interval agree with scipy's own regression.
+    noisy_y = [0.92, 0.71, 0.63, 0.41, 0.33]
+    fit = fit_line(x + [float("nan")], noisy_y + [0.5])  # a run without a value is left out
+    reference = stats.linregress(x, noisy_y)
+    assert fit is not None and fit.n == 5
+    assert fit.slope == pytest.approx(reference.slope) and fit.intercept == pytest.approx(reference.intercept)
+    assert fit.r2 == pytest.approx(reference.rvalue**2)
+    half = stats.t.ppf(0.975, 3) * reference.stderr
+    assert fit.slope_ci == pytest.approx((reference.slope - half, reference.slope + half))
+    assert fit.intercept_ci[0] < fit.intercept < fit.intercept_ci[1]
+    assert fit_line([1.0, 1.0, 1.0], [0.1, 0.2, 0.3]) is None and fit_line([0.0, 1.0], [0.0, 1.0]) is None
+    assert "R^2" in fit.describe()
+
+
+def test_a_report_over_a_skew_sweep_fits_each_metric_against_the_runs_label_skew(tmp_path):
+    from figure_bounds import text_outside
+
+    from fedmi_flower.config import ExperimentConfig
+    from fedmi_flower.records.round_record import GlobalEntry, RoundRecord, RoundSummary
+    from fedmi_flower.records.series import Run
+    from fedmi_flower.science.law import fit_line
+    from fedmi_flower.views.plots import fig_skew_law
+    from fedmi_flower.views.report import skew_law_points
+
+    def run(emd: float, accuracy: float) -> Run:
+        summary = RoundSummary(mean_label_emd=emd, global_accuracy=accuracy, circuit_bloat=1.0 + emd)
+        record = RoundRecord(round=1, global_model=GlobalEntry(accuracy=accuracy), summary=summary)
+        return Run(tmp_path / f"emd-{emd}", ExperimentConfig(), [record])
+
+    planted = [run(e, 0.9 - 0.4 * e) for e in (0.0, 0.5, 1.0, 1.5)]
+    points = skew_law_points(planted)
+    assert points["global accuracy"] == ([0.0, 0.5, 1.0, 1.5], pytest.approx([0.9, 0.7, 0.5, 0.3]))
+    fit = fit_line(*points["global accuracy"])
+    assert fit is not None and fit.slope == pytest.approx(-0.4) and fit.r2 == pytest.approx(1.0)
+    assert fit_line(*points["circuit bloat"]).slope == pytest.approx(1.0)
+    assert skew_law_points([run(0.30, 0.5), run(0.31, 0.6), run(0.32, 0.7)]) == {}  # seeds of one skew: no law
+    assert text_outside(fig_skew_law(points)) == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from fedmi_flower.records.series import (
     stability_series,
     summary_series,
 )
+from fedmi_flower.science.law import fit_line
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD
 from fedmi_flower.views.graphs import choose, graph_figures
 
@@ -695,6 +696,47 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
         f"collapsed, below {COLLAPSE_THRESHOLD:.0%}; grey: not evaluated)",
     )
     return fig
+
+
+def fig_skew_law(points: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+    """Each metric against label skew over a sweep's runs, every run a point, with its least-squares line.
+
+    ``points`` maps a metric to its runs' mean label EMDs and values
+    (:func:`fedmi_flower.views.report.skew_law_points`); the fit and its confidence
+    interval are :func:`fedmi_flower.science.law.fit_line`'s, written on each panel.
+    """
+    names = list(points)
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = _figure(nrows, ncols, width=3.3, height=2.7)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        xs, ys = (np.asarray(v, dtype=float) for v in points[name])
+        ax.scatter(xs, ys, s=14, color="tab:blue", zorder=3, clip_on=False)
+        fit = fit_line(list(xs), list(ys))
+        title = name
+        if fit is not None:
+            grid = np.linspace(np.nanmin(xs), np.nanmax(xs), 50)
+            ax.plot(grid, fit.intercept + fit.slope * grid, color="black", linewidth=1.2)
+            low, high = fit.slope_ci
+            title += (
+                f"\n{fit.intercept:.2f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.2f} EMD, "
+                f"slope CI [{low:.2f}, {high:.2f}], R² {fit.r2:.2f}"
+            )
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("mean label EMD")
+        ax.grid(True, alpha=0.3)
+    _suptitle(fig, "The skew law: each run's final round against its label skew (line: least squares, 95% CI of slope)")
+    return fig
+
+
+def plot_skew_law(
+    points: Mapping[str, tuple[Sequence[float], Sequence[float]]], out: str | Path, formats: Sequence[str] = FORMATS
+) -> list[tuple[Path, str]]:
+    """Save :func:`fig_skew_law` as ``skew_law``; returns ``(path, caption)`` of every file."""
+    caption = "The skew law: every metric against the runs' mean label EMD, with its least-squares line."
+    return [(p, caption) for p in save(fig_skew_law(points), Path(out), "skew_law", formats)]
 
 
 # ---------------------------------------------------------------------- saving

@@ -65,6 +65,7 @@ from fedmi_flower.records.series import (
     setting_label,
     stability_series,
 )
+from fedmi_flower.science.law import fit_line
 from fedmi_flower.science.metrics import nanmean
 from fedmi_flower.science.model import CHANNELS
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
@@ -384,6 +385,51 @@ def open_question_numbers(records: Sequence[Record]) -> Numbers:
     }
 
 
+SKEW_LAW_MIN_SPREAD = 0.05
+"""Runs whose mean label EMDs span less than this make no skew law (one skew, several seeds)."""
+
+
+def _slope_over_rounds(curve: np.ndarray) -> float:
+    rounds = np.arange(len(curve), dtype=float)
+    kept = ~np.isnan(curve)
+    return float(np.polyfit(rounds[kept], curve[kept], 1)[0]) if kept.sum() >= 2 else float("nan")
+
+
+def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per metric, every run's mean label EMD (of its final round) and its value: the points a skew law is fitted to.
+
+    Empty when the runs do not span :data:`SKEW_LAW_MIN_SPREAD` of EMD (or predate the measure).
+    """
+    emd: list[float] = []
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        analysed = [r for r in run.records if r.analysed]
+        if not analysed:
+            continue
+        s = analysed[-1].summary
+        n = len(run.records)
+        found = len(analysed[-1].global_model.circuits)
+        emd.append(s.mean_label_emd)
+        for name, value in (
+            ("global accuracy", s.global_accuracy),
+            ("inter-client IoU", s.inter_client_iou),
+            ("local-global IoU", s.local_global_iou),
+            (
+                "local-global IoU slope per round",
+                _slope_over_rounds(layer_curve(local_global_series(run.records), "mean", n)),
+            ),
+            ("collapse rate", collapse_numbers(run.records)[(COLLAPSE, "collapse rate", VALUE)]),
+            ("share of global circuits degenerate", s.degenerate_global / found if found else math.nan),
+            ("circuit bloat", s.circuit_bloat),
+            ("channels used by 2+ classes, global", s.polysemantic_global),
+        ):
+            values.setdefault(name, []).append(value)
+    defined = finite(emd)
+    if len(defined) < 3 or max(defined) - min(defined) < SKEW_LAW_MIN_SPREAD:
+        return {}
+    return {name: (emd, ys) for name, ys in values.items()}
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -599,7 +645,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
     number as a spread. Several configurations (a sweep): the comparison figures and
     one column per configuration.
     """
-    from fedmi_flower.views.plots import plot_compare, plot_run  # matplotlib loads only when a page is made
+    from fedmi_flower.views.plots import plot_compare, plot_run, plot_skew_law  # matplotlib only for a page
 
     if not runs:
         raise RunError("no runs to report on")
@@ -659,6 +705,28 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
         for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED, OPEN):
             blocks += _group_table_blocks(title_, per_group, heads)
+
+    law = skew_law_points(runs)
+    if law:
+        blocks.append(("h", 2, "The skew law: each metric against label skew"))
+        blocks.append(
+            (
+                "p",
+                "Every run is one point: its clients' mean label EMD to the pooled labels (0: IID, 2: disjoint) "
+                "against its final round's value (the slope: of the local-global IoU's mean over rounds). "
+                "Fit: least-squares line with 95% confidence intervals (Student's t) and R^2 "
+                "(`fedmi_flower.science.law.fit_line`); the figure shows the points beside it.",
+            )
+        )
+        rows = []
+        for name, (xs, ys) in law.items():
+            fit = fit_line(xs, ys)
+            rows.append(
+                [name, fit.describe() if fit is not None else "fewer than 3 runs define it", str(len(finite(ys)))]
+            )
+        blocks.append(("table", ["metric", "fit against mean EMD", "runs"], rows))
+        for path, caption in plot_skew_law(law, figures / "skew-law", formats=("png",)):
+            blocks.append(("img", _relative(path, folder), caption))
 
     blocks.append(("h", 2, "Definitions"))
     blocks.append(("list", DEFINITIONS))
