@@ -15,12 +15,6 @@ def _log_a_round(engine_path: str) -> None:
     FLOWER_LOGGER.log(INFO, "configure_fit: strategy sampled 3 clients (out of 3)")
     FLOWER_LOGGER.log(INFO, "[round 1/1] 3/3 clients | acc 0.5", extra={CONSOLE_KEY: True})
     FLOWER_LOGGER.log(WARNING, "DEPRECATED FEATURE: something\n\n    It will be removed")
-    # Flower's notice about fedmi's own run_simulation call, as Flower logs it: nothing for the user to change.
-    FLOWER_LOGGER.log(
-        WARNING,
-        "DEPRECATED FEATURE: %s\n\n    This is a deprecated feature.",
-        "The `run_simulation` function is deprecated and will be removed in a future version of Flower.",
-    )
     # What Flower's simulation engine logs for a client's exception (the strategy names the failure itself).
     record = FLOWER_LOGGER.makeRecord(
         FLOWER_LOGGER.name, ERROR, engine_path, 140, "Traceback (most recent call last):\n  ...", (), None, "worker"
@@ -46,13 +40,7 @@ def test_quiet_console_shows_fedmi_lines_and_one_line_per_warning_and_the_log_ke
         "ERROR: ServerApp raised an exception",
     ]
     log = log_path.read_text()
-    for text in (
-        "configure_fit",
-        "[round 1/1]",
-        "It will be removed",
-        "Traceback (most recent call last)",
-        "run_simulation",
-    ):
+    for text in ("configure_fit", "[round 1/1]", "It will be removed", "Traceback (most recent call last)"):
         assert text in log
     assert "\x1b[" not in log and "\x1b[" not in screen.getvalue()
 

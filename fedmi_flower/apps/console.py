@@ -29,21 +29,6 @@ exception, which the strategy reports as a failure."""
 CLIENT_EXCEPTION_LOGGERS = ("worker", "process_message")
 
 
-FEDMI_INTERNAL_NOTICES = ("The `run_simulation` function is deprecated",)
-"""Warnings about how fedmi itself calls Flower, not about anything the user did: ``fedmi run`` still starts the
-simulation through ``run_simulation`` (docs/deployment.md, "fedmi run and flwr run", measures the move to the runtime
-behind ``flwr run``). They go to ``run.log`` only."""
-
-
-def is_fedmi_internal_notice(record: logging.LogRecord) -> bool:
-    """Whether ``record`` is one of :data:`FEDMI_INTERNAL_NOTICES`."""
-    try:
-        message = record.getMessage()  # Flower logs the notice as "DEPRECATED FEATURE: %s" with the text as argument
-    except Exception:
-        return False
-    return any(notice in message for notice in FEDMI_INTERNAL_NOTICES)
-
-
 def is_client_exception(record: logging.LogRecord) -> bool:
     """Whether ``record`` is the simulation engine logging one client's exception (its message, then tracebacks)."""
     return SIMULATION_ENGINE in record.pathname and record.funcName in CLIENT_EXCEPTION_LOGGERS
@@ -57,9 +42,7 @@ class QuietConsole(logging.StreamHandler):
     when there was more; Flower's INFO lines not at all. A client's exception, which
     Flower's simulation engine logs with two tracebacks, is left to ``run.log``: the
     round's line counts it and the strategy's warning names it. The engine's other
-    errors (it failed to start, it crashed) do reach the console. Flower's deprecation
-    notice for the ``run_simulation`` call that fedmi makes (:data:`FEDMI_INTERNAL_NOTICES`)
-    is left to ``run.log`` too: the user has nothing to change.
+    errors (it failed to start, it crashed) do reach the console.
     """
 
     def __init__(self, stream: TextIO, log_path: Path) -> None:
@@ -70,7 +53,7 @@ class QuietConsole(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, CONSOLE_KEY, False):
             return super().emit(record)
-        if record.levelno < logging.WARNING or is_client_exception(record) or is_fedmi_internal_notice(record):
+        if record.levelno < logging.WARNING or is_client_exception(record):
             return None
         try:
             text = record.getMessage().strip()
