@@ -8,8 +8,8 @@ import numpy as np
 from flwr.common import log, parameters_to_ndarrays
 
 from fedmi_flower.science.aggregation import modular_mean
-from fedmi_flower.science.alignment import layer_sizes_of
 from fedmi_flower.science.circuits import Circuit
+from fedmi_flower.science.model import layer_sizes_of
 from fedmi_flower.wire.protocol import PayloadError, decode_circuits
 
 from .merging_fedavg import MergingFedAvg, Result

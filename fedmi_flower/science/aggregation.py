@@ -15,7 +15,17 @@ import numpy as np
 import torch
 
 from fedmi_flower.science.circuits import Circuit
-from fedmi_flower.science.model import CIRCUIT_LAYERS, build_model, get_weights, set_weights
+from fedmi_flower.science.model import (
+    BIAS_INDEX,
+    CIRCUIT_LAYERS,
+    FC_WEIGHT_INDEX,
+    WEIGHT_INDEX,
+    build_model,
+    fc_blocks,
+    get_weights,
+    layer_sizes_of,
+    set_weights,
+)
 from fedmi_flower.science.sparsity import prune_
 
 Weights = Sequence[np.ndarray]
@@ -115,15 +125,14 @@ def modular_mean(
     if len(circuits) != len(clients):
         raise ValueError(f"need one set of circuits per client, got {len(circuits)} for {len(clients)} clients")
     out = weighted_mean(clients, num_examples)
-    sizes = {layer: int(np.asarray(clients[0][2 * k]).shape[0]) for k, layer in enumerate(CIRCUIT_LAYERS)}
+    sizes = layer_sizes_of(clients[0])
     users = circuit_users(circuits, sizes)
     last = CIRCUIT_LAYERS[-1]
-    fc = 2 * len(CIRCUIT_LAYERS)
-    fc_shape = np.asarray(clients[0][fc]).shape
-    blocks = [np.asarray(c[fc], np.float64).reshape(fc_shape[0], sizes[last], -1) for c in clients]
-    fc_out = out[fc].astype(np.float64).reshape(fc_shape[0], sizes[last], -1)
-    for k, layer in enumerate(CIRCUIT_LAYERS):
-        w, b = 2 * k, 2 * k + 1
+    fc_shape = np.asarray(clients[0][FC_WEIGHT_INDEX]).shape
+    blocks = [fc_blocks(np.asarray(c[FC_WEIGHT_INDEX], np.float64), sizes[last]) for c in clients]
+    fc_out = fc_blocks(out[FC_WEIGHT_INDEX].astype(np.float64), sizes[last])
+    for layer in CIRCUIT_LAYERS:
+        w, b = WEIGHT_INDEX[layer], BIAS_INDEX[layer]
         for channel, who in enumerate(users[layer]):
             if not who:
                 continue
@@ -132,5 +141,5 @@ def modular_mean(
             out[b][channel] = sum(s * float(clients[i][b][channel]) for s, i in zip(share, who))
             if layer == last:
                 fc_out[:, channel] = sum(s * blocks[i][:, channel] for s, i in zip(share, who))
-    out[fc] = fc_out.reshape(fc_shape).astype(out[fc].dtype)
+    out[FC_WEIGHT_INDEX] = fc_out.reshape(fc_shape).astype(out[FC_WEIGHT_INDEX].dtype)
     return out

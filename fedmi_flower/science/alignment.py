@@ -43,31 +43,26 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from fedmi_flower.science.circuits import Circuit
-from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights
+from fedmi_flower.science.model import (
+    BIAS_INDEX,
+    CIRCUIT_LAYERS,
+    FC_WEIGHT_INDEX,
+    WEIGHT_INDEX,
+    SimpleCNN,
+    build_model,
+    fc_blocks,
+    layer_sizes_of,
+    set_weights,
+)
 
 Weights = Sequence[np.ndarray]
 Permutation = dict[str, np.ndarray]
 """Per circuit layer, an int array: position ``i`` of the reference frame takes channel ``perm[i]``."""
 
-# SimpleCNN's state_dict order: (weight, bias) of conv1, conv2, conv3, fc.
-_WEIGHT = {layer: 2 * k for k, layer in enumerate(CIRCUIT_LAYERS)}
-_BIAS = {layer: 2 * k + 1 for k, layer in enumerate(CIRCUIT_LAYERS)}
-_FC_WEIGHT = 2 * len(CIRCUIT_LAYERS)
-
 
 def identity(layer_sizes: Mapping[str, int]) -> Permutation:
     """The permutation that moves nothing."""
     return {layer: np.arange(n) for layer, n in layer_sizes.items()}
-
-
-def layer_sizes_of(weights: Weights) -> dict[str, int]:
-    """Output channels of each circuit layer of a SimpleCNN given as its weight arrays."""
-    return {layer: int(np.asarray(weights[_WEIGHT[layer]]).shape[0]) for layer in CIRCUIT_LAYERS}
-
-
-def _fc_blocks(fc_weight: np.ndarray, channels: int) -> np.ndarray:
-    """fc's weight as (classes, conv3 channels, positions): its inputs come channel-major from the flatten."""
-    return np.asarray(fc_weight).reshape(fc_weight.shape[0], channels, -1)
 
 
 def permute(weights: Weights, perm: Permutation) -> list[np.ndarray]:
@@ -80,14 +75,14 @@ def permute(weights: Weights, perm: Permutation) -> list[np.ndarray]:
     out = [np.array(w, copy=True) for w in weights]
     previous: np.ndarray | None = None
     for layer in CIRCUIT_LAYERS:
-        w = out[_WEIGHT[layer]][perm[layer]]
-        out[_WEIGHT[layer]] = w[:, previous] if previous is not None else w
-        out[_BIAS[layer]] = out[_BIAS[layer]][perm[layer]]
+        w = out[WEIGHT_INDEX[layer]][perm[layer]]
+        out[WEIGHT_INDEX[layer]] = w[:, previous] if previous is not None else w
+        out[BIAS_INDEX[layer]] = out[BIAS_INDEX[layer]][perm[layer]]
         previous = perm[layer]
     last = CIRCUIT_LAYERS[-1]
-    fc = out[_FC_WEIGHT]
+    fc = out[FC_WEIGHT_INDEX]
     channels = len(perm[last])
-    out[_FC_WEIGHT] = _fc_blocks(fc, channels)[:, perm[last]].reshape(fc.shape)
+    out[FC_WEIGHT_INDEX] = fc_blocks(fc, channels)[:, perm[last]].reshape(fc.shape)
     return out
 
 
@@ -107,24 +102,24 @@ def _similarity(reference: Weights, other: Weights, perm: Permutation, layer: st
     layer's outputs permuted by its own permutation).
     """
     k = CIRCUIT_LAYERS.index(layer)
-    w_ref = np.asarray(reference[_WEIGHT[layer]], dtype=np.float64)
-    w_oth = np.asarray(other[_WEIGHT[layer]], dtype=np.float64)
+    w_ref = np.asarray(reference[WEIGHT_INDEX[layer]], dtype=np.float64)
+    w_oth = np.asarray(other[WEIGHT_INDEX[layer]], dtype=np.float64)
     if k > 0:
         w_oth = w_oth[:, perm[CIRCUIT_LAYERS[k - 1]]]
     s = w_ref.reshape(len(w_ref), -1) @ w_oth.reshape(len(w_oth), -1).T
-    s += np.outer(reference[_BIAS[layer]], other[_BIAS[layer]])
+    s += np.outer(reference[BIAS_INDEX[layer]], other[BIAS_INDEX[layer]])
     if outgoing:
         if k + 1 < len(CIRCUIT_LAYERS):
             following = CIRCUIT_LAYERS[k + 1]
-            n_ref = np.asarray(reference[_WEIGHT[following]], dtype=np.float64)
-            n_oth = np.asarray(other[_WEIGHT[following]], dtype=np.float64)[perm[following]]
+            n_ref = np.asarray(reference[WEIGHT_INDEX[following]], dtype=np.float64)
+            n_oth = np.asarray(other[WEIGHT_INDEX[following]], dtype=np.float64)[perm[following]]
             # (out, in, kh, kw) -> per input channel, everything that reads it
             a = np.moveaxis(n_ref, 1, 0).reshape(n_ref.shape[1], -1)
             b = np.moveaxis(n_oth, 1, 0).reshape(n_oth.shape[1], -1)
         else:
             channels = w_ref.shape[0]
-            a = np.moveaxis(_fc_blocks(np.asarray(reference[_FC_WEIGHT], dtype=np.float64), channels), 1, 0)
-            b = np.moveaxis(_fc_blocks(np.asarray(other[_FC_WEIGHT], dtype=np.float64), channels), 1, 0)
+            a = np.moveaxis(fc_blocks(np.asarray(reference[FC_WEIGHT_INDEX], dtype=np.float64), channels), 1, 0)
+            b = np.moveaxis(fc_blocks(np.asarray(other[FC_WEIGHT_INDEX], dtype=np.float64), channels), 1, 0)
             a, b = a.reshape(channels, -1), b.reshape(channels, -1)
         s += a @ b.T
     return s

@@ -24,6 +24,23 @@ CHANNELS: tuple[int, ...] = (32, 64, 128)
 
 Gates = Mapping[str, torch.Tensor]
 
+# Where each tensor sits in the weights as arrays (``get_weights``, state_dict order): (weight, bias) of
+# conv1, conv2, conv3, then fc. Code that works on a client's weight arrays (channel matching, the
+# aggregation rules) indexes them through these.
+WEIGHT_INDEX: dict[str, int] = {layer: 2 * k for k, layer in enumerate(CIRCUIT_LAYERS)}
+BIAS_INDEX: dict[str, int] = {layer: 2 * k + 1 for k, layer in enumerate(CIRCUIT_LAYERS)}
+FC_WEIGHT_INDEX = 2 * len(CIRCUIT_LAYERS)
+
+
+def layer_sizes_of(weights: Sequence[np.ndarray]) -> dict[str, int]:
+    """Output channels of each circuit layer of a SimpleCNN given as its weight arrays."""
+    return {layer: int(np.asarray(weights[WEIGHT_INDEX[layer]]).shape[0]) for layer in CIRCUIT_LAYERS}
+
+
+def fc_blocks(fc_weight: np.ndarray, channels: int) -> np.ndarray:
+    """fc's weight as (classes, conv3 channels, positions): its inputs come channel-major from the flatten."""
+    return np.asarray(fc_weight).reshape(fc_weight.shape[0], channels, -1)
+
 
 class SimpleCNN(nn.Module):
     """Conv(32)-Conv(64)-Conv(128)-Linear, each conv followed by ReLU and 2x2 max-pool.
