@@ -30,7 +30,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from fedmi_flower.science.alignment import match, permute
+from fedmi_flower.science.alignment import match, match_all, permute
 from fedmi_flower.science.data import load_split
 from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS, build_model, get_weights
 from fedmi_flower.science.sparsity import prune_
@@ -112,14 +112,12 @@ def rules(
     arrays = [parameters_to_ndarrays(r.parameters) for _, r in results]
     for how in ("weights", "activations"):
         out.append(
-            (f"aligned IoU: all clients matched ({how})", functools.partial(match_all, base, arrays, how, probe))
+            (
+                f"aligned IoU: all clients matched ({how})",
+                functools.partial(match_all, base, dict(enumerate(arrays)), how, probe),
+            )
         )
     return out
-
-
-def match_all(base: list[np.ndarray], arrays: list[list[np.ndarray]], how: str, probe: torch.Tensor) -> None:
-    for weights in arrays:
-        match(base, weights, how, probe)
 
 
 def main() -> None:

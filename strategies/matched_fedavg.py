@@ -11,7 +11,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from fedmi_flower.science.aggregation import weighted_mean
-from fedmi_flower.science.alignment import Permutation, match, permute
+from fedmi_flower.science.alignment import Permutation, match_all, permute
 
 from .merging_fedavg import MergingFedAvg, Result
 
@@ -57,10 +57,6 @@ class MatchedFedAvg(MergingFedAvg):
         self.reference = parameters_to_ndarrays(parameters)
         return super().configure_fit(server_round, parameters, client_manager)
 
-    def match(self, reference: list[np.ndarray], weights: list[np.ndarray]) -> Permutation:
-        """The permutation that puts ``weights``' channels where ``reference`` has the matching ones."""
-        return match(reference, weights, self.matching, self.probe_images)
-
     def merge(self, server_round: int, results: list[Result]) -> list[np.ndarray]:
         """Every client's weights permuted onto the reference frame, then FedAvg's example-weighted mean.
 
@@ -69,6 +65,8 @@ class MatchedFedAvg(MergingFedAvg):
         """
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
         reference = self.reference if self.reference is not None else arrays[0]
-        self.permutations = {proxy.cid: self.match(reference, w) for (proxy, _), w in zip(results, arrays)}
+        self.permutations = match_all(
+            reference, {proxy.cid: w for (proxy, _), w in zip(results, arrays)}, self.matching, self.probe_images
+        )
         aligned = [permute(w, self.permutations[proxy.cid]) for (proxy, _), w in zip(results, arrays)]
         return weighted_mean(aligned, [res.num_examples for _, res in results])

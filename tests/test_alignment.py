@@ -337,7 +337,7 @@ def test_a_failed_alignment_costs_the_round_its_aligned_iou_only(tmp_path, monke
     def broken(*args, **kwargs):
         raise RuntimeError("matching exploded")
 
-    monkeypatch.setattr(round_analyst, "match", broken)
+    monkeypatch.setattr(round_analyst, "match_all", broken)
     strategy, run_dir = make_strategy(tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100})
     strategy.aggregate_fit(1, [client_result(p, ROUND1[p]) for p in range(3)], [])
     (record,) = run_dir.read_rounds()

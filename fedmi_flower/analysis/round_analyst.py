@@ -65,7 +65,7 @@ from fedmi_flower.science.alignment import (
     Permutation,
     channels_moved,
     map_circuit,
-    match,
+    match_all,
 )
 from fedmi_flower.science.circuits import (
     SCORE_NAMES,
@@ -354,7 +354,7 @@ class RoundAnalyst:
             return {}
         reference = get_weights(model)
         images = self.probe.images[:ALIGNMENT_IMAGES].to(next(model.parameters()).device)
-        return {pid: match(reference, w, how, images) for pid, w in sorted(local_weights.items())}
+        return match_all(reference, dict(sorted(local_weights.items())), how, images)
 
     @staticmethod
     def aligned(reports: Sequence[ClientReport], alignments: Mapping[int, Permutation]) -> list[ClientReport]:

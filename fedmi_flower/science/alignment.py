@@ -36,7 +36,8 @@ the permutations to the model in place without returning them, and circuit masks
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -56,6 +57,7 @@ from fedmi_flower.science.model import (
 )
 
 Weights = Sequence[np.ndarray]
+K = TypeVar("K", bound=Hashable)
 Permutation = dict[str, np.ndarray]
 """Per circuit layer, an int array: position ``i`` of the reference frame takes channel ``perm[i]``."""
 
@@ -161,6 +163,26 @@ def match_weights(reference: Weights, other: Weights, max_sweeps: int = 20) -> P
 
 
 @torch.no_grad()
+def standardised_activations(model: SimpleCNN, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per circuit layer, (images x positions, channels) of the model's outputs, each channel centred and scaled
+    to unit variance (zero where constant): what :func:`match_activations` correlates."""
+    model.eval()
+    out = {}
+    for layer, activation in model.activations(images).items():
+        values = activation.permute(0, 2, 3, 1).reshape(-1, activation.shape[1]).float()
+        values = values - values.mean(0)
+        std = values.std(0)
+        out[layer] = values / torch.where(std > 0, std, torch.ones_like(std))
+    return out
+
+
+def _pair_by_correlation(reference: Mapping[str, torch.Tensor], other: Mapping[str, torch.Tensor]) -> Permutation:
+    return {
+        layer: _assign((reference[layer].T @ other[layer] / reference[layer].shape[0]).double().cpu().numpy())
+        for layer in CIRCUIT_LAYERS
+    }
+
+
 def match_activations(reference: SimpleCNN, other: SimpleCNN, images: torch.Tensor) -> Permutation:
     """Each layer's channels of ``other`` paired with ``reference``'s by the correlation of their outputs on ``images``.
 
@@ -169,41 +191,37 @@ def match_activations(reference: SimpleCNN, other: SimpleCNN, images: torch.Tens
     channel that is constant on the images (dead) correlates with nothing: it is
     paired wherever the assignment leaves room.
     """
-    reference.eval()
-    other.eval()
-    ref_acts, oth_acts = reference.activations(images), other.activations(images)
-    perm: Permutation = {}
-    for layer in CIRCUIT_LAYERS:
-        a = _standardised(ref_acts[layer])
-        b = _standardised(oth_acts[layer])
-        perm[layer] = _assign((a.T @ b / a.shape[0]).double().cpu().numpy())
-    return perm
+    return _pair_by_correlation(standardised_activations(reference, images), standardised_activations(other, images))
 
 
-def match(reference: Weights, other: Weights, how: str = "weights", images: torch.Tensor | None = None) -> Permutation:
-    """The permutation of ``other``'s channels onto ``reference``'s: ``how`` is ``"weights"`` (:func:`match_weights`)
-    or ``"activations"`` (:func:`match_activations` on ``images``).
+def _model(weights: Weights, device: torch.device) -> SimpleCNN:
+    model = build_model()
+    set_weights(model, weights)
+    return model.to(device)
+
+
+def match_all(
+    reference: Weights, others: Mapping[K, Weights], how: str = "weights", images: torch.Tensor | None = None
+) -> dict[K, Permutation]:
+    """The permutation of each of ``others`` onto ``reference``: ``how`` is ``"weights"`` (:func:`match_weights`)
+    or ``"activations"`` (:func:`match_activations` on ``images``; the reference's activations computed once).
     """
     if how == "weights":
-        return match_weights(reference, other)
+        return {key: match_weights(reference, weights) for key, weights in others.items()}
     if how != "activations":
         raise ValueError(f"matching {how!r}: use 'weights' or 'activations'")
     if images is None:
         raise ValueError("activation matching needs images")
-    models = []
-    for weights in (reference, other):
-        model = build_model()
-        set_weights(model, weights)
-        models.append(model.to(images.device))
-    return match_activations(models[0], models[1], images)
+    target = standardised_activations(_model(reference, images.device), images)
+    return {
+        key: _pair_by_correlation(target, standardised_activations(_model(weights, images.device), images))
+        for key, weights in others.items()
+    }
 
 
-def _standardised(activation: torch.Tensor) -> torch.Tensor:
-    """(samples x positions, channels), each channel centred and scaled to unit variance (zero where constant)."""
-    values = activation.permute(0, 2, 3, 1).reshape(-1, activation.shape[1]).float()
-    values = values - values.mean(0)
-    std = values.std(0)
-    return values / torch.where(std > 0, std, torch.ones_like(std))
+def match(reference: Weights, other: Weights, how: str = "weights", images: torch.Tensor | None = None) -> Permutation:
+    """The permutation of ``other``'s channels onto ``reference``'s (one pair of :func:`match_all`)."""
+    return match_all(reference, {0: other}, how, images)[0]
 
 
 def inverse(perm: Permutation) -> Permutation:
