@@ -681,6 +681,18 @@ class RoundRecord:
         """Whether the round's circuit analysis ran (its views are meaningful)."""
         return self.analysis_error is None
 
+    @property
+    def local_degenerate_share(self) -> float:
+        """Share of the clients' circuits that are degenerate on their own model (NaN when none was reported)."""
+        total = sum(len(c.circuits) for c in self.clients.values())
+        return self.summary.degenerate_local / total if total else math.nan
+
+    @property
+    def global_degenerate_share(self) -> float:
+        """Share of the global model's circuits that are degenerate (NaN when none was found)."""
+        total = len(self.global_model.circuits)
+        return self.summary.degenerate_global / total if total else math.nan
+
     def per_client_view(self, view: View) -> dict[int, dict[int, IoU]]:
         """A per-client IoU view (stability or local-global IoU): client -> class -> IoU."""
         if view is View.STABILITY:

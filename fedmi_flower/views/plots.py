@@ -533,11 +533,7 @@ def degenerate_share(run: Run) -> np.ndarray:
     clients hold. (Local circuits are degenerate on their own model or not, whatever the
     strategy; the report counts them.)
     """
-    out = []
-    for record in run.records:
-        total = len(record.global_model.circuits)
-        out.append(record.summary.degenerate_global / total if total else np.nan)
-    return np.asarray(out, dtype=float)
+    return np.array([record.global_degenerate_share for record in run.records], dtype=float)
 
 
 def summary_curve(name: str) -> Callable[[Run], np.ndarray]:

@@ -343,16 +343,14 @@ def alignment_numbers(records: Sequence[Record]) -> Numbers:
         return {}
     last = analysed[-1]
     s = last.summary
-    local = sum(len(c.circuits) for c in last.clients.values())
-    found = len(last.global_model.circuits)
     return {
         (ALIGNED, "inter-client IoU, raw", VALUE): s.inter_client_iou,
         (ALIGNED, "inter-client IoU, aligned", VALUE): s.aligned_inter_client_iou,
         (ALIGNED, "local-global IoU, raw", VALUE): s.local_global_iou,
         (ALIGNED, "local-global IoU, aligned", VALUE): s.aligned_local_global_iou,
         (ALIGNED, "channels moved by the alignment, per client", VALUE): s.channels_moved,
-        (ALIGNED, "share of local circuits degenerate", VALUE): s.degenerate_local / local if local else math.nan,
-        (ALIGNED, "share of global circuits degenerate", VALUE): s.degenerate_global / found if found else math.nan,
+        (ALIGNED, "share of local circuits degenerate", VALUE): last.local_degenerate_share,
+        (ALIGNED, "share of global circuits degenerate", VALUE): last.global_degenerate_share,
         (ALIGNED, "global model sparsity", VALUE): last.global_model.sparsity,
     }
 
@@ -408,7 +406,6 @@ def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[fl
             continue
         s = analysed[-1].summary
         n = len(run.records)
-        found = len(analysed[-1].global_model.circuits)
         emd.append(s.mean_label_emd)
         for name, value in (
             ("global accuracy", s.global_accuracy),
@@ -419,7 +416,7 @@ def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[fl
                 _slope_over_rounds(layer_curve(local_global_series(run.records), "mean", n)),
             ),
             ("collapse rate", collapse_numbers(run.records)[(COLLAPSE, "collapse rate", VALUE)]),
-            ("share of global circuits degenerate", s.degenerate_global / found if found else math.nan),
+            ("share of global circuits degenerate", analysed[-1].global_degenerate_share),
             ("circuit bloat", s.circuit_bloat),
             ("channels used by 2+ classes, global", s.polysemantic_global),
         ):
