@@ -58,8 +58,9 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, min_per_neuron: int = 
         top_in_row = flat.topk(per_row, dim=1).indices
         score.scatter_(1, top_in_row, float("inf"))
     keep = score.flatten().topk(budget, sorted=False).indices
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device)
-    mask[keep] = True
+    # index_fill_, not ``mask[keep] = True``: indexed assignment of a Python scalar copies it from
+    # the host first, one synchronisation per training step on a GPU (bench/check_gpu.py counts them).
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=weight.device).index_fill_(0, keep, True)
     return mask.view_as(weight)
 
 
@@ -91,10 +92,11 @@ def global_magnitude_masks(
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     scores = [_floor_first_scores(w, min_per_neuron).flatten() for w in weights]
     everything = torch.cat(scores)
-    floors = int(torch.isinf(everything).sum())
+    # The floors' count from the shapes, not by counting infinities on the device (a host round-trip per step).
+    floors = sum(w.shape[0] * min(min_per_neuron, math.prod(w.shape[1:])) for w in weights)
     budget = min(everything.numel(), max(int(round((1.0 - sparsity) * everything.numel())), floors))
-    mask = torch.zeros(everything.numel(), dtype=torch.bool, device=everything.device)
-    mask[everything.topk(budget, sorted=False).indices] = True
+    keep = everything.topk(budget, sorted=False).indices
+    mask = torch.zeros(everything.numel(), dtype=torch.bool, device=everything.device).index_fill_(0, keep, True)
     return [m.view_as(w) for m, w in zip(mask.split([s.numel() for s in scores]), weights)]
 
 
