@@ -17,12 +17,14 @@ fedmi frontier RUN_DIR [--round N] [--lambdas L,L,...]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +83,30 @@ def _resume(args: argparse.Namespace) -> int:
         return 0
     print(f"fedmi: resuming {config.name} after round {done} of {config.rounds} -> {run.path}", flush=True)
     began = time.perf_counter()
-    simulate(config, run.path, args.data_root, verbose=args.verbose, resume=True)
+    with _interruptible(lambda: run.path):
+        simulate(config, run.path, args.data_root, verbose=args.verbose, resume=True)
     _report(config.name, run.path, began)
     return 0
+
+
+@contextlib.contextmanager
+def _interruptible(current_run: Callable[[], Path]) -> Iterator[None]:
+    """Ctrl-C or ``kill`` (SIGTERM) stop the run and every process it started; say how to resume it.
+
+    SIGINT is set explicitly too: a shell without job control starts background commands
+    with SIGINT ignored, and Python keeps it ignored, so ``kill -INT`` would do nothing.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(
+            "fedmi: interrupted; every process of the run is stopped. "
+            f"Continue it with `fedmi run --resume {current_run()}`",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,19 +136,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     configs = load_sweep(args.experiment, _overrides(args), seeds=seeds)
     # Flower, Ray and torch load only once the config is known to be good.
-    from fedmi_flower.apps.simulation import simulate
+    from fedmi_flower.apps.simulation import SimulationRuntime
     from fedmi_flower.records.results import RunDirectory, default_run_dir
 
     swept = len(configs) > 1 or seeds is not None  # every point of a sweep (or seed) in its own folder under --out
     base = Path(args.out) if args.out else default_run_dir(args.experiment if swept else configs[0].name)
     for config in configs:  # every folder refused before the first run starts, not after hours of it
         RunDirectory(base / config.name if swept else base).check_new()
-    for i, config in enumerate(configs):
-        out = base / config.name if swept else base
-        print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
-        began = time.perf_counter()
-        simulate(config, out, args.data_root, verbose=args.verbose)
-        _report(config.name, out, began)
+    out = base
+    with _interruptible(lambda: out), SimulationRuntime(args.verbose) as runtime:  # one SuperLink for all
+        for i, config in enumerate(configs):
+            out = base / config.name if swept else base
+            if swept:
+                print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
+            began = time.perf_counter()
+            runtime.run(config, out, args.data_root)
+            _report(config.name, out, began)
     if swept:
         print(f"fedmi: {len(configs)} runs in {base}; `fedmi report {base}` summarises them")
     return 0

@@ -451,7 +451,7 @@ class ExperimentConfig:
             fail("discovery.min_steps", self.discovery.min_steps, f"exceeds discovery.steps = {self.discovery.steps}")
 
 
-RUNTIME_KEYS = frozenset({"experiment", "set", "out", "data-root", "resume"})
+RUNTIME_KEYS = frozenset({"experiment", "set", "out", "data-root", "resume", "console"})
 """Run-config keys that are not experiment fields: where to read and write."""
 
 

@@ -64,14 +64,4 @@ def client_fn(context: Context) -> Client:
     return build_client(context.run_config, context.node_config).to_client()
 
 
-def make_client_app(run_config: Mapping[str, Any]) -> ClientApp:
-    """A ClientApp bound to a run config (the in-process simulation passes the config this way)."""
-    bound = dict(run_config)
-
-    def bound_client_fn(context: Context) -> Client:
-        return build_client({**bound, **context.run_config}, context.node_config).to_client()
-
-    return ClientApp(client_fn=bound_client_fn)
-
-
 app = ClientApp(client_fn=client_fn)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -66,14 +66,14 @@ class QuietConsole(logging.StreamHandler):
         return None
 
 
-@contextmanager
-def run_console(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
-    """Within the block, Flower's logger writes everything to ``run_dir/run.log`` and the console only fedmi's lines.
+def install_console(run_dir: Path, verbose: bool = False) -> Callable[[], None]:
+    """From now on Flower's logger writes everything to ``run_dir/run.log`` and the console only fedmi's lines.
 
     With ``verbose`` the console shows Flower's own lines too (and its debug level, which
     Flower's simulation turns on): through Flower's handler on a terminal, and through a
-    plain one otherwise, since Flower's handler forces colour codes on. Everything is
-    put back on exit. Yields the log's path.
+    plain one otherwise, since Flower's handler forces colour codes on. Returns the
+    function that puts everything back; the ServerApp of ``fedmi run``, alone in its
+    process, never calls it.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RUN_LOG
@@ -93,9 +93,8 @@ def run_console(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
     if replacement is not None:
         FLOWER_LOGGER.removeHandler(console_handler)
         FLOWER_LOGGER.addHandler(replacement)
-    try:
-        yield path
-    finally:
+
+    def restore() -> None:
         if replacement is not None:
             FLOWER_LOGGER.removeHandler(replacement)
             FLOWER_LOGGER.addHandler(console_handler)
@@ -104,3 +103,15 @@ def run_console(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
         FLOWER_LOGGER.setLevel(saved[3])
         FLOWER_LOGGER.removeHandler(to_file)
         to_file.close()
+
+    return restore
+
+
+@contextmanager
+def run_console(run_dir: Path, verbose: bool = False) -> Iterator[Path]:
+    """:func:`install_console` for the block; everything is put back on exit. Yields the log's path."""
+    restore = install_console(run_dir, verbose)
+    try:
+        yield run_dir / RUN_LOG
+    finally:
+        restore()

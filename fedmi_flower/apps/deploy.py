@@ -137,7 +137,7 @@ class LocalDeployment:
         )
         deadline = time.monotonic() + self.startup_timeout
         # SuperNodes that find no SuperLink retry with a growing back-off: start them once it listens.
-        while not _listening(link_port):
+        while not listening(link_port):
             self._check_services("while starting")
             if time.monotonic() > deadline:
                 raise DeploymentError(
@@ -418,7 +418,7 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     try:
         socket.create_connection((HOST, port), timeout=1.0).close()
     except OSError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Mapping
 from logging import INFO
 from pathlib import Path
@@ -22,6 +23,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedmi_flower.analysis.reference import reference_of
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.apps.console import install_console
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig
@@ -127,6 +129,11 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
     run_dir, analyst, weights, checkpoint = prepare_run(
         config, run_config.get("out") or None, run_config.get("data-root") or None, resume
     )
+    console = str(run_config.get("console") or "")
+    if console in ("quiet", "verbose"):  # `fedmi run`: this process's output is what its user reads
+        install_console(run_dir.path, verbose=console == "verbose")
+        # Ray's notice about a future default; the current one (hide GPUs from clients given no GPU share) is ours.
+        warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*", category=FutureWarning)
     done = checkpoint.server_round if checkpoint else 0
     if done >= config.rounds:
         raise ValueError(f"{run_dir.path} already finished all {config.rounds} rounds; nothing to resume")
@@ -164,16 +171,6 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
 def server_fn(context: Context) -> ServerAppComponents:
     """Flower entry point."""
     return build_components(context.run_config)
-
-
-def make_server_app(run_config: Mapping[str, Any]) -> ServerApp:
-    """A ServerApp bound to a run config (the in-process simulation passes the config this way)."""
-    bound = dict(run_config)
-
-    def bound_server_fn(context: Context) -> ServerAppComponents:
-        return build_components({**bound, **context.run_config})
-
-    return ServerApp(server_fn=bound_server_fn)
 
 
 app = ServerApp(server_fn=server_fn)

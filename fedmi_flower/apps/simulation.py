@@ -1,39 +1,268 @@
-"""Run an experiment in this process on Flower's simulation runtime (Ray virtual clients)."""
+"""Run experiments on Flower's simulation runtime, the one behind ``flwr run``: Ray virtual clients on this machine.
+
+``fedmi run`` starts a SuperLink in simulation mode of its own (its own ``$FLWR_HOME`` in
+a temporary folder, its Control API on a free loopback port), submits each run with
+``flwr run <app> --stream``, and stops the SuperLink with everything it started when the
+last run ends, fails or is interrupted. The SuperLink builds the app into a FAB and
+starts a ``flwr-simulation`` process per run, which runs the ServerApp and the Ray
+engine; Flower 1.41 deprecates the in-process ``flwr.simulation.run_simulation`` this
+module used before in favour of exactly this path.
+
+The run's console: the ServerApp's process output is streamed back to ``flwr run``,
+and the run config's ``console`` key makes the ServerApp write its full log to
+``run.log`` and only fedmi's lines (plus one line per warning) to that output
+(:func:`fedmi_flower.apps.console.install_console`). What the runtime says before the
+ServerApp starts (the SuperLink connection, the federation's size) is not the
+experiment's: it goes to ``runtime.log`` in the run directory, with the rest of the
+stream, and to the console only with ``--verbose``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import warnings
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from types import TracebackType
 
-from flwr.simulation import run_simulation
-
-from fedmi_flower.apps.client_app import make_client_app
-from fedmi_flower.apps.console import run_console
+from fedmi_flower.apps.deploy import (
+    ANSI_CODE,
+    APP_DIR,
+    BIN_DIR,
+    HOST,
+    DeploymentError,
+    free_ports,
+    listening,
+    stop_process_trees,
+)
 from fedmi_flower.apps.memory import return_large_blocks_to_os
-from fedmi_flower.apps.server_app import make_server_app
-from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.records.results import RunDirectory, default_run_dir
+from fedmi_flower.config import ConfigError, ExperimentConfig
+from fedmi_flower.records.results import RunDirectory, config_to_toml, default_run_dir
 from fedmi_flower.science.data import load_labels
 
+CONNECTION = "fedmi-simulation"
+"""Name of the SuperLink connection in the runtime's own ``$FLWR_HOME/config.toml``."""
 
-def backend_config(config: ExperimentConfig, verbose: bool = False) -> dict[str, Any]:
-    """Ray backend settings: each virtual client gets the config's CPU and GPU share.
+RUNTIME_LOG = "runtime.log"
+"""What ``flwr run --stream`` printed for a run, colour codes removed, in the run directory."""
 
-    Ray joins an existing cluster when ``RAY_ADDRESS`` is set; otherwise it starts a
-    local one sized to this machine. The clients' own output (Ray prefixes it with the
-    actor's pid) reaches the console only with ``verbose``: what matters of it, a
-    client's exception, reaches the strategy, which names it; the rest stays in Ray's
-    session logs (``/tmp/ray/session_latest/logs``).
+SERVERAPP_STARTED = "fedmi: experiment "
+"""The ServerApp's first line (``server_app.build_components``): from here on the stream is the run's console."""
+
+STARTED_RUN = re.compile(r"Successfully started run (\d+)")
+
+
+class SimulationRuntime:
+    """A SuperLink in simulation mode on loopback, for ``flwr run`` submissions; stopped with all it started.
+
+    Parameters
+    ----------
+    verbose : bool
+        Flower's own lines (and its debug level) on the console, and the Ray clients' output.
+    startup_timeout : float
+        Seconds to wait for the SuperLink to listen.
+
+    Examples
+    --------
+    >>> with SimulationRuntime() as runtime:
+    ...     runtime.run(load_experiment("quickstart"), "runs/q")
     """
-    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose}
-    if not os.environ.get("RAY_ADDRESS"):
-        init_args["num_cpus"] = os.cpu_count() or 1
-    return {
-        "client_resources": {"num_cpus": config.resources.client_cpus, "num_gpus": config.resources.client_gpus},
-        "init_args": init_args,
-    }
+
+    def __init__(self, verbose: bool = False, startup_timeout: float = 60.0) -> None:
+        self.verbose = verbose
+        self.startup_timeout = startup_timeout
+        self.workdir: Path | None = None
+        self._superlink: subprocess.Popen | None = None
+        self._running: subprocess.Popen | None = None
+        self._kept = False  # a failure keeps the workdir (the SuperLink's log) for the user to read
+
+    def __enter__(self) -> SimulationRuntime:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the SuperLink; return once its Control API listens."""
+        if not (BIN_DIR / "flower-superlink").exists():
+            raise DeploymentError(
+                f"flower-superlink is not installed beside {sys.executable}; install flwr[simulation] here"
+            )
+        return_large_blocks_to_os()  # before the SuperLink starts, so that every process below inherits it
+        self.workdir = Path(tempfile.mkdtemp(prefix="fedmi-run-"))
+        (port,) = free_ports(1)
+        connection = f'[superlink.{CONNECTION}]\naddress = "{HOST}:{port}"\ninsecure = true\n'
+        (self.workdir / "config.toml").write_text(connection)
+        with (self.workdir / "superlink.log").open("wb") as log:
+            # Loopback only, and nothing but this process submits to it: no TLS needed. In its own
+            # session, so that Ctrl-C reaches this process alone, which then stops everything in order.
+            self._superlink = subprocess.Popen(
+                ["flower-superlink", "--simulation", "--insecure", "--isolation", "subprocess"]
+                + ["--host", HOST, "--port", str(port), "--disable-runtime-dependency-installation"],
+                cwd=self.workdir,
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while not listening(port):
+            if self._superlink.poll() is not None or time.monotonic() > deadline:
+                self._kept = True
+                raise DeploymentError(
+                    f"Flower's simulation SuperLink did not start; read {self.workdir / 'superlink.log'}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the SuperLink, the run in flight and every process they started (flwr-simulation, Ray)."""
+        roots = [p.pid for p in (self._running, self._superlink) if p is not None and p.poll() is None]
+        stop_process_trees(roots)
+        for process in (self._running, self._superlink):
+            if process is not None:
+                process.wait(timeout=10)
+        self._running = self._superlink = None
+        if self.workdir is not None and not self._kept:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def run(
+        self,
+        config: ExperimentConfig,
+        out: str | os.PathLike | None = None,
+        data_root: str | None = None,
+        resume: bool = False,
+    ) -> Path:
+        """Run ``config`` (``resume``: continue the run in ``out``); return its run directory.
+
+        Raises
+        ------
+        DeploymentError
+            When the run does not finish as completed; the message holds the end of its
+            log and names the files to read.
+        """
+        if self._superlink is None or self.workdir is None:
+            raise RuntimeError("the runtime is not started; use it as a context manager or call start()")
+        # Fail on a missing dataset here, with the loader's message, before Flower starts anything.
+        load_labels(config.data.dataset, True, data_root)
+        load_labels(config.data.dataset, False, data_root)
+        run_dir = Path(out or default_run_dir(config.name)).resolve()  # the ServerApp runs in another folder
+        if not resume:
+            RunDirectory(run_dir).check_new()  # here, not in a log after the runtime started (the ServerApp checks too)
+        # The resolved config travels as a file: a sweep point or a --set value needs no re-parsing.
+        experiment = self.workdir / f"{run_dir.name}.toml"
+        experiment.write_text(config_to_toml(config))
+        run_config = {
+            "experiment": str(experiment),
+            "out": str(run_dir),
+            "data-root": str(Path(data_root).resolve()) if data_root else "",
+            "resume": resume,
+            "console": "verbose" if self.verbose else "quiet",
+        }
+        config_file = self.workdir / "run-config.toml"
+        config_file.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in run_config.items()))
+        command = [str(BIN_DIR / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream"]
+        command += ["--run-config", str(config_file), "--federation-config", self.federation_config(config)]
+        transcript, run_id = self._follow(command)
+        if run_dir.is_dir():
+            (run_dir / RUNTIME_LOG).write_text("\n".join(transcript) + "\n")
+        status = self._status(run_id) if run_id else "never started"
+        if status != "finished:completed":
+            self._kept = True
+            tail = "\n".join(transcript[-15:])
+            where = run_dir / RUNTIME_LOG if run_dir.is_dir() else self.workdir
+            raise DeploymentError(
+                f"the run of {config.name} did not complete (status: {status}); its log ended with:\n{tail}\n"
+                f"read {where}, {run_dir / 'run.log'} and {self.workdir / 'superlink.log'}"
+            )
+        return run_dir
+
+    def federation_config(self, config: ExperimentConfig) -> str:
+        """``flwr run --federation-config``: the simulated SuperNodes and each one's Ray resources."""
+        cpus = config.resources.client_cpus
+        if cpus != int(cpus):
+            raise ConfigError(
+                f"resources.client_cpus = {cpus}: Flower's simulation runtime gives each virtual client "
+                "whole CPUs; set 1 or more"
+            )
+        options = {
+            "num-supernodes": config.clients,
+            "client-resources-num-cpus": int(cpus),
+            "client-resources-num-gpus": float(config.resources.client_gpus),
+            "init-args-log-to-driver": self.verbose,  # the clients' own output, which Ray prefixes with their pid
+            "verbose": self.verbose,
+        }
+        if not os.environ.get("RAY_ADDRESS"):  # else Ray joins that cluster, sized by its own nodes
+            options["init-args-num-cpus"] = os.cpu_count() or 1
+        return " ".join(f"{key}={json.dumps(value)}" for key, value in options.items())
+
+    def _follow(self, command: list[str]) -> tuple[list[str], str | None]:
+        """Run ``flwr run --stream``, echoing the run's console; return the stream's lines and the run id."""
+        terminal = sys.stdout.isatty()
+        transcript: list[str] = []
+        run_id = None
+        started = False
+        self._running = subprocess.Popen(
+            command,
+            cwd=self.workdir,
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert self._running.stdout is not None
+        for raw in self._running.stdout:
+            line = ANSI_CODE.sub("", raw.rstrip("\n"))
+            transcript.append(line)
+            if run_id is None and (found := STARTED_RUN.search(line)):
+                run_id = found.group(1)
+            started = started or SERVERAPP_STARTED in line
+            if started or self.verbose:
+                print(raw.rstrip("\n") if terminal else line, flush=True)
+        self._running.wait()
+        self._running = None
+        return transcript, run_id
+
+    def _status(self, run_id: str) -> str:
+        """The run's status as the SuperLink reports it (``finished:completed`` when it succeeded)."""
+        done = subprocess.run(
+            [str(BIN_DIR / "flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+            cwd=self.workdir,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        try:
+            (run,) = json.loads(done.stdout)["runs"]
+        except (ValueError, KeyError, TypeError):
+            return f"unknown (flwr ls said: {(done.stdout + done.stderr).strip()[-300:]})"
+        details = run.get("status-details")
+        return str(run["status"]) + (f" ({details})" if details and run["status"] != "finished:completed" else "")
+
+    def _env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(self.workdir),
+            # The SuperLink starts flwr-simulation by name: this environment's, first.
+            "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")]),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        }
+        return env
 
 
 def simulate(
@@ -43,35 +272,6 @@ def simulate(
     verbose: bool = False,
     resume: bool = False,
 ) -> Path:
-    """Run ``config`` as a Flower simulation; return the run directory.
-
-    With ``resume``, continue the run in ``out`` after its last checkpoint.
-
-    The ServerApp runs in this process (the circuit analysis with it); every client
-    runs in a Ray actor with ``resources.client_cpus`` CPUs (its torch threads) and
-    ``resources.client_gpus`` of a GPU.
-    """
-    return_large_blocks_to_os()  # before Ray starts, so that its workers inherit the setting
-    # Fail on a missing dataset here, with the loader's message, before Ray starts.
-    load_labels(config.data.dataset, True, data_root)
-    load_labels(config.data.dataset, False, data_root)
-    run_dir = Path(out) if out else default_run_dir(config.name)
-    if not resume:
-        RunDirectory(run_dir).check_new()  # before Ray starts (the ServerApp checks again)
-    run_config = {**config.to_run_config(), "out": str(run_dir), "resume": resume}
-    if data_root:
-        run_config["data-root"] = str(data_root)
-    with run_console(run_dir, verbose), warnings.catch_warnings():
-        # run_simulation is Flower's in-process entry point; `flwr run` is the other one.
-        warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated", category=DeprecationWarning)
-        # Ray's notice about a future default; the current one (hide GPUs from clients given no GPU share)
-        # is what we want.
-        warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*", category=FutureWarning)
-        run_simulation(
-            server_app=make_server_app(run_config),
-            client_app=make_client_app(run_config),
-            num_supernodes=config.clients,
-            backend_config=backend_config(config, verbose),
-            verbose_logging=verbose,
-        )
-    return run_dir
+    """Run ``config`` on a simulation runtime of its own; return the run directory (see :class:`SimulationRuntime`)."""
+    with SimulationRuntime(verbose) as runtime:
+        return runtime.run(config, out, data_root, resume)
