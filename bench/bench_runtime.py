@@ -1,12 +1,12 @@
-"""``fedmi run`` (Flower's ``run_simulation``, in this process) against the runtime behind ``flwr run``.
+"""``fedmi run`` (Flower's simulation runtime behind ``flwr run``) against the deprecated in-process ``run_simulation``.
 
-Flower 1.41 deprecates ``flwr.simulation.run_simulation``, which ``fedmi run`` calls, in
-favour of ``flwr run``: a SuperLink in simulation mode that builds the app into a FAB,
-installs it, and starts a ``flwr-simulation`` process per run, which runs the same Ray
-engine. This script runs one experiment both ways, one after the other, and prints the
-wall times and their ratio (issue 17: moving ``fedmi run`` over must keep its speed within
-10%). The SuperLink is this script's own (its own ``$FLWR_HOME`` in a temporary folder),
-stopped with everything it started at the end.
+``fedmi run`` starts a simulation SuperLink of its own, submits the run with ``flwr run
+--stream``, and the SuperLink starts a ``flwr-simulation`` process that runs the ServerApp
+and the Ray engine. Until issue 17 it called ``flwr.simulation.run_simulation`` in its
+own process, which Flower 1.41 deprecates; the move had to keep that speed within 10%.
+This script runs one experiment both ways, one after the other, each as a fresh process
+timed from start to exit, and prints the wall times and their ratio. The in-process
+variant lives here only, as the yardstick.
 
     python bench/bench_runtime.py                         # quickstart, 2 small rounds (~3 minutes)
     python bench/bench_runtime.py --set rounds=3          # more overrides of the experiment
@@ -15,7 +15,6 @@ stopped with everything it started at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,83 +22,42 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedmi_flower.apps.deploy import BIN_DIR, HOST, free_ports, stop_process_trees
+from fedmi_flower.config import load_experiment, parse_override
+from fedmi_flower.records.results import config_to_toml
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["rounds=2", "data.max_per_client=2000", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=100"]
 
+IN_PROCESS = """
+import os, sys, warnings
+from flwr.client import ClientApp
+from flwr.server import ServerApp
+from flwr.simulation import run_simulation
+from fedmi_flower.apps.client_app import build_client
+from fedmi_flower.apps.server_app import build_components
 
-def timed_fedmi_run(experiment: str, overrides: list[str], out: Path, data_root: str) -> float:
-    sets = [arg for o in overrides for arg in ("--set", o)]
+run_config = {"experiment": sys.argv[1], "out": sys.argv[2], "data-root": sys.argv[3], "console": "quiet"}
+warnings.simplefilter("ignore")
+run_simulation(
+    server_app=ServerApp(server_fn=lambda context: build_components(run_config)),
+    client_app=ClientApp(client_fn=lambda context: build_client(run_config, context.node_config).to_client()),
+    num_supernodes=int(sys.argv[4]),
+    backend_config={
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count(), "include_dashboard": False, "log_to_driver": False},
+    },
+)
+"""
+
+
+def timed(command: list[str], log: Path) -> float:
     began = time.perf_counter()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedmi_flower.cli",
-            "run",
-            experiment,
-            *sets,
-            "--out",
-            str(out),
-            "--data-root",
-            data_root,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - began
     if done.returncode != 0:
-        raise SystemExit(f"fedmi run failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(command[:4])} ... failed (exit {done.returncode}); read {log}")
     return seconds
-
-
-def timed_flwr_run(experiment: str, overrides: list[str], out: Path, data_root: str, clients: int, work: Path) -> float:
-    """Start a simulation SuperLink, ``flwr run`` the app on it, wait; the time from SuperLink start to the end."""
-    home = work / "flwr-home"
-    home.mkdir(parents=True)
-    (port,) = free_ports(1)
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")])}
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    (home / "config.toml").write_text(
-        f'[superlink.bench]\naddress = "{HOST}:{port}"\ninsecure = true\n'
-        f"options.num-supernodes = {clients}\n"
-        "options.backend.client-resources.num-cpus = 1\noptions.backend.client-resources.num-gpus = 0.0\n"
-    )
-    config = work / "run-config.toml"
-    config.write_text(
-        f'experiment = "{experiment}"\nset = {json.dumps(" ".join(overrides))}\n'
-        f"out = {json.dumps(str(out))}\ndata-root = {json.dumps(data_root)}\n"
-    )
-    began = time.perf_counter()
-    with (work / "superlink.log").open("wb") as log:
-        link = subprocess.Popen(
-            ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess", "--host", HOST]
-            + ["--port", str(port)]
-            + ["--disable-runtime-dependency-installation"],
-            cwd=home,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        done = subprocess.run(
-            [str(BIN_DIR / "flwr"), "run", str(REPO), "bench", "--stream", "--run-config", str(config)],
-            cwd=home,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        seconds = time.perf_counter() - began
-        (work / "flwr-run.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0 or not (out / "rounds.jsonl").is_file():
-            raise SystemExit(f"flwr run failed; read {work}/flwr-run.log and {work}/superlink.log")
-        return seconds
-    finally:
-        stop_process_trees([link.pid])
-        link.wait(timeout=10)
 
 
 def main() -> None:
@@ -107,20 +65,28 @@ def main() -> None:
     parser.add_argument("--experiment", default="quickstart")
     parser.add_argument("--set", action="append", default=[], help="override, as for fedmi run")
     parser.add_argument("--data-root", default=os.environ.get("FEDMI_DATA_ROOT", "data"))
-    parser.add_argument("--clients", type=int, default=3, help="the experiment's clients (SuperNodes to simulate)")
     args = parser.parse_args()
     overrides = [*SMALL, *args.set]
+    config = load_experiment(args.experiment, dict(parse_override(o) for o in overrides))
     data_root = str(Path(args.data_root).resolve())
     with tempfile.TemporaryDirectory(prefix="fedmi-runtime-") as tmp:
         work = Path(tmp)
-        inprocess = timed_fedmi_run(args.experiment, overrides, work / "inprocess", data_root)
-        print(f"fedmi run (run_simulation, in this process): {inprocess:.1f} s", flush=True)
-        flwr = timed_flwr_run(args.experiment, overrides, work / "flwr", data_root, args.clients, work / "flwr-runtime")
-        print(f"flwr run (simulation SuperLink, flwr-simulation process): {flwr:.1f} s")
-        same = (work / "inprocess" / "rounds.jsonl").read_text().count("\n") == (
-            work / "flwr" / "rounds.jsonl"
-        ).read_text().count("\n")
-        print(f"ratio flwr run / fedmi run: {flwr / inprocess:.2f} (target <= 1.10); same number of rounds: {same}")
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        runtime = timed(
+            [sys.executable, "-m", "fedmi_flower.cli", "run", args.experiment, *sets]
+            + ["--out", str(work / "runtime"), "--data-root", data_root],
+            work / "runtime.log",
+        )
+        print(f"fedmi run (simulation SuperLink, flwr run, flwr-simulation process): {runtime:.1f} s", flush=True)
+        experiment = work / "experiment.toml"
+        experiment.write_text(config_to_toml(config))
+        command = [sys.executable, "-c", IN_PROCESS, str(experiment), str(work / "inprocess"), data_root]
+        inprocess = timed([*command, str(config.clients)], work / "inprocess.log")
+        print(f"run_simulation in one process (deprecated; the old fedmi run): {inprocess:.1f} s")
+        same = [len((work / name / "rounds.jsonl").read_text().splitlines()) for name in ("runtime", "inprocess")] == [
+            config.rounds
+        ] * 2
+        print(f"ratio fedmi run / run_simulation: {runtime / inprocess:.2f} (target <= 1.10); both finished: {same}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ STRATEGIES = (
 )
 MATCHINGS = ("weights", "activations")
 """How two models' channels are paired (``science/alignment.py``): Git Re-Basin weight matching, or activations."""
+STRATEGY_APIS = ("legacy", "message")
+"""Flower's strategy APIs a run can speak (``apps/server_app.main``)."""
 PARTITIONS = ("iid", "dirichlet", "classes-per-client", "shared-class", "class-map")
 DATASET_NAMES = ("mnist", "fashion-mnist")
 
@@ -289,6 +291,14 @@ class StrategyConfig:
     masked_prune: bool = _spec(
         True, doc="maskedfedavg prunes the merged weights back to train.sparsity (else it keeps the clients' union)"
     )
+    api: str = _spec(
+        "legacy",
+        choices=STRATEGY_APIS,
+        doc=(
+            "Flower strategy API the run speaks: legacy (FedAvg subclass, aggregate_fit) or message "
+            "(flwr.serverapp Strategy, aggregate_train); the same analysis and records either way"
+        ),
+    )
 
 
 @dataclass
@@ -430,6 +440,12 @@ class ExperimentConfig:
                     self.analysis.classes,
                     "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)",
                 )
+        if self.strategy.api == "message" and self.strategy.fraction_evaluate > 0:
+            fail(
+                "strategy.fraction_evaluate",
+                self.strategy.fraction_evaluate,
+                "asks for federated evaluation, which only strategy.api = 'legacy' runs; set it to 0 or use legacy",
+            )
         if self.strategy.fraction_evaluate > 0 and d.holdout_fraction == 0:
             fail(
                 "data.holdout_fraction",

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.client import Client, ClientApp
-from flwr.common import Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import Client
+from flwr.clientapp import ClientApp
 
 from clients import CircuitClient
 from fedmi_flower.analysis.reference import reference_of
@@ -24,6 +25,7 @@ from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.science.data import experiment_partitions, load_split
+from strategies.message_strategy import scalars
 
 
 def data_root_of(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str | None:
@@ -60,8 +62,51 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
 
 
 def client_fn(context: Context) -> Client:
-    """Flower entry point: one CircuitClient per node and message."""
+    """The legacy API's entry point: one CircuitClient per node and message."""
     return build_client(context.run_config, context.node_config).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+legacy_app = ClientApp(client_fn=client_fn)
+"""The ClientApp of ``strategy.api = "legacy"``: Flower turns its messages into ``NumPyClient`` calls."""
+
+message_app = ClientApp()
+"""The ClientApp of ``strategy.api = "message"`` (contents: :mod:`strategies.message_strategy`)."""
+
+
+@message_app.query()
+def partition(message: Message, context: Context) -> Message:
+    """The node's partition id, which the server samples by; nothing is loaded to answer it."""
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"properties": ConfigRecord({"partition_id": pid})}), reply_to=message)
+
+
+@message_app.train()
+def train(message: Message, context: Context) -> Message:
+    """Sparse local training and circuit discovery on the node's partition: weights, example count, report."""
+    client = build_client(context.run_config, context.node_config)
+    weights, n, report = client.fit(
+        message.content.array_records["arrays"].to_numpy_ndarrays(), scalars(message.content.config_records["config"])
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(weights),
+            "metrics": MetricRecord({"num-examples": n}),
+            "report": ConfigRecord(dict(report.items())),
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+class _ByStrategyApi(ClientApp):
+    """The node's ClientApp: the run's ``strategy.api`` picks :data:`legacy_app` or :data:`message_app`.
+
+    One component in ``pyproject.toml`` serves both APIs, so that the API is chosen per run
+    (run config) rather than per app bundle.
+    """
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        api = ExperimentConfig.from_run_config(context.run_config).strategy.api
+        return (message_app if api == "message" else legacy_app)(message, context)
+
+
+app = _ByStrategyApi()

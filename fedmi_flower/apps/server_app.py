@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 from flwr.common import Context, log, ndarrays_to_parameters
 from flwr.common.logger import FLOWER_LOGGER
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.server import ServerAppComponents, ServerConfig
+from flwr.server.compat import start_grid
+from flwr.serverapp import Grid, ServerApp
 
 from fedmi_flower.analysis.reference import reference_of
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
@@ -32,7 +34,7 @@ from fedmi_flower.science.data import experiment_partitions, load_labels, load_s
 from fedmi_flower.science.model import build_model, get_weights
 from fedmi_flower.science.seeding import derive_seed
 from fedmi_flower.views.tensorboard import TensorBoardScalars
-from strategies import CONSOLE_KEY, CircuitAnalysisMixin, build_strategy
+from strategies import CONSOLE_KEY, CircuitAnalysisMixin, CircuitMessageStrategy, build_strategy
 
 
 def prepare_run(
@@ -169,8 +171,28 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
 
 
 def server_fn(context: Context) -> ServerAppComponents:
-    """Flower entry point."""
+    """The legacy API's entry point (``ServerApp(server_fn=server_fn)``): the strategy and server config."""
     return build_components(context.run_config)
 
 
-app = ServerApp(server_fn=server_fn)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: the experiment's rounds under the strategy API its config names (``strategy.api``).
+
+    ``legacy``: Flower's compat loop runs the ``FedAvg``-derived strategy (``aggregate_fit``),
+    as ``ServerApp(server_fn=server_fn)`` would. ``message``: the Message API's
+    ``Strategy.start`` runs :class:`strategies.CircuitMessageStrategy` (``aggregate_train``)
+    in front of the same strategy, so the records are the same.
+    """
+    components = build_components(context.run_config)
+    core, server_config = components.strategy, components.config
+    assert isinstance(core, CircuitAnalysisMixin) and server_config is not None
+    if core.experiment.strategy.api == "message":
+        timeout = server_config.round_timeout or 3600.0
+        front = CircuitMessageStrategy(core, timeout=timeout)
+        front.start(grid, front.initial_arrays(), num_rounds=server_config.num_rounds, timeout=timeout)
+    else:
+        start_grid(grid=grid, strategy=core, config=server_config)
