@@ -150,7 +150,8 @@ def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_
     overrides = "rounds=1 data.max_per_client=600 discovery.steps=10 data.eval_per_class=20"
     try:
         proc = subprocess.run(
-            ["flwr", "run", ".", "fedmi-local", "--stream", "--run-config", f'set="{overrides}" out="{out}"'],
+            ["flwr", "run", ".", "fedmi-local", "--stream", "--run-config", f'set="{overrides}" out="{out}"']
+            + ["--federation-config", "num-supernodes=3 client-resources-num-cpus=1"],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -163,6 +164,7 @@ def test_flwr_run_dot_runs_the_app_in_the_installed_environment(tmp_path, mnist_
         stop_processes_mentioning(str(home))
     assert (REPO / "pyproject.toml").read_text().count("MIGRATION NOTICE") == 0  # flwr must not rewrite our pyproject
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "deprecated" not in (proc.stdout + proc.stderr).lower()  # nor the connection's `options.` fields
     (record,) = rounds_json(RunDirectory(out))
     assert sorted(record["clients"]) == ["0", "1", "2"] and record["global"]["circuits"]
 
