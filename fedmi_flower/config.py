@@ -272,6 +272,15 @@ class StrategyConfig:
     wait_for_clients: float = _spec(
         300.0, lo=0.0, lo_open=True, doc="seconds to wait for all clients to connect before a round fails with an error"
     )
+    round_timeout: float | None = _spec(
+        None,
+        lo=0.0,
+        lo_open=True,
+        doc=(
+            "seconds a round waits for its clients' replies; the round then goes on with those that answered "
+            "and names the silent ones (default: wait for every one)"
+        ),
+    )
     proximal_mu: float = _spec(0.01, lo=0.0, doc="FedProx proximal coefficient")
     server_learning_rate: float = _spec(1.0, lo=0.0, lo_open=True, doc="FedAvgM server learning rate")
     server_momentum: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="FedAvgM server momentum")

@@ -12,7 +12,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,46 @@ def test_clients_must_match_the_experiment():
         and "--clients 4 but experiment 'quickstart' has clients = 3" in proc.stderr
         and "--set clients=4" in proc.stderr
     )
+
+
+def test_a_supernode_killed_mid_round_is_named_and_rejoins_the_next_round(tmp_path, mnist_root):
+    out, workdir = tmp_path / "run", tmp_path / "work"
+    settings = [s for s in SMALL if not s.startswith("rounds=")] + ["rounds=3", "strategy.round_timeout=60"]
+    outcome: dict[str, BaseException] = {}
+    with DescendantRecorder() as recorder:
+        with LocalDeployment(workdir, num_supernodes=3, data_root=mnist_root) as deployment:
+
+            def run() -> None:
+                try:
+                    deployment.run({"experiment": "quickstart", "set": " ".join(settings)}, out, timeout=900)
+                except BaseException as err:
+                    outcome["error"] = err
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            node_log = workdir / "logs" / "supernode-1.log"
+            deadline = time.monotonic() + 600
+
+            def wait_until(done: Callable[[], bool], what: str) -> None:
+                while not done():
+                    assert thread.is_alive() and time.monotonic() < deadline, f"the run ended before {what}"
+                    time.sleep(0.3)
+
+            wait_until(lambda: (out / "rounds.jsonl").exists() and len(rounds_json(out)) >= 1, "round 1 finished")
+            started = node_log.read_text().count("Start `flwr-clientapp` process")
+            # Round 2's ClientApp is at work on SuperNode 1: kill the SuperNode and everything under it.
+            wait_until(lambda: node_log.read_text().count("Start `flwr-clientapp` process") > started, "round 2")
+            deployment.kill_supernode(1)
+            wait_until(lambda: len(rounds_json(out)) >= 2, "round 2 finished without it")
+            deployment.restart_supernode(1)
+            thread.join(timeout=900)
+    assert "error" not in outcome, outcome
+    records = rounds_json(out)
+    assert [r["round"] for r in records] == [1, 2, 3]
+    # Round 2 went on with the other two after strategy.round_timeout, and names the one that never answered.
+    assert sorted(records[1]["clients"]) == ["0", "2"]
+    assert [s["partition_id"] for s in records[1]["silent_clients"]] == [1]
+    assert records[1]["timings"]["round"] > 55  # it waited out the 60 s (counted from sampling, a little later)
+    # The restarted SuperNode (same key: the same node) trains again in round 3.
+    assert sorted(records[2]["clients"]) == ["0", "1", "2"] and records[2]["silent_clients"] == []
+    assert recorder.leftovers() == []

@@ -322,6 +322,22 @@ class LocalDeployment:
             node_config,
         ]
 
+    def kill_supernode(self, i: int) -> None:
+        """SIGKILL SuperNode ``i`` with its ClientApp processes, as a host that crashes would vanish.
+
+        The deployment stops watching it (a run goes on without it); :meth:`restart_supernode`
+        brings it back.
+        """
+        process = self._services.pop(f"supernode-{i}")
+        _send(process_tree([process.pid]), signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def restart_supernode(self, i: int) -> None:
+        """Start SuperNode ``i`` again: same partition, same key, so it rejoins as the node it was."""
+        (port,) = free_ports(1)
+        name = f"supernode-{i}"
+        self._start_service(name, self._home(name), self._supernode_command(i, port, self.supernode_security(i)))
+
     def register_supernode(self, public_key: Path) -> None:
         """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
         done = subprocess.run(
@@ -377,7 +393,7 @@ class LocalDeployment:
         self._services[name] = self._start(name, home, command)
 
     def _check_services(self, when: str) -> None:
-        for name, process in self._services.items():
+        for name, process in list(self._services.items()):  # a fault test may kill one from another thread
             if process.poll() is not None:
                 raise DeploymentError(
                     f"{name} exited with code {process.returncode} {when}; read {self.logs / name}.log"

@@ -167,7 +167,10 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
     if checkpoint is not None:
         assert isinstance(strategy, CircuitAnalysisMixin)
         strategy.load_strategy_state(checkpoint.strategy_state)
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=config.rounds - done))
+    return ServerAppComponents(
+        strategy=strategy,
+        config=ServerConfig(num_rounds=config.rounds - done, round_timeout=config.strategy.round_timeout),
+    )
 
 
 def server_fn(context: Context) -> ServerAppComponents:
