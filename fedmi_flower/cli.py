@@ -254,7 +254,7 @@ def _common_folder(paths: list[Path]) -> Path:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fedmi_flower.records.series import RunError, comparison, find_runs, load_run, setting_label
     from fedmi_flower.views.plots import plot_compare, plot_run, plot_skew_law  # matplotlib loads only for plotting
-    from fedmi_flower.views.report import skew_law_points
+    from fedmi_flower.views.report import skew_law_groups, skew_law_points
 
     paths = find_runs(args.runs)
     if args.compare:
@@ -265,7 +265,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         made = plot_compare(groups, labels, setting, out)
         law = skew_law_points(runs)
         if law:  # a skew sweep: every metric against the runs' label skew too
-            made += plot_skew_law(law, out)
+            made += plot_skew_law(law, out, groups=skew_law_groups(runs))
         print(f"fedmi: {len(runs)} runs side by side by {setting} ({', '.join(labels)})")
     else:
         if len(paths) != 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from fedmi_flower.science.metrics import (
@@ -143,12 +144,12 @@ def test_a_report_over_a_skew_sweep_fits_each_metric_against_the_runs_label_skew
     from fedmi_flower.records.series import Run
     from fedmi_flower.science.law import fit_line
     from fedmi_flower.views.plots import fig_skew_law
-    from fedmi_flower.views.report import skew_law_points
+    from fedmi_flower.views.report import skew_law_groups, skew_law_points
 
-    def run(emd: float, accuracy: float) -> Run:
+    def run(emd: float, accuracy: float, name: str = "sweep") -> Run:
         summary = RoundSummary(mean_label_emd=emd, global_accuracy=accuracy, circuit_bloat=1.0 + emd)
         record = RoundRecord(round=1, global_model=GlobalEntry(accuracy=accuracy), summary=summary)
-        return Run(tmp_path / f"emd-{emd}", ExperimentConfig(), [record])
+        return Run(tmp_path / f"emd-{emd}", ExperimentConfig(name=name), [record])
 
     planted = [run(e, 0.9 - 0.4 * e) for e in (0.0, 0.5, 1.0, 1.5)]
     points = skew_law_points(planted)
@@ -158,3 +159,11 @@ def test_a_report_over_a_skew_sweep_fits_each_metric_against_the_runs_label_skew
     assert fit_line(*points["circuit bloat"]).slope == pytest.approx(1.0)
     assert skew_law_points([run(0.30, 0.5), run(0.31, 0.6), run(0.32, 0.7)]) == {}  # seeds of one skew: no law
     assert text_outside(fig_skew_law(points)) == []
+    # A sweep's seeds: one setting each, its mean and spread drawn beside the runs.
+    seeded = [run(0.1 * i + e, 0.9 - 0.4 * e, f"law-alpha={e}-seed={i}") for e in (0.0, 1.0) for i in (0, 1)]
+    assert skew_law_groups(seeded) == ["law-alpha=0.0"] * 2 + ["law-alpha=1.0"] * 2
+    figure = fig_skew_law(skew_law_points(seeded), skew_law_groups(seeded))
+    bars = [c for c in figure.axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == 2 and text_outside(figure) == []
+    means = sorted(tuple(np.round(b.lines[0].get_xydata()[0], 6)) for b in bars)
+    assert means == [(0.05, 0.9), (1.05, 0.5)]

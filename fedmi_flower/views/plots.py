@@ -694,12 +694,16 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
     return fig
 
 
-def fig_skew_law(points: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+def fig_skew_law(
+    points: Mapping[str, tuple[Sequence[float], Sequence[float]]], groups: Sequence[str] | None = None
+) -> Figure:
     """Each metric against label skew over a sweep's runs, every run a point, with its least-squares line.
 
     ``points`` maps a metric to its runs' mean label EMDs and values
     (:func:`fedmi_flower.views.report.skew_law_points`); the fit and its confidence
     interval are :func:`fedmi_flower.science.law.fit_line`'s, written on each panel.
+    ``groups`` (one label per run, :func:`fedmi_flower.views.report.skew_law_groups`) adds
+    each setting's mean over its seeds, with one standard deviation either way on both axes.
     """
     names = list(points)
     ncols = min(4, len(names))
@@ -709,7 +713,24 @@ def fig_skew_law(points: Mapping[str, tuple[Sequence[float], Sequence[float]]]) 
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
         xs, ys = (np.asarray(v, dtype=float) for v in points[name])
-        ax.scatter(xs, ys, s=14, color="tab:blue", zorder=3, clip_on=False)
+        ax.scatter(xs, ys, s=14, color="tab:blue", alpha=0.6, zorder=3, clip_on=False, label="a run")
+        for i, group in enumerate(dict.fromkeys(groups or [])):
+            member = np.array([g == group for g in groups or []]) & np.isfinite(ys) & np.isfinite(xs)
+            if member.sum() < 2:
+                continue
+            ax.errorbar(
+                xs[member].mean(),
+                ys[member].mean(),
+                xerr=xs[member].std(ddof=1),
+                yerr=ys[member].std(ddof=1),
+                fmt="D",
+                color="tab:orange",
+                markeredgecolor="black",
+                markersize=5,
+                capsize=2,
+                zorder=4,
+                label="a setting's mean ± sd" if i == 0 else None,
+            )
         fit = fit_line(list(xs), list(ys))
         title = name
         if fit is not None:
@@ -723,16 +744,23 @@ def fig_skew_law(points: Mapping[str, tuple[Sequence[float], Sequence[float]]]) 
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("mean label EMD")
         ax.grid(True, alpha=0.3)
+    if groups:
+        axes.flat[0].legend(fontsize=7, loc="lower left")
     _suptitle(fig, "The skew law: each run's final round against its label skew (line: least squares, 95% CI of slope)")
     return fig
 
 
 def plot_skew_law(
-    points: Mapping[str, tuple[Sequence[float], Sequence[float]]], out: str | Path, formats: Sequence[str] = FORMATS
+    points: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+    groups: Sequence[str] | None = None,
 ) -> list[tuple[Path, str]]:
     """Save :func:`fig_skew_law` as ``skew_law``; returns ``(path, caption)`` of every file."""
     caption = "The skew law: every metric against the runs' mean label EMD, with its least-squares line."
-    return [(p, caption) for p in save(fig_skew_law(points), Path(out), "skew_law", formats)]
+    if groups:
+        caption += " Diamonds: each setting's mean over its seeds, bars one standard deviation."
+    return [(p, caption) for p in save(fig_skew_law(points, groups), Path(out), "skew_law", formats)]
 
 
 # ---------------------------------------------------------------------- saving

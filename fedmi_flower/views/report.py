@@ -427,6 +427,15 @@ def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[fl
     return {name: (emd, ys) for name, ys in values.items()}
 
 
+def skew_law_groups(runs: Sequence[Run]) -> list[str]:
+    """The setting of every run :func:`skew_law_points` counts, in its order: the run's name without its seed.
+
+    Runs of one setting (a sweep point's seeds) share a label, so that a figure can show
+    their mean and spread beside the single runs.
+    """
+    return [re.sub(r"-seed=\d+$", "", run.config.name) for run in runs if any(r.analysed for r in run.records)]
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -712,7 +721,8 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
                 "Every run is one point: its clients' mean label EMD to the pooled labels (0: IID, 2: disjoint) "
                 "against its final round's value (the slope: of the local-global IoU's mean over rounds). "
                 "Fit: least-squares line with 95% confidence intervals (Student's t) and R^2 "
-                "(`fedmi_flower.science.law.fit_line`); the figure shows the points beside it.",
+                "(`fedmi_flower.science.law.fit_line`); the figure shows the points beside it, and each "
+                "setting's mean over its seeds with one standard deviation either way.",
             )
         )
         rows = []
@@ -722,7 +732,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
                 [name, fit.describe() if fit is not None else "fewer than 3 runs define it", str(len(finite(ys)))]
             )
         blocks.append(("table", ["metric", "fit against mean EMD", "runs"], rows))
-        for path, caption in plot_skew_law(law, figures / "skew-law", formats=("png",)):
+        for path, caption in plot_skew_law(law, figures / "skew-law", formats=("png",), groups=skew_law_groups(runs)):
             blocks.append(("img", _relative(path, folder), caption))
 
     blocks.append(("h", 2, "Definitions"))
