@@ -259,14 +259,22 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     paths = find_runs(args.runs)
     if args.compare:
         runs = [load_run(p) for p in paths]
-        setting, groups = comparison(runs)
-        labels = [setting_label(g[0].config, [setting]) for g in groups]
         out = Path(args.out) if args.out else _common_folder(paths) / "figures-compare"
-        made = plot_compare(groups, labels, setting, out)
         law = skew_law_points(runs)
-        if law:  # a skew sweep: every metric against the runs' label skew too
-            made += plot_skew_law(law, out, groups=skew_law_groups(runs))
-        print(f"fedmi: {len(runs)} runs side by side by {setting} ({', '.join(labels)})")
+        try:
+            setting, groups = comparison(runs)
+        except RunError:
+            if not law:
+                raise
+            # Runs of several partitions (a Dirichlet sweep and its IID end): one axis, their label skew.
+            made = plot_skew_law(law, out, groups=skew_law_groups(runs))
+            print(f"fedmi: {len(runs)} runs differ in more than one setting; drawn against their label skew only")
+        else:
+            labels = [setting_label(g[0].config, [setting]) for g in groups]
+            made = plot_compare(groups, labels, setting, out)
+            if law:  # a skew sweep: every metric against the runs' label skew too
+                made += plot_skew_law(law, out, groups=skew_law_groups(runs))
+            print(f"fedmi: {len(runs)} runs side by side by {setting} ({', '.join(labels)})")
     else:
         if len(paths) != 1:
             raise RunError(

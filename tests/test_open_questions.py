@@ -167,3 +167,18 @@ def test_a_report_over_a_skew_sweep_fits_each_metric_against_the_runs_label_skew
     assert len(bars) == 2 and text_outside(figure) == []
     means = sorted(tuple(np.round(b.lines[0].get_xydata()[0], 6)) for b in bars)
     assert means == [(0.05, 0.9), (1.05, 0.5)]
+
+
+def test_a_study_folder_of_sweeps_is_found_to_its_runs(tmp_path):
+    from fedmi_flower.records.series import RunError, find_runs
+
+    runs = [tmp_path / "skew" / "dirichlet" / f"law-alpha={a}-seed=0" for a in (0.1, 1.0)]
+    runs.append(tmp_path / "skew" / "iid" / "law-seed=0")
+    for run in runs:
+        (run / "weights" / "round-1").mkdir(parents=True)
+        (run / "config.toml").write_text("")
+    (tmp_path / "skew" / "report" / "figures").mkdir(parents=True)  # a report beside the runs holds none
+    assert find_runs([tmp_path / "skew"]) == sorted(runs)
+    assert find_runs([runs[0]]) == [runs[0]]  # a run directory itself, not its insides
+    with pytest.raises(RunError, match="holds none"):
+        find_runs([tmp_path / "skew" / "report"])

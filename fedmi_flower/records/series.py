@@ -111,8 +111,20 @@ def load_run(path: str | os.PathLike) -> Run:
     return Run(path, config, records)
 
 
+def _runs_below(folder: Path, depth: int) -> list[Path]:
+    """The run directories under ``folder``, ``depth`` levels down at most, in name order (not inside a run)."""
+    found: list[Path] = []
+    for child in sorted(c for c in folder.iterdir() if c.is_dir() and not c.name.startswith(".")):
+        if is_run_dir(child):
+            found.append(child)
+        elif depth > 1:
+            found.extend(_runs_below(child, depth - 1))
+    return found
+
+
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Run directories named by ``paths``: a run directory itself, or a folder of them (a sweep's output).
+    """Run directories named by ``paths``: a run directory itself, or a folder holding them up to 3 levels down
+    (a sweep's output, or a study's folder of sweeps such as ``runs/skew/{dirichlet,iid}``).
 
     Raises
     ------
@@ -123,7 +135,7 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for p in map(Path, paths):
         if is_run_dir(p):
             found.append(p)
-        elif p.is_dir() and (children := sorted(c for c in p.iterdir() if is_run_dir(c))):
+        elif p.is_dir() and (children := _runs_below(p, depth=3)):
             found.extend(children)
         elif not p.exists():
             raise RunError(
