@@ -182,3 +182,22 @@ def test_a_study_folder_of_sweeps_is_found_to_its_runs(tmp_path):
     assert find_runs([runs[0]]) == [runs[0]]  # a run directory itself, not its insides
     with pytest.raises(RunError, match="holds none"):
         find_runs([tmp_path / "skew" / "report"])
+
+
+def test_the_skew_sweep_runs_short_and_its_report_fits_the_law(tmp_path, mnist_root):
+    from runs import fedmi, sets
+
+    out = tmp_path / "skew"
+    short = ["rounds=2", "clients=3", "data.max_per_client=300", "discovery.steps=10", "data.eval_per_class=10"]
+    proc = fedmi("run", "skew-law", *sets(short), "--out", str(out), "--data-root", mnist_root, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fedmi: 5 runs in" in proc.stdout
+    alphas = ("0.05", "0.1", "0.3", "1.0", "10.0")
+    assert sorted(p.name for p in out.iterdir()) == [f"skew-law-alpha={a}" for a in alphas]
+    report = fedmi("report", str(out))
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (out / "report" / "report.md").read_text()
+    assert "## The skew law: each metric against label skew" in page
+    law = page.split("## The skew law")[1].split("## Definitions")[0]
+    assert "| global accuracy |" in law and " EMD (slope 95% CI [" in law and "R^2" in law
+    assert (out / "report" / "figures" / "skew-law" / "skew_law.png").is_file()
