@@ -235,10 +235,10 @@ def test_a_supernode_killed_mid_round_is_named_and_rejoins_the_next_round(tmp_pa
     assert "error" not in outcome, outcome
     records = rounds_json(out)
     assert [r["round"] for r in records] == [1, 2, 3]
-    # Round 2 went on with the other two after strategy.round_timeout, and names the one that never answered.
+    # Round 2 went on with the other two (by strategy.round_timeout, or sooner once the SuperLink saw the node
+    # go silent), and names the one that never answered.
     assert sorted(records[1]["clients"]) == ["0", "2"]
     assert [s["partition_id"] for s in records[1]["silent_clients"]] == [1]
-    assert records[1]["timings"]["round"] > 55  # it waited out the 60 s (counted from sampling, a little later)
     # The restarted SuperNode (same key: the same node) trains again in round 3.
     assert sorted(records[2]["clients"]) == ["0", "1", "2"] and records[2]["silent_clients"] == []
     assert recorder.leftovers() == []

@@ -333,7 +333,18 @@ class LocalDeployment:
         process.wait(timeout=10)
 
     def restart_supernode(self, i: int) -> None:
-        """Start SuperNode ``i`` again: same partition, same key, so it rejoins as the node it was."""
+        """Start SuperNode ``i`` again: same partition, same key, so it rejoins as the node it was.
+
+        Waits first until the SuperLink counts the dead node offline (its heartbeats stopped):
+        while the SuperLink still counts it online, it refuses to activate a node of that key.
+        """
+        deadline = time.monotonic() + self.startup_timeout
+        while self._online_supernodes() >= self.num_supernodes:
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"the SuperLink still counts SuperNode {i} online {self.startup_timeout:g} s after it died"
+                )
+            time.sleep(1.0)
         (port,) = free_ports(1)
         name = f"supernode-{i}"
         self._start_service(name, self._home(name), self._supernode_command(i, port, self.supernode_security(i)))
