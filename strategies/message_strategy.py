@@ -35,7 +35,6 @@ from flwr.common import (
     GetPropertiesIns,
     GetPropertiesRes,
     Parameters,
-    Scalar,
     Status,
     log,
     ndarrays_to_parameters,
@@ -46,6 +45,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from fedmi_flower.wire.protocol import scalars
 
 from .circuit_analysis_mixin import CircuitAnalysisMixin, Result
 
@@ -181,11 +182,6 @@ class CircuitMessageStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return None
-
-
-def scalars(record: ConfigRecord) -> dict[str, Scalar]:
-    """A ConfigRecord as the legacy API's config or metrics: its single values (a list has no legacy form)."""
-    return {key: value for key, value in record.items() if not isinstance(value, list)}
 
 
 def _arrays(parameters: Parameters | None) -> ArrayRecord | None:

@@ -6,6 +6,8 @@ import gzip
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,26 @@ def test_mnist_loads_normalised_tensors(mnist_root):
     assert abs(float(test.images.mean())) < 0.05 and abs(float(test.images.std()) - 1.0) < 0.05
     part = load_split("mnist", train=True, data_root=mnist_root, indices=[0, 5, 59999])
     assert len(part) == 3 and part.labels.tolist() == load_labels("mnist", True, mnist_root)[[0, 5, 59999]].tolist()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_idx_reader_reads_what_torchvision_reads(mnist_root, train):
+    """The loader reads the IDX files itself (importing torchvision costs a second per ClientApp process)."""
+    import torchvision
+
+    images, labels = load_raw("mnist", train, mnist_root)
+    reference = torchvision.datasets.MNIST(mnist_root, train=train, download=False)
+    assert torch.equal(images, reference.data) and torch.equal(labels, reference.targets.to(torch.int64))
+
+
+def test_the_client_path_does_not_import_torchvision_or_the_server():
+    """A deployment starts a ClientApp process per message: what it imports is paid every round."""
+    code = (
+        "import sys, fedmi_flower.apps.client_app; "
+        "print(sorted(m for m in ('torchvision', 'scipy', 'strategies', 'datasets', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_data_root_resolution_order(monkeypatch, tmp_path):
@@ -94,7 +116,7 @@ def test_distribution_package_gzip_files_are_staged(monkeypatch, tmp_path):
     monkeypatch.setitem(
         data_mod.DATASETS,
         "fashion-mnist",
-        DatasetSpec(spec.factory, spec.folder, spec.mean, spec.std, system_dirs=(str(system),)),
+        DatasetSpec(spec.torchvision_class, spec.folder, spec.mean, spec.std, system_dirs=(str(system),)),
     )
     images, labels = load_raw("fashion-mnist", False, str(tmp_path / "root"))
     assert images.shape == (20, 28, 28) and labels.shape == (20,)

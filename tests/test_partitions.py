@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,3 +147,85 @@ def test_cap_and_holdout_are_seeded_subsets():
     assert len(held) == 10 and not set(train) & set(held) and sorted(train + held) == idx
     with pytest.raises(ValueError):
         split_holdout(idx, 1.0, 1, 0)
+
+
+# --------------------------------------------------------------------------- the partition cache on disk
+
+
+def _dirichlet(alpha: float = 0.3) -> dict:
+    from fedmi_flower.config import DataConfig
+
+    return dataclasses.asdict(DataConfig(partition="dirichlet", alpha=alpha))
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    from fedmi_flower.science import data as data_mod
+
+    monkeypatch.setenv("FEDMI_CACHE_DIR", str(tmp_path / "cache"))
+    data_mod._experiment_partitions.cache_clear()
+    yield tmp_path / "cache" / "partitions"
+    data_mod._experiment_partitions.cache_clear()
+
+
+def test_a_partition_is_drawn_once_and_read_back_from_disk(cache_dir, monkeypatch, mnist_root):
+    from fedmi_flower.science import data as data_mod
+
+    drawn = data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root)
+    (stored,) = cache_dir.iterdir()
+    data_mod._experiment_partitions.cache_clear()
+
+    def no_draw(*args, **kwargs):
+        raise AssertionError("the partition was drawn again instead of read from the cache")
+
+    monkeypatch.setattr(data_mod, "make_partitions", no_draw)
+    assert data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root) == drawn
+    assert len({len(p.train) for p in drawn}) > 1  # a real skewed draw, not equal shares
+    # Another seed, another alpha or another number of clients is another partition: drawn, not read.
+    for args in ((_dirichlet(), 5, 8), (_dirichlet(0.5), 5, 7), (_dirichlet(), 4, 7)):
+        with pytest.raises(AssertionError, match="drawn again"):
+            data_mod.experiment_partitions(*args, mnist_root)
+    assert list(cache_dir.iterdir()) == [stored]
+
+
+def test_a_damaged_cache_file_is_drawn_again_and_replaced(cache_dir, mnist_root):
+    from fedmi_flower.science import data as data_mod
+
+    drawn = data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root)
+    (stored,) = cache_dir.iterdir()
+    for damage in (b"not an npz file", stored.read_bytes()[:100]):
+        stored.write_bytes(damage)
+        data_mod._experiment_partitions.cache_clear()
+        assert data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root) == drawn
+        assert np.load(stored)["bounds"].shape == (11,)
+    # A well-formed file whose rows point outside the dataset is not trusted either.
+    np.savez(stored, rows=np.array([0, 70000]), bounds=np.array([0, 1, 2] + [2] * 8))
+    data_mod._experiment_partitions.cache_clear()
+    assert data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root) == drawn
+
+
+def test_a_process_that_finds_the_cache_does_not_import_the_partitioner(cache_dir, mnist_root):
+    from fedmi_flower.science import data as data_mod
+
+    drawn = data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root)
+    code = (
+        "import json, sys\n"
+        "from fedmi_flower.science.data import experiment_partitions\n"
+        "parts = experiment_partitions(json.loads(sys.argv[1]), 5, 7, sys.argv[2])\n"
+        "print(json.dumps([[p.train[:3], len(p.holdout)] for p in parts]), 'datasets' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(_dirichlet()), mnist_root], capture_output=True, text=True, check=True
+    ).stdout.rsplit(" ", 1)
+    assert json.loads(out[0]) == [[p.train[:3], len(p.holdout)] for p in drawn] and out[1].strip() == "False"
+
+
+def test_the_cache_can_be_turned_off(tmp_path, monkeypatch, mnist_root):
+    from fedmi_flower.science import data as data_mod
+
+    monkeypatch.setenv("FEDMI_CACHE_DIR", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data_mod._experiment_partitions.cache_clear()
+    data_mod.experiment_partitions(_dirichlet(), 5, 7, mnist_root)
+    data_mod._experiment_partitions.cache_clear()
+    assert list(tmp_path.iterdir()) == []

@@ -25,7 +25,7 @@ from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.science.data import experiment_partitions, load_split
-from strategies.message_strategy import scalars
+from fedmi_flower.wire.protocol import scalars
 
 
 def data_root_of(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> str | None:

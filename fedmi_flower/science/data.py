@@ -1,8 +1,11 @@
 """Datasets as in-memory tensors, and the partitioners that split them among clients.
 
-Each split is read once per process through torchvision's dataset classes and kept as
-a uint8 tensor; a client or the server takes the rows it needs as normalised float32
-and batches by index. No per-sample PIL transform runs in any training loop.
+Each split is read once per process from torchvision's layout (``<root>/MNIST/raw``, the
+uncompressed IDX files) and kept as a uint8 tensor; a client or the server takes the
+rows it needs as normalised float32 and batches by index. No per-sample PIL transform
+runs in any training loop. torchvision is imported only to download a missing dataset:
+importing it costs about a second (it imports ``torch._dynamo``), and Flower's SuperNode
+starts a new ClientApp process for every message, which would pay it every round.
 
 Partitioners return plain lists of sorted indices, one list per client, and depend
 only on the labels, their parameters and a seed.
@@ -12,11 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
+import itertools
 import json
 import os
 import shutil
 import struct
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 from fedmi_flower.science.seeding import derive_seed, numpy_rng
 
@@ -42,7 +47,7 @@ class DatasetError(RuntimeError):
 class DatasetSpec:
     """What the loader needs to know about one dataset."""
 
-    factory: Callable[..., torchvision.datasets.VisionDataset]
+    torchvision_class: str  # the class in torchvision.datasets that downloads it
     folder: str  # torchvision's folder under the data root
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -52,9 +57,9 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(torchvision.datasets.MNIST, "MNIST", (0.1307,), (0.3081,)),
+    "mnist": DatasetSpec("MNIST", "MNIST", (0.1307,), (0.3081,)),
     "fashion-mnist": DatasetSpec(
-        torchvision.datasets.FashionMNIST,
+        "FashionMNIST",
         "FashionMNIST",
         (0.2860,),
         (0.3530,),
@@ -122,11 +127,11 @@ def dataset_spec(name: str) -> DatasetSpec:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
 
 
-def _check_idx_file(path: Path, magic: int, dims: int) -> int:
-    """Check an IDX file's header against its size; return the number of items.
+def _check_idx_file(path: Path, magic: int, dims: int) -> tuple[int, ...]:
+    """Check an IDX file's header against its size; return the shape it announces.
 
-    torchvision's reader asserts on a bad header and fails inside numpy on a truncated
-    body, so the file is checked here first to say which file is broken.
+    A bad header or a truncated body is reported here, naming the broken file, before
+    :func:`_read_idx` maps it.
     """
     fix = (
         f"delete {path} and provide the dataset again (a complete copy of the original file, "
@@ -148,7 +153,7 @@ def _check_idx_file(path: Path, magic: int, dims: int) -> int:
         raise DatasetError(
             f"dataset file {path} is corrupt or truncated: {size} bytes, its header announces {expected}; {fix}"
         )
-    return int(shape[0])
+    return tuple(int(n) for n in shape)
 
 
 def _stage_system_copy(spec: DatasetSpec, raw_dir: Path) -> bool:
@@ -181,6 +186,18 @@ def _stage_system_copy(spec: DatasetSpec, raw_dir: Path) -> bool:
     return False
 
 
+def _read_idx(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """The uint8 body of an IDX file that :func:`_check_idx_file` passed, as a tensor of ``shape``."""
+    body = np.fromfile(path, dtype=np.uint8, offset=4 + 4 * len(shape))
+    return torch.from_numpy(body.reshape(shape))
+
+
+def _download(spec: DatasetSpec, root: Path, train: bool) -> None:
+    import torchvision  # deferred: see the module docstring
+
+    getattr(torchvision.datasets, spec.torchvision_class)(str(root), train=train, download=True)
+
+
 @lru_cache(maxsize=8)
 def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split as (uint8 images (N, H, W), int64 labels); cached per process.
@@ -199,7 +216,7 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
         if not _stage_system_copy(spec, raw_dir):
             missing = [d for d in (raw_dir, raw_dir.parent, root) if not d.exists()]  # deepest first
             try:
-                spec.factory(str(root), train=train, download=True)
+                _download(spec, root, train)
             except Exception as err:  # offline: URLError, RuntimeError, OSError...
                 for folder in missing:  # a failed lookup leaves nothing behind (the download made these)
                     with contextlib.suppress(OSError):
@@ -216,17 +233,14 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
                     f"or point --data-root / ${DATA_ROOT_ENV} at a folder that holds {spec.folder}/raw/"
                 ) from err
 
-    n_images = _check_idx_file(image_file, _IDX_IMAGES_MAGIC, 3)
-    n_labels = _check_idx_file(label_file, _IDX_LABELS_MAGIC, 1)
+    image_shape = _check_idx_file(image_file, _IDX_IMAGES_MAGIC, 3)
+    label_shape = _check_idx_file(label_file, _IDX_LABELS_MAGIC, 1)
+    n_images, n_labels = image_shape[0], label_shape[0]
     if n_images != n_labels:
         raise DatasetError(
             f"{image_file} holds {n_images} images but {label_file} holds {n_labels} labels; provide a matching pair"
         )
-    try:
-        ds = spec.factory(str(root), train=train, download=False)
-    except Exception as err:
-        raise DatasetError(f"torchvision could not read {raw_dir}: {err}") from err
-    images, labels = ds.data, ds.targets.to(torch.int64)
+    images, labels = _read_idx(image_file, image_shape), _read_idx(label_file, label_shape).to(torch.int64)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
         raise DatasetError(
             f"{label_file} holds labels outside 0..{spec.num_classes - 1}; the file is corrupt, provide it again"
@@ -571,8 +585,12 @@ def experiment_partitions(
 @lru_cache(maxsize=4)
 def _experiment_partitions(data_json: str, clients: int, seed: int, data_root: str) -> list[ClientPartition]:
     d = json.loads(data_json)
-    return make_partitions(
-        load_labels(d["dataset"], True, data_root),
+    labels = load_labels(d["dataset"], True, data_root)
+    cache = partition_cache_file(data_json, clients, seed, labels)
+    if cache is not None and (parts := _read_partitions(cache, clients, len(labels))) is not None:
+        return parts
+    parts = make_partitions(
+        labels,
         d["partition"],
         clients,
         seed,
@@ -585,3 +603,84 @@ def _experiment_partitions(data_json: str, clients: int, seed: int, data_root: s
         max_per_client=d["max_per_client"],
         holdout_fraction=d["holdout_fraction"],
     )
+    if cache is not None:
+        _write_partitions(cache, parts)
+    return parts
+
+
+# --------------------------------------------------------------------------- partition cache
+#
+# On Flower's deployment runtime every message starts a new ClientApp process, which must
+# find its partition again: a Dirichlet draw imports flwr-datasets and Hugging Face
+# datasets (about 2 s) before it draws. The partitions are therefore kept on disk, keyed
+# by everything they depend on, and a process that finds them reads a small file instead.
+
+CACHE_ENV = "FEDMI_CACHE_DIR"
+"""Folder for the partition cache; default ``$XDG_CACHE_HOME/fedmi-flower`` (``~/.cache/fedmi-flower``)."""
+
+
+def cache_root() -> Path:
+    """Where fedmi keeps what it can recompute: ``$FEDMI_CACHE_DIR``, else the user's cache folder."""
+    if env := os.environ.get(CACHE_ENV):
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedmi-flower"
+
+
+def partition_cache_file(data_json: str, clients: int, seed: int, labels: np.ndarray) -> Path | None:
+    """The cache file of one partition: named by a digest of its inputs and of the code that draws it.
+
+    The inputs are the data settings, the number of clients, the seed and the labels
+    themselves; the code is this module, the seeding module and the installed versions
+    of numpy, flwr-datasets and datasets. A change to any of them names another file.
+    None when ``$FEDMI_CACHE_DIR`` is ``off``.
+    """
+    if os.environ.get(CACHE_ENV, "").lower() == "off":
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fedmi_flower.science import seeding
+
+    digest = hashlib.sha256()
+    for part in (data_json, str(clients), str(seed)):
+        digest.update(part.encode() + b"\0")
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    for source in (__file__, seeding.__file__):
+        digest.update(Path(source).read_bytes())
+    for package in ("numpy", "flwr-datasets", "datasets"):
+        try:
+            digest.update(version(package).encode())
+        except PackageNotFoundError:
+            digest.update(b"-")
+    return cache_root() / "partitions" / f"{digest.hexdigest()[:32]}.npz"
+
+
+def _read_partitions(path: Path, clients: int, rows: int) -> list[ClientPartition] | None:
+    """The cached partition, or None when the file is missing or does not hold ``clients`` valid partitions."""
+    try:
+        with np.load(path) as stored:
+            flat, bounds = stored["rows"], stored["bounds"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    if (
+        bounds.shape != (2 * clients + 1,)
+        or bounds[-1] != len(flat)
+        or (len(flat) and not 0 <= flat.min() <= flat.max() < rows)
+    ):
+        return None
+    lists = [flat[lo:hi].tolist() for lo, hi in itertools.pairwise(bounds)]
+    return [ClientPartition(lists[2 * i], lists[2 * i + 1]) for i in range(clients)]
+
+
+def _write_partitions(path: Path, parts: Sequence[ClientPartition]) -> None:
+    """Write the cache file atomically; a cache folder that cannot be written only costs the next process time."""
+    lists = [rows for p in parts for rows in (p.train, p.holdout)]
+    bounds = np.cumsum([0, *map(len, lists)])
+    flat = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in lists]) if lists else np.zeros(0, np.int64)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, rows=flat, bounds=bounds)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -189,6 +189,14 @@ def report_to_metrics(
     return metrics
 
 
+def scalars(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A Message API ``ConfigRecord`` as the legacy API's config or metrics.
+
+    Its single values: a list has no legacy form.
+    """
+    return {key: value for key, value in record.items() if not isinstance(value, list)}
+
+
 def _json_none(value: Any) -> Any:
     raise TypeError(f"not JSON: {value!r}")
 
