@@ -1,9 +1,10 @@
 """Run the app on Flower's deployment runtime on this machine: a SuperLink, N SuperNodes, ``flwr run``.
 
-Every process is the real Flower component, talking HTTP over loopback exactly as it
-would between hosts; only TLS and SuperNode authentication are off (``--insecure``).
-SuperNode ``i`` gets the node config ``partition-id=i num-partitions=N`` (plus
-``data-root``), so its ClientApp loads its own partition and nothing else.
+Every process is the real Flower component, talking HTTPS over loopback exactly as it
+would between hosts, with TLS and SuperNode authentication on (``secure=False`` runs
+them with ``--insecure``). SuperNode ``i`` gets the node config ``partition-id=i
+num-partitions=N`` (plus ``data-root``), so its ClientApp loads its own partition and
+nothing else.
 
 ``flwr run`` ships the app folder to the SuperLink as a FAB; the SuperLink and every
 SuperNode unpack it under their ``$FLWR_HOME/apps`` and import the app's code from
@@ -17,43 +18,36 @@ Processes are found and stopped through ``/proc``, so this module needs Linux.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 from fedmi_flower.apps.credentials import Credentials, make_credentials
-
-APP_DIR = Path(__file__).resolve().parents[2]
-"""The Flower app folder (it holds ``pyproject.toml``) of this checkout."""
-
-BIN_DIR = Path(sys.executable).parent
-"""Where this environment's ``flower-*`` and ``flwr*`` commands live."""
+from fedmi_flower.apps.processes import (
+    ANSI_CODE,
+    APP_DIR,
+    BIN_DIR,
+    HOST,
+    DeploymentError,
+    FlowerProcesses,
+    flower_environment,
+    flwr_json,
+    free_ports,
+    kill_process_trees,
+    stop_process_trees,
+    wait_until_listening,
+)
 
 CONNECTION = "fedmi-deployment"
 """Name of the SuperLink connection written to the deployment's own ``$FLWR_HOME/config.toml``."""
 
-HOST = "127.0.0.1"
 
-ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
-"""A terminal colour code, as Flower's log lines carry them (removed from the run directory's copy)."""
-
-
-class DeploymentError(RuntimeError):
-    """A process of the deployment failed; the message names the log to read."""
-
-
-class LocalDeployment:
+class LocalDeployment(FlowerProcesses):
     """One SuperLink and ``num_supernodes`` SuperNodes on loopback, started and stopped as a unit.
 
     Parameters
@@ -101,19 +95,6 @@ class LocalDeployment:
         self._services: dict[str, subprocess.Popen] = {}  # must stay up while the deployment is in use
         self._processes: list[subprocess.Popen] = []  # every process started, to stop on exit
 
-    def __enter__(self) -> LocalDeployment:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -137,14 +118,11 @@ class LocalDeployment:
         )
         deadline = time.monotonic() + self.startup_timeout
         # SuperNodes that find no SuperLink retry with a growing back-off: start them once it listens.
-        while not listening(link_port):
-            self._check_services("while starting")
-            if time.monotonic() > deadline:
-                raise DeploymentError(
-                    f"the SuperLink did not listen on {self.address} within "
-                    f"{self.startup_timeout:g} s; read {self.logs}/superlink.log"
-                )
-            time.sleep(0.2)
+        if not wait_until_listening(link_port, self.startup_timeout, lambda: self._check_services("while starting")):
+            raise DeploymentError(
+                f"the SuperLink did not listen on {self.address} within "
+                f"{self.startup_timeout:g} s; read {self.logs}/superlink.log"
+            )
         (self._home("cli") / "config.toml").write_text(
             f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n'
             + (
@@ -329,7 +307,7 @@ class LocalDeployment:
         brings it back.
         """
         process = self._services.pop(f"supernode-{i}")
-        _send(process_tree([process.pid]), signal.SIGKILL)
+        kill_process_trees([process.pid])
         process.wait(timeout=10)
 
     def restart_supernode(self, i: int) -> None:
@@ -354,7 +332,7 @@ class LocalDeployment:
         done = subprocess.run(
             [str(BIN_DIR / "flwr"), "supernode", "register", str(public_key), CONNECTION],
             cwd=self._home("cli"),
-            env={**os.environ, "FLWR_HOME": str(self._home("cli"))},
+            env=flower_environment(self._home("cli")),
             capture_output=True,
             text=True,
             timeout=120,
@@ -377,15 +355,7 @@ class LocalDeployment:
 
     def _start(self, name: str, home: Path, command: list[str]) -> subprocess.Popen:
         """Start ``command`` with its own ``$FLWR_HOME``; its output is appended to ``logs/<name>.log``."""
-        # The SuperLink and SuperNodes launch flower-superexec, flwr-serverapp and flwr-clientapp
-        # by name: put this environment's commands first so that they run here.
-        env = {
-            **os.environ,
-            "FLWR_HOME": str(home),
-            "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")]),
-        }
-        # Only matters for `flwr run` against a local simulation SuperLink, which it starts itself.
-        env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+        env = flower_environment(home)
         with (self.logs / f"{name}.log").open("ab") as log:
             # A session of its own: Ctrl-C reaches only this process, which then stops the deployment in order.
             process = subprocess.Popen(
@@ -412,110 +382,10 @@ class LocalDeployment:
 
     def _flwr_json(self, *args: str) -> dict:
         """Output of a ``flwr ... --format json`` command on this deployment's connection; {} when it fails."""
-        env = {**os.environ, "FLWR_HOME": str(self._home("cli"))}
-        proc = subprocess.run(
-            [str(BIN_DIR / "flwr"), *args, CONNECTION, "--format", "json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        try:
-            reply = json.loads(proc.stdout)
-        except ValueError:
-            return {}
-        return reply if reply.get("success") else {}
+        return flwr_json(self._home("cli"), *args, CONNECTION)[0]
 
     def _online_supernodes(self) -> int:
         return sum(node.get("status") == "online" for node in self._flwr_json("supernode", "ls").get("nodes", []))
 
     def _runs(self) -> dict[str, dict]:
         return {run["run-id"]: run for run in self._flwr_json("ls").get("runs", [])}
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports that are free on loopback right now."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:  # held open together, so that the ports differ
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection((HOST, port), timeout=1.0).close()
-    except OSError:
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------- process trees
-
-
-def _stat(pid: int | str) -> tuple[str, int] | None:
-    """State (``R``, ``S``, ``Z``, ...) and parent PID of a process; None when there is none."""
-    try:
-        # The command name in parentheses may hold spaces: split after its closing one.
-        state, ppid = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-    except (OSError, ValueError):
-        return None
-    return state, int(ppid)
-
-
-def process_tree(roots: Iterable[int]) -> list[int]:
-    """The processes ``roots`` that exist, with all their descendants."""
-    children = defaultdict(list)
-    existing = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
-            existing.add(int(entry.name))
-            children[stat[1]].append(int(entry.name))
-    tree: list[int] = []
-    todo = [pid for pid in roots if pid in existing]
-    while todo:
-        pid = todo.pop()
-        if pid not in tree:
-            tree.append(pid)
-            todo.extend(children[pid])
-    return tree
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie has ended."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _send(pids: Iterable[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def stop_process_trees(roots: Iterable[int], grace: float = 10.0) -> list[int]:
-    """Stop the processes ``roots`` and all their descendants; return the PIDs signalled.
-
-    The trees are frozen (SIGSTOP) first, until a walk finds no new process: a process
-    that spawned a child between the walk and the signal would otherwise leave it
-    orphaned and unseen. Then every process gets SIGTERM, and SIGKILL if it still runs
-    after ``grace`` seconds.
-    """
-    tree: list[int] = []
-    found = list(roots)
-    try:
-        while new := [pid for pid in process_tree(found + tree) if pid not in tree]:
-            _send(new, signal.SIGSTOP)
-            tree += new
-            found = []
-    finally:  # never leave a frozen process behind, even when interrupted
-        _send(tree, signal.SIGTERM)
-        _send(tree, signal.SIGCONT)
-    deadline = time.monotonic() + grace
-    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    _send([pid for pid in tree if _alive(pid)], signal.SIGKILL)
-    return tree

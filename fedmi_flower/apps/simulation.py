@@ -26,21 +26,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
-from fedmi_flower.apps.deploy import (
+from fedmi_flower.apps.memory import return_large_blocks_to_os
+from fedmi_flower.apps.processes import (
     ANSI_CODE,
     APP_DIR,
     BIN_DIR,
     HOST,
     DeploymentError,
+    FlowerProcesses,
+    flower_environment,
+    flwr_json,
     free_ports,
-    listening,
     stop_process_trees,
+    wait_until_listening,
 )
-from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ConfigError, ExperimentConfig
 from fedmi_flower.records.results import RunDirectory, config_to_toml, default_run_dir
 from fedmi_flower.science.data import load_labels
@@ -57,7 +58,7 @@ SERVERAPP_STARTED = "fedmi: experiment "
 STARTED_RUN = re.compile(r"Successfully started run (\d+)")
 
 
-class SimulationRuntime:
+class SimulationRuntime(FlowerProcesses):
     """A SuperLink in simulation mode on loopback, for ``flwr run`` submissions; stopped with all it started.
 
     Parameters
@@ -80,19 +81,6 @@ class SimulationRuntime:
         self._superlink: subprocess.Popen | None = None
         self._running: subprocess.Popen | None = None
         self._kept = False  # a failure keeps the workdir (the SuperLink's log) for the user to read
-
-    def __enter__(self) -> SimulationRuntime:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Start the SuperLink; return once its Control API listens."""
@@ -118,14 +106,18 @@ class SimulationRuntime:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + self.startup_timeout
-        while not listening(port):
-            if self._superlink.poll() is not None or time.monotonic() > deadline:
-                self._kept = True
-                raise DeploymentError(
-                    f"Flower's simulation SuperLink did not start; read {self.workdir / 'superlink.log'}"
-                )
-            time.sleep(0.1)
+        superlink, log_file = self._superlink, self.workdir / "superlink.log"
+
+        def check() -> None:
+            if superlink.poll() is not None:
+                raise DeploymentError(f"Flower's simulation SuperLink exited; read {log_file}")
+
+        try:
+            if not wait_until_listening(port, self.startup_timeout, check):
+                raise DeploymentError(f"Flower's simulation SuperLink did not start; read {log_file}")
+        except DeploymentError:
+            self._kept = True
+            raise
 
     def stop(self) -> None:
         """Stop the SuperLink, the run in flight and every process they started (flwr-simulation, Ray)."""
@@ -239,30 +231,18 @@ class SimulationRuntime:
 
     def _status(self, run_id: str) -> str:
         """The run's status as the SuperLink reports it (``finished:completed`` when it succeeded)."""
-        done = subprocess.run(
-            [str(BIN_DIR / "flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
-            cwd=self.workdir,
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        assert self.workdir is not None
+        reply, said = flwr_json(self.workdir, "ls", CONNECTION, "--run-id", run_id)
         try:
-            (run,) = json.loads(done.stdout)["runs"]
-        except (ValueError, KeyError, TypeError):
-            return f"unknown (flwr ls said: {(done.stdout + done.stderr).strip()[-300:]})"
+            (run,) = reply["runs"]
+        except (KeyError, TypeError, ValueError):
+            return f"unknown (flwr ls said: {said[-300:]})"
         details = run.get("status-details")
         return str(run["status"]) + (f" ({details})" if details and run["status"] != "finished:completed" else "")
 
     def _env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "FLWR_HOME": str(self.workdir),
-            # The SuperLink starts flwr-simulation by name: this environment's, first.
-            "PATH": os.pathsep.join([str(BIN_DIR), os.environ.get("PATH", "")]),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        }
-        return env
+        assert self.workdir is not None
+        return flower_environment(self.workdir)
 
 
 def simulate(
