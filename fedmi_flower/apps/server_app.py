@@ -28,6 +28,7 @@ from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.apps.console import install_console
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
+from fedmi_flower.apps.prompt_grid import prompt
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_dir
 from fedmi_flower.science.data import experiment_partitions, load_labels, load_split, server_splits
@@ -190,6 +191,7 @@ def main(grid: Grid, context: Context) -> None:
     ``Strategy.start`` runs :class:`strategies.CircuitMessageStrategy` (``aggregate_train``)
     in front of the same strategy, so the records are the same.
     """
+    grid = prompt(grid)  # on the deployment runtime, replies collected within 1 s, not 3 s (PromptGrid)
     components = build_components(context.run_config)
     core, server_config = components.strategy, components.config
     assert isinstance(core, CircuitAnalysisMixin) and server_config is not None
