@@ -60,6 +60,11 @@ def report(record: dict, label: str) -> None:
         f"local evaluation {mean('t_evaluate'):.1f} s"
     )
     print(f"  [{label}] server: global discovery {t['global_discovery']:.1f} s, evaluation {t['evaluation']:.1f} s")
+    if "round" in t:  # a round under Flower: from configure_fit to the end of aggregate_fit
+        print(
+            f"  [{label}] the round {t['round']:.1f} s: clients' fit {t['round'] - t['server']:.1f} s (slowest client "
+            f"{max(c['timings']['t_total'] for c in clients):.1f} s), server {t['server']:.1f} s"
+        )
     analysis = total("t_discovery") + total("t_evaluate") + t["analysis"]
     print(
         f"  [{label}] all clients' training {total('t_train'):.1f} s vs circuit analysis (local + global discovery, "
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--set", action="append", default=[], help="override for the Ray run, as for fedmi run")
     args = parser.parse_args()
     o = overrides(args.epochs, args.quick)
     config = load_experiment("quickstart", o)
@@ -95,6 +101,7 @@ def main() -> None:
             report(record, "in-process")
         if args.mode in ("ray", "both"):
             sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}".replace("'", '"')) for k, v in o.items()))
+            sets += list(itertools.chain.from_iterable(("--set", extra) for extra in args.set))
             command = [
                 sys.executable,
                 "-m",
