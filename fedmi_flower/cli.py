@@ -4,6 +4,7 @@ fedmi run EXPERIMENT [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root D
 fedmi run --resume RUN_DIR
 fedmi deploy-local EXPERIMENT [--clients N] [--set KEY=VALUE ...] [--out DIR] [--seed N] [--data-root DIR]
                    [--workdir DIR] [--insecure]
+fedmi credentials OUT_DIR --supernodes N [--host NAME ...] [--days D]
 fedmi list
 fedmi run EXPERIMENT --seeds 0,1,2 [...]
 fedmi plot RUN_DIR [--out DIR] [--graph-class C] [--graph-round T]
@@ -175,6 +176,29 @@ def _deployment_run_config(experiment: str, overrides: dict[str, Any], config: E
             "write string values without spaces and '='"
         )
     return run_config
+
+
+def _cmd_credentials(args: argparse.Namespace) -> int:
+    import datetime
+
+    from fedmi_flower.apps.credentials import make_credentials
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; give a new folder (credentials are never overwritten)")
+    if args.days <= 0:
+        raise ConfigError(f"--days {args.days}: certificates must be valid for at least one day")
+    if args.supernodes < 1:
+        raise ConfigError(f"--supernodes {args.supernodes}: make a key pair for at least one SuperNode")
+    made = make_credentials(out, args.supernodes, args.host, datetime.timedelta(days=args.days))
+    hosts = ", ".join([*args.host, "localhost", "127.0.0.1"])
+    print(f"wrote into {out} (certificates valid {args.days} days, for {hosts}):")
+    print(f"  {made.ca_certificate.name}  the CA: every SuperNode host and every machine that runs `flwr` trusts it")
+    print(f"  {made.server_certificate.name} {made.server_key.name}  the SuperLink's --ssl-certfile and --ssl-keyfile")
+    for i, key in enumerate(made.supernode_keys):
+        print(f"  {key.name} {made.public_key(i).name}  SuperNode {i}'s key pair (`flwr supernode register` the .pub)")
+    print("see docs/deployment.md, 'Across hosts', for the commands that use them")
+    return 0
 
 
 def _cmd_deploy_local(args: argparse.Namespace) -> int:
@@ -515,6 +539,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dep.set_defaults(func=_cmd_deploy_local)
 
+    cred = sub.add_parser(
+        "credentials",
+        help="write a CA, the SuperLink's TLS certificate and SuperNode key pairs, for a deployment across hosts",
+    )
+    cred.add_argument("out", metavar="OUT_DIR", help="a new folder to write them into")
+    cred.add_argument("--supernodes", type=int, required=True, help="SuperNode key pairs to make")
+    cred.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name or IP address by which SuperNodes and flwr reach the SuperLink (repeatable); "
+        "localhost and 127.0.0.1 are always covered",
+    )
+    cred.add_argument("--days", type=int, default=30, help="how long the certificates stay valid (default: 30)")
+    cred.set_defaults(func=_cmd_credentials)
+
     lst = sub.add_parser("list", help="list the bundled experiments")
     lst.set_defaults(func=_cmd_list)
     add_plot_and_report_commands(sub)
@@ -524,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (
     ("fedmi_flower.config", "ConfigError"),
     ("fedmi_flower.science.data", "DatasetError"),
-    ("fedmi_flower.apps.deploy", "DeploymentError"),
+    ("fedmi_flower.apps.processes", "DeploymentError"),
     ("fedmi_flower.records.series", "RunError"),
     ("builtins", "FileExistsError"),
     ("builtins", "FileNotFoundError"),

@@ -1,4 +1,4 @@
-"""Throwaway credentials for a secure local deployment: a CA, the SuperLink's certificate, one key pair per SuperNode.
+"""Credentials for a secure deployment: a CA, the SuperLink's certificate, one key pair per SuperNode.
 
 Flower's deployment runtime secures its links with TLS (the SuperLink's
 ``--ssl-*`` files, the SuperNodes' and the CLI's ``root-certificates``) and admits
@@ -6,7 +6,8 @@ only registered SuperNodes when the SuperLink runs with ``--enable-supernode-aut
 (each SuperNode signs with its private key; its public key is registered with
 ``flwr supernode register``). :func:`make_credentials` writes all of it with the
 ``cryptography`` package (which Flower itself depends on): a self-signed CA valid
-for a day, a server certificate for ``127.0.0.1`` and ``localhost`` signed by it, and
+for a day (``fedmi deploy-local``'s throwaway ones) or longer (``fedmi credentials``, for
+hosts), a server certificate for ``127.0.0.1``, ``localhost`` and the given hosts signed by it, and
 ECDSA P-384 key pairs in OpenSSH format, the format Flower reads (the one
 ``ssh-keygen -t ecdsa -b 384`` writes).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +75,9 @@ def _certificate(
     key: ec.EllipticCurvePrivateKey,
     signer: ec.EllipticCurvePrivateKey,
     extensions: list[tuple[x509.ExtensionType, bool]],
+    valid_for: datetime.timedelta,
 ) -> x509.Certificate:
-    """A certificate for ``key`` valid from a few minutes ago for :data:`VALID_FOR`, signed by ``signer``.
+    """A certificate for ``key`` valid from a few minutes ago for ``valid_for``, signed by ``signer``.
 
     ``issuer`` None makes it self-signed (the CA); ``extensions`` are ``(extension, critical)``.
     """
@@ -86,15 +89,46 @@ def _certificate(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALID_FOR)
+        .not_valid_after(now + valid_for)
     )
     for extension, critical in extensions:
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(signer, hashes.SHA384())
 
 
-def make_credentials(folder: str | Path, num_supernodes: int) -> Credentials:
-    """Write a CA, a server certificate for loopback and ``num_supernodes`` key pairs into ``folder``."""
+def _subject_alternative_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_credentials(
+    folder: str | Path,
+    num_supernodes: int,
+    hosts: Sequence[str] = (),
+    valid_for: datetime.timedelta = VALID_FOR,
+) -> Credentials:
+    """Write a CA, the SuperLink's certificate and ``num_supernodes`` key pairs into ``folder``.
+
+    Parameters
+    ----------
+    folder : str | Path
+        Where to write ``ca.crt``, ``server.pem``, ``server.key`` and ``supernode-<i>``
+        (private) with ``supernode-<i>.pub``.
+    num_supernodes : int
+        Key pairs to make, one per SuperNode.
+    hosts : sequence of str
+        Names (or IP addresses) by which SuperNodes and ``flwr`` reach the SuperLink,
+        beside ``localhost`` and ``127.0.0.1``, which the certificate always covers: the
+        SuperLink's own SuperExec connects over loopback.
+    valid_for : datetime.timedelta
+        How long the certificates stay valid.
+    """
+    if num_supernodes < 0:
+        raise ValueError(f"num_supernodes = {num_supernodes}; it cannot be negative")
+    if valid_for <= datetime.timedelta(0):
+        raise ValueError(f"valid_for = {valid_for}; certificates must be valid for some time")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -115,12 +149,14 @@ def make_credentials(folder: str | Path, num_supernodes: int) -> Credentials:
         ca_key,
         ca_key,
         [(x509.BasicConstraints(ca=True, path_length=0), True), (signs_certificates, True)],
+        valid_for,
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
-    # The SuperNodes, the CLI and the SuperLink's own SuperExec all reach the SuperLink over loopback.
-    names = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    # The SuperLink's own SuperExec reaches it over loopback; SuperNodes and flwr by ``hosts``.
+    covered = list(dict.fromkeys([*hosts, "localhost", "127.0.0.1"]))
+    names = x509.SubjectAlternativeName([_subject_alternative_name(h) for h in covered])
     server = _certificate(
-        "localhost",
+        covered[0],
         ca.subject,
         server_key,
         ca_key,
@@ -129,6 +165,7 @@ def make_credentials(folder: str | Path, num_supernodes: int) -> Credentials:
             (x509.BasicConstraints(ca=False, path_length=None), True),
             (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
         ],
+        valid_for,
     )
     ca_path, server_path, key_path = folder / "ca.crt", folder / "server.pem", folder / "server.key"
     _write(ca_path, ca.public_bytes(serialization.Encoding.PEM))
