@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from fedmi_flower.apps.deploy import process_tree, stop_process_trees
+from fedmi_flower.apps.processes import process_tree, stop_process_trees
 
 
 def _cmdline(pid: int) -> str:
@@ -79,3 +85,33 @@ class DescendantRecorder:
         }
         stop_process_trees(list(alive))
         return [f"{pid}: {cmd}" for pid, cmd in alive.items()]
+
+
+@dataclass
+class Interrupted:
+    """What :func:`interrupt_fedmi` saw: the command's exit code and output, every process of its tree."""
+
+    returncode: int
+    output: str
+    commands: list[str]
+    leftovers: list[str]
+
+
+def interrupt_fedmi(args: list[str], ready: Callable[[], bool], log: Path, timeout: float, cwd: Path) -> Interrupted:
+    """Run ``fedmi ARGS``, press Ctrl-C (SIGINT) once ``ready()`` holds, and record what is left running after."""
+    with DescendantRecorder() as recorder, log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedmi_flower.cli", *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                assert proc.poll() is None, f"fedmi ended before it was interrupted:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"not ready to interrupt within {timeout:g} s"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    leftovers = recorder.leftovers()
+    return Interrupted(proc.returncode, log.read_text(), recorder.commands(), leftovers)

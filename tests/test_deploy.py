@@ -9,7 +9,6 @@ import io
 import itertools
 import math
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from processes import DescendantRecorder
+from processes import DescendantRecorder, interrupt_fedmi
 from runs import rounds_json
 
 from fedmi_flower.apps.credentials import write_key_pair
@@ -146,44 +145,23 @@ def test_deployment_leaves_no_process_running(deployed):
 def test_interrupt_stops_every_process(tmp_path, mnist_root):
     out, workdir = tmp_path / "run", tmp_path / "work"
     first_node_log = workdir / "logs" / "supernode-0.log"
-    with DescendantRecorder() as recorder, (tmp_path / "fedmi.log").open("w") as log:
-        sets = list(itertools.chain.from_iterable(("--set", s) for s in SMALL))
-        command = [
-            "deploy-local",
-            "quickstart",
-            "--clients",
-            "3",
-            *sets,
-            "--out",
-            str(out),
-            "--workdir",
-            str(workdir),
-            "--data-root",
-            mnist_root,
-        ]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedmi_flower.cli", *command], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + 150
-            # Interrupt in the middle of a round, while ClientApp processes run.
-            while not (first_node_log.exists() and "Start `flwr-clientapp` process" in first_node_log.read_text()):
-                assert proc.poll() is None and time.monotonic() < deadline, (
-                    "no ClientApp started while the deployment ran"
-                )
-                time.sleep(0.5)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
-        finally:
-            proc.kill()
-    leftovers = recorder.leftovers()
-    output = (tmp_path / "fedmi.log").read_text()
-    assert proc.returncode == 130, output[-3000:]
-    assert "interrupted; every process of the deployment is stopped" in output
+    sets = list(itertools.chain.from_iterable(("--set", s) for s in SMALL))
+    command = ["deploy-local", "quickstart", "--clients", "3", *sets]
+    command += ["--out", str(out), "--workdir", str(workdir), "--data-root", mnist_root]
+    # Interrupt in the middle of a round, while ClientApp processes run.
+    seen = interrupt_fedmi(
+        command,
+        lambda: first_node_log.exists() and "Start `flwr-clientapp` process" in first_node_log.read_text(),
+        tmp_path / "fedmi.log",
+        timeout=150,
+        cwd=REPO,
+    )
+    assert seen.returncode == 130, seen.output[-3000:]
+    assert "interrupted; every process of the deployment is stopped" in seen.output
     # The ServerApp rebuilt the experiment from the run config the command made of --set.
     assert "fedmi: experiment 'quickstart', 3 clients x 2 rounds" in (workdir / "logs" / "flwr-run.log").read_text()
-    assert any("flwr-clientapp" in c for c in recorder.commands())
-    assert leftovers == []
+    assert any("flwr-clientapp" in c for c in seen.commands)
+    assert seen.leftovers == []
 
 
 def test_clients_must_match_the_experiment():

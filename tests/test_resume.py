@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import DescendantRecorder, process_tree
+from processes import interrupt_fedmi, process_tree
 from runs import rounds_json
 
 from fedmi_flower.records.results import RunDirectory
@@ -148,24 +148,18 @@ def test_killed_run_resumes_to_the_same_records(tmp_path, mnist_root, uninterrup
 def test_ctrl_c_stops_every_process_of_the_run_and_says_how_to_resume(tmp_path, mnist_root):
     out = tmp_path / "interrupted"
     run = RunDirectory(out)
-    with DescendantRecorder() as recorder, (tmp_path / "fedmi.log").open("w") as log:
-        proc = subprocess.Popen(_command(out, mnist_root), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 600
-            # Interrupt in round 2, while Ray's clients work: after round 1's checkpoint.
-            while not ((out / "checkpoint.npz").exists() and run.read_checkpoint().server_round >= 1):
-                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was interrupted"
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
-        finally:
-            proc.kill()
-    leftovers = recorder.leftovers()
-    output = (tmp_path / "fedmi.log").read_text()
-    assert proc.returncode == 130, output[-3000:]
-    assert f"interrupted; every process of the run is stopped. Continue it with `fedmi run --resume {out}`" in output
-    assert "Traceback" not in output
-    commands = recorder.commands()
-    assert any("flower-superlink" in c for c in commands) and any("flwr-simulation" in c for c in commands)
-    assert leftovers == []
+    # Interrupt in round 2, while Ray's clients work: after round 1's checkpoint.
+    seen = interrupt_fedmi(
+        _command(out, mnist_root)[3:],
+        lambda: (out / "checkpoint.npz").exists() and run.read_checkpoint().server_round >= 1,
+        tmp_path / "fedmi.log",
+        timeout=600,
+        cwd=REPO,
+    )
+    assert seen.returncode == 130, seen.output[-3000:]
+    said = f"interrupted; every process of the run is stopped. Continue it with `fedmi run --resume {out}`"
+    assert said in seen.output
+    assert "Traceback" not in seen.output
+    assert any("flower-superlink" in c for c in seen.commands) and any("flwr-simulation" in c for c in seen.commands)
+    assert seen.leftovers == []
     assert run.read_checkpoint().server_round < 3  # stopped mid-run, its finished rounds kept for --resume

@@ -393,6 +393,11 @@ def _slope_over_rounds(curve: np.ndarray) -> float:
     return float(np.polyfit(rounds[kept], curve[kept], 1)[0]) if kept.sum() >= 2 else float("nan")
 
 
+def _law_runs(runs: Sequence[Run]) -> list[Run]:
+    """The runs a skew law counts: those with an analysed round (:func:`skew_law_points`, :func:`skew_law_groups`)."""
+    return [run for run in runs if any(r.analysed for r in run.records)]
+
+
 def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[float]]]:
     """Per metric, every run's mean label EMD (of its final round) and its value: the points a skew law is fitted to.
 
@@ -400,10 +405,8 @@ def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[fl
     """
     emd: list[float] = []
     values: dict[str, list[float]] = {}
-    for run in runs:
+    for run in _law_runs(runs):
         analysed = [r for r in run.records if r.analysed]
-        if not analysed:
-            continue
         s = analysed[-1].summary
         n = len(run.records)
         emd.append(s.mean_label_emd)
@@ -433,7 +436,7 @@ def skew_law_groups(runs: Sequence[Run]) -> list[str]:
     Runs of one setting (a sweep point's seeds) share a label, so that a figure can show
     their mean and spread beside the single runs.
     """
-    return [re.sub(r"-seed=\d+$", "", run.config.name) for run in runs if any(r.analysed for r in run.records)]
+    return [re.sub(r"-seed=\d+$", "", run.config.name) for run in _law_runs(runs)]
 
 
 def rq_table(records: Sequence[Record]) -> Numbers:
