@@ -23,8 +23,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procmem import timed
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["data.max_per_client=2000", "train.batch_size=64", "discovery.steps=30", "data.eval_per_class=100"]
@@ -39,16 +42,6 @@ client_app.build_client(run_config, {"partition-id": 0, "num-partitions": int(sy
 built = time.perf_counter()
 print(imported - began, built - imported)
 """
-
-
-def timed(command: list[str], log: Path) -> float:
-    began = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - began
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[2:5])} ... failed (exit {done.returncode}); read {log}")
-    return seconds
 
 
 def round_seconds(run_dir: Path) -> list[tuple[float, float, float]]:
@@ -119,11 +112,12 @@ def main() -> None:
         print(f"a fresh ClientApp process: import {imports:.2f} s, build_client {builds:.2f} s (medians of 3)")
 
         common = [str(experiment), "--data-root", data_root]
-        sim_wall = timed([*fedmi, "run", *common, "--out", str(work / "sim")], work / "sim.log")
+        sim_wall = timed([*fedmi, "run", *common, "--out", str(work / "sim")], work / "sim.log", REPO)
         sim = round_seconds(work / "sim")
         dep_wall = timed(
             [*fedmi, "deploy-local", *common, "--out", str(work / "deploy"), "--workdir", str(work / "deploy-work")],
             work / "deploy.log",
+            REPO,
         )
         dep = round_seconds(work / "deploy")
         equal = same_records(work / "sim", work / "deploy")

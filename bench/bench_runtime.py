@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procmem import timed
 
 from fedmi_flower.config import load_experiment, parse_override
 from fedmi_flower.records.results import config_to_toml
@@ -51,16 +53,6 @@ run_simulation(
 """
 
 
-def timed(command: list[str], log: Path) -> float:
-    began = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - began
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} ... failed (exit {done.returncode}); read {log}")
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="quickstart")
@@ -78,12 +70,13 @@ def main() -> None:
             [sys.executable, "-m", "fedmi_flower.cli", "run", args.experiment, *sets]
             + ["--out", str(work / "runtime"), "--data-root", data_root],
             work / "runtime.log",
+            REPO,
         )
         print(f"fedmi run (simulation SuperLink, flwr run, flwr-simulation process): {runtime:.1f} s", flush=True)
         experiment = work / "experiment.toml"
         experiment.write_text(config_to_toml(config))
         command = [sys.executable, "-c", IN_PROCESS, str(experiment), str(work / "inprocess"), data_root]
-        inprocess = timed([*command, str(config.clients)], work / "inprocess.log")
+        inprocess = timed([*command, str(config.clients)], work / "inprocess.log", REPO)
         print(f"run_simulation in one process (deprecated; the old fedmi run): {inprocess:.1f} s")
         same = [len((work / name / "rounds.jsonl").read_text().splitlines()) for name in ("runtime", "inprocess")] == [
             config.rounds

@@ -1,4 +1,4 @@
-"""Peak memory of a command and every process it starts (Ray's workers included), sampled from /proc."""
+"""Wall time and peak memory of a command and every process it starts (Ray's workers included), sampled from /proc."""
 
 from __future__ import annotations
 
@@ -71,3 +71,14 @@ def run_measured(command: list[str], interval: float = 0.5, **popen) -> tuple[in
     done.set()
     sampler.join()
     return code, time.perf_counter() - began, peak[0], peak[1]
+
+
+def timed(command: list[str], log: Path, cwd: Path) -> float:
+    """Seconds ``command`` takes from start to exit, its output in ``log``; a failure names the log and stops."""
+    began = time.perf_counter()
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:5])} ... failed (exit {done.returncode}); read {log}")
+    return seconds
