@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 from runs import NONIID_SEEDS, SMALL_IID, SMALL_NONIID, fedmi, sets
 
-from fedmi_flower.science.data import load_raw, resolve_data_root
+from fedmi_flower.science.data import CACHE_ENV, load_raw, resolve_data_root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def partition_cache(tmp_path_factory) -> Path:
+    """The suite's own partition cache (every process it starts inherits it), not the user's ``~/.cache``."""
+    folder = tmp_path_factory.mktemp("fedmi-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
