@@ -139,9 +139,15 @@ def check_flower(hosts: Hosts, data_root: str) -> None:
 def check_ray(hosts: Hosts, data_root: str) -> None:
     (port,) = free_ports(1)
     hosts.env("ray-head")
-    hosts.start("ray-head", f"ray start --head --port {port} --num-cpus {os.cpu_count()} --block")
+    # Ray's state in a folder of this check, not /tmp/ray: a head stopped by PID rather than
+    # `ray stop` leaves its address in ray_current_cluster, which a later ray.init would try.
+    ray_tmp = hosts.work / "rt"
+    ray_tmp.mkdir()
+    hosts.start(
+        "ray-head", f"ray start --head --port {port} --num-cpus {os.cpu_count()} --block", RAY_TMPDIR=str(ray_tmp)
+    )
     wait("the Ray head listens", lambda: listening(port))
-    latest = Path(tempfile.gettempdir()) / "ray" / "session_latest"
+    latest = ray_tmp / "ray" / "session_latest"
     wait("the Ray head's session", latest.exists)
     head_session = latest.resolve()
     out = hosts.work / "ray-head" / "q1"
@@ -150,6 +156,7 @@ def check_ray(hosts: Hosts, data_root: str) -> None:
         f"{sys.executable} -m fedmi_flower.cli run quickstart --set rounds=1 --set data.max_per_client=2000 "
         f"--set discovery.steps=30 --out {out} --data-root {data_root} --verbose",
         RAY_ADDRESS=f"127.0.0.1:{port}",
+        RAY_TMPDIR=str(ray_tmp),
         PYTHONPATH=str(REPO),
     )
     # Joined: the run's driver (flwr-simulation) logged into the head's session, and no other Ray was started.

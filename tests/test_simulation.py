@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from processes import stop_processes_mentioning
-from runs import REPO, fedmi, rounds_json
+from runs import REPO, fedmi, rounds_json, sets
 from runs import SMALL_IID as SMALL
 
 from fedmi_flower.config import load_experiment, parse_override
@@ -228,3 +228,30 @@ def test_a_reused_run_directory_is_refused_before_flower_starts(quick_run):
     assert proc.returncode == 2 and "already holds a run; choose another --out (or resume it)" in proc.stderr
     assert "SuperLink" not in proc.stderr + proc.stdout  # Flower's runtime never started
     assert (quick_run / "run.log").read_text() == log_before
+
+
+def test_fedmi_run_starts_its_own_ray_where_ray_start_left_a_cluster_address(tmp_path, mnist_root):
+    """A killed `ray start --head` leaves its address behind; Ray alone would join that dead cluster and fail."""
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live below it
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")  # nothing listens there
+        out = tmp_path / "run"
+        short = ["rounds=1", "data.max_per_client=300", "discovery.steps=5", "data.eval_per_class=10"]
+        proc = fedmi(
+            "run",
+            "quickstart",
+            *sets(short),
+            "--out",
+            str(out),
+            "--data-root",
+            mnist_root,
+            env={"RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": ""},
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert len(rounds_json(out)) == 1
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)

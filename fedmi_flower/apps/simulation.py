@@ -242,7 +242,13 @@ class SimulationRuntime(FlowerProcesses):
 
     def _env(self) -> dict[str, str]:
         assert self.workdir is not None
-        return flower_environment(self.workdir)
+        env = flower_environment(self.workdir)
+        # Without an address, Ray joins any cluster `ray start` left on this machine, live or
+        # dead (its address stays in /tmp/ray/ray_current_cluster until `ray stop`), and then
+        # refuses the CPUs the federation asks for. A cluster is joined only when named.
+        if not env.get("RAY_ADDRESS"):
+            env["RAY_ADDRESS"] = "local"
+        return env
 
 
 def simulate(
