@@ -45,16 +45,22 @@ class Hosts:
         self.work = work
         self.started: list[subprocess.Popen] = []
 
+    def home(self, host: str) -> Path:
+        """The host's folder: its working directory and ``$FLWR_HOME``."""
+        folder = self.work / host
+        folder.mkdir(exist_ok=True)
+        return folder
+
     def env(self, host: str, **extra: str) -> dict[str, str]:
-        home = self.work / host
-        home.mkdir(exist_ok=True)
-        return {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}", **extra}
+        """What a user's shell on that host would have: its ``$FLWR_HOME``, the environment's commands on ``PATH``."""
+        path = f"{BIN_DIR}{os.pathsep}{os.environ['PATH']}"
+        return {**os.environ, "FLWR_HOME": str(self.home(host)), "PATH": path, **extra}
 
     def run(self, host: str, command: str, **extra: str) -> str:
         """Run a documented command on ``host`` to its end; fail loudly with its output."""
         print(f"[{host}] $ {command}", flush=True)
         done = subprocess.run(
-            ["bash", "-c", command], cwd=self.work / host, env=self.env(host, **extra), capture_output=True, text=True
+            ["bash", "-c", command], cwd=self.home(host), env=self.env(host, **extra), capture_output=True, text=True
         )
         if done.returncode != 0:
             raise SystemExit(f"[{host}] failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
@@ -66,7 +72,7 @@ class Hosts:
         with (self.work / f"{host}.log").open("w") as log:
             process = subprocess.Popen(
                 ["bash", "-c", f"exec {command}"],
-                cwd=self.work / host,
+                cwd=self.home(host),
                 env=self.env(host, **extra),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -90,10 +96,10 @@ def wait(what: str, ready: Callable[[], bool], timeout: float = 120.0) -> None:
 def check_flower(hosts: Hosts, data_root: str) -> None:
     (port,) = free_ports(1)
     link = f"{LINK_HOST}:{port}"
-    hosts.env("laptop")
+    hosts.home("laptop")
     hosts.run("laptop", f"{sys.executable} -m fedmi_flower.cli credentials certs --host {LINK_HOST} --supernodes 2")
     certs = hosts.work / "laptop" / "certs"  # copied to each host, as the docs say
-    hosts.env("superlink")
+    hosts.home("superlink")
     (hosts.work / "superlink" / "state").mkdir()
     hosts.start(
         "superlink",
@@ -110,7 +116,7 @@ def check_flower(hosts: Hosts, data_root: str) -> None:
     # Two "hosts" on one machine: each SuperNode's own Runtime API needs a port of its own
     # (--port, default 9094), which separate hosts would not.
     for i, runtime_port in enumerate(free_ports(2)):
-        hosts.env(f"supernode-{i}")
+        hosts.home(f"supernode-{i}")
         node_config = shlex.quote(f'partition-id={i} num-partitions=2 data-root="{data_root}"')
         hosts.start(
             f"supernode-{i}",
@@ -138,7 +144,7 @@ def check_flower(hosts: Hosts, data_root: str) -> None:
 
 def check_ray(hosts: Hosts, data_root: str) -> None:
     (port,) = free_ports(1)
-    hosts.env("ray-head")
+    hosts.home("ray-head")
     # Ray's state in a folder of this check, not /tmp/ray: a head stopped by PID rather than
     # `ray stop` leaves its address in ray_current_cluster, which a later ray.init would try.
     ray_tmp = hosts.work / "rt"

@@ -181,7 +181,7 @@ def _deployment_run_config(experiment: str, overrides: dict[str, Any], config: E
 def _cmd_credentials(args: argparse.Namespace) -> int:
     import datetime
 
-    from fedmi_flower.apps.credentials import make_credentials
+    from fedmi_flower.apps.credentials import ALWAYS_COVERED, make_credentials
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -191,7 +191,7 @@ def _cmd_credentials(args: argparse.Namespace) -> int:
     if args.supernodes < 1:
         raise ConfigError(f"--supernodes {args.supernodes}: make a key pair for at least one SuperNode")
     made = make_credentials(out, args.supernodes, args.host, datetime.timedelta(days=args.days))
-    hosts = ", ".join([*args.host, "localhost", "127.0.0.1"])
+    hosts = ", ".join(dict.fromkeys([*args.host, *ALWAYS_COVERED]))
     print(f"wrote into {out} (certificates valid {args.days} days, for {hosts}):")
     print(f"  {made.ca_certificate.name}  the CA: every SuperNode host and every machine that runs `flwr` trusts it")
     print(f"  {made.server_certificate.name} {made.server_key.name}  the SuperLink's --ssl-certfile and --ssl-keyfile")

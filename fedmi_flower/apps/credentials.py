@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+ALWAYS_COVERED = ("localhost", "127.0.0.1")
+"""Names every SuperLink certificate covers: the SuperLink's own SuperExec connects over loopback."""
+
 VALID_FOR = datetime.timedelta(days=1)
 """How long the throwaway certificates stay valid: one local deployment's lifetime, with margin."""
 
@@ -153,7 +156,7 @@ def make_credentials(
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
     # The SuperLink's own SuperExec reaches it over loopback; SuperNodes and flwr by ``hosts``.
-    covered = list(dict.fromkeys([*hosts, "localhost", "127.0.0.1"]))
+    covered = list(dict.fromkeys([*hosts, *ALWAYS_COVERED]))
     names = x509.SubjectAlternativeName([_subject_alternative_name(h) for h in covered])
     server = _certificate(
         covered[0],

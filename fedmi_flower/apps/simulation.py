@@ -112,12 +112,10 @@ class SimulationRuntime(FlowerProcesses):
             if superlink.poll() is not None:
                 raise DeploymentError(f"Flower's simulation SuperLink exited; read {log_file}")
 
-        try:
-            if not wait_until_listening(port, self.startup_timeout, check):
-                raise DeploymentError(f"Flower's simulation SuperLink did not start; read {log_file}")
-        except DeploymentError:
-            self._kept = True
-            raise
+        self._kept = True  # until it listens: a failure keeps its log for the user to read
+        if not wait_until_listening(port, self.startup_timeout, check):
+            raise DeploymentError(f"Flower's simulation SuperLink did not start; read {log_file}")
+        self._kept = False
 
     def stop(self) -> None:
         """Stop the SuperLink, the run in flight and every process they started (flwr-simulation, Ray)."""
@@ -196,7 +194,7 @@ class SimulationRuntime(FlowerProcesses):
             "init-args-log-to-driver": self.verbose,  # the clients' own output, which Ray prefixes with their pid
             "verbose": self.verbose,
         }
-        if not os.environ.get("RAY_ADDRESS"):  # else Ray joins that cluster, sized by its own nodes
+        if ray_cluster() is None:  # else Ray joins that cluster, sized by its own nodes
             options["init-args-num-cpus"] = os.cpu_count() or 1
         return " ".join(f"{key}={json.dumps(value)}" for key, value in options.items())
 
@@ -243,12 +241,18 @@ class SimulationRuntime(FlowerProcesses):
     def _env(self) -> dict[str, str]:
         assert self.workdir is not None
         env = flower_environment(self.workdir)
-        # Without an address, Ray joins any cluster `ray start` left on this machine, live or
-        # dead (its address stays in /tmp/ray/ray_current_cluster until `ray stop`), and then
-        # refuses the CPUs the federation asks for. A cluster is joined only when named.
-        if not env.get("RAY_ADDRESS"):
-            env["RAY_ADDRESS"] = "local"
+        env["RAY_ADDRESS"] = ray_cluster() or "local"
         return env
+
+
+def ray_cluster() -> str | None:
+    """The Ray cluster the user named (``$RAY_ADDRESS``), else None: the simulation starts a Ray of its own.
+
+    Ray itself, given no address, joins any cluster `ray start` left on this machine, live
+    or dead (its address stays in /tmp/ray/ray_current_cluster until `ray stop`), and then
+    refuses the CPUs the federation asks for; so None is passed on as ``local``.
+    """
+    return os.environ.get("RAY_ADDRESS") or None
 
 
 def simulate(

@@ -619,9 +619,12 @@ CACHE_ENV = "FEDMI_CACHE_DIR"
 """Folder for the partition cache; default ``$XDG_CACHE_HOME/fedmi-flower`` (``~/.cache/fedmi-flower``)."""
 
 
-def cache_root() -> Path:
-    """Where fedmi keeps what it can recompute: ``$FEDMI_CACHE_DIR``, else the user's cache folder."""
-    if env := os.environ.get(CACHE_ENV):
+def cache_root() -> Path | None:
+    """Where fedmi keeps what it can recompute: ``$FEDMI_CACHE_DIR``, else the user's cache folder; None if ``off``."""
+    env = os.environ.get(CACHE_ENV, "")
+    if env.lower() == "off":
+        return None
+    if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedmi-flower"
 
@@ -634,7 +637,8 @@ def partition_cache_file(data_json: str, clients: int, seed: int, labels: np.nda
     of numpy, flwr-datasets and datasets. A change to any of them names another file.
     None when ``$FEDMI_CACHE_DIR`` is ``off``.
     """
-    if os.environ.get(CACHE_ENV, "").lower() == "off":
+    root = cache_root()
+    if root is None:
         return None
     from importlib.metadata import PackageNotFoundError, version
 
@@ -651,7 +655,7 @@ def partition_cache_file(data_json: str, clients: int, seed: int, labels: np.nda
             digest.update(version(package).encode())
         except PackageNotFoundError:
             digest.update(b"-")
-    return cache_root() / "partitions" / f"{digest.hexdigest()[:32]}.npz"
+    return root / "partitions" / f"{digest.hexdigest()[:32]}.npz"
 
 
 def _read_partitions(path: Path, clients: int, rows: int) -> list[ClientPartition] | None:
