@@ -510,6 +510,11 @@ def smallest_faithful_circuit(
     images = torch.cat([own, other])
     stem = model.stem(images)
     model_says = model.head(stem).argmax(1) == cls
+    if bool(model_says.all()) or not bool(model_says.any()):
+        # The model answers cls for every scored image or for none: agreement has one side
+        # only, and the empty circuit would reach any target on the strength of it. There is
+        # nothing to bisect towards, so the circuit is the learned one (scores above zero).
+        return circuits_from_scores({layer: s[row : row + 1] for layer, s in scores.items()}, [cls])[cls]
 
     def agreement(count: int) -> float:
         keep = circuit_masks([top_channels(scores, row, count)], model.layer_sizes, device)
@@ -527,9 +532,14 @@ def smallest_faithful_circuit(
 
 
 def _balanced_agreement(says: torch.Tensor, model_says: torch.Tensor) -> float:
-    """Mean of the agreement on images the model calls the class and on those it does not (one side if one is empty)."""
-    sides = [(says[m] == model_says[m]).float().mean().item() for m in (model_says, ~model_says) if bool(m.any())]
-    return sum(sides) / len(sides) if sides else float("nan")
+    """Mean of the agreement on images the model calls the class and on those it does not.
+
+    NaN when either side is empty, as :attr:`CircuitScores.faithfulness` is.
+    """
+    if bool(model_says.all()) or not bool(model_says.any()):
+        return float("nan")
+    sides = [(says[m] == model_says[m]).float().mean().item() for m in (model_says, ~model_says)]
+    return sum(sides) / 2
 
 
 def find_circuits(
@@ -601,7 +611,9 @@ class CircuitScores:
         How often the circuit's "is it the class?" decision agrees with the full model's,
         balanced: the mean of the agreement on the images the model calls the class and
         on those it does not. 1 for the whole network; 0.5 for a circuit that answers the
-        class for every input, or never.
+        class for every input, or never. NaN when the model itself answers the class for
+        every scored image or for none: one side is then undefined, and the other alone
+        would give an empty circuit of a class the model has lost a perfect score.
     model_sufficiency, model_specificity : float
         The full model's own sufficiency (recall of the class) and specificity on the
         same images: a circuit cannot be judged on a class the model does not recognise.
@@ -725,7 +737,7 @@ def evaluate_circuits(
             ci, ii = circ_idx[lo : lo + rows_per_pass], img_idx[lo : lo + rows_per_pass]
             pred_nec = model.head(stem[ii], {layer: g[ci] for layer, g in drop.items()}, fill).argmax(1)
             nec += torch.bincount(ci[pred_nec == targets[ci]], minlength=m)
-    faithfulness = [_nanmean2(a, b) for a, b in zip(_ratio(agree_yes, model_yes), _ratio(agree_no, model_no))]
+    faithfulness = [(a + b) / 2 for a, b in zip(_ratio(agree_yes, model_yes), _ratio(agree_no, model_no))]
     return [
         CircuitScores(s, p, n, int(t), int(o), f, ms, mp)
         for s, p, n, t, o, f, ms, mp in zip(
@@ -739,12 +751,6 @@ def evaluate_circuits(
             _ratio(model_spec, n_other),
         )
     ]
-
-
-def _nanmean2(a: float, b: float) -> float:
-    """The mean of two numbers, or the one that is defined."""
-    kept = [v for v in (a, b) if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
 
 
 @torch.no_grad()
