@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -41,10 +42,13 @@ class CircuitClient(NumPyClient):
         Where training and discovery run: CUDA when present, else CPU.
     num_classes : int
         Classes of the dataset.
-    reference : ImageSplit, optional
-        The run's unlabelled reference images: the other images of the faithful
-        objective for a client that holds one class (or for every client, with
-        ``discovery.negatives = "reference"``).
+    reference : ImageSplit or callable, optional
+        The run's reference images, or a function that loads them (called once, on first
+        use). They are the other images of the faithful objective for a client that holds
+        one class (or for every client, with ``discovery.negatives = "reference"``), and,
+        under any objective, the images of other classes a one-class client's circuits are
+        scored on (:meth:`local_eval_split`). A loader spares the clients that need none
+        (several classes of their own under the paper's objective) reading them.
     """
 
     def __init__(
@@ -54,15 +58,24 @@ class CircuitClient(NumPyClient):
         holdout: ImageSplit,
         device: torch.device | str = "cpu",
         num_classes: int = 10,
-        reference: ImageSplit | None = None,
+        reference: ImageSplit | Callable[[], ImageSplit] | None = None,
     ) -> None:
         self.partition_id = int(partition_id)
         self.device = torch.device(device)
         self.train = train.to(self.device)
         self.holdout = holdout.to(self.device)
         self.num_classes = num_classes
-        self.reference = reference.to(self.device) if reference is not None else None
+        self._reference = reference.to(self.device) if isinstance(reference, ImageSplit) else None
+        self._load_reference = None if isinstance(reference, ImageSplit) else reference
         self.class_counts = self.train.class_counts(num_classes)
+
+    @property
+    def reference(self) -> ImageSplit | None:
+        """The run's reference images on this client's device, loaded on first use; None when it was given none."""
+        if self._reference is None and self._load_reference is not None:
+            self._reference = self._load_reference().to(self.device)
+            self._load_reference = None
+        return self._reference
 
     def _model(self, parameters: NDArrays) -> SimpleCNN:
         model = build_model(num_classes=self.num_classes)
@@ -109,7 +122,10 @@ class CircuitClient(NumPyClient):
         Its held-out rows, or (holding none out) up to ``max_rows`` of its training rows, a
         seeded sample; with the reference images beside them when those rows hold one
         class, where specificity and the "not the class" side of faithfulness would
-        otherwise rest on nothing.
+        otherwise rest on nothing. That holds under any objective: the paper's discovery
+        sees target images only, but its circuits are scored like every other (without
+        images of other classes a one-class client's circuits could never be ``working``).
+        Rows that hold other classes are scored alone, as they always were.
         """
         if len(self.holdout):
             rows = self.holdout
@@ -118,10 +134,9 @@ class CircuitClient(NumPyClient):
         else:
             g = torch_generator(seed, "local-eval", self.partition_id)
             rows = self.train.subset(torch.randperm(len(self.train), generator=g)[:max_rows].sort().values)
-        if self.reference is not None and len(torch.unique(rows.labels)) < 2:
-            rows = ImageSplit(
-                torch.cat([rows.images, self.reference.images]), torch.cat([rows.labels, self.reference.labels])
-            )
+        # Labels first: the reference set is loaded only by a client whose rows lack other classes.
+        if len(torch.unique(rows.labels)) < 2 and (reference := self.reference) is not None:
+            rows = ImageSplit(torch.cat([rows.images, reference.images]), torch.cat([rows.labels, reference.labels]))
         return rows
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:

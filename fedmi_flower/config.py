@@ -197,8 +197,11 @@ class DiscoveryConfig:
 
     @property
     def needs_reference(self) -> bool:
-        """Whether the run needs its reference images: other images for the faithful objective or a target
-        faithfulness, and the common set of channel means for mean ablation."""
+        """Whether the run's discovery needs its reference images: other images for the faithful objective or a
+        target faithfulness, and the common set of channel means for mean ablation.
+
+        Clients load them on first use whatever this says: a one-class client's circuits are scored with them
+        beside its rows under any objective (``CircuitClient.local_eval_split``)."""
         return self.objective == "faithful" or self.target_faithfulness is not None or self.resolved_ablation == "mean"
 
     def uses_reference(self, classes_held: int) -> bool:

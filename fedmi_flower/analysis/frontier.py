@@ -3,7 +3,8 @@
 A fixed L0 coefficient says nothing about how small a circuit can be and still behave
 like its model; the frontier does. For each objective and each coefficient the global
 model's circuits of the round's classes are found on the server's probe rows and scored
-on its evaluation rows, as the run's own analysis does (``fedmi frontier``).
+on its evaluation rows, as the run's own analysis does (``fedmi frontier``): with the run's
+reference set as the other images where its ``discovery.negatives`` says so.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def frontier(
 ) -> tuple[int, list[FrontierPoint]]:
     """Sweep ``lambdas`` for each objective on the global model of ``server_round`` (default: the last analysed).
 
+    Discovery takes its other images as the run's did (``DiscoveryConfig.uses_reference``):
+    the run's reference set with ``discovery.negatives = "reference"``, else the probe's rows
+    of other classes.
+
     Returns the round and every point. Raises ``RecordError`` when the run holds no such round
     or no weights for it.
     """
@@ -70,7 +75,9 @@ def frontier(
     probe = load_split(config.data.dataset, False, data_root, server["probe"])
     evaluation = load_split(config.data.dataset, False, data_root, server["evaluation"])
     # Channel means on the run's reference images, as its own analysis measures them.
-    means = channel_means(model, reference_images(config, data_root))
+    reference = reference_images(config, data_root)
+    means = channel_means(model, reference)
+    held = sum(1 for n in probe.class_counts() if n >= config.analysis.min_class_examples)
     base: dict[str, Any] = {
         k: v
         for k, v in config.discovery.settings().items()
@@ -79,6 +86,11 @@ def frontier(
     points = []
     for objective in objectives:
         ablation = objective_setting(objective, "ablation")
+        # The other images the run's own discovery takes for this objective: the reference set with
+        # discovery.negatives = "reference" (or a probe of one class), else the probe's rows of other classes.
+        # The sweep sets no target faithfulness (base leaves it out), so only the objective asks for others.
+        swept = dataclasses.replace(config.discovery, objective=objective, target_faithfulness=None)
+        negatives = reference if swept.uses_reference(held) else None
         for lam in lambdas:
             circuits = discover_circuits(
                 model,
@@ -86,6 +98,7 @@ def frontier(
                 record.classes,
                 seed=derive_seed(config.seed, "frontier", record.round),
                 means=means if ablation == "mean" else None,
+                negatives=negatives,
                 **{**base, "objective": objective, "l0_lambda": lam, "ablation": ablation},
             )
             pairs = sorted(circuits.items())

@@ -5,13 +5,15 @@ the simulation, or by ``flower-supernode --node-config``); the experiment comes 
 the run config. A node loads only its own partition: it recomputes the partition from
 the experiment's scheme and seed, never receiving the partition map from the server.
 The data root is the node config's ``data-root``, else the run config's, else
-``$FEDMI_DATA_ROOT``, else ``./data``.
+``$FEDMI_DATA_ROOT``, else ``./data``. The run's reference set is derived from the seed
+by each node as well (from the test split), when the node first needs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,11 +22,11 @@ from flwr.client import Client
 from flwr.clientapp import ClientApp
 
 from clients import CircuitClient
-from fedmi_flower.analysis.reference import reference_of
+from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.science.data import experiment_partitions, load_split
+from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_split
 from fedmi_flower.wire.protocol import scalars
 
 
@@ -58,7 +60,16 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
     train = load_split(config.data.dataset, True, root, part.train)
     holdout = load_split(config.data.dataset, True, root, part.holdout)
     device = pick_device(config.resources.device)
-    return CircuitClient(pid, train, holdout, device, reference=reference_of(config, root))
+    # The reference set: discovery's other images and the common channel means when the run's discovery needs
+    # them (loaded now, so that a node lacking the test split fails before it trains), else loaded when first
+    # used: under any objective the other classes a one-class client's circuits are scored on. A client with
+    # classes of its own under the paper's objective never reads it.
+    reference: ImageSplit | Callable[[], ImageSplit] = (
+        reference_images(config, root)
+        if config.discovery.needs_reference
+        else functools.partial(reference_images, config, root)
+    )
+    return CircuitClient(pid, train, holdout, device, reference=reference)
 
 
 def client_fn(context: Context) -> Client:
