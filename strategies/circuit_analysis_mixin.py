@@ -234,11 +234,12 @@ class CircuitAnalysisMixin:
         """Called with every finished round record; logs a one-line progress summary and calls the round listeners.
 
         Each IoU is followed by its scale: ``[floor F, chance C]``, the noise floor of
-        the view and the chance level of random circuits of the same sizes (the pairs
-        behind each mean are in the record). Then faithfulness (agreement of each circuit's
-        decision with its model's) and how many circuits are degenerate (empty, of a class
-        the model does not recognise, always-target or never-target), the random-weight
-        control's too.
+        the view over the view's own non-degenerate classes (``floor F on k/n`` when only
+        k of the n classes or pairs behind the view have a floor) and the chance level of
+        random circuits of the same sizes (the pairs behind each mean are in the record).
+        Then faithfulness (agreement of each circuit's decision with its model's) and how
+        many circuits are degenerate (empty, of a class the model does not recognise,
+        always-target or never-target), the random-weight control's too.
         """
         s = record.summary
 
@@ -247,6 +248,9 @@ class CircuitAnalysisMixin:
 
         def scaled(view: View, named: bool = False) -> str:
             floor, chance = num(s.view_floor(view)), num(s.view_chance(view))
+            covers, entries = s.view_floor_coverage(view)
+            if covers < entries and floor != "null":  # the floor is measured for some of the view's classes only
+                floor += f" on {covers}/{entries}"
             return f"{num(s.view(view))} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
 
         aligned = ""
@@ -426,7 +430,10 @@ class CircuitAnalysisMixin:
             log(WARNING, "round %d: aligned IoU failed, the other views stand:\n%s", rnd, record.alignment_error)
         record.aggregated = aggregated
         record.not_aggregated_because = reason
-        record.sampled = len(results) + len(failures)
+        # Every client sampled this round: those that answered or failed by name, and the silent ones. A failure
+        # Flower reports without its client is one of the silent clients (named above), so it is not counted twice.
+        bare = sum(1 for f in failures if not isinstance(f, tuple))
+        record.sampled = len(set(self._sampled) | answered) + max(0, bare - len(silent))
         record.failures = failure_notes
         record.silent_clients = silent
         record.rejected = rejected

@@ -32,7 +32,9 @@ from fedmi_flower.views.plots import (
     plot_run,
 )
 from fedmi_flower.views.report import (
+    COLLAPSE_RATE,
     DECLINE,
+    SUFFICIENCY_BELOW,
     aggregate,
     collapse_numbers,
     format_spread,
@@ -106,19 +108,28 @@ def expected_numbers(records) -> dict[tuple[str, str], float]:
                 out[(layer, "peaks, then declines")] = float(
                     peak_round < records[-1]["round"] and peak - lg[-1] >= DECLINE
                 )
-    # Collapse: every (client, class, round) cross-evaluation; a circuit's last value is that of the last
-    # round holding it.
+    # Collapse: every (client, class, round) cross-evaluation; a circuit collapses when it worked on its own model
+    # and scores below 0.1 sufficiency on the global weights. A circuit's last value is that of the last round
+    # holding it.
     suff: dict[tuple[str, str], list[float]] = {}
+    worked, collapsed, after = 0, 0, set()
     for r in records:
         for pid, per in (r.get("cross_eval") or {}).items():
             for cls, s in per.items():
                 if s.get("sufficiency") is not None:
                     suff.setdefault((pid, cls), []).append(s["sufficiency"])
+                if s.get("local_verdict") == "working":
+                    worked += 1
+                    if s.get("sufficiency") is not None and s["sufficiency"] < 0.1:
+                        collapsed += 1
+                        after.add((pid, cls))
     flat = [v for values in suff.values() for v in values]
     out[("client-class-rounds evaluated", "value")] = len(flat)
-    out[("collapse rate", "value")] = sum(v < 0.1 for v in flat) / len(flat)
-    out[("collapsed at least once", "value")] = sum(any(v < 0.1 for v in values) for values in suff.values())
-    out[("never recovered", "value")] = sum(values[-1] < 0.1 for values in suff.values())
+    out[(COLLAPSE_RATE, "value")] = collapsed / worked if worked else math.nan
+    out[("working on their own model", "value")] = worked
+    out[(f"{SUFFICIENCY_BELOW}: share of those evaluated", "value")] = sum(v < 0.1 for v in flat) / len(flat)
+    out[("circuits collapsed after working, at least once", "value")] = len(after)
+    out[("never recovered", "value")] = sum(suff[k][-1] < 0.1 for k in after)
     out[("global accuracy (final round)", "value")] = records[-1]["global"]["accuracy"]
     return out
 
@@ -277,7 +288,7 @@ def test_report_over_seeds_gives_mean_std_and_range(noniid_runs, tmp_path):
     spreads = aggregate(tables)
     for key in [
         ("Overview", "global accuracy (final round)", "value"),
-        ("Cross-evaluation collapse (Fig. 4, 7, 9, 19)", "collapse rate", "value"),
+        ("Cross-evaluation collapse (Fig. 4, 7, 9, 19)", f"{SUFFICIENCY_BELOW}: share of those evaluated", "value"),
     ]:
         values = [t[key] for t in tables]
         s = spreads[key]
@@ -291,13 +302,17 @@ def test_report_over_seeds_gives_mean_std_and_range(noniid_runs, tmp_path):
 
 
 def test_collapse_and_never_recover_follow_their_definitions():
-    """Hand-made records: a circuit that collapses and recovers, one that never recovers, one whose client left."""
+    """Hand-made records: a circuit that collapses and recovers, one that never recovers, one whose client left.
+
+    Every circuit works on its own model, so that sufficiency below 10% on the global weights is a collapse.
+    """
 
     def record(t, cross):
         return {
             "round": t,
             "cross_eval": {
-                p: {c: {"sufficiency": s, "specificity": 0.5} for c, s in per.items()} for p, per in cross.items()
+                p: {c: {"sufficiency": s, "specificity": 0.5, "local_verdict": "working"} for c, s in per.items()}
+                for p, per in cross.items()
             },
         }
 
@@ -309,10 +324,16 @@ def test_collapse_and_never_recover_follow_their_definitions():
     n = {row: v for (_, row, _), v in collapse_numbers([RoundRecord.from_json(r) for r in records]).items()}
     assert (
         n["client-class-rounds evaluated"] == 8
-        and n["collapsed client-class-rounds"] == 5
-        and n["collapse rate"] == 5 / 8
+        and n["working on their own model"] == 8
+        and n["collapsed after working on their own model"] == 5
+        and n[COLLAPSE_RATE] == 5 / 8
+        and n[f"{SUFFICIENCY_BELOW}: share of those evaluated"] == 5 / 8  # every circuit worked: the counts agree
     )
-    assert n["circuits (client, class)"] == 3 and n["collapsed at least once"] == 3 and n["never recovered"] == 2
+    assert (
+        n["circuits (client, class)"] == 3
+        and n["circuits collapsed after working, at least once"] == 3
+        and n["never recovered"] == 2
+    )
     assert n["sufficiency (final round mean)"] == (0.9 + 0.02) / 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import subprocess
@@ -180,6 +181,31 @@ def _independent_mean(values):
     return sum(kept) / len(kept) if kept else None
 
 
+def _independent_chance(a: int, b: int, n: int):
+    """Expected IoU of random a- and b-subsets of n channels, written apart from the package (log-space
+    hypergeometric); None for two empty sets."""
+    if a + b == 0:
+        return None
+
+    def log_comb(x: int, y: int) -> float:
+        return math.lgamma(x + 1) - math.lgamma(y + 1) - math.lgamma(x - y + 1)
+
+    return sum(
+        math.exp(log_comb(a, k) + log_comb(n - a, b - k) - log_comb(n, b)) * k / (a + b - k)
+        for k in range(max(0, a + b - n), min(a, b) + 1)
+    )
+
+
+def _chance_per_layer(pairs):
+    """Per layer: the mean over circuit pairs of their chance level; 'mean': the mean of those over layers."""
+    out = {
+        layer: _independent_mean([_independent_chance(len(a[layer]), len(b[layer]), n) for a, b in pairs])
+        for layer, n in SIZES.items()
+    }
+    out["mean"] = _independent_mean([out[layer] for layer in SIZES])
+    return out
+
+
 def _per_layer(pairs):
     """Per layer: the mean over circuit pairs of their IoU; 'mean': the mean of those over layers."""
     out = {layer: _independent_mean([_independent_iou(a[layer], b[layer]) for a, b in pairs]) for layer in SIZES}
@@ -217,9 +243,34 @@ def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
         assert (
             set(floor["seed"]) == set(global_) and set(floor["source"]) <= set(global_) and floor["source_client"] == 0
         )
-        assert set(floor["clients"]) <= {"0"} and 0.0 <= record["summary"]["seed_floor"] <= 1.0
-        for entry in record["inter_client_iou"].values():
-            assert 0.0 <= entry["chance"]["mean"] <= 1.0
+        assert set(floor["clients"]) <= {"0"}
+        # Each floor recomputes from the floor circuits the record keeps ...
+        for kind in ("seed", "source"):
+            for cls, entry in floor[kind].items():
+                expected = _per_layer([(global_[cls], floor[f"{kind}_circuits"][cls])])
+                assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=1e-12, nan_ok=True)
+        # ... and each view's floor is the mean of its own non-degenerate classes' floors.
+        dead = set(record["global"]["degenerate"])
+        inter = [
+            c
+            for c, e in record["inter_client_iou"].items()
+            if c not in dead and sum(1 for p in e["clients"] if c not in clients[str(p)]["degenerate"]) >= 2
+        ]
+        seed_floors = [floor["seed"][c]["mean"] for c in inter if c in floor["seed"]]
+        if seed_floors:
+            assert record["summary"]["seed_floor"] == pytest.approx(sum(seed_floors) / len(seed_floors), abs=1e-12)
+        else:
+            assert record["summary"]["seed_floor"] is None
+        assert record["summary"]["seed_floor_covers"] == len(seed_floors)
+        # Every chance level recomputes from the recorded circuits' sizes.
+        for cls, entry in record["inter_client_iou"].items():
+            holders = [clients[str(p)]["circuits"][cls] for p in entry["clients"]]
+            expected = _chance_per_layer(list(itertools.combinations(holders, 2)))
+            assert {k: entry["chance"][k] for k in expected} == pytest.approx(expected, abs=1e-9, nan_ok=True)
+        for pid, per_class in record["local_global_iou"].items():
+            for cls, entry in per_class.items():
+                expected = _chance_per_layer([(clients[pid]["circuits"][cls], global_[cls])])
+                assert {k: entry["chance"][k] for k in expected} == pytest.approx(expected, abs=1e-9, nan_ok=True)
 
 
 def test_a_reused_run_directory_is_refused_before_flower_starts(quick_run):

@@ -40,7 +40,7 @@ import itertools
 import math
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,13 +157,18 @@ class RoundAnalyst:
         Server data the global circuits are discovered on.
     evaluation : ImageSplit
         Server data every score and accuracy is measured on.
-    floor_rows : ImageSplit, optional
-        Training rows of partition ``config.analysis.floor_client``: the global model's
-        circuits found on them against those found on ``probe`` give the source noise
-        floor. Without them that floor is not measured.
+    client_rows : callable, optional
+        Training rows of a partition by its id (None where the server cannot load them):
+        the global model's circuits found on a client's rows against those found on
+        ``probe`` give the source noise floor of that client's classes. Without it that
+        floor is not measured.
     reference : ImageSplit, optional
         The run's reference images (the faithful objective's other images where the
         discovery rows hold one class), as the clients have them.
+    population_counts : sequence of int, optional
+        Training images per class over every partition of the run (partitions.json): the
+        distribution each client's label skew is measured against. Without it label skew
+        is not measured.
     """
 
     def __init__(
@@ -171,13 +176,15 @@ class RoundAnalyst:
         config: ExperimentConfig,
         probe: ImageSplit,
         evaluation: ImageSplit,
-        floor_rows: ImageSplit | None = None,
+        client_rows: Callable[[int], ImageSplit | None] | None = None,
         reference: ImageSplit | None = None,
+        population_counts: Sequence[int] | None = None,
     ) -> None:
         self.config = config
         self.probe = probe
         self.evaluation = evaluation
-        self.floor_rows = floor_rows
+        self.client_rows = client_rows
+        self.population_counts = list(population_counts) if population_counts is not None else None
         self.reference = reference
         self._control: GlobalEntry | None = None
         # partition id -> classes whose circuit in its last report was degenerate
@@ -263,12 +270,25 @@ class RoundAnalyst:
         classes = sorted(global_circuits)
         redraw = bootstrap(self.probe, derive_seed(self.config.seed, "floor-bootstrap", server_round))
         again = self.discover(model, redraw, classes, "floor-discovery", server_round)
-        floor = NoiseFloor(seed={c: compare(global_circuits[c], again[c], sizes) for c in classes if c in again})
-        if self.floor_rows is not None:
-            # A client analyses only the classes it holds enough of; so does its floor.
-            min_rows = self.config.analysis.min_class_examples
-            elsewhere = self.discover(model, self.floor_rows, classes, "floor-source", server_round, min_rows)
-            floor.source = {c: compare(elsewhere[c], global_circuits[c], sizes) for c in classes if c in elsewhere}
+        floor = NoiseFloor(
+            seed={c: compare(global_circuits[c], again[c], sizes) for c in classes if c in again},
+            seed_circuits={c: again[c] for c in classes if c in again},
+        )
+        if self.client_rows is not None:
+            floor.source, floor.source_clients = {}, {}
+            for pid, candidates in self.source_floor_clients(reports, classes):
+                wanted = [c for c in candidates if c not in floor.source]
+                rows = self.client_rows(pid) if wanted else None
+                if rows is None:
+                    continue
+                # A client analyses only the classes it holds enough of; so does its floor.
+                min_rows = self.config.analysis.min_class_examples
+                elsewhere = self.discover(model, rows, wanted, "floor-source", server_round, min_rows)
+                for c in wanted:
+                    if c in elsewhere and c not in floor.source:
+                        floor.source[c] = compare(elsewhere[c], global_circuits[c], sizes)
+                        floor.source_clients[c] = pid
+                        floor.source_circuits[c] = elsewhere[c]
             floor.source_client = self.config.analysis.floor_client
         # Only the floor client was asked for its own floor; anything another client sends is ignored.
         floor.clients = {
@@ -277,6 +297,24 @@ class RoundAnalyst:
             if r.noise_floor and r.partition_id == self.config.analysis.floor_client
         }
         return floor
+
+    def source_floor_clients(
+        self, reports: Sequence[ClientReport], classes: Sequence[int]
+    ) -> list[tuple[int, list[int]]]:
+        """Whose rows the source floor may be measured on, in order, and for which classes: ``[(partition, classes)]``.
+
+        The floor client first, for every analysed class it reported a circuit of (every
+        analysed class when it did not report); then each other reporting client, in
+        partition order, for the classes it reported. :meth:`noise_floor` asks each in turn
+        for the classes no client before it covered, so that every class some client holds
+        gets a floor measured on a holder's rows: one discovery per client that adds a
+        class (an IID round costs one; clients with disjoint classes one each).
+        """
+        first = self.config.analysis.floor_client
+        held = {r.partition_id: [c for c in classes if c in r.circuits] for r in reports}
+        order = [(first, held.get(first, list(classes)))]
+        order += [(pid, held[pid]) for pid in sorted(held) if pid != first]
+        return order
 
     @staticmethod
     def inter_client(
@@ -373,19 +411,24 @@ class RoundAnalyst:
         clients: Mapping[int, ClientEntry],
         global_entry: GlobalEntry,
         sizes: Mapping[str, int],
+        population: Sequence[int] | None = None,
     ) -> None:
-        """Fill in each client's label skew and polysemantic share, and the global model's share and bloat.
+        """Fill in each client's label skew and polysemantic shares, and the global model's share and bloat.
 
-        Label skew is against the pooled label distribution of the round's clients (the
-        population's when every client reports).
+        Label skew is against ``population`` (every partition's training labels, as
+        partitions.json counts them), so that it does not depend on who reported this
+        round; NaN without it. Polysemanticity is compared like with like: each client's
+        share over its own classes beside the global model's share over the same classes
+        (pooling more classes raises the share by itself).
         """
-        counted = [r.class_counts for r in reports if r.class_counts]
-        pooled = [sum(column) for column in zip(*counted)] if counted else []
         for r in reports:
             entry = clients[r.partition_id]
-            if r.class_counts and pooled:
-                entry.label_emd = label_emd(r.class_counts, pooled)
+            if r.class_counts and population:
+                entry.label_emd = label_emd(r.class_counts, population)
             entry.polysemantic_share = polysemantic_share(r.circuits, sizes)
+            entry.global_polysemantic_share = polysemantic_share(
+                {c: circ for c, circ in global_entry.circuits.items() if c in r.circuits}, sizes
+            )
         global_entry.polysemantic_share = polysemantic_share(global_entry.circuits, sizes)
         global_entry.bloat = {
             c: circuit_bloat(n, [clients[r.partition_id].circuit_sizes[c] for r in reports if c in r.circuits])
@@ -533,7 +576,7 @@ class RoundAnalyst:
         for pid, perm in alignments.items():
             if pid in clients:
                 clients[pid].channels_moved = channels_moved(perm)
-        self.skew_and_polysemanticity(reports, clients, global_entry, sizes)
+        self.skew_and_polysemanticity(reports, clients, global_entry, sizes, self.population_counts)
         local_global = self.local_global(reports, global_circuits, sizes)
         record = RoundRecord(
             round=int(server_round),
@@ -562,18 +605,22 @@ class RoundAnalyst:
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
         clean_stability, _ = self.stability(server_round, clean, sizes, without_degenerate=True)
+        clean_inter = self.inter_client(classes, clean, sizes)
+        clean_lg = self.local_global(clean, clean_global, sizes)
         nondegenerate = {
-            View.INTER_CLIENT_IOU: list(self.inter_client(classes, clean, sizes).values()),
+            View.INTER_CLIENT_IOU: list(clean_inter.values()),
             View.CLASS_PAIR_IOU: list(self.class_pair(clean, sizes).values()),
-            View.LOCAL_GLOBAL_IOU: [
-                v for per in self.local_global(clean, clean_global, sizes).values() for v in per.values()
-            ],
+            View.LOCAL_GLOBAL_IOU: [v for per in clean_lg.values() for v in per.values()],
             View.STABILITY: [v for per in clean_stability.values() for v in per.values()],
         }
         for r in reports:
             self.previous[r.partition_id] = (int(server_round), dict(r.circuits))
             self.previous_degenerate[r.partition_id] = set(clients[r.partition_id].degenerate)
         record.summary = self.summarise(record, nondegenerate)
+        record.summary = dataclasses.replace(
+            record.summary,
+            **view_floors(floor, clean_inter, clean_lg, clean_stability, global_entry.degenerate, clients),
+        )
         timings.analysis = time.perf_counter() - began
         return record
 
@@ -629,8 +676,6 @@ class RoundAnalyst:
         aligned_lg = [v for per in record.aligned_local_global_iou.values() for v in per.values()]
         moved = [sum(c.channels_moved.values()) for c in record.clients.values() if c.channels_moved]
         stab = [v for per in record.stability.values() for v in per.values()]
-        floor = record.noise_floor
-        client_floor = [v for per in floor.clients.values() for v in per.values()]
         worked = [s for s in cross if s.local_verdict == "working"]
         return RoundSummary(
             clients=len(record.clients),
@@ -655,16 +700,13 @@ class RoundAnalyst:
             mean_label_emd=nanmean(c.label_emd for c in record.clients.values()),
             circuit_bloat=nanmean(record.global_model.bloat.values()),
             polysemantic_local=nanmean(c.polysemantic_share for c in record.clients.values()),
-            polysemantic_global=record.global_model.polysemantic_share,
+            polysemantic_global=nanmean(c.global_polysemantic_share for c in record.clients.values()),
             dominance_lead=nanmean(d.lead for d in record.dominance.values()),
             dominance_entropy=nanmean(d.entropy for d in record.dominance.values()),
             stability=nanmean(v.mean for v in stab),
             stability_pairs=defined_pairs([v.layers for v in stab]),
             stability_chance=nanmean(v.chance_mean for v in stab),
             stability_gaps=sum(len(per) for per in record.stability_gap.values()),
-            seed_floor=nanmean(v.mean for v in floor.seed.values()),
-            source_floor=nanmean(v.mean for v in (floor.source or {}).values()),
-            client_seed_floor=nanmean(v.mean for v in client_floor),
             cross_sufficiency=nanmean(s.sufficiency for s in cross),
             cross_specificity=nanmean(s.specificity for s in cross),
             # The paper's collapse (sufficiency alone, as the report and figures count it); the verdicts follow.
@@ -678,11 +720,23 @@ class RoundAnalyst:
             global_circuit_channels=nanmean(float(v) for v in record.global_model.circuit_sizes.values()),
             local_circuit_channels=nanmean(float(v) for v in local_sizes),
             empty_local_circuits=sum(1 for v in local_sizes if v == 0),
+            # Faithfulness means leave degenerate circuits out, as the control's always did: an
+            # empty circuit of a class the model has lost measures the model, not a mechanism.
             local_faithfulness=nanmean(
-                s.faithfulness for c in record.clients.values() for s in c.local_scores.values()
+                s.faithfulness
+                for c in record.clients.values()
+                for cls, s in c.local_scores.items()
+                if cls not in c.degenerate
             ),
-            global_faithfulness=nanmean(s.faithfulness for s in record.global_model.scores.values()),
-            cross_faithfulness=nanmean(s.faithfulness for s in cross),
+            global_faithfulness=nanmean(
+                s.faithfulness for c, s in record.global_model.scores.items() if c not in record.global_model.degenerate
+            ),
+            cross_faithfulness=nanmean(
+                s.faithfulness
+                for pid, per in record.cross_eval.items()
+                for cls, s in per.items()
+                if s.degenerate is None and pid in record.clients and cls not in record.clients[pid].degenerate
+            ),
             degenerate_local=sum(len(c.degenerate) for c in record.clients.values()),
             degenerate_global=len(record.global_model.degenerate),
             control_degenerate=len(record.control.degenerate) if record.control is not None else 0,
@@ -693,6 +747,63 @@ class RoundAnalyst:
             else math.nan,
             **_nondegenerate_means(nondegenerate or {}),
         )
+
+
+def _defined(entry: IoU) -> bool:
+    return not math.isnan(entry.mean)
+
+
+def view_floors(
+    floor: NoiseFloor,
+    inter_client: Mapping[int, IoU],
+    local_global: Mapping[int, Mapping[int, IoU]],
+    stability: Mapping[int, Mapping[int, IoU]],
+    global_degenerate: Mapping[int, str],
+    clients: Mapping[int, ClientEntry],
+) -> dict[str, Any]:
+    """Each IoU view's noise floor over exactly the entries of its non-degenerate mean (README, "Reading the numbers").
+
+    Floors differ by class (a model's circuit of one class is found again more reliably
+    than another's), so a view's floor is the mean, over the classes or (client, class)
+    pairs behind the view's non-degenerate mean, of the floor measured for that class:
+    the seed floor for inter-client IoU, the source floor for local-global IoU, a client
+    floor for stability (that client's own where it measured one). A floor found on
+    degenerate circuits is left out too (the global model's for seed and source floors,
+    the measuring client's for client floors). An entry whose class has no floor is left
+    out of the floor, never given another class's: ``*_covers`` against ``*_entries``
+    says how many of the view's entries the floor covers; NaN when none.
+    """
+
+    def clean(f: IoU | None, degenerate: bool) -> float:
+        return f.mean if f is not None and not degenerate else math.nan
+
+    inter = [c for c, v in inter_client.items() if _defined(v)]
+    seed = [clean(floor.seed.get(c), c in global_degenerate) for c in inter]
+    lg = [(pid, c) for pid, per in local_global.items() for c, v in per.items() if _defined(v)]
+    source = [clean(floor.source_of_class(c), c in global_degenerate) for _, c in lg]
+    stab = [(pid, c) for pid, per in stability.items() for c, v in per.items() if _defined(v)]
+
+    def client_floor(pid: int, cls: int) -> float:
+        own = floor.clients.get(pid, {})
+        measured_by = pid if cls in own else next((p for p, per in sorted(floor.clients.items()) if cls in per), None)
+        if measured_by is None:
+            return math.nan
+        entry = clients.get(measured_by)
+        return clean(floor.clients[measured_by][cls], entry is not None and cls in entry.degenerate)
+
+    own_floor = [client_floor(pid, c) for pid, c in stab]
+    covered = lambda values: sum(1 for v in values if not math.isnan(v))
+    return {
+        "seed_floor": nanmean(seed),
+        "seed_floor_covers": covered(seed),
+        "inter_client_iou_entries": len(inter),
+        "source_floor": nanmean(source),
+        "source_floor_covers": covered(source),
+        "local_global_iou_entries": len(lg),
+        "client_seed_floor": nanmean(own_floor),
+        "client_seed_floor_covers": covered(own_floor),
+        "stability_entries": len(stab),
+    }
 
 
 def _nondegenerate_means(views: Mapping[View, Sequence[IoU]]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ for discovering the global circuits, the rest for every score and accuracy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.apps.prompt_grid import prompt
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_dir
-from fedmi_flower.science.data import experiment_partitions, load_labels, load_split, server_splits
+from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_labels, load_split, server_splits
 from fedmi_flower.science.model import build_model, get_weights
 from fedmi_flower.science.seeding import derive_seed
 from fedmi_flower.views.tensorboard import TensorBoardScalars
@@ -74,14 +75,26 @@ def prepare_run(
     device = pick_device(config.resources.device)
     probe = load_split(config.data.dataset, False, data_root, probe_idx).to(device)
     evaluation = load_split(config.data.dataset, False, data_root, eval_idx).to(device)
-    floor_rows = None
-    if config.analysis.noise_floor:  # the local-global noise floor needs one client's rows on the server
-        floor_rows = load_split(
-            config.data.dataset, True, data_root, partitions[config.analysis.floor_client].train
-        ).to(device)
+    client_rows = None
+    if config.analysis.noise_floor:  # the local-global noise floor needs clients' rows on the server
+
+        @functools.cache
+        def client_rows(pid: int) -> ImageSplit | None:
+            if not 0 <= pid < len(partitions):
+                return None
+            return load_split(config.data.dataset, True, data_root, partitions[pid].train).to(device)
+
     reference = reference_of(config, data_root)
+    population = np.bincount(
+        train_labels[np.concatenate([np.asarray(p.train, dtype=np.int64) for p in partitions])], minlength=10
+    ).tolist()
     analyst = RoundAnalyst(
-        config, probe, evaluation, floor_rows, reference.to(device) if reference is not None else None
+        config,
+        probe,
+        evaluation,
+        client_rows,
+        reference.to(device) if reference is not None else None,
+        population_counts=population,
     )
     if checkpoint is not None:
         analyst.load_state_dict(checkpoint.analyst_state)

@@ -12,7 +12,8 @@ undefined values ``null``)::
     {"schema": 2, "round": t, "classes": [...],
      "clients": {pid: ClientEntry}, "global": GlobalEntry,
      "noise_floor": {"seed": {cls: IoU}, "source": {cls: IoU}, "source_client": pid,
-                     "clients": {pid: {cls: IoU}}},
+                     "source_clients": {cls: pid}, "clients": {pid: {cls: IoU}},
+                     "seed_circuits": {cls: circuit}, "source_circuits": {cls: circuit}},
      "inter_client_iou": {cls: IoU}, "class_pair_iou": {"a-b": IoU},
      "local_global_iou": {pid: {cls: IoU}}, "stability": {pid: {cls: IoU}},
      "aligned_inter_client_iou": {cls: IoU}, "aligned_local_global_iou": {pid: {cls: IoU}},
@@ -279,6 +280,8 @@ class ClientEntry:
     """Label skew: EMD of the client's label distribution to the pooled one of the round's clients."""
     polysemantic_share: float = math.nan
     """Of the channels the client's circuits use, the share used by two or more classes."""
+    global_polysemantic_share: float = math.nan
+    """The same share for the global model's circuits of this client's classes (like with like)."""
 
     def to_json(self) -> Json:
         return {
@@ -299,6 +302,7 @@ class ClientEntry:
             "channels_moved": dict(self.channels_moved),
             "label_emd": self.label_emd,
             "polysemantic_share": self.polysemantic_share,
+            "global_polysemantic_share": self.global_polysemantic_share,
         }
 
     @classmethod
@@ -321,6 +325,7 @@ class ClientEntry:
             channels_moved={k: int(v) for k, v in (raw.get("channels_moved") or {}).items()},
             label_emd=number(raw.get("label_emd")),
             polysemantic_share=number(raw.get("polysemantic_share")),
+            global_polysemantic_share=number(raw.get("global_polysemantic_share")),
         )
 
 
@@ -340,7 +345,8 @@ class GlobalEntry:
     degenerate: dict[int, str] = field(default_factory=dict)
     """Why a circuit is degenerate, for each circuit that is."""
     polysemantic_share: float = math.nan
-    """Of the channels the global circuits use, the share used by two or more classes."""
+    """Of the channels the global circuits of every analysed class use, the share used by two or more classes
+    (not comparable with a client's share over fewer classes: :attr:`ClientEntry.global_polysemantic_share` is)."""
     bloat: dict[int, float] = field(default_factory=dict)
     """Per class: the global circuit's size over the mean size of the clients' circuits of the class."""
 
@@ -391,7 +397,13 @@ class NoiseFloor:
     seed: dict[int, IoU] = field(default_factory=dict)
     source: dict[int, IoU] | None = None
     source_client: int | None = None
+    source_clients: dict[int, int] = field(default_factory=dict)
+    """Per class of ``source``: the client whose rows its floor was found on (records before it: ``source_client``)."""
     clients: dict[int, dict[int, IoU]] = field(default_factory=dict)
+    seed_circuits: dict[int, Circuit] = field(default_factory=dict)
+    """The global model's circuits found again for the seed floor (so that a reader can recompute it)."""
+    source_circuits: dict[int, Circuit] = field(default_factory=dict)
+    """The global model's circuits found on ``source_clients``' rows for the source floor."""
     measured: bool = True
 
     def of(self, kind: FloorKind) -> dict[int, IoU] | dict[int, dict[int, IoU]]:
@@ -409,7 +421,10 @@ class NoiseFloor:
         if self.source is not None:
             out["source"] = _str_keyed(self.source, IoU.to_json)
             out["source_client"] = self.source_client
+            out["source_clients"] = _str_keyed(self.source_clients)
         out["clients"] = _str_keyed(self.clients, lambda per: _str_keyed(per, IoU.to_json))
+        out["seed_circuits"] = _str_keyed(self.seed_circuits)
+        out["source_circuits"] = _str_keyed(self.source_circuits)
         return out
 
     @classmethod
@@ -420,8 +435,22 @@ class NoiseFloor:
             seed=_keyed(raw.get("seed"), IoU.from_json),
             source=_keyed(raw["source"], IoU.from_json) if raw.get("source") is not None else None,
             source_client=raw.get("source_client"),
+            source_clients=_keyed(raw.get("source_clients"), int),
             clients=_nested(raw.get("clients"), IoU.from_json),
+            seed_circuits=_keyed(raw.get("seed_circuits"), _circuit),
+            source_circuits=_keyed(raw.get("source_circuits"), _circuit),
         )
+
+    def source_of_class(self, cls: int) -> IoU | None:
+        """The source floor of class ``cls`` (local-global IoU's scale for that class), or None."""
+        return (self.source or {}).get(cls)
+
+    def client_of_class(self, cls: int, client: int | None = None) -> IoU | None:
+        """Stability's floor for class ``cls``: ``client``'s own when it measured one, else the first
+        client's that did (by partition id), else None."""
+        if client is not None and cls in self.clients.get(client, {}):
+            return self.clients[client][cls]
+        return next((per[cls] for _, per in sorted(self.clients.items()) if cls in per), None)
 
 
 # ---------------------------------------------------------------------- summary, timings, bookkeeping
@@ -469,14 +498,30 @@ class RoundSummary:
     polysemantic_local: float = math.nan
     """Mean over clients of the share of their circuits' channels used by two or more classes."""
     polysemantic_global: float = math.nan
-    """The same share for the global model's circuits."""
+    """Mean over the same clients of the same share for the global model's circuits of each client's own classes
+    (like with like; before records of schema 2.1 it was the share over every analysed class)."""
     dominance_lead: float = math.nan
     """Mean over classes held by two or more clients of the winning client's local-global IoU lead."""
     dominance_entropy: float = math.nan
     """Mean over those classes of the normalised entropy of the local-global IoUs (0: one client, 1: all alike)."""
     seed_floor: float = math.nan
+    """Inter-client IoU's noise floor: the seed floor over the classes of the view's non-degenerate mean."""
     source_floor: float = math.nan
+    """Local-global IoU's noise floor: each non-degenerate (client, class) pair's class's source floor, averaged."""
     client_seed_floor: float = math.nan
+    """Stability's noise floor: each non-degenerate (client, class) pair's class's client floor, averaged."""
+    seed_floor_covers: int = 0
+    """How many of the inter-client view's non-degenerate classes its floor is averaged over (the rest have none)."""
+    source_floor_covers: int = 0
+    """How many of local-global IoU's non-degenerate (client, class) pairs its floor is averaged over."""
+    client_seed_floor_covers: int = 0
+    """How many of stability's non-degenerate (client, class) pairs its floor is averaged over."""
+    inter_client_iou_entries: int = 0
+    """Classes behind the inter-client view's non-degenerate mean (what its floor should cover)."""
+    local_global_iou_entries: int = 0
+    """(client, class) pairs behind local-global IoU's non-degenerate mean."""
+    stability_entries: int = 0
+    """(client, class) pairs behind stability's non-degenerate mean."""
     cross_sufficiency: float = math.nan
     cross_specificity: float = math.nan
     cross_collapsed: int = 0
@@ -489,10 +534,13 @@ class RoundSummary:
     local_circuit_channels: float = math.nan
     empty_local_circuits: int = 0
     local_faithfulness: float = math.nan
-    """Mean faithfulness of the local circuits on their own models, as the clients scored them."""
+    """Mean faithfulness of the local circuits that are not degenerate, on their own models, as the clients scored
+    them (NaN when every circuit is degenerate)."""
     global_faithfulness: float = math.nan
+    """Mean faithfulness of the global circuits that are not degenerate."""
     cross_faithfulness: float = math.nan
-    """Mean faithfulness of the local circuits on the global weights (to the global model)."""
+    """Mean faithfulness of the local circuits on the global weights (to the global model), over those degenerate
+    neither there nor on their own model."""
     degenerate_local: int = 0
     """Local circuits that are degenerate on their own model."""
     degenerate_global: int = 0
@@ -528,9 +576,17 @@ class RoundSummary:
         )
 
     def view_floor(self, view: View) -> float:
-        """The view's noise floor (NaN for a view without one)."""
+        """The view's noise floor over the view's own non-degenerate classes (NaN for a view without one)."""
         kind = FLOOR_OF_VIEW.get(view)
         return number(getattr(self, SUMMARY_FLOOR[kind])) if kind is not None else math.nan
+
+    def view_floor_coverage(self, view: View) -> tuple[int, int]:
+        """``(covered, entries)``: of the entries behind the view's non-degenerate mean, how many its floor covers
+        (both 0 for a view without a floor, or a record written before floors were taken per view)."""
+        kind = FLOOR_OF_VIEW.get(view)
+        if kind is None:
+            return 0, 0
+        return int(getattr(self, f"{SUMMARY_FLOOR[kind]}_covers")), int(getattr(self, f"{view.value}_entries"))
 
     def scalars(self) -> dict[str, float | int]:
         """Every summary by name (the columns of ``summary.csv``, the metrics Flower receives)."""
@@ -558,7 +614,7 @@ def summary_group(name: str) -> str:
         return "cross_eval"
     if name.endswith("_faithfulness"):
         return "faithfulness"
-    if name.startswith((*View, "aligned_")) or name in (*SUMMARY_FLOOR.values(), "channels_moved"):
+    if name.startswith((*View, "aligned_", *SUMMARY_FLOOR.values())) or name == "channels_moved":
         return "iou"
     if name.startswith(("degenerate", "control", "empty")):
         return "degenerate"

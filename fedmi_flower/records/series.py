@@ -23,7 +23,7 @@ import numpy as np
 
 from fedmi_flower.config import ConfigError, ExperimentConfig
 from fedmi_flower.records.results import CONFIG_FILE, ROUNDS_FILE, RunDirectory
-from fedmi_flower.records.round_record import FloorKind, IoU, RecordError, RoundRecord, View, number
+from fedmi_flower.records.round_record import FLOOR_OF_VIEW, FloorKind, IoU, RecordError, RoundRecord, View, number
 from fedmi_flower.science.circuits import SCORE_NAMES
 from fedmi_flower.science.model import CIRCUIT_LAYERS
 
@@ -228,20 +228,37 @@ def local_global_series(records: Sequence[Record]) -> Series:
     return per_client_series(records, View.LOCAL_GLOBAL_IOU)
 
 
-def floor_series(records: Sequence[Record], kind: FloorKind) -> Series:
-    """Noise floor ``kind``: a model's circuit found twice, ``(class, layer) ->`` IoU.
+def view_floor_series(records: Sequence[Record], view: View) -> Series:
+    """The noise floor behind each entry of an IoU view, keyed as the view's own series.
 
-    ``seed`` and ``source`` are the global model's floors; ``clients`` the floor
-    client's own (keyed ``(client, class, layer)``).
+    Inter-client IoU gives ``(class, layer)``: the seed floor of each class with two or
+    more holders; local-global IoU and stability give ``(client, class, layer)``: the
+    source floor, or a client floor (the client's own where it measured one), of each
+    class the client holds. An entry whose circuit (local or global) is degenerate, or
+    whose class has no floor, yields nothing: a figure averages these over the classes
+    it draws and never borrows another class's floor. Class-pair IoU has no floor.
     """
+    kind = FLOOR_OF_VIEW.get(view)
 
     def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        if kind is FloorKind.CLIENTS:
-            for p, per in r.noise_floor.clients.items():
-                yield from (((p, c, layer), v) for c, e in per.items() for layer, v in _layers(e))
-        else:
-            found = r.noise_floor.seed if kind is FloorKind.SEED else (r.noise_floor.source or {})
-            yield from (((c, layer), v) for c, e in found.items() for layer, v in _layers(e))
+        floor, global_degenerate = r.noise_floor, r.global_model.degenerate
+        if kind is FloorKind.SEED:
+            for c, e in r.inter_client_iou.items():
+                f = floor.seed.get(c)
+                if f is not None and e.pairs and c not in global_degenerate:
+                    yield from (((c, layer), v) for layer, v in _layers(f))
+        elif kind is not None:
+            for p, per in r.per_client_view(view).items():
+                local_degenerate = r.clients[p].degenerate if p in r.clients else {}
+                for c in per:
+                    if c in local_degenerate:
+                        continue
+                    if kind is FloorKind.SOURCE:
+                        f = floor.source_of_class(c) if c not in global_degenerate else None
+                    else:
+                        f = floor.client_of_class(c, p)
+                    if f is not None:
+                        yield from (((p, c, layer), v) for layer, v in _layers(f))
 
     return collect(records, entries)
 

@@ -153,13 +153,15 @@ def local_global_iou(local: Circuit, global_: Circuit, layers: Sequence[str] = C
 
 
 def label_emd(counts: Sequence[int], reference: Sequence[int]) -> float:
-    """Label skew of one client: the earth mover's distance of its label distribution to ``reference``'s.
+    """Label skew of one client: Zhao et al.'s earth mover's distance of its label distribution to ``reference``'s.
 
-    For class labels with unit distance between any two classes this is the sum of the
-    absolute differences of the two distributions, ``sum_c |p_c - q_c|``: the measure
-    Zhao et al. (2018, "Federated Learning with Non-IID Data", section 3) relate to
-    FedAvg's accuracy drop. 0 for the reference's own distribution, 2 for disjoint
-    supports. NaN when either holds no example.
+    Returns the L1 distance ``sum_k |p_k - q_k|`` of the two normalised label
+    distributions (``p_k = counts[k] / sum(counts)``, ``q_k = reference[k] / sum(reference)``):
+    what Zhao et al. (2018, "Federated Learning with Non-IID Data", section 3) call the
+    EMD and relate to FedAvg's accuracy drop. It is twice the total variation distance.
+    (The textbook earth mover's distance with unit cost between any two classes is the
+    total variation distance, half of this.) 0 for the reference's own distribution, 2
+    for disjoint supports. NaN when either holds no example.
     """
     if len(counts) != len(reference):
         raise ValueError(f"{len(counts)} class counts against {len(reference)} reference counts")

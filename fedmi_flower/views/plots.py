@@ -39,13 +39,13 @@ from fedmi_flower.records.series import (
     chance_series,
     class_pair_series,
     cross_eval_series,
-    floor_series,
     inter_client_series,
     layer_curve,
     local_global_series,
     nanmean_rows,
     stability_series,
     summary_series,
+    view_floor_series,
 )
 from fedmi_flower.science.law import fit_line
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD
@@ -58,7 +58,10 @@ GREY = "#d9d9d9"
 CURVE_COLUMNS = 5
 """Clients side by side in a cross-evaluation curve figure; more wrap into further rows."""
 COLLAPSED = "#d62728"
-"""Red: the collapse threshold and the frame of a collapsed cell."""
+"""Red: the collapse threshold and the frame of a cell whose circuit collapsed after working on its own model."""
+NEVER_WORKED_COLOUR = "0.35"
+NEVER_WORKED_HATCH = "///"
+"""Grey hatching: a cell whose circuit never worked on its own model."""
 
 
 def class_colour(cls: int) -> tuple[float, ...]:
@@ -251,10 +254,16 @@ def _draw_scale(ax: Axes, rounds: np.ndarray, floor: np.ndarray | None, chance: 
 def _view_scale(
     run: Run, view: View, layer: str, keys: Callable[[Any], bool] = lambda k: True
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Round-wise noise floor and chance level of ``view`` at ``layer`` (chance over the keys ``keys`` accepts)."""
+    """Round-wise noise floor and chance level of ``view`` at ``layer``, each over the keys ``keys`` accepts.
+
+    The floor is the mean of the floors measured for exactly those entries' classes
+    (:func:`view_floor_series`): a client's panel draws its own classes' floor, or none.
+    """
     n = len(run.records)
-    kind = FLOOR_OF_VIEW.get(view)
-    floor = layer_curve(floor_series(run.records, kind), layer, n) if kind else None
+    floor = None
+    if FLOOR_OF_VIEW.get(view) is not None:
+        floors = view_floor_series(run.records, view)
+        floor = nanmean_rows((v for k, v in floors.items() if k[-1] == layer and keys(k)), n)
     chance = chance_series(run.records, view)
     return floor, nanmean_rows((v for k, v in chance.items() if k[-1] == layer and keys(k)), n)
 
@@ -395,8 +404,48 @@ def _cross_matrix(run: Run, score: str) -> tuple[list[Any], np.ndarray]:
     return keys, matrix
 
 
+NOT_EVALUATED = "not evaluated"
+NEVER_WORKED = "never worked on its own model"
+COLLAPSED_AFTER_WORKING = "collapsed after working on its own model"
+WORKED = "worked on its own model"
+"""What :func:`cross_eval_marks` says of a cross-evaluation cell."""
+
+
+def cross_eval_marks(run: Run, threshold: float = COLLAPSE_THRESHOLD) -> tuple[list[Any], np.ndarray]:
+    """What the cross-evaluation heatmap marks on each cell: client-class rows (as in its score matrices) x rounds.
+
+    Each cell is one of :data:`COLLAPSED_AFTER_WORKING` (the circuit worked on its own
+    model, ``local_verdict`` ``working``, and its sufficiency on the global weights is
+    below ``threshold``: the red frame), :data:`NEVER_WORKED` (evaluated, but its
+    ``local_verdict`` is not ``working``: empty, too weak or indiscriminate on its own
+    model, or unscored there, which the round summary does not count as working either;
+    hatched, whatever its score on the global weights), :data:`WORKED` (worked there and
+    did not collapse) or :data:`NOT_EVALUATED`.
+
+    A circuit that never worked cannot collapse: a low score on the global weights only
+    repeats what its own model already did, and says nothing about aggregation. These are
+    the round summary's ``cross_working_locally`` and ``cross_collapsed_after_working``,
+    cell by cell.
+    """
+    keys, _ = _cross_matrix(run, "sufficiency")
+    marks = np.full((max(1, len(keys)), len(run.records)), NOT_EVALUATED, dtype=object)
+    for j, record in enumerate(run.records):
+        for i, (pid, cls) in enumerate(keys):
+            entry = record.cross_eval.get(pid, {}).get(cls)
+            if entry is None:
+                continue
+            if entry.local_verdict != "working":
+                marks[i, j] = NEVER_WORKED
+            elif not math.isnan(entry.sufficiency) and entry.sufficiency < threshold:
+                marks[i, j] = COLLAPSED_AFTER_WORKING
+            else:
+                marks[i, j] = WORKED
+    return keys, marks
+
+
 def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: bool = True) -> AxesImage:
     keys, matrix = _cross_matrix(run, score)
+    marks = cross_eval_marks(run)[1]
     cmap = plt.get_cmap("viridis").with_extremes(bad=GREY)  # a missing value is grey, not a colour of the scale
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     rounds = run.rounds
@@ -408,8 +457,22 @@ def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: boo
     for i in range(1, len(keys)):  # a line between clients
         if keys[i][0] != keys[i - 1][0]:
             ax.axhline(i - 0.5, color="white", linewidth=1.5)
-    if score == "sufficiency":  # a collapsed circuit gets a red frame: visible whatever the cell's colour
-        for i, j in zip(*np.nonzero(np.nan_to_num(matrix, nan=1.0) < COLLAPSE_THRESHOLD)):
+    # A circuit that never worked on its own model is hatched on both scores: a low score there is no collapse
+    # (in the IID quickstart's round 1 such cells were framed red while the console said "preserved 8/8").
+    for i, j in zip(*np.nonzero(marks == NEVER_WORKED)):
+        ax.add_patch(
+            Rectangle(
+                (j - 0.5, i - 0.5),
+                1.0,
+                1.0,
+                fill=False,
+                hatch=NEVER_WORKED_HATCH,
+                edgecolor=NEVER_WORKED_COLOUR,
+                linewidth=0,
+            )
+        )
+    if score == "sufficiency":  # a collapse after working gets a red frame: visible whatever the cell's colour
+        for i, j in zip(*np.nonzero(marks == COLLAPSED_AFTER_WORKING)):
             ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor=COLLAPSED, linewidth=1.4))
     if annotate and matrix.size <= 240:
         for (i, j), v in np.ndenumerate(matrix):
@@ -429,7 +492,10 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
 
     Sufficiency (the paper's circuit accuracy) beside specificity (non-target images
     not called the target): a circuit that answers its class for everything scores
-    sufficiency 1 and specificity 0. A red frame marks a collapsed circuit (sufficiency < 10%).
+    sufficiency 1 and specificity 0. A red frame marks a circuit that collapsed after
+    working: it worked on its own model and its sufficiency here is below 10%. Hatching
+    marks a circuit that never worked on its own model (:func:`cross_eval_marks`): its
+    score here, low or not, says nothing about what aggregation did to it.
     """
     n_rows = max(1, len(_cross_matrix(run, "sufficiency")[0]))
     fig, axes = plt.subplots(
@@ -451,12 +517,13 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
                 fill=False,
                 edgecolor=COLLAPSED,
                 linewidth=1.4,
-                label=f"collapsed (sufficiency < {COLLAPSE_THRESHOLD:.0%})",
+                label=f"collapsed after working (sufficiency < {COLLAPSE_THRESHOLD:.0%})",
             ),
-            Patch(facecolor=GREY, label="not evaluated"),
+            Patch(fill=False, hatch=NEVER_WORKED_HATCH, edgecolor=NEVER_WORKED_COLOUR, linewidth=0, label=NEVER_WORKED),
+            Patch(facecolor=GREY, label=NOT_EVALUATED),
         ],
         loc="outside lower center",
-        ncol=2,
+        ncol=2,  # three entries side by side overrun a figure of few rounds
         fontsize=8,
         frameon=False,
     )
@@ -669,7 +736,8 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
     fig, axes = plt.subplots(
         nrows,
         len(groups),
-        figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), (1.0 + 0.22 * heights) * nrows + 0.8),
+        # At least 3.4 inches high: the colorbar's label runs past a shorter figure (one seed of few circuits).
+        figsize=(2.0 + (0.35 * max_rounds + 0.9) * len(groups), max(3.4, (1.0 + 0.22 * heights) * nrows + 0.8)),
         squeeze=False,
         layout="constrained",
         dpi=DPI,
@@ -689,7 +757,7 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
     _suptitle(
         fig,
         f"Cross-evaluation side by side by {setting}: local circuits on the global weights (sufficiency; red frame: "
-        f"collapsed, below {COLLAPSE_THRESHOLD:.0%}; grey: not evaluated)",
+        f"collapsed after working, below {COLLAPSE_THRESHOLD:.0%}; hatched: {NEVER_WORKED}; grey: not evaluated)",
     )
     return fig
 
@@ -737,10 +805,13 @@ def fig_skew_law(
             grid = np.linspace(np.nanmin(xs), np.nanmax(xs), 50)
             ax.plot(grid, fit.intercept + fit.slope * grid, color="black", linewidth=1.2)
             low, high = fit.slope_ci
-            title += (
-                f"\n{fit.intercept:.2f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.2f} EMD, "
-                f"slope CI [{low:.2f}, {high:.2f}], R² {fit.r2:.2f}"
-            )
+            if fit.undefined_because is not None:  # a constant metric: no R^2 of 1, no interval of zero width
+                title += f"\n{fit.intercept:.2f} at every EMD, {fit.r2_text('R²')}"
+            else:
+                title += (
+                    f"\n{fit.intercept:.2f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.2f} EMD, "
+                    f"slope CI [{low:.2f}, {high:.2f}], {fit.r2_text('R²')}"
+                )
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("mean label EMD")
         ax.grid(True, alpha=0.3)
@@ -796,7 +867,8 @@ RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
         "cross_eval_heatmap",
         fig_cross_eval_heatmap,
         "Cross-evaluation (paper Fig. 4, 7, 9): "
-        "each local circuit on the global weights, sufficiency beside specificity.",
+        "each local circuit on the global weights, sufficiency beside specificity "
+        "(red frame: collapsed after working on its own model; hatched: never worked on its own model).",
     ),
     (
         "cross_eval_curves",

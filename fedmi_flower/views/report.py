@@ -9,13 +9,16 @@ rendered to Markdown and to a small HTML file (standard library only).
 
 Definitions used on every page (paper sections 2.3 and 3):
 
-- A local circuit **collapses** in a round when its sufficiency on the global weights
-  of that round (cross-evaluation) is below :data:`COLLAPSE_THRESHOLD` (10%).
-- The **collapse rate** is the share of evaluated client-class-rounds that collapse.
+- A local circuit **collapses** in a round when it works on its own model (verdict
+  ``working``) and its sufficiency on the global weights of that round
+  (cross-evaluation) is below :data:`COLLAPSE_THRESHOLD` (10%): collapse always means
+  collapsed after working. A circuit that never worked cannot collapse.
+- The **collapse rate** is the share of the client-class-rounds working on their own
+  model that collapse. The paper's count, sufficiency alone below the threshold
+  whether or not the circuit worked before, is reported apart under that name.
 - A circuit, one client's circuit of one class, **never recovers** when it collapsed
-  in some round and is still below the threshold in the last round it was evaluated
-  (the run's last round for a client that reported then). Since the last round is a
-  round, this is the same as: collapsed in the last round it was evaluated.
+  after working in some round and is still below the threshold in the last round it
+  was evaluated (the run's last round for a client that reported then).
 - The local-global IoU **peaks, then declines** (paper Fig. 5) when the round of its
   highest value (the first, on ties) comes before the last round and the last value
   lies at least :data:`DECLINE` below the peak.
@@ -93,6 +96,14 @@ RQ1 = "RQ1: inter-client consistency (Fig. 1, 3, 6, 14)"
 RQ2_STABILITY = "RQ2: intra-client stability (Fig. 10)"
 RQ2_TREND = "RQ2: local-global IoU trend (Fig. 2, 5, 8, 15-18)"
 COLLAPSE = "Cross-evaluation collapse (Fig. 4, 7, 9, 19)"
+COLLAPSE_RATE = "collapse rate: collapsed after working / working on their own model"
+"""The collapse table's first row: collapse means collapsed after working, wherever the page says it."""
+SUFFICIENCY_BELOW = (
+    f"sufficiency below {COLLAPSE_THRESHOLD:.0%} on the global weights, whether or not the circuit worked before "
+    "(the paper's count)"
+)
+"""The paper's count, by sufficiency alone: it includes circuits that never worked on their own model, so the page
+never calls it collapse."""
 SCALE = "Scale: is a change above the noise floor?"
 FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)"
 ALIGNED = "Aligned IoU, degenerate circuits, the global model: what aggregation changes (final round)"
@@ -130,9 +141,9 @@ _COUNTS = {
     "rounds",
     "empty local circuits (final round)",
     "client-class-rounds evaluated",
-    "collapsed client-class-rounds",
+    f"{SUFFICIENCY_BELOW}: client-class-rounds",
     "circuits (client, class)",
-    "collapsed at least once",
+    "circuits collapsed after working, at least once",
     "never recovered",
     "working on their own model",
     "preserved (working on the global weights too)",
@@ -229,27 +240,60 @@ def rq2_numbers(records: Sequence[Record]) -> Numbers:
 
 
 def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRESHOLD) -> Numbers:
-    """Cross-evaluation collapse: the collapse rate, circuits that collapsed, circuits that never recover.
+    """Cross-evaluation collapse, led by the collapse rate: the share of circuits working on their own model that
+    collapse on the global weights.
 
-    See the module's definitions; ``threshold`` is the sufficiency below which a
-    local circuit on the global weights counts as collapsed.
+    From every cross-evaluation entry of the records (one client's circuit of one class
+    in one round): whether it worked on its own model (``local_verdict`` ``working``),
+    collapsed after working (and its sufficiency on the global weights below
+    ``threshold``), stayed working there (preserved) or turned indiscriminate; per
+    circuit, whether it collapsed after working in some round and never recovered. The
+    paper's collapse, sufficiency alone below ``threshold`` whether or not the circuit
+    worked before, is given apart under that name. See the module's definitions.
     """
+    worked = preserved = after_working = indiscriminate = 0
+    ever: set[Any] = set()
+    for record in records:
+        for pid, per in record.cross_eval.items():
+            for cls, s in per.items():
+                indiscriminate += s.verdict == "indiscriminate"
+                if s.local_verdict != "working":
+                    continue  # a circuit that never worked cannot collapse: its low score is its own model's
+                worked += 1
+                preserved += s.verdict == "working"
+                if not math.isnan(s.sufficiency) and s.sufficiency < threshold:
+                    after_working += 1
+                    ever.add((pid, cls))
     suff = cross_eval_series(records, "sufficiency")
     spec = cross_eval_series(records, "specificity")
     values = [v for series in suff.values() for v in finite(series)]
-    collapsed = sum(1 for v in values if v < threshold)
-    ever = [k for k, s in suff.items() if any(v < threshold for v in finite(s))]
-    never = [k for k, s in suff.items() if finite(s) and finite(s)[-1] < threshold]
+    below = sum(1 for v in values if v < threshold)
+    never = [k for k in ever if finite(suff[k]) and finite(suff[k])[-1] < threshold]
+    nan = float("nan")
     return {
-        (COLLAPSE, "client-class-rounds evaluated", VALUE): float(len(values)),
-        (COLLAPSE, "collapsed client-class-rounds", VALUE): float(collapsed),
-        (COLLAPSE, "collapse rate", VALUE): collapsed / len(values) if values else float("nan"),
+        (COLLAPSE, COLLAPSE_RATE, VALUE): after_working / worked if worked else nan,
+        (COLLAPSE, "working on their own model", VALUE): float(worked),
+        (COLLAPSE, "collapsed after working on their own model", VALUE): float(after_working),
+        (COLLAPSE, "preserved (working on the global weights too)", VALUE): float(preserved),
+        (COLLAPSE, "preservation rate (of those working)", VALUE): preserved / worked if worked else nan,
+        (COLLAPSE, "indiscriminate on the global weights", VALUE): float(indiscriminate),
         (COLLAPSE, "circuits (client, class)", VALUE): float(sum(1 for s in suff.values() if finite(s))),
-        (COLLAPSE, "collapsed at least once", VALUE): float(len(ever)),
+        (COLLAPSE, "circuits collapsed after working, at least once", VALUE): float(len(ever)),
         (COLLAPSE, "never recovered", VALUE): float(len(never)),
+        (COLLAPSE, "client-class-rounds evaluated", VALUE): float(len(values)),
+        (COLLAPSE, f"{SUFFICIENCY_BELOW}: client-class-rounds", VALUE): float(below),
+        (COLLAPSE, f"{SUFFICIENCY_BELOW}: share of those evaluated", VALUE): below / len(values) if values else nan,
         (COLLAPSE, "sufficiency (final round mean)", VALUE): nanmean([s[-1] for s in suff.values()]),
         (COLLAPSE, "specificity (final round mean)", VALUE): nanmean([s[-1] for s in spec.values()]),
     }
+
+
+def _judged(summary: RoundSummary, view: View) -> float:
+    """The value a view's floor verdict reads: its mean over non-degenerate circuits, the pairs its floor covers
+    (the plain mean for records written before floors were taken per view)."""
+    if summary.view_floor_coverage(view) == (0, 0):
+        return summary.view(view)
+    return summary.view_nondegenerate(view)[0]
 
 
 def scale_numbers(records: Sequence[Record]) -> Numbers:
@@ -271,32 +315,13 @@ def scale_numbers(records: Sequence[Record]) -> Numbers:
         out[(SCALE, label, FLOOR)] = floor
         out[(SCALE, label, CHANCE)] = last.view_chance(view)
         out[(SCALE, label, PAIRS)] = float(last.view_pairs(view)) if summaries else float("nan")
-        out[(SCALE, label, BELOW)] = float("nan") if math.isnan(value) or math.isnan(floor) else float(value < floor)
-        pairs = [(s.view(view), s.view_floor(view)) for s in summaries]
+        # The floor is taken over the view's non-degenerate classes: the verdict compares like with like.
+        clean = _judged(last, view)
+        out[(SCALE, label, BELOW)] = float("nan") if math.isnan(clean) or math.isnan(floor) else float(clean < floor)
+        pairs = [(_judged(s, view), s.view_floor(view)) for s in summaries]
         defined = [(v, f) for v, f in pairs if not (math.isnan(v) or math.isnan(f))]
         out[(SCALE, label, ROUNDS_BELOW)] = float(sum(1 for v, f in defined if v < f)) if defined else float("nan")
     return out
-
-
-def verdict_numbers(records: Sequence[Record]) -> Numbers:
-    """Preservation by verdicts (:mod:`fedmi_flower.science.verdicts`), summed over rounds.
-
-    Sufficiency and specificity together.
-    """
-    summaries = [r.summary for r in records if r.analysed]
-    working = float(sum(s.cross_working_locally for s in summaries))
-    preserved = float(sum(s.cross_preserved for s in summaries))
-    return {
-        (COLLAPSE, "working on their own model", VALUE): working,
-        (COLLAPSE, "preserved (working on the global weights too)", VALUE): preserved,
-        (COLLAPSE, "preservation rate (of those working)", VALUE): preserved / working if working else float("nan"),
-        (COLLAPSE, "collapsed after working on their own model", VALUE): float(
-            sum(s.cross_collapsed_after_working for s in summaries)
-        ),
-        (COLLAPSE, "indiscriminate on the global weights", VALUE): float(
-            sum(s.cross_indiscriminate for s in summaries)
-        ),
-    }
 
 
 def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
@@ -418,7 +443,7 @@ def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[fl
                 "local-global IoU slope per round",
                 _slope_over_rounds(layer_curve(local_global_series(run.records), "mean", n)),
             ),
-            ("collapse rate", collapse_numbers(run.records)[(COLLAPSE, "collapse rate", VALUE)]),
+            ("collapse rate after working", collapse_numbers(run.records)[(COLLAPSE, COLLAPSE_RATE, VALUE)]),
             ("share of global circuits degenerate", analysed[-1].global_degenerate_share),
             ("circuit bloat", s.circuit_bloat),
             ("channels used by 2+ classes, global", s.polysemantic_global),
@@ -446,7 +471,6 @@ def rq_table(records: Sequence[Record]) -> Numbers:
         **rq1_numbers(records),
         **rq2_numbers(records),
         **collapse_numbers(records),
-        **verdict_numbers(records),
         **scale_numbers(records),
         **faithfulness_numbers(records),
         **alignment_numbers(records),
@@ -543,11 +567,15 @@ DEFINITIONS = [
     "The **random-weight "
     "control** runs the same discovery on a never-trained model of the same architecture and sparsity: its circuits "
     "should all be degenerate.",
-    "**Collapse**: a local circuit collapses in a round when its sufficiency on that round's global weights "
-    f"(cross-evaluation) is below {COLLAPSE_THRESHOLD:.0%}. "
-    "The **collapse rate** is the share of evaluated client-class-rounds that collapse.",
-    "**Never recovered**: a circuit (one client's circuit of one class) that collapsed in some round and is "
-    f"still below {COLLAPSE_THRESHOLD:.0%} sufficiency "
+    "**Collapse** means collapsed after working: a local circuit collapses in a round when it works on its own "
+    f"model (see working, below) and its sufficiency on that round's global weights (cross-evaluation) is below "
+    f"{COLLAPSE_THRESHOLD:.0%}. The **collapse rate** is the share of the client-class-rounds working on their own "
+    "model that collapse. A circuit that never worked on its own model cannot collapse: its low score on the global "
+    "weights repeats its own model's (the heatmap hatches it). The paper counts sufficiency below "
+    f"{COLLAPSE_THRESHOLD:.0%} alone, whether or not the circuit worked before; that count is given apart, as "
+    "the paper's count.",
+    "**Never recovered**: a circuit (one client's circuit of one class) that collapsed after working in some round "
+    f"and is still below {COLLAPSE_THRESHOLD:.0%} sufficiency "
     "in the last round it was evaluated (the run's last round for a client that reported then).",
     "**Peaks, then declines**: the round-wise mean local-global IoU reaches its highest value (first on ties) before "
     f"the last round and ends at least {DECLINE} below it.",
@@ -565,8 +593,11 @@ DEFINITIONS = [
     "**Noise floor**: the IoU of the same model's circuit found twice, the way the view compares circuits: "
     "the global model on another seed and another draw of the probe rows "
     "(inter-client IoU), the floor client's own model on another seed and draw of its rows (stability), "
-    "or the global model on one client's training rows against the server's probe rows "
-    "(local-global IoU). A value **below the floor** means the circuits differ by more than discovery itself does; "
+    "or the global model on a holder's training rows against the server's probe rows "
+    "(local-global IoU). Floors differ by class, so each view's floor is averaged over exactly the classes "
+    "(or client-class pairs) of the view's mean over non-degenerate circuits, and **below the floor** compares "
+    "that mean with it; a class without a floor is left out, never given another's. "
+    "A value **below the floor** means the circuits differ by more than discovery itself does; "
     "a value above it is as stable as discovery. "
     "Each floor is one draw per round, so a difference of a few hundredths is within its own noise. "
     "**Chance level**: the expected IoU of random channel sets of the same sizes "
@@ -732,7 +763,12 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         for name, (xs, ys) in law.items():
             fit = fit_line(xs, ys)
             rows.append(
-                [name, fit.describe() if fit is not None else "fewer than 3 runs define it", str(len(finite(ys)))]
+                [
+                    name,
+                    # describe() says "R^2 undefined (no variation)" for a constant metric, never an R^2 of 1.
+                    fit.describe() if fit is not None else "fewer than 3 runs define it, or they share one EMD",
+                    str(len(finite(ys))),
+                ]
             )
         blocks.append(("table", ["metric", "fit against mean EMD", "runs"], rows))
         for path, caption in plot_skew_law(law, figures / "skew-law", formats=("png",), groups=skew_law_groups(runs)):
