@@ -237,7 +237,7 @@ class AnalysisConfig:
         True,
         doc=(
             "measure the noise floor of every IoU view each round: the global model's circuits found again (another "
-            "seed and draw; another client's rows), and floor_client's own"
+            "seed and draw; a holder's rows for every class), and floor_client's own"
         ),
     )
     random_control: bool = _spec(
@@ -247,7 +247,10 @@ class AnalysisConfig:
     floor_client: int = _spec(
         0,
         lo=0,
-        doc="partition whose training rows give the local-global noise floor and which measures its own seed floor",
+        doc=(
+            "partition whose training rows give the local-global noise floor first (other holders' rows cover the "
+            "classes it lacks) and which measures its own seed floor"
+        ),
     )
     alignment: str = _spec(
         "weights",

@@ -235,7 +235,9 @@ class CircuitAnalysisMixin:
 
         Each IoU is followed by its scale: ``[floor F, chance C]``, the noise floor of
         the view over the view's own non-degenerate classes (``floor F on k/n`` when only
-        k of the n classes or pairs behind the view have a floor) and the chance level of
+        k of the n classes or pairs behind the view have a floor; ``vs V`` when the view's
+        non-degenerate mean over exactly those entries, which the floor is compared with,
+        differs from the plain mean printed first) and the chance level of
         random circuits of the same sizes (the pairs behind each mean are in the record).
         Then faithfulness (agreement of each circuit's decision with its model's) and how
         many circuits are degenerate (empty, of a class the model does not recognise,
@@ -251,6 +253,9 @@ class CircuitAnalysisMixin:
             covers, entries = s.view_floor_coverage(view)
             if covers < entries and floor != "null":  # the floor is measured for some of the view's classes only
                 floor += f" on {covers}/{entries}"
+            against = s.view_against_floor(view)
+            if floor != "null" and abs(against - s.view(view)) >= 0.005:  # degenerate circuits or uncovered entries
+                floor += f" vs {num(against)}"
             return f"{num(s.view(view))} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
 
         aligned = ""

@@ -171,19 +171,63 @@ def test_floors_per_class_over_each_views_own_classes():
     assert floors[(1, 3, "mean")][0] == pytest.approx(0.6) and floors[(0, 8, "mean")][0] == pytest.approx(0.9)
 
 
+def floors_of(record: RoundRecord, previous_degenerate=None) -> dict:
+    """The summary's floors of a hand-made record, its views' IoUs taken as the non-degenerate ones."""
+    clean = {
+        View.INTER_CLIENT_IOU: dict(record.inter_client_iou),
+        View.LOCAL_GLOBAL_IOU: {(p, c): v for p, per in record.local_global_iou.items() for c, v in per.items()},
+        View.STABILITY: {(p, c): v for p, per in record.stability.items() for c, v in per.items()},
+    }
+    return view_floors(record, clean, previous_degenerate)
+
+
 def test_a_view_whose_classes_have_no_floor_says_so():
-    inter = {3: IoU({"mean": 0.7}, pairs=1), 8: IoU({"mean": 0.4}, pairs=1)}
-    floor = NoiseFloor(seed={3: flat(0.9)}, source={}, clients={})
-    got = view_floors(floor, inter, {}, {}, {}, {})
+    inter = {3: IoU({"mean": 0.7}, pairs=1, clients=[0, 1]), 8: IoU({"mean": 0.4}, pairs=1, clients=[0, 1])}
+    clients = {0: ClientEntry(10), 1: ClientEntry(10)}
+    record = RoundRecord(round=1, clients=clients, inter_client_iou=inter, noise_floor=NoiseFloor(seed={3: flat(0.9)}))
+    got = floors_of(record)
     assert got["seed_floor"] == pytest.approx(0.9) and (got["seed_floor_covers"], got["inter_client_iou_entries"]) == (
         1,
         2,
     )
-    got = view_floors(NoiseFloor(seed={}, source={}), inter, {}, {}, {}, {})
+    assert got["seed_floor_against"] == pytest.approx(0.7)  # the verdict compares class 3's IoU, not 0.55
+    record.noise_floor = NoiseFloor(seed={})
+    got = floors_of(record)
     assert math.isnan(got["seed_floor"]) and got["seed_floor_covers"] == 0
     # A degenerate global circuit's floor is out too.
-    got = view_floors(floor, inter, {}, {}, {3: "empty"}, {})
-    assert math.isnan(got["seed_floor"])
+    record.noise_floor = NoiseFloor(seed={3: flat(0.9)})
+    record.global_model = GlobalEntry(degenerate={3: "empty"})
+    assert math.isnan(floors_of(record)["seed_floor"])
+
+
+def test_stability_floor_leaves_out_a_degenerate_floor_circuit_and_figures_agree_with_the_summary():
+    """Client 1's stability of class 3 has the floor client's class-3 floor, unless that circuit is degenerate;
+    the figure's band reads the same entries as the summary."""
+    clients = {0: ClientEntry(10), 1: ClientEntry(10)}
+    record = RoundRecord(
+        round=2,
+        clients=clients,
+        stability={0: {3: flat(0.5), 8: flat(0.6)}, 1: {3: flat(0.4)}},
+        noise_floor=NoiseFloor(seed={}, clients={0: {3: flat(0.7), 8: flat(0.9)}}),
+    )
+    got = floors_of(record)
+    assert got["client_seed_floor"] == pytest.approx((0.7 + 0.9 + 0.7) / 3) and got["client_seed_floor_covers"] == 3
+    bands = view_floor_series([record], View.STABILITY)
+    assert {k[:2]: v[0] for k, v in bands.items() if k[-1] == "mean"} == {(0, 3): 0.7, (0, 8): 0.9, (1, 3): 0.7}
+    clients[0].degenerate = {3: "empty"}  # the floor client's class-3 circuit: its floor measures an artefact
+    got = floors_of(record)
+    assert got["client_seed_floor"] == pytest.approx(0.9) and (
+        got["client_seed_floor_covers"],
+        got["stability_entries"],
+    ) == (1, 2)
+    bands = view_floor_series([record], View.STABILITY)
+    assert {k[:2] for k in bands} == {(0, 8)}
+    # A class whose circuit was degenerate in the previous round is out of both as well.
+    got = floors_of(record, {0: {8}})
+    assert math.isnan(got["client_seed_floor"]) and got["stability_entries"] == 1
+    earlier = RoundRecord(round=1, clients={0: ClientEntry(10, degenerate={8: "empty"}), 1: ClientEntry(10)})
+    run_bands = view_floor_series([earlier, record], View.STABILITY)
+    assert not any(np.isfinite(v[1]) for v in run_bands.values())
 
 
 @pytest.fixture(scope="module")
@@ -223,10 +267,11 @@ def test_floors_fail_when_wrong(random_model_analyst):
             recomputed = circuit_iou(found[cls], again[cls])
             assert entry.mean < 1.0, (cls, entry)
             assert entry.mean == pytest.approx(recomputed["mean"], abs=1e-12)
-    # And a view's floor is the mean of exactly its classes' floors.
-    inter = {2: IoU({"mean": 0.5}, pairs=1), 0: IoU({"mean": math.nan}, pairs=0)}
-    got = view_floors(floor, inter, {}, {}, {}, {})
-    assert got["seed_floor"] == pytest.approx(floor.seed[2].mean)
+    # And a view's floor is the mean of exactly its classes' floors: here class 2 alone has two holders.
+    inter = {2: IoU({"mean": 0.5}, pairs=1, clients=[0, 1]), 0: IoU({"mean": math.nan}, pairs=0, clients=[0])}
+    clients = {0: ClientEntry(10), 1: ClientEntry(10)}
+    got = floors_of(RoundRecord(round=1, clients=clients, inter_client_iou=inter, noise_floor=floor))
+    assert got["seed_floor"] == pytest.approx(floor.seed[2].mean) and got["seed_floor_covers"] == 1
 
 
 # ---------------------------------------------------------------------------- item 6: label skew

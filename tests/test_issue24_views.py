@@ -196,3 +196,24 @@ def test_sampled_counts_every_sampled_client(tmp_path):
     assert sorted(first["clients"]) == ["0", "2"] and first["sampled"] == 3  # before: 2, "2/2 clients"
     assert [s["partition_id"] for s in second["silent_clients"]] == [1] and len(second["failures"]) == 1
     assert second["sampled"] == 3  # not 4: the lost node is counted once
+
+
+def test_collapse_means_after_working_a_circuit_its_own_model_never_scored_is_marked_apart(tmp_path):
+    """Without local scores (``analysis.evaluate_local = false``) whether a circuit worked is unknown: not "never"."""
+    from fedmi_flower.views.plots import NEVER_WORKED, NOT_SCORED, cross_eval_marks, fig_cross_eval_heatmap
+    from fedmi_flower.views.report import collapse_numbers
+
+    cross = {1: {"0": {"2": _entry("unscored", 0.02, "collapsed"), "3": _entry("weakened", 0.5, "weakened")}}}
+    records = [RoundRecord.from_json({"schema": 3, "round": t, "cross_eval": c}) for t, c in cross.items()]
+    run = Run(tmp_path / "unscored", ExperimentConfig(), records)
+    keys, marks = cross_eval_marks(run)
+    assert keys == [(0, 2), (0, 3)] and list(marks[:, 0]) == [NOT_SCORED, NEVER_WORKED]
+    fig = fig_cross_eval_heatmap(run)
+    try:
+        legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+        dotted = _cells(fig.axes[0], lambda p: p.get_hatch() == "...")
+    finally:
+        plt.close(fig)
+    assert NOT_SCORED in legend and dotted == {(0, 0)}
+    numbers = {row: v for (_, row, _), v in collapse_numbers(records).items()}
+    assert numbers["not scored on their own model"] == 1 and numbers["working on their own model"] == 0

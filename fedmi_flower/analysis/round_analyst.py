@@ -15,12 +15,15 @@ Every IoU view comes with its scale (README, "Reading the numbers"):
 - the **noise floor**: the IoU of the same model's circuit found twice the way the view
   compares circuits. ``seed``: the global model on a bootstrap redraw of the probe rows
   with another seed (the floor of inter-client IoU). ``source``: the global model on
-  one client's training rows against the probe rows (the floor of local-global IoU,
+  a holder's training rows against the probe rows, per class, the floor client first and
+  then whichever reporting client holds a class it lacks (the floor of local-global IoU,
   which compares circuits found on different data). ``clients``: the floor client's
   own model found twice on another draw of its own rows with another seed, as that
   client reports it (the floor of stability, which compares a client's circuits found
-  on its rows with different seeds). Each floor is one draw per round: a difference of
-  a few hundredths from it is within its own noise;
+  on its rows with different seeds). Floors differ by class, so each view's summary
+  floor is averaged over exactly the entries of its non-degenerate mean
+  (:func:`view_floors`, :meth:`RoundRecord.floor_entries`). Each floor is one draw per
+  round: a difference of a few hundredths from it is within its own noise;
 - ``pairs``: the number of defined pairs behind every mean.
 
 **Aligned IoU** (``analysis.alignment``): inter-client and local-global IoU again,
@@ -48,6 +51,8 @@ import torch
 
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.records.round_record import (
+    FLOOR_OF_VIEW,
+    SUMMARY_FLOOR,
     ClientEntry,
     CrossEvaluation,
     Dominance,
@@ -605,6 +610,7 @@ class RoundAnalyst:
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
         clean_stability, _ = self.stability(server_round, clean, sizes, without_degenerate=True)
+        previous_degenerate = {pid: set(dead) for pid, dead in self.previous_degenerate.items()}
         clean_inter = self.inter_client(classes, clean, sizes)
         clean_lg = self.local_global(clean, clean_global, sizes)
         nondegenerate = {
@@ -617,10 +623,12 @@ class RoundAnalyst:
             self.previous[r.partition_id] = (int(server_round), dict(r.circuits))
             self.previous_degenerate[r.partition_id] = set(clients[r.partition_id].degenerate)
         record.summary = self.summarise(record, nondegenerate)
-        record.summary = dataclasses.replace(
-            record.summary,
-            **view_floors(floor, clean_inter, clean_lg, clean_stability, global_entry.degenerate, clients),
-        )
+        keyed: dict[View, Mapping[Any, IoU]] = {
+            View.INTER_CLIENT_IOU: clean_inter,
+            View.LOCAL_GLOBAL_IOU: {(p, c): v for p, per in clean_lg.items() for c, v in per.items()},
+            View.STABILITY: {(p, c): v for p, per in clean_stability.items() for c, v in per.items()},
+        }
+        record.summary = dataclasses.replace(record.summary, **view_floors(record, keyed, previous_degenerate))
         timings.analysis = time.perf_counter() - began
         return record
 
@@ -749,61 +757,37 @@ class RoundAnalyst:
         )
 
 
-def _defined(entry: IoU) -> bool:
-    return not math.isnan(entry.mean)
-
-
 def view_floors(
-    floor: NoiseFloor,
-    inter_client: Mapping[int, IoU],
-    local_global: Mapping[int, Mapping[int, IoU]],
-    stability: Mapping[int, Mapping[int, IoU]],
-    global_degenerate: Mapping[int, str],
-    clients: Mapping[int, ClientEntry],
+    record: RoundRecord,
+    clean: Mapping[View, Mapping[Any, IoU]],
+    previous_degenerate: Mapping[int, set[int]] | None = None,
 ) -> dict[str, Any]:
     """Each IoU view's noise floor over exactly the entries of its non-degenerate mean (README, "Reading the numbers").
 
     Floors differ by class (a model's circuit of one class is found again more reliably
-    than another's), so a view's floor is the mean, over the classes or (client, class)
-    pairs behind the view's non-degenerate mean, of the floor measured for that class:
-    the seed floor for inter-client IoU, the source floor for local-global IoU, a client
-    floor for stability (that client's own where it measured one). A floor found on
-    degenerate circuits is left out too (the global model's for seed and source floors,
-    the measuring client's for client floors). An entry whose class has no floor is left
-    out of the floor, never given another class's: ``*_covers`` against ``*_entries``
-    says how many of the view's entries the floor covers; NaN when none.
+    than another's), so a view's floor is the mean, over the entries
+    :meth:`RoundRecord.floor_entries` gives (the classes or client-class pairs behind the
+    view's non-degenerate mean), of the floor measured for each. ``clean`` holds each
+    view's non-degenerate IoUs by the same keys; with them goes the view's mean over
+    exactly the entries the floor covers (``*_against``: what the verdict "below the floor"
+    compares), and how many of the view's entries the floor covers. NaN when none.
     """
-
-    def clean(f: IoU | None, degenerate: bool) -> float:
-        return f.mean if f is not None and not degenerate else math.nan
-
-    inter = [c for c, v in inter_client.items() if _defined(v)]
-    seed = [clean(floor.seed.get(c), c in global_degenerate) for c in inter]
-    lg = [(pid, c) for pid, per in local_global.items() for c, v in per.items() if _defined(v)]
-    source = [clean(floor.source_of_class(c), c in global_degenerate) for _, c in lg]
-    stab = [(pid, c) for pid, per in stability.items() for c, v in per.items() if _defined(v)]
-
-    def client_floor(pid: int, cls: int) -> float:
-        own = floor.clients.get(pid, {})
-        measured_by = pid if cls in own else next((p for p, per in sorted(floor.clients.items()) if cls in per), None)
-        if measured_by is None:
-            return math.nan
-        entry = clients.get(measured_by)
-        return clean(floor.clients[measured_by][cls], entry is not None and cls in entry.degenerate)
-
-    own_floor = [client_floor(pid, c) for pid, c in stab]
-    covered = lambda values: sum(1 for v in values if not math.isnan(v))
-    return {
-        "seed_floor": nanmean(seed),
-        "seed_floor_covers": covered(seed),
-        "inter_client_iou_entries": len(inter),
-        "source_floor": nanmean(source),
-        "source_floor_covers": covered(source),
-        "local_global_iou_entries": len(lg),
-        "client_seed_floor": nanmean(own_floor),
-        "client_seed_floor_covers": covered(own_floor),
-        "stability_entries": len(stab),
-    }
+    out: dict[str, Any] = {}
+    for view, kind in FLOOR_OF_VIEW.items():
+        entries = [(key, f) for key, f in record.floor_entries(view, previous_degenerate) if key in clean[view]]
+        covered = [(key, f) for key, f in entries if f is not None and not math.isnan(f.mean)]
+        name = SUMMARY_FLOOR[kind]
+        out.update(
+            dict(
+                [
+                    (name, nanmean(f.mean for _, f in covered)),
+                    (f"{name}_covers", len(covered)),
+                    (f"{name}_against", nanmean(clean[view][key].mean for key, _ in covered)),
+                    (f"{view.value}_entries", len(entries)),
+                ]
+            )
+        )
+    return out
 
 
 def _nondegenerate_means(views: Mapping[View, Sequence[IoU]]) -> dict[str, Any]:

@@ -42,9 +42,16 @@ from typing import Any
 from fedmi_flower.science.circuits import Circuit
 from fedmi_flower.science.metrics import MEAN
 
-SCHEMA_VERSION = 2
-"""Version written into every new record."""
-KNOWN_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+"""Version written into every new record.
+
+3 (issue 24): the summary's floors are each view's own, over its non-degenerate classes (with
+``*_covers``, ``*_against`` and ``<view>_entries``), its faithfulness means leave degenerate circuits
+out, ``polysemantic_global`` is the global model's share over each client's own classes, and
+``label_emd`` is against the partition's label counts; the noise floor keeps its circuits. Version 2
+records read as they were written: the same field names held the older definitions.
+"""
+KNOWN_VERSIONS = (1, 2, 3)
 """Versions this package reads; 1 is a record without a ``schema`` field (written before it existed)."""
 
 Json = dict[str, Any]
@@ -277,7 +284,7 @@ class ClientEntry:
     channels_moved: dict[str, int] = field(default_factory=dict)
     """Per layer, how many of the client's channels its alignment to the global model moved (empty: not aligned)."""
     label_emd: float = math.nan
-    """Label skew: EMD of the client's label distribution to the pooled one of the round's clients."""
+    """Label skew: EMD of the client's label distribution to the run's (every partition's, partitions.json)."""
     polysemantic_share: float = math.nan
     """Of the channels the client's circuits use, the share used by two or more classes."""
     global_polysemantic_share: float = math.nan
@@ -389,8 +396,9 @@ class NoiseFloor:
     """A round's noise floors: the same model's circuit found twice, compared the way each view compares.
 
     ``seed``: the global model, another seed and draw of the probe rows (inter-client
-    IoU's floor). ``source``: the global model on ``source_client``'s rows against the
-    probe rows (local-global IoU's floor; None when not measured). ``clients``: the floor
+    IoU's floor). ``source``: the global model on a holder's rows against the probe rows,
+    per class (``source_clients`` says whose; local-global IoU's floor; None when not
+    measured; ``source_client`` is the floor client, which is asked first). ``clients``: the floor
     client's own model found twice, as it reported it (stability's floor).
     """
 
@@ -445,12 +453,9 @@ class NoiseFloor:
         """The source floor of class ``cls`` (local-global IoU's scale for that class), or None."""
         return (self.source or {}).get(cls)
 
-    def client_of_class(self, cls: int, client: int | None = None) -> IoU | None:
-        """Stability's floor for class ``cls``: ``client``'s own when it measured one, else the first
-        client's that did (by partition id), else None."""
-        if client is not None and cls in self.clients.get(client, {}):
-            return self.clients[client][cls]
-        return next((per[cls] for _, per in sorted(self.clients.items()) if cls in per), None)
+    def client_measuring(self, cls: int) -> int | None:
+        """The first client (by partition id) that measured its own floor of class ``cls``, or None."""
+        return next((p for p, per in sorted(self.clients.items()) if cls in per), None)
 
 
 # ---------------------------------------------------------------------- summary, timings, bookkeeping
@@ -499,7 +504,8 @@ class RoundSummary:
     """Mean over clients of the share of their circuits' channels used by two or more classes."""
     polysemantic_global: float = math.nan
     """Mean over the same clients of the same share for the global model's circuits of each client's own classes
-    (like with like; before records of schema 2.1 it was the share over every analysed class)."""
+    (like with like; records written before issue 24 hold the share over every analysed class here, which
+    ``global.polysemantic_share`` still is)."""
     dominance_lead: float = math.nan
     """Mean over classes held by two or more clients of the winning client's local-global IoU lead."""
     dominance_entropy: float = math.nan
@@ -516,6 +522,13 @@ class RoundSummary:
     """How many of local-global IoU's non-degenerate (client, class) pairs its floor is averaged over."""
     client_seed_floor_covers: int = 0
     """How many of stability's non-degenerate (client, class) pairs its floor is averaged over."""
+    seed_floor_against: float = math.nan
+    """Inter-client IoU over exactly the classes its floor covers, non-degenerate circuits only: what the floor
+    verdict compares."""
+    source_floor_against: float = math.nan
+    """Local-global IoU over exactly the pairs its floor covers (non-degenerate)."""
+    client_seed_floor_against: float = math.nan
+    """Stability over exactly the pairs its floor covers (non-degenerate)."""
     inter_client_iou_entries: int = 0
     """Classes behind the inter-client view's non-degenerate mean (what its floor should cover)."""
     local_global_iou_entries: int = 0
@@ -579,6 +592,16 @@ class RoundSummary:
         """The view's noise floor over the view's own non-degenerate classes (NaN for a view without one)."""
         kind = FLOOR_OF_VIEW.get(view)
         return number(getattr(self, SUMMARY_FLOOR[kind])) if kind is not None else math.nan
+
+    def view_against_floor(self, view: View) -> float:
+        """The view's value its floor verdict reads: the non-degenerate mean over exactly the entries the floor
+        covers (the plain mean for records written before floors were taken per view; NaN without a floor)."""
+        kind = FLOOR_OF_VIEW.get(view)
+        if kind is None:
+            return math.nan
+        if self.view_floor_coverage(view) == (0, 0):
+            return self.view(view)
+        return number(getattr(self, f"{SUMMARY_FLOOR[kind]}_against"))
 
     def view_floor_coverage(self, view: View) -> tuple[int, int]:
         """``(covered, entries)``: of the entries behind the view's non-degenerate mean, how many its floor covers
@@ -756,6 +779,46 @@ class RoundRecord:
         if view is View.LOCAL_GLOBAL_IOU:
             return self.local_global_iou
         raise ValueError(f"{view} is not a per-client view")
+
+    def floor_entries(
+        self, view: View, previous_degenerate: Mapping[int, set[int]] | None = None
+    ) -> list[tuple[Any, IoU | None]]:
+        """The entries behind a view's non-degenerate mean, each with the noise floor measured for it.
+
+        The one place that decides which entries a view's floor covers, for the summary
+        and the figures alike. Inter-client IoU: each class with two or more holders whose
+        circuits are not degenerate (key: the class), with its seed floor. Local-global IoU
+        and stability: each (client, class) pair whose local circuit is not degenerate
+        (and, for local-global, whose global circuit is not; for stability, whose circuit of
+        the previous round was not: ``previous_degenerate``, client -> classes), with the
+        class's source floor, or a client floor (the client's own where it measured one,
+        else the floor client's model's for the same class). A floor found on degenerate
+        circuits is None, as is a class without one: floors differ by class, and none is
+        ever borrowed from another class.
+        """
+        floor, dead = self.noise_floor, self.global_model.degenerate
+        local_dead = {p: set(c.degenerate) for p, c in self.clients.items()}
+        out: list[tuple[Any, IoU | None]] = []
+        if view is View.INTER_CLIENT_IOU:
+            for c, e in self.inter_client_iou.items():
+                holders = [p for p in e.clients or [] if c not in local_dead.get(p, set())]
+                if len(holders) >= 2:
+                    out.append((c, floor.seed.get(c) if c not in dead else None))
+        elif view is View.LOCAL_GLOBAL_IOU:
+            for p, per in self.local_global_iou.items():
+                for c in per:
+                    if c not in local_dead.get(p, set()) and c not in dead:
+                        out.append(((p, c), floor.source_of_class(c)))
+        elif view is View.STABILITY:
+            before = previous_degenerate or {}
+            for p, per in self.stability.items():
+                for c in per:
+                    if c in local_dead.get(p, set()) or c in before.get(p, set()):
+                        continue
+                    measured_by = p if c in floor.clients.get(p, {}) else floor.client_measuring(c)
+                    clean = measured_by is not None and c not in local_dead.get(measured_by, set())
+                    out.append(((p, c), floor.clients[measured_by][c] if clean and measured_by is not None else None))
+        return out
 
     def grouped_view(self, view: View) -> dict[Any, IoU]:
         """A view of means over pairs (inter-client IoU by class, class-pair IoU by ``"a-b"``)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from fedmi_flower.config import ConfigError, ExperimentConfig
 from fedmi_flower.records.results import CONFIG_FILE, ROUNDS_FILE, RunDirectory
-from fedmi_flower.records.round_record import FLOOR_OF_VIEW, FloorKind, IoU, RecordError, RoundRecord, View, number
+from fedmi_flower.records.round_record import FLOOR_OF_VIEW, IoU, RecordError, RoundRecord, View, number
 from fedmi_flower.science.circuits import SCORE_NAMES
 from fedmi_flower.science.model import CIRCUIT_LAYERS
 
@@ -231,34 +231,23 @@ def local_global_series(records: Sequence[Record]) -> Series:
 def view_floor_series(records: Sequence[Record], view: View) -> Series:
     """The noise floor behind each entry of an IoU view, keyed as the view's own series.
 
-    Inter-client IoU gives ``(class, layer)``: the seed floor of each class with two or
-    more holders; local-global IoU and stability give ``(client, class, layer)``: the
-    source floor, or a client floor (the client's own where it measured one), of each
-    class the client holds. An entry whose circuit (local or global) is degenerate, or
-    whose class has no floor, yields nothing: a figure averages these over the classes
-    it draws and never borrows another class's floor. Class-pair IoU has no floor.
+    Inter-client IoU gives ``(class, layer)``, local-global IoU and stability
+    ``(client, class, layer)``: the floor :meth:`RoundRecord.floor_entries` gives each entry
+    of the view's non-degenerate mean, the same entries the summary's floor averages. An
+    entry without a floor yields nothing: a figure averages these over the classes it draws
+    and never borrows another class's floor. Class-pair IoU has none.
     """
-    kind = FLOOR_OF_VIEW.get(view)
+    if FLOOR_OF_VIEW.get(view) is None:
+        return {}
+    by_round = {r.round: r for r in records}
 
     def entries(r: Record) -> Iterable[tuple[Hashable, Any]]:
-        floor, global_degenerate = r.noise_floor, r.global_model.degenerate
-        if kind is FloorKind.SEED:
-            for c, e in r.inter_client_iou.items():
-                f = floor.seed.get(c)
-                if f is not None and e.pairs and c not in global_degenerate:
-                    yield from (((c, layer), v) for layer, v in _layers(f))
-        elif kind is not None:
-            for p, per in r.per_client_view(view).items():
-                local_degenerate = r.clients[p].degenerate if p in r.clients else {}
-                for c in per:
-                    if c in local_degenerate:
-                        continue
-                    if kind is FloorKind.SOURCE:
-                        f = floor.source_of_class(c) if c not in global_degenerate else None
-                    else:
-                        f = floor.client_of_class(c, p)
-                    if f is not None:
-                        yield from (((p, c, layer), v) for layer, v in _layers(f))
+        before = by_round.get(r.round - 1)
+        dead = {p: set(c.degenerate) for p, c in before.clients.items()} if before is not None else {}
+        for key, f in r.floor_entries(view, dead):
+            if f is not None:
+                head = key if isinstance(key, tuple) else (key,)
+                yield from (((*head, layer), v) for layer, v in _layers(f))
 
     return collect(records, entries)
 

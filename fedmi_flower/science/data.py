@@ -560,7 +560,8 @@ def reference_split(
     """The faithful objective's reference images: ``size`` of the server's probe rows, seeded.
 
     A client that holds one class has no other images to show its circuits; these stand
-    in (their labels are never used: the model's own outputs are the targets). They are
+    in (discovery never uses their labels: the model's own outputs are the targets; a
+    one-class client's scoring does, to count specificity on other classes' images). They are
     never the server's evaluation rows, and every client derives the same ones from the
     run's seed, so nothing needs to be shipped.
     """

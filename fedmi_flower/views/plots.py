@@ -62,6 +62,9 @@ COLLAPSED = "#d62728"
 NEVER_WORKED_COLOUR = "0.35"
 NEVER_WORKED_HATCH = "///"
 """Grey hatching: a cell whose circuit never worked on its own model."""
+NOT_SCORED_HATCH = "..."
+"""Grey dots: a cell whose circuit has no scores from its own model (``analysis.evaluate_local = false``, or a
+record whose client could not score it), so whether it worked there is unknown."""
 
 
 def class_colour(cls: int) -> tuple[float, ...]:
@@ -405,6 +408,7 @@ def _cross_matrix(run: Run, score: str) -> tuple[list[Any], np.ndarray]:
 
 
 NOT_EVALUATED = "not evaluated"
+NOT_SCORED = "not scored on its own model"
 NEVER_WORKED = "never worked on its own model"
 COLLAPSED_AFTER_WORKING = "collapsed after working on its own model"
 WORKED = "worked on its own model"
@@ -434,7 +438,9 @@ def cross_eval_marks(run: Run, threshold: float = COLLAPSE_THRESHOLD) -> tuple[l
             entry = record.cross_eval.get(pid, {}).get(cls)
             if entry is None:
                 continue
-            if entry.local_verdict != "working":
+            if entry.local_verdict in ("unscored", ""):  # no scores from its own model: unknown, not "never worked"
+                marks[i, j] = NOT_SCORED
+            elif entry.local_verdict != "working":
                 marks[i, j] = NEVER_WORKED
             elif not math.isnan(entry.sufficiency) and entry.sufficiency < threshold:
                 marks[i, j] = COLLAPSED_AFTER_WORKING
@@ -459,18 +465,13 @@ def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: boo
             ax.axhline(i - 0.5, color="white", linewidth=1.5)
     # A circuit that never worked on its own model is hatched on both scores: a low score there is no collapse
     # (in the IID quickstart's round 1 such cells were framed red while the console said "preserved 8/8").
-    for i, j in zip(*np.nonzero(marks == NEVER_WORKED)):
-        ax.add_patch(
-            Rectangle(
-                (j - 0.5, i - 0.5),
-                1.0,
-                1.0,
-                fill=False,
-                hatch=NEVER_WORKED_HATCH,
-                edgecolor=NEVER_WORKED_COLOUR,
-                linewidth=0,
+    for mark, hatch in ((NEVER_WORKED, NEVER_WORKED_HATCH), (NOT_SCORED, NOT_SCORED_HATCH)):
+        for i, j in zip(*np.nonzero(marks == mark)):
+            ax.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5), 1.0, 1.0, fill=False, hatch=hatch, edgecolor=NEVER_WORKED_COLOUR, linewidth=0
+                )
             )
-        )
     if score == "sufficiency":  # a collapse after working gets a red frame: visible whatever the cell's colour
         for i, j in zip(*np.nonzero(marks == COLLAPSED_AFTER_WORKING)):
             ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor=COLLAPSED, linewidth=1.4))
@@ -495,7 +496,8 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
     sufficiency 1 and specificity 0. A red frame marks a circuit that collapsed after
     working: it worked on its own model and its sufficiency here is below 10%. Hatching
     marks a circuit that never worked on its own model (:func:`cross_eval_marks`): its
-    score here, low or not, says nothing about what aggregation did to it.
+    score here, low or not, says nothing about what aggregation did to it; dots one that
+    its own model never scored.
     """
     n_rows = max(1, len(_cross_matrix(run, "sufficiency")[0]))
     fig, axes = plt.subplots(
@@ -520,6 +522,15 @@ def fig_cross_eval_heatmap(run: Run) -> Figure:
                 label=f"collapsed after working (sufficiency < {COLLAPSE_THRESHOLD:.0%})",
             ),
             Patch(fill=False, hatch=NEVER_WORKED_HATCH, edgecolor=NEVER_WORKED_COLOUR, linewidth=0, label=NEVER_WORKED),
+            *(
+                [
+                    Patch(
+                        fill=False, hatch=NOT_SCORED_HATCH, edgecolor=NEVER_WORKED_COLOUR, linewidth=0, label=NOT_SCORED
+                    )
+                ]
+                if (cross_eval_marks(run)[1] == NOT_SCORED).any()
+                else []
+            ),
             Patch(facecolor=GREY, label=NOT_EVALUATED),
         ],
         loc="outside lower center",

@@ -119,12 +119,15 @@ SCALE_VIEWS = (
 
 Its noise floor is the view's own (class pairs compare different classes: chance only).
 """
-FLOOR, CHANCE, PAIRS, BELOW, ROUNDS_BELOW = (
+FLOOR, CHANCE, PAIRS, BELOW, ROUNDS_BELOW, AGAINST, COVERS, ENTRIES = (
     "noise floor",
     "chance level",
     "pairs",
     "below the floor",
     "rounds below the floor",
+    "value the floor is against",
+    "floor covers",
+    "of entries",
 )
 
 FINAL, MEAN_OVER_ROUNDS = "final round", "mean over rounds"
@@ -139,6 +142,8 @@ VALUE = "value"
 
 _COUNTS = {
     "rounds",
+    COVERS,
+    ENTRIES,
     "empty local circuits (final round)",
     "client-class-rounds evaluated",
     f"{SUFFICIENCY_BELOW}: client-class-rounds",
@@ -146,6 +151,7 @@ _COUNTS = {
     "circuits collapsed after working, at least once",
     "never recovered",
     "working on their own model",
+    "not scored on their own model",
     "preserved (working on the global weights too)",
     "collapsed after working on their own model",
     "indiscriminate on the global weights",
@@ -251,12 +257,13 @@ def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRE
     paper's collapse, sufficiency alone below ``threshold`` whether or not the circuit
     worked before, is given apart under that name. See the module's definitions.
     """
-    worked = preserved = after_working = indiscriminate = 0
+    worked = preserved = after_working = indiscriminate = unscored = 0
     ever: set[Any] = set()
     for record in records:
         for pid, per in record.cross_eval.items():
             for cls, s in per.items():
                 indiscriminate += s.verdict == "indiscriminate"
+                unscored += s.local_verdict in ("unscored", "")
                 if s.local_verdict != "working":
                     continue  # a circuit that never worked cannot collapse: its low score is its own model's
                 worked += 1
@@ -273,6 +280,8 @@ def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRE
     return {
         (COLLAPSE, COLLAPSE_RATE, VALUE): after_working / worked if worked else nan,
         (COLLAPSE, "working on their own model", VALUE): float(worked),
+        # Without scores from their own model it is unknown whether they worked: neither working nor collapsed.
+        (COLLAPSE, "not scored on their own model", VALUE): float(unscored),
         (COLLAPSE, "collapsed after working on their own model", VALUE): float(after_working),
         (COLLAPSE, "preserved (working on the global weights too)", VALUE): float(preserved),
         (COLLAPSE, "preservation rate (of those working)", VALUE): preserved / worked if worked else nan,
@@ -286,14 +295,6 @@ def collapse_numbers(records: Sequence[Record], threshold: float = COLLAPSE_THRE
         (COLLAPSE, "sufficiency (final round mean)", VALUE): nanmean([s[-1] for s in suff.values()]),
         (COLLAPSE, "specificity (final round mean)", VALUE): nanmean([s[-1] for s in spec.values()]),
     }
-
-
-def _judged(summary: RoundSummary, view: View) -> float:
-    """The value a view's floor verdict reads: its mean over non-degenerate circuits, the pairs its floor covers
-    (the plain mean for records written before floors were taken per view)."""
-    if summary.view_floor_coverage(view) == (0, 0):
-        return summary.view(view)
-    return summary.view_nondegenerate(view)[0]
 
 
 def scale_numbers(records: Sequence[Record]) -> Numbers:
@@ -315,10 +316,15 @@ def scale_numbers(records: Sequence[Record]) -> Numbers:
         out[(SCALE, label, FLOOR)] = floor
         out[(SCALE, label, CHANCE)] = last.view_chance(view)
         out[(SCALE, label, PAIRS)] = float(last.view_pairs(view)) if summaries else float("nan")
-        # The floor is taken over the view's non-degenerate classes: the verdict compares like with like.
-        clean = _judged(last, view)
+        # The floor is taken over the view's non-degenerate classes that have one: the verdict compares the
+        # view's mean over exactly those entries with it, and says how many of the view's entries that is.
+        clean = last.view_against_floor(view)
+        covers, entries = last.view_floor_coverage(view)
+        out[(SCALE, label, AGAINST)] = clean
+        out[(SCALE, label, COVERS)] = float(covers) if entries else float("nan")
+        out[(SCALE, label, ENTRIES)] = float(entries) if entries else float("nan")
         out[(SCALE, label, BELOW)] = float("nan") if math.isnan(clean) or math.isnan(floor) else float(clean < floor)
-        pairs = [(_judged(s, view), s.view_floor(view)) for s in summaries]
+        pairs = [(s.view_against_floor(view), s.view_floor(view)) for s in summaries]
         defined = [(v, f) for v, f in pairs if not (math.isnan(v) or math.isnan(f))]
         out[(SCALE, label, ROUNDS_BELOW)] = float(sum(1 for v, f in defined if v < f)) if defined else float("nan")
     return out
