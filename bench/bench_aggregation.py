@@ -32,7 +32,10 @@ from flwr.server.strategy import FedAvg
 
 from fedmi_flower.science.alignment import match, match_all, permute
 from fedmi_flower.science.data import load_split
-from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS, build_model, get_weights
+from fedmi_flower.science.model import get_weights
+from fedmi_flower.science.models import build_model
+from fedmi_flower.science.models.simple_cnn import CHANNELS
+from fedmi_flower.science.models.simple_cnn import SITES as CIRCUIT_LAYERS
 from fedmi_flower.science.sparsity import prune_
 from fedmi_flower.wire.protocol import encode_circuits
 from strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg

@@ -21,7 +21,8 @@ import torch
 
 from fedmi_flower.science.circuits import channel_means, circuit_size, evaluate_circuits, find_circuits
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
-from fedmi_flower.science.model import build_model, evaluate
+from fedmi_flower.science.model import evaluate
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.objectives import objective_setting
 from fedmi_flower.science.sparsity import prune_, train_sparse
 from fedmi_flower.science.verdicts import degenerate_reason

@@ -23,7 +23,7 @@ import torch
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.config import load_experiment
 from fedmi_flower.science.data import ImageSplit, load_split
-from fedmi_flower.science.model import build_model
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.seeding import torch_generator
 from fedmi_flower.science.sparsity import train_sparse
 from fedmi_flower.wire.protocol import ClientReport

@@ -25,7 +25,9 @@ from fedmi_flower.apps.server_app import prepare_run
 from fedmi_flower.config import load_experiment
 from fedmi_flower.science.circuits import discover_circuits
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
-from fedmi_flower.science.model import build_model, get_weights
+from fedmi_flower.science.hook_points import site_sizes
+from fedmi_flower.science.model import get_weights
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.sparsity import train_sparse
 from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
 from strategies import build_strategy
@@ -67,7 +69,7 @@ def main() -> None:
                     train_accuracy=0.8,
                     sparsity=0.95,
                 )
-                metrics = report_to_metrics(report, model.layer_sizes)
+                metrics = report_to_metrics(report, site_sizes(model))
                 results.append(
                     (_Node(str(pid)), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 100, metrics))
                 )

@@ -23,7 +23,7 @@ import torch
 
 from fedmi_flower.science.circuits import learn_gate_scores
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
-from fedmi_flower.science.model import build_model
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.sparsity import train_sparse
 
 STEPS = 200

@@ -21,7 +21,8 @@ from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.science.circuits import channel_means, evaluate_circuits
 from fedmi_flower.science.data import experiment_partitions, load_split
-from fedmi_flower.science.model import build_model, set_weights
+from fedmi_flower.science.model import set_weights
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict
 
 

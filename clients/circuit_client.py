@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 from flwr.client import NumPyClient
 from flwr.common import NDArrays, Scalar
 
@@ -19,8 +20,9 @@ from fedmi_flower.science.circuits import (
     find_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import circuit_iou
-from fedmi_flower.science.model import SimpleCNN, build_model, evaluate, get_weights, set_weights
+from fedmi_flower.science.model import evaluate, get_weights, set_weights
 from fedmi_flower.science.seeding import derive_seed, torch_generator
 from fedmi_flower.science.sparsity import sparsity_report, train_sparse
 from fedmi_flower.wire.protocol import ClientReport, FitInstructions, report_to_metrics
@@ -40,6 +42,9 @@ class CircuitClient(NumPyClient):
         scoring its own circuits). Both are moved to ``device`` once.
     device : torch.device
         Where training and discovery run: CUDA when present, else CPU.
+    model_factory : callable
+        Builds a fresh model of the run (``make_model(config)``); the weights the server
+        sends are loaded into it.
     num_classes : int
         Classes of the dataset.
     reference : ImageSplit or callable, optional
@@ -57,10 +62,13 @@ class CircuitClient(NumPyClient):
         train: ImageSplit,
         holdout: ImageSplit,
         device: torch.device | str = "cpu",
-        num_classes: int = 10,
         reference: ImageSplit | Callable[[], ImageSplit] | None = None,
+        *,
+        model_factory: Callable[[], nn.Module],
+        num_classes: int,
     ) -> None:
         self.partition_id = int(partition_id)
+        self.model_factory = model_factory
         self.device = torch.device(device)
         self.train = train.to(self.device)
         self.holdout = holdout.to(self.device)
@@ -77,13 +85,13 @@ class CircuitClient(NumPyClient):
             self._load_reference = None
         return self._reference
 
-    def _model(self, parameters: NDArrays) -> SimpleCNN:
-        model = build_model(num_classes=self.num_classes)
+    def _model(self, parameters: NDArrays) -> nn.Module:
+        model = self.model_factory()
         model.to(self.device)
         set_weights(model, parameters)
         return model
 
-    def fill_means(self, model: SimpleCNN, cfg: ExperimentConfig) -> dict[str, torch.Tensor] | None:
+    def fill_means(self, model: nn.Module, cfg: ExperimentConfig) -> dict[str, torch.Tensor] | None:
         """Channel means for mean ablation, measured on the run's reference images.
 
         The server measures the global model's on the same images, so a circuit's verdict on
@@ -144,7 +152,7 @@ class CircuitClient(NumPyClient):
         return {"partition_id": self.partition_id}
 
     def get_parameters(self, config: dict[str, Scalar]) -> NDArrays:
-        return get_weights(build_model(num_classes=self.num_classes))
+        return get_weights(self.model_factory())
 
     def fit(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[NDArrays, int, dict[str, Scalar]]:
         """Train, discover circuits, score them locally; return weights, size and the report."""
@@ -231,10 +239,10 @@ class CircuitClient(NumPyClient):
             discovery_steps=dict(zip(classes, steps_run)),
             device=str(self.device),
         )
-        return get_weights(model), len(self.train), report_to_metrics(report, model.layer_sizes)
+        return get_weights(model), len(self.train), report_to_metrics(report, site_sizes(model))
 
     def seed_floor(
-        self, model: SimpleCNN, circuits: dict[int, Circuit], cfg: ExperimentConfig, rnd: int
+        self, model: nn.Module, circuits: dict[int, Circuit], cfg: ExperimentConfig, rnd: int
     ) -> dict[int, dict[str, float]]:
         """This client's noise floor.
 

@@ -18,3 +18,26 @@ try:
     __version__ = version("fedmi-flower")  # one definition: pyproject.toml's, which Flower's app packaging reads too
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
+
+# The model interface a researcher's own network speaks (docs/your-own-model.md), importable from the top:
+# ``from fedmi_flower import HookPoint``. Resolved on first use, so that ``fedmi --help`` and config errors
+# answer without loading torch.
+_INTERFACE = {
+    "HookPoint": "fedmi_flower.science.hook_points",
+    "gated": "fedmi_flower.science.hook_points",
+    "captured": "fedmi_flower.science.hook_points",
+    "site_sizes": "fedmi_flower.science.hook_points",
+    "PermutationSpec": "fedmi_flower.science.permutation_spec",
+    "build_model": "fedmi_flower.science.models",
+    "check_model": "fedmi_flower.science.models",
+    "discover_circuits": "fedmi_flower.science.circuits",
+    "evaluate_circuits": "fedmi_flower.science.circuits",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _INTERFACE:
+        import importlib
+
+        return getattr(importlib.import_module(_INTERFACE[name]), name)
+    raise AttributeError(f"module 'fedmi_flower' has no attribute {name!r}")

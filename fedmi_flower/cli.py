@@ -565,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (
     ("fedmi_flower.config", "ConfigError"),
     ("fedmi_flower.science.data", "DatasetError"),
+    ("fedmi_flower.science.models", "ModelError"),
     ("fedmi_flower.apps.processes", "DeploymentError"),
     ("fedmi_flower.records.series", "RunError"),
     ("builtins", "FileExistsError"),

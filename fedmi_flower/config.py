@@ -28,7 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedmi_flower.science.catalog import DATASETS, IMPORT_PATH, MODEL_NAMES
 from fedmi_flower.science.objectives import ABLATIONS, GATES, OBJECTIVES, objective_setting
+
+if typing.TYPE_CHECKING:
+    import torch.nn as nn
 
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
 _CONFIG_ONLY = ("negatives", "reference_size")
@@ -51,7 +55,7 @@ MATCHINGS = ("weights", "activations")
 STRATEGY_APIS = ("legacy", "message")
 """Flower's strategy APIs a run can speak (``apps/server_app.main``)."""
 PARTITIONS = ("iid", "dirichlet", "classes-per-client", "shared-class", "class-map")
-DATASET_NAMES = ("mnist", "fashion-mnist")
+DATASET_NAMES = tuple(DATASETS)
 
 
 class ConfigError(ValueError):
@@ -346,6 +350,21 @@ class LoggingConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The network clients train and every analysis looks at; saved with the run (config.toml)."""
+
+    name: str = _spec(
+        "simple-cnn",
+        doc=f"built-in model ({', '.join(MODEL_NAMES)}) or your own builder as 'package.module:builder' "
+        "(docs/your-own-model.md)",
+    )
+    args: dict[str, Any] = _spec(
+        factory=dict,
+        doc="keyword arguments of the builder, e.g. {channels = [32, 64]}; input and classes come from the dataset",
+    )
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment. Build it with :func:`load_experiment` or :meth:`from_run_config`."""
 
@@ -359,6 +378,7 @@ class ExperimentConfig:
     seed: int = _spec(0, lo=0, doc="the run's seed; every random choice derives from it")
     rounds: int = _spec(10, lo=1, doc="federated rounds")
     clients: int = _spec(5, lo=1, doc="number of clients (partitions)")
+    model: ModelConfig = _spec(factory=ModelConfig)
     data: DataConfig = _spec(factory=DataConfig)
     train: TrainConfig = _spec(factory=TrainConfig)
     discovery: DiscoveryConfig = _spec(factory=DiscoveryConfig)
@@ -367,6 +387,11 @@ class ExperimentConfig:
     resources: ResourcesConfig = _spec(factory=ResourcesConfig)
     faults: FaultsConfig = _spec(factory=FaultsConfig)
     logging: LoggingConfig = _spec(factory=LoggingConfig)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the dataset (its spec)."""
+        return DATASETS[self.data.dataset].num_classes
 
     # ------------------------------------------------------------------ conversions
 
@@ -379,7 +404,9 @@ class ExperimentConfig:
         flat: dict[str, bool | int | float | str] = {}
 
         def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
+            if prefix in _FREE_TABLES:  # a builder's keyword arguments: one JSON value, not dotted keys
+                flat[prefix[:-1]] = json.dumps(value, sort_keys=True)
+            elif isinstance(value, dict):
                 for k, v in value.items():
                     walk(f"{prefix}{k}.", v)
             elif value is not None:
@@ -419,22 +446,24 @@ class ExperimentConfig:
             raise ConfigError(f"{source}: {key} = {value!r} {why}")
 
         d = self.data
-        if d.partition == "classes-per-client" and self.clients * d.classes_per_client > 10:
+        n = self.num_classes
+        top = n - 1
+        if d.partition == "classes-per-client" and self.clients * d.classes_per_client > n:
             fail(
                 "data.classes_per_client",
                 d.classes_per_client,
                 f"with {self.clients} clients needs {self.clients * d.classes_per_client} "
-                "disjoint classes; the dataset has 10",
+                f"disjoint classes; {d.dataset} has {n}",
             )
         if d.partition == "shared-class":
-            if d.shared_class > 9:
-                fail("data.shared_class", d.shared_class, "is not a class (0..9)")
-            if self.clients * d.distinct_per_client > 9:
+            if d.shared_class > top:
+                fail("data.shared_class", d.shared_class, f"is not a class of {d.dataset} (0..{top})")
+            if self.clients * d.distinct_per_client > top:
                 fail(
                     "data.distinct_per_client",
                     d.distinct_per_client,
                     f"with {self.clients} clients needs {self.clients * d.distinct_per_client} "
-                    "classes besides the shared one; 9 exist",
+                    f"classes besides the shared one; {top} exist",
                 )
         if d.partition == "class-map":
             if d.class_map is None:
@@ -446,15 +475,22 @@ class ExperimentConfig:
                     f"has {len(d.class_map)} entries but clients = {self.clients}; give one class list per client",
                 )
             for i, classes in enumerate(d.class_map):
-                if not classes or any(not 0 <= c <= 9 for c in classes):
-                    fail("data.class_map", d.class_map, f"entry {i} must be a non-empty list of classes in 0..9")
+                if not classes or any(not 0 <= c <= top for c in classes):
+                    fail("data.class_map", d.class_map, f"entry {i} must be a non-empty list of classes in 0..{top}")
         if self.analysis.classes is not None:
-            if not self.analysis.classes or any(not 0 <= c <= 9 for c in self.analysis.classes):
+            if not self.analysis.classes or any(not 0 <= c <= top for c in self.analysis.classes):
                 fail(
                     "analysis.classes",
                     self.analysis.classes,
-                    "must be a non-empty list of classes in 0..9 (or left out for every class a client holds)",
+                    f"must be a non-empty list of classes in 0..{top} (or left out for every class a client holds)",
                 )
+        if self.model.name not in MODEL_NAMES and not IMPORT_PATH.match(self.model.name):
+            fail(
+                "model.name",
+                self.model.name,
+                f"is not a model: choose one of {', '.join(MODEL_NAMES)}, or name your own builder as "
+                "'package.module:builder' (docs/your-own-model.md)",
+            )
         if self.strategy.api == "message" and self.strategy.fraction_evaluate > 0:
             fail(
                 "strategy.fraction_evaluate",
@@ -480,6 +516,32 @@ class ExperimentConfig:
                 fail(key, ids, f"must hold values in 0..{top - 1}")
         if self.discovery.patience is not None and self.discovery.min_steps > self.discovery.steps:
             fail("discovery.min_steps", self.discovery.min_steps, f"exceeds discovery.steps = {self.discovery.steps}")
+
+
+def make_model(config: ExperimentConfig, seed: int | None = None) -> nn.Module:
+    """The experiment's model (``[model]``) for its dataset's images and classes, initialised from ``seed`` when given.
+
+    The one place a model is built: clients, server, views and resume all call it with
+    the run's saved config, so each rebuilds exactly the network that ran. Raises
+    :class:`~fedmi_flower.science.models.ModelError` when the model cannot be built or
+    does not speak the circuit interface on the dataset's images.
+    """
+    from fedmi_flower.science.models import build_model  # deferred: the config is read without torch
+
+    spec = DATASETS[config.data.dataset]
+    channels, size, _ = spec.image_shape
+    return build_model(
+        config.model.name,
+        config.model.args,
+        in_channels=channels,
+        num_classes=spec.num_classes,
+        image_size=size,
+        seed=seed,
+    )
+
+
+_FREE_TABLES = frozenset({"model.args."})
+"""Tables whose keys are not config fields (a model builder's arguments)."""
 
 
 RUNTIME_KEYS = frozenset({"experiment", "set", "out", "data-root", "resume", "console"})
@@ -513,6 +575,15 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} = {value!r} must be a list ({_type_name(tp)})")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):  # tables travel through Flower's run config as JSON
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ConfigError(f"{source}: {key} = {value!r} is not a table; write it as {{k = 1}} (TOML)") from None
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {key} = {value!r} must be a table of keyword arguments")
+        return {str(k): v for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} = {value!r} must be true or false")

@@ -11,6 +11,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
+import torch.nn as nn
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -26,10 +27,11 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
-from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import Checkpoint, RunDirectory
 from fedmi_flower.records.round_record import Failure, Rejection, RoundRecord, SilentClient, View
-from fedmi_flower.science.model import SimpleCNN, build_model, set_weights
+from fedmi_flower.science.hook_points import site_sizes
+from fedmi_flower.science.model import set_weights
 from fedmi_flower.wire.protocol import ClientReport, PayloadError, fit_instructions, report_from_metrics
 
 from .seeded_client_manager import SeededClientManager
@@ -103,7 +105,7 @@ class CircuitAnalysisMixin:
         self.round_offset = start_round
         self.partition_sizes = dict(partition_sizes) if partition_sizes is not None else None
         self.holdout_sizes = dict(holdout_sizes) if holdout_sizes is not None else None
-        self.template: SimpleCNN = build_model()
+        self.template: nn.Module = make_model(experiment)
         self._current: Parameters = kwargs["initial_parameters"]
         self._partition_of: dict[str, int] = {}
         self._sampled: list[str] = []
@@ -217,7 +219,11 @@ class CircuitAnalysisMixin:
     def screen_report(self, res: FitRes) -> ClientReport:
         """Decode and validate the client's report; raise ``PayloadError`` naming what is wrong."""
         return report_from_metrics(
-            res.metrics, res.num_examples, num_clients=self.experiment.clients, layer_sizes=self.template.layer_sizes
+            res.metrics,
+            res.num_examples,
+            num_clients=self.experiment.clients,
+            layer_sizes=site_sizes(self.template),
+            num_classes=self.experiment.num_classes,
         )
 
     def keep_round_weights(
@@ -421,7 +427,7 @@ class CircuitAnalysisMixin:
             log(WARNING, "round %d: not aggregated (%s); the global model is unchanged", rnd, reason)
             parameters, metrics, reported = self._current, {}, []
         arrays = parameters_to_ndarrays(parameters)
-        model = build_model()
+        model = make_model(self.experiment)
         set_weights(model, arrays)
         model.to(self.analyst.evaluation.images.device)
         # The weights each accepted report's circuits were found on (aligned IoU, circuit graphs).

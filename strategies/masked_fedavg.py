@@ -51,5 +51,7 @@ class MaskedFedAvg(MergingFedAvg):
             [parameters_to_ndarrays(res.parameters) for _, res in results], [res.num_examples for _, res in results]
         )
         if self.target_sparsity:
-            merged = resparsify(merged, self.target_sparsity, self.min_per_neuron, self.sparsity_scope)
+            merged = resparsify(
+                self.model_template(), merged, self.target_sparsity, self.min_per_neuron, self.sparsity_scope
+            )
         return merged

@@ -11,7 +11,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from fedmi_flower.science.aggregation import weighted_mean
-from fedmi_flower.science.alignment import Permutation, match_all, permute
+from fedmi_flower.science.alignment import Permutation, layout_of, match_all, permute
 
 from .merging_fedavg import MergingFedAvg, Result
 
@@ -19,9 +19,10 @@ from .merging_fedavg import MergingFedAvg, Result
 class MatchedFedAvg(MergingFedAvg):
     """FedAvg of permutation-aligned clients (Git Re-Basin, Ainsworth et al. 2023; FedMA, Wang et al. 2020).
 
-    Before averaging, every client's conv channels (and fc's input blocks after conv3)
-    are permuted onto the global model the round started from: by weight matching, or by
-    the correlation of activations on ``probe_images``
+    Before averaging, every client's channels (every group of the model's permutation
+    spec, on the side that produces it and every side that reads it) are permuted onto
+    the global model the round started from: by weight matching, or by the correlation
+    of activations on ``probe_images``
     (:mod:`fedmi_flower.science.alignment`). A permutation does not change what a
     client's network computes, so two clients that learned the same features in other
     channel slots average to that network instead of a blend of unrelated channels.
@@ -65,8 +66,14 @@ class MatchedFedAvg(MergingFedAvg):
         """
         arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
         reference = self.reference if self.reference is not None else arrays[0]
+        template = self.model_template()
+        layout = layout_of(template)
         self.permutations = match_all(
-            reference, {proxy.cid: w for (proxy, _), w in zip(results, arrays)}, self.matching, self.probe_images
+            template,
+            reference,
+            {proxy.cid: w for (proxy, _), w in zip(results, arrays)},
+            self.matching,
+            self.probe_images,
         )
-        aligned = [permute(w, self.permutations[proxy.cid]) for (proxy, _), w in zip(results, arrays)]
+        aligned = [permute(w, self.permutations[proxy.cid], layout) for (proxy, _), w in zip(results, arrays)]
         return weighted_mean(aligned, [res.num_examples for _, res in results])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from logging import WARNING
+from typing import Any
 
 import numpy as np
+import torch.nn as nn
 from flwr.common import FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
@@ -19,7 +21,28 @@ class MergingFedAvg(FedAvg):
 
     Everything else is FedAvg's: client sampling, the ``accept_failures`` rule, the fit
     metrics aggregation. The default :meth:`merge` is FedAvg's example-weighted mean.
+
+    Parameters
+    ----------
+    template : nn.Module, optional
+        A model of the run's architecture (``make_model(config)``): the rules that work
+        channel by channel read its permutation spec, and re-pruning loads weights into a
+        copy of it.
+    **kwargs
+        FedAvg's.
     """
+
+    def __init__(self, *args: Any, template: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.template = template
+
+    def model_template(self) -> nn.Module:
+        """The run's model (for rules that need its architecture); a clear error when none was given."""
+        if self.template is None:
+            raise ValueError(
+                f"{type(self).__name__} needs template=make_model(config): its rule reads the architecture"
+            )
+        return self.template
 
     def merge(self, server_round: int, results: list[Result]) -> list[np.ndarray]:
         """The new global weights from the round's results (FedAvg: their example-weighted mean)."""

@@ -8,8 +8,9 @@ import numpy as np
 from flwr.common import log, parameters_to_ndarrays
 
 from fedmi_flower.science.aggregation import modular_mean
+from fedmi_flower.science.alignment import layout_of
 from fedmi_flower.science.circuits import Circuit
-from fedmi_flower.science.model import layer_sizes_of
+from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.wire.protocol import PayloadError, decode_circuits
 
 from .merging_fedavg import MergingFedAvg, Result
@@ -43,6 +44,6 @@ class ModularFedAvg(MergingFedAvg):
 
     def merge(self, server_round: int, results: list[Result]) -> list[np.ndarray]:
         weights = [parameters_to_ndarrays(res.parameters) for _, res in results]
-        sizes = layer_sizes_of(weights[0])
-        circuits = [self.circuits_of(result, sizes) for result in results]
-        return modular_mean(weights, [res.num_examples for _, res in results], circuits)
+        template = self.model_template()
+        circuits = [self.circuits_of(result, site_sizes(template)) for result in results]
+        return modular_mean(weights, [res.num_examples for _, res in results], circuits, layout_of(template))

@@ -11,7 +11,7 @@ from flwr.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian
 
 from fedmi_flower.analysis.round_analyst import ALIGNMENT_IMAGES, RoundAnalyst
 from fedmi_flower.config import STRATEGIES as STRATEGY_NAMES
-from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 
@@ -26,7 +26,7 @@ StrategyParameters = Callable[[ExperimentConfig, RoundAnalyst], dict[str, Any]]
 
 def _matched(config: ExperimentConfig, analyst: RoundAnalyst) -> dict[str, Any]:
     probe = analyst.probe.images[:ALIGNMENT_IMAGES] if config.strategy.matching == "activations" else None
-    return {"matching": config.strategy.matching, "probe_images": probe}
+    return {"matching": config.strategy.matching, "probe_images": probe, "template": make_model(config)}
 
 
 def _masked(config: ExperimentConfig, analyst: RoundAnalyst) -> dict[str, Any]:
@@ -35,6 +35,7 @@ def _masked(config: ExperimentConfig, analyst: RoundAnalyst) -> dict[str, Any]:
         "target_sparsity": train.sparsity if config.strategy.masked_prune else None,
         "min_per_neuron": train.min_per_neuron,
         "sparsity_scope": train.sparsity_scope,
+        "template": make_model(config),
     }
 
 
@@ -63,7 +64,7 @@ _PARAMETERS: dict[type[FedAvg], StrategyParameters] = {
     FedTrimmedAvg: lambda c, a: {"beta": c.strategy.trim_beta},
     MatchedFedAvg: _matched,
     MaskedFedAvg: _masked,
-    ModularFedAvg: lambda c, a: {},
+    ModularFedAvg: lambda c, a: {"template": make_model(c)},
 }
 _BY_NAME = {base.__name__.lower(): (base, parameters) for base, parameters in _PARAMETERS.items()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedmi_flower.science.data import ImageSplit
-from fedmi_flower.science.model import SimpleCNN
+from fedmi_flower.science.models import SimpleCNN
 
 # Each planted class reads the image through one channel per layer.
 PLANTED = {

@@ -23,20 +23,27 @@ from fedmi_flower.science.alignment import (
     channels_moved,
     identity,
     inverse,
+    layout_of,
     map_circuit,
     match_activations,
     match_weights,
     permute,
 )
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.hook_points import activations
 from fedmi_flower.science.metrics import circuit_iou
-from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS, build_model, evaluate, get_weights, set_weights
+from fedmi_flower.science.model import evaluate, get_weights, set_weights
+from fedmi_flower.science.models import build_model
+from fedmi_flower.science.models.simple_cnn import CHANNELS
+from fedmi_flower.science.models.simple_cnn import SITES as CIRCUIT_LAYERS
 from fedmi_flower.science.seeding import torch_generator
 from fedmi_flower.science.sparsity import prunable_weights, train_sparse
 from fedmi_flower.wire.protocol import encode_circuits
 from strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg
 
 SIZES = dict(zip(CIRCUIT_LAYERS, CHANNELS))
+TEMPLATE = build_model()
+LAYOUT = layout_of(TEMPLATE)
 
 
 def random_permutation(seed: int) -> dict[str, np.ndarray]:
@@ -66,7 +73,7 @@ def trained(mnist_root):
 def test_a_permutation_leaves_the_function_unchanged():
     weights = get_weights(build_model(seed=3))
     images = torch.randn(8, 1, 28, 28)
-    moved = permute(weights, random_permutation(1))
+    moved = permute(weights, random_permutation(1), LAYOUT)
     assert not np.allclose(moved[0], weights[0])
     torch.testing.assert_close(outputs(moved, images), outputs(weights, images), rtol=1e-5, atol=1e-5)
 
@@ -75,16 +82,16 @@ def test_a_permutation_leaves_the_function_unchanged():
 def test_weight_matching_recovers_a_planted_permutation(trained, reference_seed):
     weights, _ = trained
     planted = random_permutation(2)
-    client = permute(weights, planted)
+    client = permute(weights, planted, LAYOUT)
     # Matched onto the network itself, the permutation undoes the planted one exactly.
-    found = match_weights(weights, client)
+    found = match_weights(weights, client, LAYOUT)
     for layer in CIRCUIT_LAYERS:
         np.testing.assert_array_equal(found[layer], inverse(planted)[layer])
     # Matched onto an unrelated model, the network and its permuted copy land on the same weights.
     if reference_seed is not None:
         reference = get_weights(build_model(seed=reference_seed))
-        a = permute(weights, match_weights(reference, weights))
-        b = permute(client, match_weights(reference, client))
+        a = permute(weights, match_weights(reference, weights, LAYOUT), LAYOUT)
+        b = permute(client, match_weights(reference, client, LAYOUT), LAYOUT)
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, atol=1e-6)
 
@@ -94,10 +101,10 @@ def test_activation_matching_recovers_a_planted_permutation(trained):
     planted = random_permutation(4)
     reference, client = build_model(), build_model()
     set_weights(reference, weights)
-    set_weights(client, permute(weights, planted))
+    set_weights(client, permute(weights, planted, LAYOUT))
     found = match_activations(reference, client, test.images[:256])
     # Channels that never fire on the images cannot be told apart; every live one is found.
-    acts = reference.activations(test.images[:256])
+    acts = activations(reference, test.images[:256])
     for layer in CIRCUIT_LAYERS:
         live = acts[layer].amax(dim=(0, 2, 3)) > 0
         np.testing.assert_array_equal(found[layer][live.numpy()], inverse(planted)[layer][live.numpy()])
@@ -111,7 +118,7 @@ def test_a_circuit_is_mapped_to_where_the_permutation_puts_its_channels():
     assert map_circuit({"conv1": [0], "conv2": [1], "conv3": [0]}, perm) == {"conv1": [2], "conv2": [1], "conv3": [1]}
     assert map_circuit({"conv1": [0, 1], "conv2": [], "conv3": [0, 1]}, perm)["conv1"] == [0, 2]
     assert channels_moved(perm) == {"conv1": 3, "conv2": 0, "conv3": 2}
-    assert channels_moved(identity(SIZES)) == {layer: 0 for layer in SIZES}
+    assert channels_moved(identity(LAYOUT)) == {layer: 0 for layer in SIZES}
 
 
 def test_aligned_circuits_of_a_permuted_pair_coincide():
@@ -132,9 +139,9 @@ def test_matchedfedavg_recovers_the_network_where_fedavg_loses_accuracy(trained)
     weights, test = trained
     planted = random_permutation(6)
     # Different example counts: the mean is weighted, and still the network (both halves are one function).
-    results = [(Proxy("a"), fit_res(weights, 200)), (Proxy("b"), fit_res(permute(weights, planted), 150))]
+    results = [(Proxy("a"), fit_res(weights, 200)), (Proxy("b"), fit_res(permute(weights, planted, LAYOUT), 150))]
     initial = ndarrays_to_parameters(weights)
-    matched = MatchedFedAvg(initial_parameters=initial)
+    matched = MatchedFedAvg(initial_parameters=initial, template=TEMPLATE)
     matched.reference = weights  # the round's global model, as configure_fit would remember it
     params, _ = matched.aggregate_fit(1, results, [])
     merged = parameters_to_ndarrays(params)
@@ -190,7 +197,9 @@ def test_maskedfedavg_keeps_the_planted_sparsity_where_fedavg_keeps_the_union():
         kept = [a for a in arrays if a.ndim > 1]
         return sum(int((a != 0).sum()) for a in kept) / sum(a.size for a in kept)
 
-    masked, _ = MaskedFedAvg(initial_parameters=initial, target_sparsity=target).aggregate_fit(1, results, [])
+    masked, _ = MaskedFedAvg(initial_parameters=initial, target_sparsity=target, template=TEMPLATE).aggregate_fit(
+        1, results, []
+    )
     union, _ = FedAvg(initial_parameters=initial).aggregate_fit(1, results, [])
     assert density(parameters_to_ndarrays(masked)) == pytest.approx(1 - target, abs=0.005)
     assert density(parameters_to_ndarrays(union)) > 0.25  # three random 10% supports: about 27% of weights
@@ -199,7 +208,7 @@ def test_maskedfedavg_keeps_the_planted_sparsity_where_fedavg_keeps_the_union():
     for got, mean in zip(parameters_to_ndarrays(masked), merged):
         kept = got != 0
         np.testing.assert_allclose(got[kept], mean[kept], rtol=1e-6)
-    np.testing.assert_array_equal(resparsify(merged, target)[0] != 0, parameters_to_ndarrays(masked)[0] != 0)
+    np.testing.assert_array_equal(resparsify(TEMPLATE, merged, target)[0] != 0, parameters_to_ndarrays(masked)[0] != 0)
 
 
 def test_modularfedavg_takes_a_channel_from_the_clients_whose_circuits_use_it():
@@ -211,7 +220,9 @@ def test_modularfedavg_takes_a_channel_from_the_clients_whose_circuits_use_it():
         {7: {"conv1": [1], "conv2": [], "conv3": []}},  # conv1 channel 1: clients 1 and 2
     ]
     results = [(Proxy(str(k)), fit_res(w, n, c)) for k, (w, n, c) in enumerate(zip(weights, counts, circuits))]
-    params, _ = ModularFedAvg(initial_parameters=ndarrays_to_parameters(weights[0])).aggregate_fit(1, results, [])
+    params, _ = ModularFedAvg(initial_parameters=ndarrays_to_parameters(weights[0]), template=TEMPLATE).aggregate_fit(
+        1, results, []
+    )
     got = parameters_to_ndarrays(params)
     assert [a.shape for a in got] == [a.shape for a in weights[0]]
     np.testing.assert_allclose(got[0][0], weights[0][0][0], rtol=1e-6)  # conv1 ch 0: client 0's own filter
@@ -228,7 +239,7 @@ def test_modularfedavg_takes_a_channel_from_the_clients_whose_circuits_use_it():
     fedavg = weighted_mean(weights, counts)
     np.testing.assert_allclose(got[0][2], fedavg[0][2], rtol=1e-5)
     np.testing.assert_allclose(got[7], fedavg[7], rtol=1e-5)
-    assert modular_mean(weights, counts, [{}, {}, {}])[4].tolist() == fedavg[4].tolist()
+    assert modular_mean(weights, counts, [{}, {}, {}], LAYOUT)[4].tolist() == fedavg[4].tolist()
 
 
 def test_aligned_iou_sees_the_same_circuit_in_other_channels(tmp_path):
@@ -253,7 +264,7 @@ def test_aligned_iou_sees_the_same_circuit_in_other_channels(tmp_path):
     strategy, run_dir = make_strategy(tmp_path, "matchedfedavg", partition_sizes={0: 100, 1: 300, 2: 50})
     results = [
         client_result(0, PLANTED, weights, 100),
-        client_result(1, theirs, permute(weights, planted), 300),
+        client_result(1, theirs, permute(weights, planted, LAYOUT), 300),
     ]
     params, _ = strategy.aggregate_fit(1, results, [])
     for got, want in zip(parameters_to_ndarrays(params), weights):  # matched back onto client 0: its network
@@ -303,8 +314,10 @@ def test_modularfedavg_counts_a_client_with_undecodable_circuits_as_claiming_no_
     good = {3: {"conv1": [0], "conv2": [], "conv3": []}}
     results = [(Proxy("0"), fit_res(weights[0], 100, good)), (Proxy("1"), fit_res(weights[1], 300))]
     results[1][1].metrics["circuits"] = b"FMC1\x00\x01garbage"  # a malformed payload: its circuits are dropped
-    params, _ = ModularFedAvg(initial_parameters=ndarrays_to_parameters(weights[0])).aggregate_fit(1, results, [])
-    expected = modular_mean(weights, [100, 300], [good, {}])
+    params, _ = ModularFedAvg(initial_parameters=ndarrays_to_parameters(weights[0]), template=TEMPLATE).aggregate_fit(
+        1, results, []
+    )
+    expected = modular_mean(weights, [100, 300], [good, {}], LAYOUT)
     for got, want in zip(parameters_to_ndarrays(params), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
@@ -321,7 +334,7 @@ def test_a_report_the_analysis_rejects_lends_modularfedavg_no_circuits(tmp_path)
         client_result(1, claim, weights[1], 300, report="{not json"),  # its circuits decode; its report does not
     ]
     params, _ = strategy.aggregate_fit(1, results, [])
-    expected = modular_mean(weights, [100, 300], [claim, {}])
+    expected = modular_mean(weights, [100, 300], [claim, {}], LAYOUT)
     for got, want in zip(parameters_to_ndarrays(params), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     (record,) = run_dir.read_rounds()

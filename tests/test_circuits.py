@@ -15,8 +15,9 @@ from fedmi_flower.science.circuits import (
     learn_gate_scores,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.hook_points import activations, logits, site_sizes
 from fedmi_flower.science.metrics import circuit_iou
-from fedmi_flower.science.model import SimpleCNN, build_model
+from fedmi_flower.science.models import SimpleCNN, build_model
 
 
 def planted_data() -> ImageSplit:
@@ -104,13 +105,13 @@ def test_specificity_catches_an_always_target_circuit():
 
 def _one_at_a_time(model, data, cls, circuit):
     """Reference implementation: one circuit, plain forward passes, no batching tricks."""
-    sizes = model.layer_sizes
+    sizes = site_sizes(model)
     keep = {layer: torch.zeros(n) for layer, n in sizes.items()}
     for layer, chans in circuit.items():
         keep[layer][chans] = 1.0
     with torch.no_grad():
-        pred_keep = model(data.images, keep).argmax(1)
-        pred_drop = model(data.images, {layer: 1 - g for layer, g in keep.items()}).argmax(1)
+        pred_keep = logits(model, data.images, keep).argmax(1)
+        pred_drop = logits(model, data.images, {layer: 1 - g for layer, g in keep.items()}).argmax(1)
     t = data.labels == cls
     return (
         float((pred_keep[t] == cls).float().mean()),
@@ -131,7 +132,7 @@ def test_batched_evaluation_equals_a_plain_implementation():
                 cls,
                 {
                     layer: torch.nonzero(torch.rand(n, generator=g) < 0.6).flatten().tolist()
-                    for layer, n in model.layer_sizes.items()
+                    for layer, n in site_sizes(model).items()
                 },
             )
         )
@@ -156,7 +157,7 @@ def test_mean_ablation_fills_closed_channels_with_their_mean():
     model = planted_model()
     data = planted_data()
     means = channel_means(model, data)
-    acts = model.activations(data.images)
+    acts = activations(model, data.images)
     for layer, act in acts.items():
         torch.testing.assert_close(means[layer], act.mean(dim=(0, 2, 3)))
     # Zero ablation silences the distractor; mean ablation puts its (bright-image) mean
@@ -182,7 +183,7 @@ def test_circuit_only_subnetwork_equals_the_gated_dense_network():
     circuits = [
         {
             layer: torch.nonzero(torch.rand(n, generator=g) < 0.3).flatten().tolist()
-            for layer, n in model.layer_sizes.items()
+            for layer, n in site_sizes(model).items()
         },
         {"conv1": [], "conv2": [1, 2], "conv3": [5]},  # nothing flows into conv2: biases alone
         {"conv1": [0, 3], "conv2": [], "conv3": [7, 9]},
@@ -191,7 +192,7 @@ def test_circuit_only_subnetwork_equals_the_gated_dense_network():
     with torch.no_grad():
         stem = model.stem(images)
         for circuit in circuits:
-            gates = {layer: m[0] for layer, m in circuit_masks([circuit], model.layer_sizes).items()}
+            gates = {layer: m[0] for layer, m in circuit_masks([circuit], site_sizes(model)).items()}
             torch.testing.assert_close(
                 circuit_only_logits(model, stem, circuit), model.head(stem, gates), rtol=1e-5, atol=1e-5
             )

@@ -10,8 +10,9 @@ from planted import BRAKE, EVIDENCE, SHORTCUT, concat, half_bright_images, short
 
 from fedmi_flower.science.circuits import discover_circuits, evaluate_circuits, find_circuits
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import circuit_iou
-from fedmi_flower.science.model import build_model
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.sparsity import prune_
 from fedmi_flower.science.verdicts import ALWAYS_TARGET, EMPTY, NEVER_TARGET, UNRECOGNISED, degenerate_reason
 
@@ -55,7 +56,7 @@ def test_target_faithfulness_gives_the_smallest_circuit_that_agrees_with_the_mod
 
 def test_faithfulness_is_the_balanced_agreement_with_the_models_decision():
     model, data = shortcut_model(), mixed_data()
-    whole = {layer: list(range(n)) for layer, n in model.layer_sizes.items()}
+    whole = {layer: list(range(n)) for layer, n in site_sizes(model).items()}
     only_shortcut = {"conv1": [], "conv2": [], "conv3": SHORTCUT["conv3"]}
     w, s = evaluate_circuits(model, data, [(3, whole), (3, only_shortcut)], ablation="zero")
     assert w.faithfulness == 1.0 and (w.model_sufficiency, w.model_specificity) == (1.0, 1.0)

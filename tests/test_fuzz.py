@@ -84,7 +84,7 @@ def mutated_metrics(draw) -> tuple[dict, int]:
 def test_every_payload_is_decoded_or_refused_with_a_reason(case):
     metrics, num_examples = case
     try:
-        report = report_from_metrics(metrics, num_examples, num_clients=3, layer_sizes=SIZES)
+        report = report_from_metrics(metrics, num_examples, num_clients=3, layer_sizes=SIZES, num_classes=10)
     except PayloadError as err:
         assert str(err)
         return

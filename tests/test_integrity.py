@@ -20,6 +20,7 @@ from clients.faults import InjectedFailure
 from fedmi_flower.config import ConfigError, ExperimentConfig
 from fedmi_flower.science.circuits import circuit_size, circuits_from_scores, learn_gate_scores
 from fedmi_flower.science.metrics import circuit_iou
+from fedmi_flower.science.models import build_model
 from fedmi_flower.wire.protocol import FitInstructions, fit_instructions
 
 TOTAL_CHANNELS = 32 + 64 + 128
@@ -147,8 +148,10 @@ def test_bug4_faults_work_with_more_than_5_clients_and_10_rounds():
     assert orders.config.clients == 8 and orders.config.rounds == 12
     data = concat(bright_images(64, 3), bright_images(64, 8))
     with pytest.raises(InjectedFailure, match="client 6 fails in round 11"):
-        CircuitClient(6, data, data.subset(range(8))).fit([], fit_instructions(config, 11))
-    weights, n, metrics = CircuitClient(5, data, data.subset(range(8))).fit(
+        CircuitClient(6, data, data.subset(range(8)), model_factory=build_model, num_classes=10).fit(
+            [], fit_instructions(config, 11)
+        )
+    weights, n, metrics = CircuitClient(5, data, data.subset(range(8)), model_factory=build_model, num_classes=10).fit(
         distinct_weights(5), fit_instructions(config, 11)
     )
     assert n == 128 and metrics["partition_id"] == 5
@@ -241,18 +244,22 @@ def test_client_reports_its_own_noise_floor_when_it_is_the_floor_client():
         }
     )
     data = concat(bright_images(64, 3), bright_images(64, 8))
-    _, _, metrics = CircuitClient(1, data, data.subset(range(8))).fit(
+    _, _, metrics = CircuitClient(1, data, data.subset(range(8)), model_factory=build_model, num_classes=10).fit(
         [w for w in planted_weights()], fit_instructions(config, 1)
     )
     from fedmi_flower.wire.protocol import report_from_metrics
 
-    report = report_from_metrics(metrics, 128, num_clients=3, layer_sizes={"conv1": 32, "conv2": 64, "conv3": 128})
+    report = report_from_metrics(
+        metrics, 128, num_clients=3, layer_sizes={"conv1": 32, "conv2": 64, "conv3": 128}, num_classes=10
+    )
     assert {c: f["mean"] for c, f in report.noise_floor.items()} == {3: 1.0, 8: 1.0}
     assert set(report.sparsity_per_tensor) == {"conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"}
-    _, _, metrics = CircuitClient(0, data, data.subset(range(8))).fit(planted_weights(), fit_instructions(config, 1))
+    _, _, metrics = CircuitClient(0, data, data.subset(range(8)), model_factory=build_model, num_classes=10).fit(
+        planted_weights(), fit_instructions(config, 1)
+    )
     assert (
         report_from_metrics(
-            metrics, 128, num_clients=3, layer_sizes={"conv1": 32, "conv2": 64, "conv3": 128}
+            metrics, 128, num_clients=3, layer_sizes={"conv1": 32, "conv2": 64, "conv3": 128}, num_classes=10
         ).noise_floor
         == {}
     )

@@ -26,7 +26,7 @@ from fedmi_flower.records.series import view_floor_series
 from fedmi_flower.science.circuits import evaluate_circuits, smallest_faithful_circuit
 from fedmi_flower.science.data import load_split
 from fedmi_flower.science.metrics import circuit_iou, polysemantic_share
-from fedmi_flower.science.model import build_model
+from fedmi_flower.science.models import build_model
 from fedmi_flower.wire.protocol import ClientReport
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}

@@ -24,7 +24,8 @@ from fedmi_flower.config import load_experiment
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.science.data import load_labels, server_splits
-from fedmi_flower.science.model import build_model, get_weights
+from fedmi_flower.science.model import get_weights
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.verdicts import circuit_verdict
 from fedmi_flower.wire.protocol import fit_instructions, report_from_metrics
 
@@ -66,7 +67,9 @@ def test_specificity_for_every_client(mnist_root, monkeypatch):
 
     # Discovery is the paper's Eq. 3 as before: target images only, no other images given.
     assert discovered and all(call["negatives"] is None for call in discovered)
-    report = report_from_metrics(metrics, len(client.train), num_clients=config.clients, layer_sizes=LAYER_SIZES)
+    report = report_from_metrics(
+        metrics, len(client.train), num_clients=config.clients, layer_sizes=LAYER_SIZES, num_classes=10
+    )
     (cls,) = report.circuits
     assert report.local_scores, "the client scored none of its circuits"
     scores = report.local_scores[cls]

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import (
     channel_class_counts,
     circuit_bloat,
@@ -97,7 +98,7 @@ def test_a_round_record_carries_skew_bloat_polysemanticity_and_dominance(tmp_pat
     for pid, client in record.clients.items():
         assert client.label_emd == pytest.approx(label_emd(counts[pid], pooled), abs=1e-9)
         assert client.polysemantic_share == pytest.approx(
-            polysemantic_share(circuits[pid], strategy.template.layer_sizes)
+            polysemantic_share(circuits[pid], site_sizes(strategy.template))
         )
     assert record.summary.mean_label_emd == pytest.approx(
         sum(label_emd(c, pooled) for c in counts.values()) / 3, abs=1e-9
@@ -111,7 +112,7 @@ def test_a_round_record_carries_skew_bloat_polysemanticity_and_dominance(tmp_pat
     assert record.dominance[3].lead == pytest.approx(abs(ious3[0] - ious3[1]))
     assert record.dominance[8].lead == pytest.approx(0.0) and record.dominance[8].entropy == pytest.approx(1.0)
     # Like with like: the global model's share over each client's own classes, averaged over the clients.
-    own = [polysemantic_share({c: g.circuits[c] for c in circuits[p]}, strategy.template.layer_sizes) for p in range(3)]
+    own = [polysemantic_share({c: g.circuits[c] for c in circuits[p]}, site_sizes(strategy.template)) for p in range(3)]
     assert record.summary.polysemantic_global == pytest.approx(sum(own) / 3)
 
 

@@ -59,7 +59,7 @@ def test_shared_class_gives_the_paper_class_sets_and_splits_the_shared_class():
     assert_disjoint(parts)
     zeros = [int((LABELS[p] == 0).sum()) for p in parts]
     assert sorted(zeros) == [33, 33, 34]
-    assert shared_class_map(3, 5, 2) == [[5, 0, 1], [5, 2, 3], [5, 4, 6]]
+    assert shared_class_map(3, 5, 2, 10) == [[5, 0, 1], [5, 2, 3], [5, 4, 6]]
 
 
 def test_explicit_class_map():
@@ -130,7 +130,7 @@ def test_partitions_are_deterministic_under_a_seed(make):
         (lambda: partition_shared_class(LABELS, 5, 0, 2), "only 9 exist"),
         (lambda: partition_by_class_map(LABELS, [[0, 11]]), "classes 0..9"),
         (lambda: partition_by_class_map(LABELS, [[]]), "no classes"),
-        (lambda: classes_per_client_map(0, 1), "at least 1"),
+        (lambda: classes_per_client_map(0, 1, 10), "at least 1"),
     ],
 )
 def test_invalid_requests_raise_clear_errors(call, message):

@@ -70,7 +70,7 @@ def _report() -> ClientReport:
 def test_report_round_trip():
     metrics = report_to_metrics(_report(), SIZES)
     assert all(isinstance(v, (int, float, str, bytes, bool)) for v in metrics.values())
-    back = report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES)
+    back = report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES, num_classes=10)
     assert back.circuits == CIRCUITS and back.partition_id == 2 and back.discovery_steps == {0: 200, 7: 120}
     assert back.local_scores[0]["specificity"] is None  # NaN travels as null
     assert back.timings == {"t_train": 1.0, "t_discovery": 2.0}
@@ -102,16 +102,16 @@ def test_report_round_trip():
 def test_malformed_reports_are_refused_with_a_reason(patch, message):
     metrics = {**report_to_metrics(_report(), SIZES), **patch}
     with pytest.raises(PayloadError, match=message):
-        report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES)
+        report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES, num_classes=10)
 
 
 def test_missing_partition_id_and_bad_example_count():
     metrics = report_to_metrics(_report(), SIZES)
     with pytest.raises(PayloadError, match="num_examples"):
-        report_from_metrics(metrics, 0, num_clients=3, layer_sizes=SIZES)
+        report_from_metrics(metrics, 0, num_clients=3, layer_sizes=SIZES, num_classes=10)
     del metrics["partition_id"]
     with pytest.raises(PayloadError, match="partition_id = None"):
-        report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES)
+        report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES, num_classes=10)
 
 
 def test_fit_instructions_round_trip_and_validate():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedmi_flower.science.data import ImageSplit
-from fedmi_flower.science.model import build_model
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.sparsity import (
     magnitude_mask,
     nonzero_budget,

@@ -10,6 +10,7 @@ from planted import bright_images, concat, planted_model
 from runs import rounds_json
 
 from fedmi_flower.science.model import get_weights
+from fedmi_flower.science.models import build_model
 from strategies import STRATEGIES
 
 
@@ -141,7 +142,7 @@ def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
     ins = pairs[0][1]
     assert ins.config["proximal_mu"] == strategy.proximal_mu and ins.config["server_round"] == 1
     data = concat(bright_images(64, 3), bright_images(64, 8))
-    client = CircuitClient(0, data, data.subset(range(8)))
+    client = CircuitClient(0, data, data.subset(range(8)), model_factory=build_model, num_classes=10)
     drift = {}
     for mu in (0.0, 100.0):
         config = {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
-from fedmi_flower.science.model import build_model, evaluate
+from fedmi_flower.science.model import evaluate
+from fedmi_flower.science.models import build_model
 from fedmi_flower.science.seeding import torch_generator
 from fedmi_flower.science.sparsity import nonzero_budget, prunable_weights, sparsity_report, train_sparse
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fedmi_flower.analysis.reference import reference_images
+from fedmi_flower.config import make_model
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RecordError
 from fedmi_flower.science.circuits import channel_means, circuit_size, discover_circuits, evaluate_circuits
 from fedmi_flower.science.data import load_split
-from fedmi_flower.science.model import build_model, set_weights
+from fedmi_flower.science.model import set_weights
 from fedmi_flower.science.objectives import OBJECTIVES, objective_setting
 from fedmi_flower.science.seeding import derive_seed
 
@@ -69,7 +70,7 @@ def frontier(
     weights = run.read_round_weights(record.round)
     if weights is None:
         raise RecordError(f"{run.path} kept no weights of round {record.round} (weights/round-{record.round}/)")
-    model = build_model()
+    model = make_model(config)
     set_weights(model, weights)
     server = run.read_partitions()["server"]
     probe = load_split(config.data.dataset, False, data_root, server["probe"])
@@ -77,7 +78,7 @@ def frontier(
     # Channel means on the run's reference images, as its own analysis measures them.
     reference = reference_images(config, data_root)
     means = channel_means(model, reference)
-    held = sum(1 for n in probe.class_counts() if n >= config.analysis.min_class_examples)
+    held = sum(1 for n in probe.class_counts(config.num_classes) if n >= config.analysis.min_class_examples)
     base: dict[str, Any] = {
         k: v
         for k, v in config.discovery.settings().items()

@@ -48,8 +48,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.round_record import (
     FLOOR_OF_VIEW,
     SUMMARY_FLOOR,
@@ -69,8 +70,10 @@ from fedmi_flower.records.round_record import (
 from fedmi_flower.science.alignment import (
     Permutation,
     channels_moved,
+    layout_of,
     map_circuit,
     match_all,
+    site_permutation,
 )
 from fedmi_flower.science.circuits import (
     SCORE_NAMES,
@@ -82,6 +85,7 @@ from fedmi_flower.science.circuits import (
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import (
     chance_circuit_iou,
     circuit_bloat,
@@ -94,7 +98,7 @@ from fedmi_flower.science.metrics import (
     nanmean,
     polysemantic_share,
 )
-from fedmi_flower.science.model import SimpleCNN, build_model, evaluate, get_weights
+from fedmi_flower.science.model import evaluate, get_weights
 from fedmi_flower.science.seeding import derive_seed, torch_generator
 from fedmi_flower.science.sparsity import prune_, sparsity_report
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
@@ -137,7 +141,7 @@ def bootstrap(split: ImageSplit, seed: int) -> ImageSplit:
 
 def compare(a: Circuit, b: Circuit, layer_sizes: Mapping[str, int]) -> IoU:
     """IoU of two circuits per layer and mean, with the chance level of circuits of their sizes."""
-    return IoU(circuit_iou(a, b), chance=chance_circuit_iou(a, b, layer_sizes))
+    return IoU(circuit_iou(a, b, list(layer_sizes)), chance=chance_circuit_iou(a, b, layer_sizes))
 
 
 def summarise_pairs(pairs: Sequence[IoU]) -> IoU:
@@ -229,7 +233,7 @@ class RoundAnalyst:
 
     def discover(
         self,
-        model: SimpleCNN,
+        model: nn.Module,
         data: ImageSplit,
         classes: Sequence[int],
         purpose: str,
@@ -245,7 +249,9 @@ class RoundAnalyst:
             return {}
         discovery = self.config.discovery
         min_rows_held = self.config.analysis.min_class_examples
-        use_reference = discovery.uses_reference(sum(1 for n in data.class_counts() if n >= min_rows_held))
+        use_reference = discovery.uses_reference(
+            sum(1 for n in data.class_counts(self.config.num_classes) if n >= min_rows_held)
+        )
         if use_reference and self.reference is None:
             raise ValueError("the faithful objective needs the reference set here, and the analyst was given none")
         return discover_circuits(
@@ -260,7 +266,7 @@ class RoundAnalyst:
 
     def noise_floor(
         self,
-        model: SimpleCNN,
+        model: nn.Module,
         global_circuits: Mapping[int, Circuit],
         server_round: int,
         reports: Sequence[ClientReport],
@@ -271,7 +277,7 @@ class RoundAnalyst:
         """
         if not self.config.analysis.noise_floor or not global_circuits:
             return NoiseFloor(measured=False)
-        sizes = model.layer_sizes
+        sizes = site_sizes(model)
         classes = sorted(global_circuits)
         redraw = bootstrap(self.probe, derive_seed(self.config.seed, "floor-bootstrap", server_round))
         again = self.discover(model, redraw, classes, "floor-discovery", server_round)
@@ -390,14 +396,17 @@ class RoundAnalyst:
             (stable if prev_round == server_round - 1 else gaps)[r.partition_id] = entry
         return stable, gaps
 
-    def alignments(self, model: SimpleCNN, local_weights: Mapping[int, Sequence[np.ndarray]]) -> dict[int, Permutation]:
-        """Each client's permutation onto the global model's channels (``analysis.alignment``; none when off)."""
+    def alignments(self, model: nn.Module, local_weights: Mapping[int, Sequence[np.ndarray]]) -> dict[int, Permutation]:
+        """Each client's permutation of every site onto the global model's channels (``analysis.alignment``; none
+        when off)."""
         how = self.config.analysis.alignment
         if how == "off":
             return {}
         reference = get_weights(model)
         images = self.probe.images[:ALIGNMENT_IMAGES].to(next(model.parameters()).device)
-        return match_all(reference, dict(sorted(local_weights.items())), how, images)
+        spec = layout_of(model).spec
+        found = match_all(model, reference, dict(sorted(local_weights.items())), how, images)
+        return {pid: site_permutation(perm, spec) for pid, perm in found.items()}
 
     @staticmethod
     def aligned(reports: Sequence[ClientReport], alignments: Mapping[int, Permutation]) -> list[ClientReport]:
@@ -455,7 +464,7 @@ class RoundAnalyst:
         return out
 
     def score(
-        self, model: SimpleCNN, global_circuits: Mapping[int, Circuit], reports: Sequence[ClientReport]
+        self, model: nn.Module, global_circuits: Mapping[int, Circuit], reports: Sequence[ClientReport]
     ) -> tuple[dict[int, CircuitScores], dict[tuple[int, int], CircuitScores]]:
         """Global circuits and every local circuit scored on the global weights, in one batched evaluation.
 
@@ -479,7 +488,7 @@ class RoundAnalyst:
         )
 
     def global_entry(
-        self, model: SimpleCNN, circuits: Mapping[int, Circuit], scores: Mapping[int, CircuitScores]
+        self, model: nn.Module, circuits: Mapping[int, Circuit], scores: Mapping[int, CircuitScores]
     ) -> GlobalEntry:
         """The global model's part of the record.
 
@@ -501,7 +510,7 @@ class RoundAnalyst:
             degenerate={c: why for c in sizes if (why := _degenerate(sizes[c], scores.get(c))) is not None},
         )
 
-    def fill_means(self, model: SimpleCNN) -> dict[str, torch.Tensor] | None:
+    def fill_means(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Channel means of ``model`` for mean ablation, on the reference images the clients use too."""
         if self.config.discovery.resolved_ablation != "mean":
             return None
@@ -523,7 +532,7 @@ class RoundAnalyst:
             return None
         if self._control is None or sorted(self._control.circuits) != sorted(classes):
             device = self.evaluation.images.device
-            model = build_model(seed=derive_seed(self.config.seed, "random-control"))
+            model = make_model(self.config, seed=derive_seed(self.config.seed, "random-control"))
             train = self.config.train
             if train.sparsity:
                 prune_(model, train.sparsity, train.min_per_neuron, train.sparsity_scope)
@@ -538,7 +547,7 @@ class RoundAnalyst:
     def analyse(
         self,
         server_round: int,
-        model: SimpleCNN,
+        model: nn.Module,
         reports: Sequence[ClientReport],
         local_weights: Mapping[int, Sequence[np.ndarray]] | None = None,
     ) -> RoundRecord:
@@ -550,7 +559,7 @@ class RoundAnalyst:
         """
         began = time.perf_counter()
         classes = self.classes_to_analyse(reports)
-        sizes = model.layer_sizes
+        sizes = site_sizes(model)
         reports = sorted(reports, key=lambda r: r.partition_id)
         timings = RoundTimings()
         t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from clients import CircuitClient
 from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
-from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_split
 from fedmi_flower.wire.protocol import scalars
 
@@ -69,7 +69,15 @@ def build_client(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) 
         if config.discovery.needs_reference
         else functools.partial(reference_images, config, root)
     )
-    return CircuitClient(pid, train, holdout, device, reference=reference)
+    return CircuitClient(
+        pid,
+        train,
+        holdout,
+        device,
+        reference=reference,
+        model_factory=functools.partial(make_model, config),
+        num_classes=config.num_classes,
+    )
 
 
 def client_fn(context: Context) -> Client:

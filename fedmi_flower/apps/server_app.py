@@ -30,10 +30,10 @@ from fedmi_flower.apps.console import install_console
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.apps.prompt_grid import prompt
-from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_dir
 from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_labels, load_split, server_splits
-from fedmi_flower.science.model import build_model, get_weights
+from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.seeding import derive_seed
 from fedmi_flower.views.tensorboard import TensorBoardScalars
 from strategies import CONSOLE_KEY, CircuitAnalysisMixin, CircuitMessageStrategy, build_strategy
@@ -71,7 +71,7 @@ def prepare_run(
         test_labels, config.data.probe_fraction, config.seed, config.data.eval_per_class
     )
     if not resume:
-        run_dir.write_partitions(partitions, probe_idx, eval_idx, train_labels)
+        run_dir.write_partitions(partitions, probe_idx, eval_idx, train_labels, config.num_classes)
     device = pick_device(config.resources.device)
     probe = load_split(config.data.dataset, False, data_root, probe_idx).to(device)
     evaluation = load_split(config.data.dataset, False, data_root, eval_idx).to(device)
@@ -86,7 +86,8 @@ def prepare_run(
 
     reference = reference_of(config, data_root)
     population = np.bincount(
-        train_labels[np.concatenate([np.asarray(p.train, dtype=np.int64) for p in partitions])], minlength=10
+        train_labels[np.concatenate([np.asarray(p.train, dtype=np.int64) for p in partitions])],
+        minlength=config.num_classes,
     ).tolist()
     analyst = RoundAnalyst(
         config,
@@ -100,7 +101,7 @@ def prepare_run(
         analyst.load_state_dict(checkpoint.analyst_state)
         weights = checkpoint.weights
     else:
-        weights = get_weights(build_model(seed=derive_seed(config.seed, "init")))
+        weights = get_weights(make_model(config, seed=derive_seed(config.seed, "init")))
     return run_dir, analyst, weights, checkpoint
 
 

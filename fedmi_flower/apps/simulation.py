@@ -42,7 +42,7 @@ from fedmi_flower.apps.processes import (
     stop_process_trees,
     wait_until_listening,
 )
-from fedmi_flower.config import ConfigError, ExperimentConfig
+from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
 from fedmi_flower.records.results import RunDirectory, config_to_toml, default_run_dir
 from fedmi_flower.science.data import load_labels
 
@@ -148,6 +148,7 @@ class SimulationRuntime(FlowerProcesses):
         # Fail on a missing dataset here, with the loader's message, before Flower starts anything.
         load_labels(config.data.dataset, True, data_root)
         load_labels(config.data.dataset, False, data_root)
+        make_model(config)  # and on a model that cannot be built or lacks the circuit interface
         run_dir = Path(out or default_run_dir(config.name)).resolve()  # the ServerApp runs in another folder
         if not resume:
             RunDirectory(run_dir).check_new()  # here, not in a log after the runtime started (the ServerApp checks too)

@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -92,6 +93,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -101,6 +106,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: a model builder's arguments
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
@@ -164,12 +171,13 @@ class RunDirectory:
         probe: Sequence[int],
         evaluation: Sequence[int],
         labels: np.ndarray | None = None,
+        num_classes: int | None = None,
     ) -> None:
         clients = {}
         for pid, part in enumerate(partitions):
             entry: dict[str, Any] = {"train": list(part.train), "holdout": list(part.holdout)}
             if labels is not None:
-                entry["class_counts"] = np.bincount(labels[part.train], minlength=10).tolist()
+                entry["class_counts"] = np.bincount(labels[part.train], minlength=num_classes or 0).tolist()
             clients[str(pid)] = entry
         atomic_write(
             self.path / PARTITIONS_FILE,

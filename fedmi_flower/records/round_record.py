@@ -495,7 +495,7 @@ class RoundSummary:
     aligned_local_global_iou_pairs: int = 0
     aligned_local_global_iou_chance: float = math.nan
     channels_moved: float = math.nan
-    """Mean over aligned clients of how many of their 224 channels the alignment moved."""
+    """Mean over aligned clients of how many of their channels the alignment moved."""
     mean_label_emd: float = math.nan
     """Label skew of the round's clients: the mean of their ``label_emd``."""
     circuit_bloat: float = math.nan

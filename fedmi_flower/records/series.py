@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,20 @@ from fedmi_flower.config import ConfigError, ExperimentConfig
 from fedmi_flower.records.results import CONFIG_FILE, ROUNDS_FILE, RunDirectory
 from fedmi_flower.records.round_record import FLOOR_OF_VIEW, IoU, RecordError, RoundRecord, View, number
 from fedmi_flower.science.circuits import SCORE_NAMES
-from fedmi_flower.science.model import CIRCUIT_LAYERS
 
-LAYERS: tuple[str, ...] = (*CIRCUIT_LAYERS, "mean")
+
+def record_sites(records: Sequence[RoundRecord]) -> tuple[str, ...]:
+    """The circuit sites the records' circuits name, in the model's order (every circuit names every site)."""
+    for r in records:
+        for circuit in [
+            *r.global_model.circuits.values(),
+            *(c for e in r.clients.values() for c in e.circuits.values()),
+        ]:
+            if circuit:
+                return tuple(circuit)
+    return ()
+
+
 """The per-layer IoU keys of a record, and ``mean`` (their average, as the record stores it)."""
 
 Record = RoundRecord
@@ -66,6 +77,11 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The model's circuit sites, then ``"mean"``: the panels of every per-site figure."""
+        return (*record_sites(self.records), "mean")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -169,8 +185,13 @@ def _sort_key(key: Hashable) -> tuple:
     return tuple((0, p, "") if isinstance(p, (int, float)) else (1, 0, str(p)) for p in parts)
 
 
+def _names(values: Mapping[str, Any]) -> list[str]:
+    """The sites of a per-site result, then ``"mean"``."""
+    return [*(k for k in values if k != "mean"), "mean"]
+
+
 def _layers(iou: IoU) -> Iterable[tuple[str, float]]:
-    return ((layer, iou.layer(layer)) for layer in LAYERS)
+    return ((layer, iou.layer(layer)) for layer in _names(iou.layers))
 
 
 def grouped_series(records: Sequence[Record], view: View) -> Series:
@@ -264,12 +285,12 @@ def chance_series(records: Sequence[Record], view: View) -> Series:
         if view in (View.INTER_CLIENT_IOU, View.CLASS_PAIR_IOU):
             for key, e in r.grouped_view(view).items():
                 if e.chance is not None:
-                    yield from (((key, layer), e.chance_layer(layer)) for layer in LAYERS)
+                    yield from (((key, layer), e.chance_layer(layer)) for layer in _names(e.chance))
         else:
             for p, per in r.per_client_view(view).items():
                 for c, e in per.items():
                     if e.chance is not None:
-                        yield from (((p, c, layer), e.chance_layer(layer)) for layer in LAYERS)
+                        yield from (((p, c, layer), e.chance_layer(layer)) for layer in _names(e.chance))
 
     return collect(records, entries)
 

@@ -9,23 +9,16 @@ Weight matching, which aligns clients before any rule, is :mod:`fedmi_flower.sci
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from fedmi_flower.science.circuits import Circuit
-from fedmi_flower.science.model import (
-    BIAS_INDEX,
-    CIRCUIT_LAYERS,
-    FC_WEIGHT_INDEX,
-    WEIGHT_INDEX,
-    build_model,
-    fc_blocks,
-    get_weights,
-    layer_sizes_of,
-    set_weights,
-)
+from fedmi_flower.science.model import get_weights, set_weights
+from fedmi_flower.science.permutation_spec import WeightLayout
 from fedmi_flower.science.sparsity import prune_
 
 Weights = Sequence[np.ndarray]
@@ -71,13 +64,16 @@ def masked_mean(clients: Sequence[Weights], num_examples: Sequence[int]) -> list
     return out
 
 
-def resparsify(weights: Weights, sparsity: float, min_per_neuron: int = 4, scope: str = "tensor") -> list[np.ndarray]:
+def resparsify(
+    template: nn.Module, weights: Weights, sparsity: float, min_per_neuron: int = 4, scope: str = "tensor"
+) -> list[np.ndarray]:
     """The weights pruned to ``sparsity`` by magnitude, the rule the clients' training applies (Eq. 1-2).
 
     The union of clients' supports is denser than each client; pruning it back keeps the
     global model at the target sparsity, the weights most clients agree are large first.
+    ``template`` is a model of the weights' architecture (left unchanged).
     """
-    model = build_model()
+    model = copy.deepcopy(template)
     set_weights(model, weights)
     with torch.no_grad():
         prune_(model, sparsity, min_per_neuron, scope)
@@ -104,11 +100,14 @@ def modular_mean(
     clients: Sequence[Weights],
     num_examples: Sequence[int],
     circuits: Sequence[Mapping[int, Circuit]],
+    layout: WeightLayout,
 ) -> list[np.ndarray]:
     """Circuit-wise averaging: each channel is averaged over the clients whose circuits use it.
 
-    The rule, per output channel of conv1..conv3 (its filter and bias; for conv3 also
-    its block of fc's input columns):
+    The rule, per channel of each circuit site (the slices of every tensor that
+    produces it, e.g. a conv's filter and bias, a BatchNorm's entries, and of every
+    readout that reads it, e.g. fc's input block after the last conv; from the model's
+    permutation spec):
 
     - used by the circuits of one client: taken from that client, so no other client's
       update dilutes a circuit only it has (the paper's "modular FL"; Fed2's feature
@@ -116,30 +115,37 @@ def modular_mean(
     - used by several clients' circuits: their example-weighted mean;
     - used by no client's circuit: every client's example-weighted mean, as FedAvg.
 
-    The fc bias is FedAvg's mean. A client's circuits are all the circuits it reported
-    (any class), in its own channel indices, which under FedAvg's shared starting point
-    are the global model's; align them first where they are not
-    (:mod:`fedmi_flower.science.alignment`).
+    Everything else (the readout's bias, the inputs a layer reads from other channels)
+    is FedAvg's mean. Where several sites share a group (a residual stream), a channel
+    counts as used when a circuit holds it at any of them. A client's circuits are all
+    the circuits it reported (any class), in its own channel indices, which under
+    FedAvg's shared starting point are the global model's; align them first where they
+    are not (:mod:`fedmi_flower.science.alignment`).
     """
     n = _check(clients, num_examples)
     if len(circuits) != len(clients):
         raise ValueError(f"need one set of circuits per client, got {len(circuits)} for {len(clients)} clients")
     out = weighted_mean(clients, num_examples)
-    sizes = layer_sizes_of(clients[0])
-    users = circuit_users(circuits, sizes)
-    last = CIRCUIT_LAYERS[-1]
-    fc_shape = np.asarray(clients[0][FC_WEIGHT_INDEX]).shape
-    blocks = [fc_blocks(np.asarray(c[FC_WEIGHT_INDEX], np.float64), sizes[last]) for c in clients]
-    fc_out = fc_blocks(out[FC_WEIGHT_INDEX].astype(np.float64), sizes[last])
-    for layer in CIRCUIT_LAYERS:
-        w, b = WEIGHT_INDEX[layer], BIAS_INDEX[layer]
-        for channel, who in enumerate(users[layer]):
-            if not who:
-                continue
-            share = n[who] / n[who].sum()
-            out[w][channel] = sum(s * np.asarray(clients[i][w][channel], np.float64) for s, i in zip(share, who))
-            out[b][channel] = sum(s * float(clients[i][b][channel]) for s, i in zip(share, who))
-            if layer == last:
-                fc_out[:, channel] = sum(s * blocks[i][:, channel] for s, i in zip(share, who))
-    out[FC_WEIGHT_INDEX] = fc_out.reshape(fc_shape).astype(out[FC_WEIGHT_INDEX].dtype)
+    spec = layout.spec
+    site_users = circuit_users(circuits, {site: layout.sizes[g] for site, g in spec.site_groups.items()})
+    for group in dict.fromkeys(spec.site_groups.values()):
+        sites = [site for site, g in spec.site_groups.items() if g == group]
+        users = [sorted({k for site in sites for k in site_users[site][c]}) for c in range(layout.sizes[group])]
+        slices = [(name, 0) for name in spec.producers(group)] + spec.readouts(group)
+        for name, axis in slices:
+            t = layout.index[name]
+            stacked = [layout.channel_major(np.asarray(c[t], np.float64), name, axis) for c in clients]
+            merged = layout.channel_major(out[t].astype(np.float64), name, axis)
+            for channel, who in enumerate(users):
+                if who:
+                    share = n[who] / n[who].sum()
+                    merged[channel] = sum(s * stacked[i][channel] for s, i in zip(share, who))
+            out[t] = _from_channel_major(merged, out[t].shape, layout.sizes[group], axis).astype(out[t].dtype)
     return out
+
+
+def _from_channel_major(merged: np.ndarray, shape: tuple[int, ...], n: int, axis: int) -> np.ndarray:
+    """Undo :meth:`WeightLayout.channel_major`: (channels, rest) back to ``shape``."""
+    blocked = (*shape[:axis], n, shape[axis] // n, *shape[axis + 1 :])
+    moved = np.moveaxis(np.empty(blocked), axis, 0).shape
+    return np.moveaxis(merged.reshape(moved), 0, axis).reshape(shape)

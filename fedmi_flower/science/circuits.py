@@ -38,15 +38,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from fedmi_flower.science.data import ImageSplit
-from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN
+from fedmi_flower.science.hook_points import activations, site_sizes
+from fedmi_flower.science.hook_points import head as run_head
+from fedmi_flower.science.hook_points import stem as run_stem
 from fedmi_flower.science.objectives import ABLATIONS, GATES, objective_setting
 from fedmi_flower.science.seeding import torch_generator
 
 Circuit = dict[str, list[int]]
-"""Sorted channel indices per circuit layer, e.g. ``{"conv1": [3, 7], "conv2": [], ...}``."""
+"""Sorted channel indices per circuit site, e.g. ``{"conv1": [3, 7], "conv2": [], ...}``."""
 
 
 SCORE_NAMES = ("sufficiency", "specificity", "necessity", "faithfulness", "model_sufficiency", "model_specificity")
@@ -89,7 +92,7 @@ def circuit_masks(
 
 
 @torch.no_grad()
-def channel_means(model: SimpleCNN, data: ImageSplit, batch_size: int = 2048) -> dict[str, torch.Tensor]:
+def channel_means(model: nn.Module, data: ImageSplit, batch_size: int = 2048) -> dict[str, torch.Tensor]:
     """Mean activation of every channel of every circuit layer over ``data`` (for mean ablation)."""
     model.eval()
     device = next(model.parameters()).device
@@ -99,14 +102,14 @@ def channel_means(model: SimpleCNN, data: ImageSplit, batch_size: int = 2048) ->
     counts: dict[str, int] = {}
     for start in range(0, len(data), batch_size):
         x = data.images[start : start + batch_size].to(device)
-        for layer, act in model.activations(x).items():
-            sums[layer] = sums.get(layer, 0) + act.sum(dim=(0, 2, 3))
-            counts[layer] = counts.get(layer, 0) + act.shape[0] * act.shape[2] * act.shape[3]
+        for layer, act in activations(model, x).items():
+            sums[layer] = sums.get(layer, 0) + act.sum(dim=(0, *range(2, act.dim())))
+            counts[layer] = counts.get(layer, 0) + act.numel() // act.shape[1]
     return {layer: s / counts[layer] for layer, s in sums.items()}
 
 
 def _ablation_fill(
-    model: SimpleCNN, data: ImageSplit, ablation: str, means: Mapping[str, torch.Tensor] | None
+    model: nn.Module, data: ImageSplit, ablation: str, means: Mapping[str, torch.Tensor] | None
 ) -> Mapping[str, torch.Tensor] | None:
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
@@ -139,7 +142,7 @@ STEM_CACHE_BYTES = 512 * 2**20
 
 @torch.no_grad()
 def _stem_cache(
-    model: SimpleCNN, images: torch.Tensor, draws: torch.Tensor, chunk: int = 1024
+    model: nn.Module, images: torch.Tensor, draws: torch.Tensor, chunk: int = 1024
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The first block's output for every image the draws use, and the draws re-indexed into it.
 
@@ -151,10 +154,10 @@ def _stem_cache(
     used = torch.unique(draws)
     if used.numel() == 0:
         return None, draws
-    probe = model.stem(images[:1])
+    probe = run_stem(model, images[:1])
     if used.numel() * probe.numel() * probe.element_size() > STEM_CACHE_BYTES:
         return None, draws
-    stems = torch.cat([model.stem(images[used[i : i + chunk]]) for i in range(0, used.numel(), chunk)])
+    stems = torch.cat([run_stem(model, images[used[i : i + chunk]]) for i in range(0, used.numel(), chunk)])
     position = torch.full((images.shape[0],), -1, dtype=torch.long, device=draws.device)
     position[used] = torch.arange(used.numel(), device=draws.device)
     return stems, position[draws]
@@ -220,7 +223,7 @@ def _rows(labels: torch.Tensor, cls: int, other: bool = False) -> torch.Tensor:
 
 @torch.no_grad()
 def _model_decisions(
-    model: SimpleCNN, images: torch.Tensor, stems: torch.Tensor | None, draws: torch.Tensor, target: torch.Tensor
+    model: nn.Module, images: torch.Tensor, stems: torch.Tensor | None, draws: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
     """Whether the full model calls each drawn image its class: a bool tensor shaped like ``draws`` (steps, K, n).
 
@@ -229,7 +232,10 @@ def _model_decisions(
     """
     used, where = torch.unique(draws, return_inverse=True)
     predicted = torch.cat(
-        [(model.head(stems[part]) if stems is not None else model(images[part])).argmax(1) for part in used.split(1024)]
+        [
+            (run_head(model, stems[part]) if stems is not None else model(images[part])).argmax(1)
+            for part in used.split(1024)
+        ]
     )
     k, n = draws.shape[1], draws.shape[2]
     return predicted[where] == target.view(1, k, n).expand_as(draws)
@@ -256,7 +262,7 @@ def _faithful_loss(logits: torch.Tensor, target: torch.Tensor, model_says: torch
 
 
 def learn_gate_scores(
-    model: SimpleCNN,
+    model: nn.Module,
     data: ImageSplit,
     classes: Sequence[int],
     *,
@@ -281,7 +287,7 @@ def learn_gate_scores(
 
     Parameters
     ----------
-    model : SimpleCNN
+    model : nn.Module
         Model whose weights stay frozen.
     data : ImageSplit
         Images to discover on; each class draws its own images from its own rows.
@@ -378,7 +384,7 @@ def learn_gate_scores(
     target = torch.as_tensor(classes, device=device, dtype=torch.long).repeat_interleave(per_class)
     model_says = _model_decisions(model, pool.images, stems, draws_t, target) if faithful and k else None
 
-    sizes = model.layer_sizes
+    sizes = site_sizes(model)
     scores = {
         layer: torch.full((k, size), float(init_score), device=device, requires_grad=True)
         for layer, size in sizes.items()
@@ -403,7 +409,7 @@ def learn_gate_scores(
             gate_rows = owner[rows_live]
             if stems is None:
                 with torch.no_grad():
-                    stem = model.stem(pool.images[idx])
+                    stem = run_stem(model, pool.images[idx])
             else:
                 stem = stems[idx]
             if gate == "straight-through":
@@ -411,7 +417,7 @@ def learn_gate_scores(
             else:
                 t = temperature_start * (temperature_end / temperature_start) ** (step / max(steps - 1, 1))
                 gates = {layer: torch.sigmoid(s / t)[gate_rows] for layer, s in scores.items()}
-            logits = model.head(stem, gates, fill)
+            logits = run_head(model, stem, gates, fill)
             # Sum of per-class means: each class's term only reaches its own scores.
             if model_says is not None:
                 fit = _faithful_loss(logits, target[rows_live], model_says[step, live].flatten()) / per_class
@@ -473,7 +479,7 @@ def top_channels(scores: Mapping[str, torch.Tensor], row: int, count: int) -> Ci
 
 @torch.no_grad()
 def smallest_faithful_circuit(
-    model: SimpleCNN,
+    model: nn.Module,
     data: ImageSplit,
     scores: Mapping[str, torch.Tensor],
     row: int,
@@ -508,8 +514,8 @@ def smallest_faithful_circuit(
     else:
         raise ValueError(f"faithfulness of class {cls} needs images of other classes; give negatives")
     images = torch.cat([own, other])
-    stem = model.stem(images)
-    model_says = model.head(stem).argmax(1) == cls
+    stem = run_stem(model, images)
+    model_says = run_head(model, stem).argmax(1) == cls
     if bool(model_says.all()) or not bool(model_says.any()):
         # The model answers cls for every scored image or for none: agreement has one side
         # only, and the empty circuit would reach any target on the strength of it. There is
@@ -517,8 +523,8 @@ def smallest_faithful_circuit(
         return circuits_from_scores({layer: s[row : row + 1] for layer, s in scores.items()}, [cls])[cls]
 
     def agreement(count: int) -> float:
-        keep = circuit_masks([top_channels(scores, row, count)], model.layer_sizes, device)
-        says = model.head(stem, {layer: g[0] for layer, g in keep.items()}, fill).argmax(1) == cls
+        keep = circuit_masks([top_channels(scores, row, count)], site_sizes(model), device)
+        says = run_head(model, stem, {layer: g[0] for layer, g in keep.items()}, fill).argmax(1) == cls
         return _balanced_agreement(says, model_says)
 
     lo, hi = 0, sum(s.shape[1] for s in scores.values())
@@ -543,7 +549,7 @@ def _balanced_agreement(says: torch.Tensor, model_says: torch.Tensor) -> float:
 
 
 def find_circuits(
-    model: SimpleCNN,
+    model: nn.Module,
     data: ImageSplit,
     classes: Sequence[int],
     *,
@@ -580,7 +586,7 @@ def find_circuits(
 
 
 def discover_circuits(
-    model: SimpleCNN, data: ImageSplit, classes: Sequence[int], **settings: Any
+    model: nn.Module, data: ImageSplit, classes: Sequence[int], **settings: Any
 ) -> dict[int, Circuit]:
     """Discover the circuit of every class in ``classes`` on ``data`` (paper Eq. 3, or the faithful objective).
 
@@ -633,38 +639,23 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
     return [float(n) / int(d) if int(d) else float("nan") for n, d in zip(num.tolist(), den.tolist())]
 
 
-def _conv_block(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """ReLU(max-pool(conv(h))) on the channels that ``weight`` keeps; a constant map when ``h`` has no channel."""
-    side = h.shape[-1] // 2
-    if weight.shape[0] == 0:
-        return h.new_zeros(h.shape[0], 0, side, side)
-    if h.shape[1] == 0:  # nothing flows in: the output is the bias everywhere
-        return F.relu(bias).view(1, -1, 1, 1).expand(h.shape[0], -1, side, side)
-    return F.relu(F.max_pool2d(F.conv2d(h, weight, bias, padding=1), 2))
+def circuit_only_logits(model: nn.Module, stem: torch.Tensor, circuit: Circuit) -> torch.Tensor:
+    """Logits with only ``circuit``'s channels active (zero ablation).
 
-
-def circuit_only_logits(model: SimpleCNN, stem: torch.Tensor, circuit: Circuit) -> torch.Tensor:
-    """Logits with only ``circuit``'s channels active (zero ablation), computing only its sub-network.
-
-    Equal to ``model.head(stem, gates)`` with the circuit's 0/1 gates: an ablated channel
-    outputs zero and adds nothing downstream, so it can be left out of every
-    convolution. A circuit of k1, k2, k3 channels costs (k1*k2 + k2*k3) / (32*64 + 64*128)
-    of the dense pass; at the paper's sparsity that is a few percent.
+    The model's ``circuit_logits`` capability computes only the circuit's sub-network
+    (an ablated channel outputs zero and adds nothing downstream); without it, the gated
+    dense pass gives the same logits.
     """
-    device = stem.device
-    c1, c2, c3 = (torch.as_tensor(circuit.get(layer, []), dtype=torch.long, device=device) for layer in CIRCUIT_LAYERS)
-    h = stem.index_select(1, c1)
-    b2, b3 = model.conv2.bias, model.conv3.bias
-    assert b2 is not None and b3 is not None, "SimpleCNN's convolutions have biases"
-    h = _conv_block(h, model.conv2.weight[c2][:, c1], b2[c2])
-    h = _conv_block(h, model.conv3.weight[c3][:, c2], b3[c3])
-    fc = model.fc.weight.view(model.fc.out_features, model.conv3.out_channels, -1)[:, c3]
-    return F.linear(h.flatten(1), fc.reshape(model.fc.out_features, -1), model.fc.bias)
+    fast = getattr(model, "circuit_logits", None)
+    if callable(fast):
+        return fast(stem, circuit)
+    keep = circuit_masks([circuit], site_sizes(model), stem.device)
+    return run_head(model, stem, {site: g[0] for site, g in keep.items()})
 
 
 @torch.no_grad()
 def evaluate_circuits(
-    model: SimpleCNN,
+    model: nn.Module,
     data: ImageSplit,
     circuits: Sequence[tuple[int, Circuit]],
     *,
@@ -674,8 +665,8 @@ def evaluate_circuits(
 ) -> list[CircuitScores]:
     """Score many ``(target class, circuit)`` pairs on ``data`` in few passes.
 
-    The ungated first block (:meth:`SimpleCNN.stem`) is computed once per image and
-    shared by all circuits. With zero ablation, sufficiency and specificity run each
+    The model's ungated prefix (its ``stem``) is computed once per image and shared by
+    all circuits. With zero ablation, sufficiency and specificity run each
     circuit's own sub-network only (:func:`circuit_only_logits`); with mean ablation,
     and for necessity (the circuit ablated, everything else active), the gated dense
     network runs on batches of up to ``rows_per_pass`` (circuit, image) rows.
@@ -688,7 +679,7 @@ def evaluate_circuits(
     fill = _ablation_fill(model, data, ablation, means)
     m = len(circuits)
     targets = torch.as_tensor([int(c) for c, _ in circuits], device=device)
-    keep = circuit_masks([circ for _, circ in circuits], model.layer_sizes, device)
+    keep = circuit_masks([circ for _, circ in circuits], site_sizes(model), device)
     drop = {layer: 1.0 - g for layer, g in keep.items()}
     suff = torch.zeros(m, dtype=torch.long, device=device)
     n_target = torch.zeros_like(suff)
@@ -701,18 +692,24 @@ def evaluate_circuits(
     model_no = torch.zeros_like(suff)
     model_suff = torch.zeros_like(suff)
     model_spec = torch.zeros_like(suff)
-    chunk = max(1, rows_per_pass // m) if fill is not None else rows_per_pass
+    # Zero ablation runs each circuit's sub-network alone where the model can; otherwise
+    # every circuit's gated dense pass shares one batch of (circuit, image) rows.
+    sub_networks = fill is None and callable(getattr(model, "circuit_logits", None))
+    chunk = rows_per_pass if sub_networks else max(1, rows_per_pass // m)
     for start in range(0, len(data), chunk):
         y = data.labels[start : start + chunk]
-        stem = model.stem(data.images[start : start + chunk])
+        stem = run_stem(model, data.images[start : start + chunk])
         b = y.shape[0]
         # Every circuit on every image: sufficiency (target rows) and specificity (the rest).
-        if fill is None:
+        if sub_networks:
             pred = torch.stack([circuit_only_logits(model, stem, circ).argmax(1) for _, circ in circuits])
         else:
             pred = (
-                model.head(
-                    stem.repeat(m, 1, 1, 1), {layer: g.repeat_interleave(b, 0) for layer, g in keep.items()}, fill
+                run_head(
+                    model,
+                    stem.repeat(m, *([1] * (stem.dim() - 1))),
+                    {layer: g.repeat_interleave(b, 0) for layer, g in keep.items()},
+                    fill,
                 )
                 .argmax(1)
                 .view(m, b)
@@ -724,7 +721,7 @@ def evaluate_circuits(
         spec += (~says_target & ~is_target).sum(1)
         n_other += (~is_target).sum(1)
         # Faithfulness: the circuit's decision against the full model's, on the same images.
-        model_says = model.head(stem).argmax(1).unsqueeze(0) == targets.unsqueeze(1)
+        model_says = run_head(model, stem).argmax(1).unsqueeze(0) == targets.unsqueeze(1)
         agree_yes += (says_target & model_says).sum(1)
         model_yes += model_says.sum(1)
         agree_no += (~says_target & ~model_says).sum(1)
@@ -735,7 +732,7 @@ def evaluate_circuits(
         circ_idx, img_idx = torch.nonzero(is_target, as_tuple=True)
         for lo in range(0, circ_idx.numel(), rows_per_pass):
             ci, ii = circ_idx[lo : lo + rows_per_pass], img_idx[lo : lo + rows_per_pass]
-            pred_nec = model.head(stem[ii], {layer: g[ci] for layer, g in drop.items()}, fill).argmax(1)
+            pred_nec = run_head(model, stem[ii], {layer: g[ci] for layer, g in drop.items()}, fill).argmax(1)
             nec += torch.bincount(ci[pred_nec == targets[ci]], minlength=m)
     faithfulness = [(a + b) / 2 for a, b in zip(_ratio(agree_yes, model_yes), _ratio(agree_no, model_no))]
     return [
@@ -753,43 +750,27 @@ def evaluate_circuits(
     ]
 
 
-@torch.no_grad()
 def circuit_edge_strengths(
-    model: SimpleCNN, circuit: Circuit, target_class: int | None = None
+    model: nn.Module, circuit: Circuit, target_class: int | None = None
 ) -> dict[str, dict[tuple[int, int], float]]:
-    """The edges of :func:`circuit_edges`, each with its strength: the |weight| between the two channels.
+    """The edges of :func:`circuit_edges`, each with its strength (the model's ``circuit_edge_strengths``).
 
     For a conv edge the absolute kernel weights summed over the kernel; for an ``fc``
-    edge those summed over the conv3 channel's positions.
+    edge those summed over the last site's positions. Empty for a model without the
+    capability.
     """
-    edges: dict[str, dict[tuple[int, int], float]] = {}
-    previous: list[int] | None = None  # None: the input, whose channels are all present
-    for layer in CIRCUIT_LAYERS:
-        w = getattr(model, layer).weight.detach().abs().sum(dim=(2, 3)).cpu()  # (out, in)
-        dst = torch.as_tensor(circuit.get(layer, []), dtype=torch.long)
-        src = torch.arange(w.shape[1]) if previous is None else torch.as_tensor(previous, dtype=torch.long)
-        sub = w[dst][:, src] if dst.numel() and src.numel() else torch.zeros(0, 0)
-        pairs = torch.nonzero(sub > 0)
-        edges[layer] = {(int(src[j]), int(dst[i])): float(sub[i, j]) for i, j in pairs.tolist()}
-        previous = circuit.get(layer, [])
-    fc = model.fc.weight.detach().abs().cpu()
-    channels = model.conv3.out_channels
-    per_channel = fc.view(fc.shape[0], channels, -1).sum(dim=2)  # (classes, conv3 channels)
-    outputs = range(fc.shape[0]) if target_class is None else [int(target_class)]
-    edges["fc"] = {
-        (c, k): float(per_channel[k, c]) for k in outputs for c in (previous or []) if float(per_channel[k, c]) > 0
-    }
-    return edges
+    found = getattr(model, "circuit_edge_strengths", None)
+    return found(circuit, target_class) if callable(found) else {}
 
 
 def circuit_edges(
-    model: SimpleCNN, circuit: Circuit, target_class: int | None = None
+    model: nn.Module, circuit: Circuit, target_class: int | None = None
 ) -> dict[str, list[tuple[int, int]]]:
     """Edges of a circuit: nonzero weights between active channels of consecutive layers.
 
-    Returns, per destination layer, ``(source, destination)`` pairs: ``conv1`` edges come
-    from input image channels, ``conv2``/``conv3`` from the previous layer's circuit
-    channels, and ``fc`` edges go from conv3 circuit channels to ``target_class`` (to
-    every class when it is None).
+    Returns, per destination site, ``(source, destination)`` pairs: the first site's
+    edges come from input image channels, later ones from the previous site's circuit
+    channels, and ``fc`` edges go from the last site's circuit channels to
+    ``target_class`` (to every class when it is None).
     """
     return {layer: list(found) for layer, found in circuit_edge_strengths(model, circuit, target_class).items()}

@@ -13,12 +13,14 @@ only on the labels, their parameters and a seed.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import hashlib
 import itertools
 import json
 import os
+import pickle
 import shutil
 import struct
 import zipfile
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedmi_flower.science.catalog import DATASETS, DatasetSpec
 from fedmi_flower.science.seeding import derive_seed, numpy_rng
 
 DATA_ROOT_ENV = "FEDMI_DATA_ROOT"
@@ -42,30 +45,6 @@ _IDX_LABELS_MAGIC = 0x00000801
 class DatasetError(RuntimeError):
     """A dataset could not be found or read; the message says where and how to fix it."""
 
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the loader needs to know about one dataset."""
-
-    torchvision_class: str  # the class in torchvision.datasets that downloads it
-    folder: str  # torchvision's folder under the data root
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_classes: int = 10
-    # Folders where a distribution package puts the gzip files (read-only).
-    system_dirs: tuple[str, ...] = ()
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("MNIST", "MNIST", (0.1307,), (0.3081,)),
-    "fashion-mnist": DatasetSpec(
-        "FashionMNIST",
-        "FashionMNIST",
-        (0.2860,),
-        (0.3530,),
-        system_dirs=("/usr/share/datasets/fashion-mnist",),
-    ),
-}
 
 _IDX_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -104,8 +83,8 @@ class ImageSplit:
         """Return the split on ``device`` (itself when already there)."""
         return ImageSplit(self.images.to(device), self.labels.to(device))
 
-    def class_counts(self, num_classes: int = 10) -> list[int]:
-        """Return the number of examples of each class."""
+    def class_counts(self, num_classes: int) -> list[int]:
+        """Return the number of examples of each of ``num_classes`` classes."""
         return torch.bincount(self.labels.cpu(), minlength=num_classes).tolist()
 
 
@@ -209,6 +188,8 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
     """
     spec = dataset_spec(name)
     root = Path(data_root)
+    if spec.reader == "cifar":
+        return _load_cifar(spec, root, train)
     raw_dir = root / spec.folder / "raw"
     image_file, label_file = (raw_dir / n for n in _IDX_FILES[train])
 
@@ -248,6 +229,98 @@ def load_raw(name: str, train: bool, data_root: str) -> tuple[torch.Tensor, torc
     return images, labels
 
 
+# Only these globals may appear in a CIFAR batch: the pieces numpy pickles an array with, and the
+# codec Python 3's protocol 2 rebuilds a bytes object with (latin-1 text to bytes; it runs nothing else).
+_CIFAR_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+CIFAR_FILES = {True: tuple(f"data_batch_{k}" for k in range(1, 6)), False: ("test_batch",)}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle named a global outside the CIFAR format's."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, bytes, strings, numbers and numpy arrays, and nothing else.
+
+    CIFAR-10's python batches are pickles; ``pickle.load`` would run whatever callable a
+    corrupt or malicious file names. Here any global outside :data:`_CIFAR_GLOBALS`
+    raises instead of being imported.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _Refused(f"refers to {module}.{name}")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own array reconstructor, wherever it lives
+        if module == "_codecs":
+            return codecs.encode
+        return getattr(np, name)
+
+
+def load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 batch file as (uint8 images (N, 3, 32, 32), int64 labels), read without running code.
+
+    Raises
+    ------
+    DatasetError
+        When the file is missing, is not a pickle of the batch format, or refers to
+        anything but the types of the format (one line naming the file and the fix).
+    """
+    fix = f"delete {path} and provide the dataset again (torchvision's CIFAR10 download writes this layout)"
+    try:
+        with path.open("rb") as fh:
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
+    except _Refused as err:
+        raise DatasetError(f"refused {path}: the pickle {err}, which a CIFAR-10 batch never does; {fix}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        OverflowError,
+    ) as err:
+        raise DatasetError(f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}); {fix}") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} holds a {type(batch).__name__}, not a CIFAR-10 batch dict; {fix}")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{path} has no uint8 'data' array of shape (N, 3072); {fix}")
+    if not isinstance(labels, list) or len(labels) != data.shape[0] or not all(isinstance(v, int) for v in labels):
+        raise DatasetError(f"{path} has no list of {data.shape[0]} integer 'labels'; {fix}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _load_cifar(spec: DatasetSpec, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folder = root / spec.folder
+    files = [folder / name for name in CIFAR_FILES[train]]
+    if not all(f.is_file() for f in files):
+        try:
+            _download(spec, root, train)
+        except Exception as err:  # offline
+            missing = [f.name for f in files if not f.is_file()]
+            raise DatasetError(
+                f"CIFAR-10 ({'train' if train else 'test'} split) not found: {folder} lacks {', '.join(missing)}, "
+                f"and torchvision's download failed ({type(err).__name__}). Put torchvision's "
+                f"cifar-10-batches-py folder under --data-root / ${DATA_ROOT_ENV}"
+            ) from err
+    parts = [load_cifar_batch(f) for f in files]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+        raise DatasetError(f"{folder} holds labels outside 0..{spec.num_classes - 1}; provide the dataset again")
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+
+
 def load_labels(name: str, train: bool = True, data_root: str | os.PathLike | None = None) -> np.ndarray:
     """Return the labels of a split as an int64 numpy array (what partitioners take)."""
     return load_raw(name, train, str(resolve_data_root(data_root)))[1].numpy()
@@ -280,7 +353,7 @@ def load_split(
             raise IndexError(f"indices out of range for {name} ({labels.shape[0]} rows)")
         images, labels = images[idx], labels[idx]
     x = images.to(torch.float32).div_(255.0)
-    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    x = x.unsqueeze(1) if x.dim() == 3 else x  # IDX files hold (N, H, W); CIFAR's reader gives (N, C, H, W)
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return ImageSplit(((x - mean) / std).contiguous(), labels.clone())
@@ -404,7 +477,7 @@ def partition_by_class_map(
     return _as_lists([np.concatenate(p) for p in parts])
 
 
-def classes_per_client_map(num_clients: int, k: int, num_classes: int = 10) -> list[list[int]]:
+def classes_per_client_map(num_clients: int, k: int, num_classes: int) -> list[list[int]]:
     """Return the disjoint class map where client i holds classes i*k .. i*k+k-1."""
     _check_clients(num_clients)
     if k < 1:
@@ -417,7 +490,7 @@ def classes_per_client_map(num_clients: int, k: int, num_classes: int = 10) -> l
     return [list(range(i * k, i * k + k)) for i in range(num_clients)]
 
 
-def shared_class_map(num_clients: int, shared: int, k_distinct: int, num_classes: int = 10) -> list[list[int]]:
+def shared_class_map(num_clients: int, shared: int, k_distinct: int, num_classes: int) -> list[list[int]]:
     """Return the map where every client holds ``shared`` plus ``k_distinct`` classes of its own.
 
     Distinct classes are handed out in order, skipping the shared one: with shared 0 and
@@ -495,7 +568,7 @@ def make_partitions(
     class_map: Sequence[Sequence[int]] | None = None,
     max_per_client: int | None = None,
     holdout_fraction: float = 0.1,
-    num_classes: int = 10,
+    num_classes: int | None = None,
 ) -> list[ClientPartition]:
     """Partition the training labels with ``scheme``, cap each client, split off its held-out rows.
 
@@ -603,6 +676,7 @@ def _experiment_partitions(data_json: str, clients: int, seed: int, data_root: s
         class_map=d["class_map"],
         max_per_client=d["max_per_client"],
         holdout_fraction=d["holdout_fraction"],
+        num_classes=dataset_spec(d["dataset"]).num_classes,
     )
     if cache is not None:
         _write_partitions(cache, parts)

@@ -18,10 +18,14 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from fedmi_flower.science.circuits import Circuit
-from fedmi_flower.science.model import CIRCUIT_LAYERS
 
 MEAN = "mean"
 K = TypeVar("K", bound=Hashable)
+
+
+def _sites(*circuits: Mapping[str, object]) -> list[str]:
+    """The site names the circuits (or per-site results) name, in first-seen order, ``MEAN`` left out."""
+    return list(dict.fromkeys(k for c in circuits for k in c if k != MEAN))
 
 
 def nanmean(values: Iterable[float]) -> float:
@@ -68,8 +72,9 @@ def chance_circuit_iou(a: Circuit, b: Circuit, layer_sizes: Mapping[str, int]) -
     return out
 
 
-def mean_entries(entries: Sequence[Mapping[str, float]], layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+def mean_entries(entries: Sequence[Mapping[str, float]], layers: Sequence[str] | None = None) -> dict[str, float]:
     """Per-layer NaN-aware mean of several per-layer results, and the mean over layers of those."""
+    layers = _sites(*entries) if layers is None else layers
     out = {layer: nanmean(e[layer] for e in entries) for layer in layers}
     out[MEAN] = nanmean(out[layer] for layer in layers)
     return out
@@ -80,19 +85,21 @@ def defined_pairs(entries: Iterable[Mapping[str, float]]) -> int:
     return sum(1 for e in entries if not math.isnan(e[MEAN]))
 
 
-def circuit_iou(a: Circuit, b: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
-    """IoU of two circuits per layer, and their mean over layers."""
+def circuit_iou(a: Circuit, b: Circuit, layers: Sequence[str] | None = None) -> dict[str, float]:
+    """IoU of two circuits per site (every site either names, unless ``layers`` says), and their mean over sites."""
+    layers = _sites(a, b) if layers is None else layers
     out = {layer: iou(a.get(layer, []), b.get(layer, [])) for layer in layers}
     out[MEAN] = nanmean(out[layer] for layer in layers)
     return out
 
 
-def inter_client_iou(circuits: Mapping[Hashable, Circuit], layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+def inter_client_iou(circuits: Mapping[Hashable, Circuit], layers: Sequence[str] | None = None) -> dict[str, float]:
     """Inter-client consistency (RQ1): mean pairwise IoU among the clients' circuits of one class.
 
     ``circuits`` maps client to its circuit for the class; only clients holding the class
     belong in it. Fewer than two clients: every value is NaN.
     """
+    layers = _sites(*circuits.values()) if layers is None else layers
     pairs = [circuit_iou(a, b, layers) for a, b in itertools.combinations(circuits.values(), 2)]
     out = {layer: nanmean(p[layer] for p in pairs) for layer in layers}
     out[MEAN] = nanmean(out[layer] for layer in layers)
@@ -118,7 +125,7 @@ def class_pairs(
 
 
 def class_pair_iou(
-    circuits: Mapping[Hashable, Mapping[int, Circuit]], layers: Sequence[str] = CIRCUIT_LAYERS
+    circuits: Mapping[Hashable, Mapping[int, Circuit]], layers: Sequence[str] | None = None
 ) -> dict[tuple[int, int], dict[str, float]]:
     """Overlap of different classes' circuits across clients (the specialists' distinctness, section 3.2).
 
@@ -128,6 +135,8 @@ def class_pair_iou(
     label skew no class has two holders, so this is the only inter-client comparison
     there is: the paper's Fig. 3 and 14 plot it.
     """
+    if layers is None:
+        layers = _sites(*(c for per in circuits.values() for c in per.values()))
     return {
         pair: mean_entries([circuit_iou(a, b, layers) for a, b in found], layers)
         for pair, found in class_pairs(circuits).items()
@@ -135,13 +144,13 @@ def class_pair_iou(
 
 
 def intra_client_stability(
-    current: Circuit, previous: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS
+    current: Circuit, previous: Circuit, layers: Sequence[str] | None = None
 ) -> dict[str, float]:
     """Intra-client stability (RQ2): IoU of a client's circuit in round t and in round t-1."""
     return circuit_iou(current, previous, layers)
 
 
-def local_global_iou(local: Circuit, global_: Circuit, layers: Sequence[str] = CIRCUIT_LAYERS) -> dict[str, float]:
+def local_global_iou(local: Circuit, global_: Circuit, layers: Sequence[str] | None = None) -> dict[str, float]:
     """Local-to-global preservation.
 
     IoU of a client's local circuit and the global model's circuit of the same class.

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fedmi_flower.config import make_model
 from fedmi_flower.records.results import json_safe
 from fedmi_flower.records.round_record import View
 from fedmi_flower.records.series import Run, RunError
-from fedmi_flower.science.model import CHANNELS, CIRCUIT_LAYERS
+from fedmi_flower.science.hook_points import site_sizes
 
 VIEWS = (
     (View.INTER_CLIENT_IOU, "inter-client IoU"),
@@ -50,13 +51,14 @@ def explorer_data(run: Run) -> dict[str, Any]:
     }
     clients = sorted({pid for r in records for pid in r.clients})
     classes = sorted({c for r in records for c in r.classes} | {c for r in records for c in r.global_model.circuits})
+    sizes = site_sizes(make_model(run.config))  # the run's own model, rebuilt from its saved config
     return {
         "name": run.name,
         "rounds": [r.round for r in records],
         "clients": [str(p) for p in clients],
         "classes": [str(c) for c in classes],
-        "layers": list(CIRCUIT_LAYERS),
-        "layer_sizes": dict(zip(CIRCUIT_LAYERS, CHANNELS)),
+        "layers": list(sizes),
+        "layer_sizes": sizes,
         "views": views,
         "records": [json_safe(r.to_json()) for r in records],
     }

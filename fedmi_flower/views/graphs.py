@@ -18,7 +18,7 @@ No Flower imports here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import matplotlib
@@ -26,18 +26,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch.nn as nn
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from fedmi_flower.config import make_model
 from fedmi_flower.records.results import WEIGHTS_FILE, RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.records.series import Run, RunError
 from fedmi_flower.science.circuits import Circuit, circuit_edge_strengths
-from fedmi_flower.science.model import CIRCUIT_LAYERS, SimpleCNN, build_model, set_weights
+from fedmi_flower.science.data import dataset_spec
+from fedmi_flower.science.hook_points import site_sizes
+from fedmi_flower.science.model import set_weights
 
-COLUMNS: tuple[str, ...] = ("input", *CIRCUIT_LAYERS, "output")
 Node = tuple[str, int]
 Edge = tuple[Node, Node]
 
@@ -62,22 +65,39 @@ class CircuitGraph:
 
     @property
     def channels(self) -> int:
-        """Circuit channels (conv nodes), the size the records report."""
-        return sum(1 for layer, _ in self.nodes if layer in CIRCUIT_LAYERS)
+        """Circuit channels (site nodes), the size the records report."""
+        return sum(1 for layer, _ in self.nodes if layer in self.layer_sizes)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The graph's columns: the input, the model's circuit sites in order, the output."""
+        return ("input", *self.layer_sizes, "output")
 
 
-def circuit_graph(model: SimpleCNN, circuit: Circuit, target_class: int, label: str, weights: str) -> CircuitGraph:
-    """The graph of ``circuit`` (of ``target_class``) on ``model``'s weights."""
+def circuit_graph(
+    model: nn.Module,
+    circuit: Circuit,
+    target_class: int,
+    label: str,
+    weights: str,
+    in_channels: int | None = None,
+) -> CircuitGraph:
+    """The graph of ``circuit`` (of ``target_class``) on ``model``'s weights.
+
+    Edges come from the model's ``circuit_edge_strengths`` capability; a model without it
+    gives a graph of nodes only. The input column has a node per image channel
+    (``in_channels``; when None, those the first site's edges start from).
+    """
+    sites = site_sizes(model)
     found = circuit_edge_strengths(model, circuit, target_class)
     strength: dict[Edge, float] = {}
-    for source, (layer, edges) in zip(("input", *CIRCUIT_LAYERS), found.items()):
+    for source, (layer, edges) in zip(("input", *sites), found.items()):
         into = "output" if layer == "fc" else layer
         strength.update({((source, s), (into, d)): w for (s, d), w in edges.items()})
-    nodes = {("input", i) for i in range(model.conv1.in_channels)} | {("output", int(target_class))}
-    nodes |= {(layer, int(ch)) for layer in CIRCUIT_LAYERS for ch in circuit.get(layer, [])}
-    return CircuitGraph(
-        frozenset(nodes), frozenset(strength), label, weights, dict(model.layer_sizes), strength=strength
-    )
+    inputs = range(in_channels) if in_channels is not None else {s for (src, s), _ in strength if src == "input"}
+    nodes = {("input", int(i)) for i in inputs} | {("output", int(target_class))}
+    nodes |= {(layer, int(ch)) for layer in sites for ch in circuit.get(layer, [])}
+    return CircuitGraph(frozenset(nodes), frozenset(strength), label, weights, sites, strength=strength)
 
 
 # ---------------------------------------------------------------------- weights of a round
@@ -89,9 +109,9 @@ class _Weights:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.dir = RunDirectory(run.path)
-        self.cache: dict[tuple[int, int | None], tuple[SimpleCNN, str]] = {}
+        self.cache: dict[tuple[int, int | None], tuple[nn.Module, str]] = {}
 
-    def model(self, server_round: int, client: int | None) -> tuple[SimpleCNN, str]:
+    def model(self, server_round: int, client: int | None) -> tuple[nn.Module, str]:
         key = (server_round, client)
         if key not in self.cache:
             arrays = self.dir.read_round_weights(server_round, client)
@@ -109,7 +129,7 @@ class _Weights:
                     f"{self.run.path} holds no weights ({WEIGHTS_FILE} is missing); "
                     "circuit graphs need them: rerun the experiment"
                 )
-            model = build_model()
+            model = make_model(self.run.config)
             set_weights(model, arrays)
             self.cache[key] = (model, note)
         return self.cache[key]
@@ -123,7 +143,8 @@ class _Weights:
             circuit = record.clients[client].circuits.get(cls, {})
             label = f"client {client}, class {cls}, round {server_round}"
         model, note = self.model(server_round, client)
-        return circuit_graph(model, circuit, cls, label, note)
+        channels = dataset_spec(self.run.config.data.dataset).image_shape[0]
+        return circuit_graph(model, circuit, cls, label, note, in_channels=channels)
 
 
 def _record(run: Run, server_round: int) -> RoundRecord:
@@ -173,9 +194,9 @@ def choose(run: Run, cls: int | None = None, server_round: int | None = None) ->
 # ---------------------------------------------------------------------- drawing
 
 
-def _positions(nodes: set[Node]) -> dict[Node, tuple[float, float]]:
+def _positions(nodes: set[Node], columns: Sequence[str]) -> dict[Node, tuple[float, float]]:
     pos = {}
-    for x, column in enumerate(COLUMNS):
+    for x, column in enumerate(columns):
         members = sorted(ch for layer, ch in nodes if layer == column)
         for i, ch in enumerate(members):
             pos[(column, ch)] = (float(x), 1.0 - (i + 0.5) / len(members))
@@ -187,7 +208,9 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
     b_nodes = b.nodes if b is not None else frozenset()
     b_edges = b.edges if b is not None else frozenset()
     nodes = set(a.nodes | b_nodes)
-    pos = _positions(nodes)
+    columns = a.columns
+    sites = a.layer_sizes
+    pos = _positions(nodes, columns)
     if b is None:
         groups = [(a.edges, a.nodes, SHARED)]
     else:
@@ -216,7 +239,7 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
                     zorder=1 if colour == SHARED else 2,
                 )
             )
-    counts = {column: sum(1 for layer, _ in nodes if layer == column) for column in COLUMNS}
+    counts = {column: sum(1 for layer, _ in nodes if layer == column) for column in columns}
     for group_nodes, colour in ((g[1], g[2]) for g in groups):
         if group_nodes:
             xy = np.array([pos[n] for n in sorted(group_nodes)])
@@ -230,10 +253,10 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
                 zorder=3,
             )
     for (column, ch), (x, y) in pos.items():
-        if counts[column] <= 40 and column in CIRCUIT_LAYERS:
+        if counts[column] <= 40 and column in sites:
             ax.text(x + 0.06, y, str(ch), fontsize=7, va="center", color="0.25", zorder=4)
-    for x, column in enumerate(COLUMNS):
-        if column in CIRCUIT_LAYERS:
+    for x, column in enumerate(columns):
+        if column in sites:
             size = a.layer_sizes.get(column, 0)
             head = f"{column}\n{counts[column]} of {size} channels"
         elif column == "input":
@@ -241,9 +264,9 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
         else:
             head = "output\n" + ", ".join(f"class {ch}" for layer, ch in sorted(nodes) if layer == "output")
         ax.text(x, 1.04, head, ha="center", va="bottom", fontsize=8)
-        if column in CIRCUIT_LAYERS and counts[column] == 0:
+        if column in sites and counts[column] == 0:
             ax.text(x, 0.5, "(none)", ha="center", va="center", fontsize=7, color="0.5")
-    ax.set_xlim(-0.4, len(COLUMNS) - 0.6)
+    ax.set_xlim(-0.4, len(columns) - 0.6)
     ax.set_ylim(-0.03, 1.16)
     ax.axis("off")
 

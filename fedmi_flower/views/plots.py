@@ -31,7 +31,6 @@ from matplotlib.ticker import MaxNLocator
 
 from fedmi_flower.records.round_record import ALIGNED_SUMMARY, FLOOR_OF_VIEW, SUMMARY_FLOOR, View
 from fedmi_flower.records.series import (
-    LAYERS,
     OVERALL,
     Run,
     Series,
@@ -285,9 +284,10 @@ def _per_layer_figure(
     ``view`` (a record key) adds the view's noise floor and chance level to every panel.
     """
     rounds = run.rounds
-    fig, axes = _figure(1, len(LAYERS))
+    layers = run.layers
+    fig, axes = _figure(1, len(layers))
     lines = list(dict.fromkeys(k[:-1] for k in series))
-    for ax, layer in zip(axes[0], LAYERS):
+    for ax, layer in zip(axes[0], layers):
         curves = [series[(*line, layer)] for line in lines if (*line, layer) in series]
         if view is not None:
             _draw_scale(ax, rounds, *_view_scale(run, view, layer))
@@ -297,7 +297,7 @@ def _per_layer_figure(
         _note_if_undefined(ax, curves, why)
         ax.set_title("mean over layers" if layer == "mean" else layer, fontsize=9)
         _round_axis(ax, rounds)
-        _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
+        _unit_axis(ax, "IoU" if layer == layers[0] else "")
     _legend(fig, list(axes.flat))
     _title(fig, run, what)
     return fig
@@ -342,10 +342,11 @@ def _client_grid(run: Run, series: Series, what: str, why: str, view: View) -> F
     """
     rounds = run.rounds
     clients = sorted({k[0] for k in series}) or sorted({p for r in run.records for p in r.clients})[:1]
-    fig, axes = _figure(max(len(clients), 1), len(LAYERS), width=3.0, height=2.1)
+    layers = run.layers
+    fig, axes = _figure(max(len(clients), 1), len(layers), width=3.0, height=2.1)
     for row, pid in zip(axes, clients):
         classes = sorted({k[1] for k in series if k[0] == pid})
-        for ax, layer in zip(row, LAYERS):
+        for ax, layer in zip(row, layers):
             curves = []
 
             def of_client(k: Any, pid: Any = pid) -> bool:
@@ -360,7 +361,7 @@ def _client_grid(run: Run, series: Series, what: str, why: str, view: View) -> F
             _note_if_undefined(ax, curves, why)
             ax.set_title(f"client {pid}, {'mean over layers' if layer == 'mean' else layer}", fontsize=9)
             _round_axis(ax, rounds)
-            _unit_axis(ax, "IoU" if layer == LAYERS[0] else "")
+            _unit_axis(ax, "IoU" if layer == layers[0] else "")
     _bottom_labels_only(axes)
     _legend(
         fig, list(axes.flat), order=lambda label: (0, int(label.split()[-1])) if label.startswith("class") else (1, 0)
@@ -1004,7 +1005,7 @@ def fig_frontier(points: Sequence[Any], title: str) -> Figure:
             ax.plot(xs, ys, color=colour, linewidth=1.6, marker="o", markersize=4, label=f"{objective} (mean)")
             for x, y, lam in zip(xs, ys, lambdas):
                 ax.annotate(f"{lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=colour)
-        ax.set_xlabel("circuit size (channels of 224)")
+        ax.set_xlabel("circuit size (channels)")
         ax.set_title(score, fontsize=9)
         _unit_axis(ax, score)
     _legend(fig, [axes[0][0]], title="objective and class (labels: L0 coefficient)")

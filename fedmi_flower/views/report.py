@@ -50,7 +50,6 @@ from fedmi_flower.records.results import CONFIG_FILE
 from fedmi_flower.records.round_record import RoundSummary, View
 from fedmi_flower.records.series import (
     GLOBAL,
-    LAYERS,
     OVERALL,
     Record,
     Run,
@@ -65,12 +64,12 @@ from fedmi_flower.records.series import (
     inter_client_series,
     layer_curve,
     local_global_series,
+    record_sites,
     setting_label,
     stability_series,
 )
 from fedmi_flower.science.law import fit_line
 from fedmi_flower.science.metrics import nanmean
-from fedmi_flower.science.model import CHANNELS
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
 
 DECLINE = 0.05
@@ -200,7 +199,7 @@ def rq1_numbers(records: Sequence[Record]) -> Numbers:
     """
     n, out = len(records), {}
     for label, series in (("same class", inter_client_series(records)), ("class pair", class_pair_series(records))):
-        for layer in LAYERS:
+        for layer in (*record_sites(records), "mean"):
             curve = layer_curve(series, layer, n)
             out[(RQ1, f"{label}, {layer}", FINAL)] = _last(curve)
             out[(RQ1, f"{label}, {layer}", MEAN_OVER_ROUNDS)] = nanmean(curve)
@@ -217,12 +216,12 @@ def rq2_numbers(records: Sequence[Record]) -> Numbers:
     n, out = len(records), {}
     rounds = [r.round for r in records]
     stab = stability_series(records)
-    for layer in LAYERS:
+    for layer in (*record_sites(records), "mean"):
         curve = layer_curve(stab, layer, n)
         out[(RQ2_STABILITY, layer, FINAL)] = _last(curve)
         out[(RQ2_STABILITY, layer, MEAN_OVER_ROUNDS)] = nanmean(curve)
     lg = local_global_series(records)
-    for layer in LAYERS:
+    for layer in (*record_sites(records), "mean"):
         curve = layer_curve(lg, layer, n)
         defined = ~np.isnan(curve)
         if not defined.any():
@@ -533,7 +532,7 @@ def format_value(key: Key, value: float) -> str:
         return "yes" if value else "no"
     if kind == "channels":  # a mean over circuits: one decimal unless whole ("0.4", not "0", for near-empty ones)
         number = f"{value:.0f}" if value == round(value) else f"{value:.1f}"
-        return f"{number} of {sum(CHANNELS)} channels"
+        return f"{number} channels"
     return f"{value:.0f}" if kind == "count" else f"{value:.3f}"
 
 
@@ -551,7 +550,7 @@ def format_spread(key: Key, s: Spread) -> str:
         std = "—" if math.isnan(s.std) else f"{s.std:.{digits}f}"
         text = f"{s.mean:.{digits}f} ± {std} [{low}, {high}]"
         if kind == "channels":
-            text += f" of {sum(CHANNELS)} channels"
+            text += " channels"
     return text if s.n == s.total else f"{text} (defined in {s.n} of {s.total} runs)"
 
 

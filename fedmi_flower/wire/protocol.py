@@ -75,8 +75,8 @@ class FitInstructions:
 def encode_circuits(circuits: Mapping[int, Circuit], layer_sizes: Mapping[str, int]) -> bytes:
     """Pack circuits into bytes: magic, class count, then per class its id and its bit mask.
 
-    The mask of a class concatenates the layers in ``layer_sizes`` order (224 bits,
-    28 bytes, for the paper's CNN).
+    The mask of a class concatenates the sites in ``layer_sizes`` order, one bit a
+    channel, padded to whole bytes.
     """
     total = sum(layer_sizes.values())
     parts = [CIRCUITS_MAGIC, struct.pack(">H", len(circuits))]
@@ -93,13 +93,14 @@ def encode_circuits(circuits: Mapping[int, Circuit], layer_sizes: Mapping[str, i
     return b"".join(parts)
 
 
-def decode_circuits(blob: Any, layer_sizes: Mapping[str, int], num_classes: int = 10) -> dict[int, Circuit]:
+def decode_circuits(blob: Any, layer_sizes: Mapping[str, int], num_classes: int | None = None) -> dict[int, Circuit]:
     """Unpack :func:`encode_circuits` output, checking every byte of it.
 
     Raises
     ------
     PayloadError
-        Wrong type, size, magic or padding; a class id out of range or repeated.
+        Wrong type, size, magic or padding; a class id out of range (``num_classes``,
+        when given) or repeated.
     """
     if not isinstance(blob, (bytes, bytearray)):
         raise PayloadError(f"circuits must be bytes, got {type(blob).__name__}")
@@ -119,7 +120,7 @@ def decode_circuits(blob: Any, layer_sizes: Mapping[str, int], num_classes: int 
     pos = 6
     for _ in range(count):
         cls = blob[pos]
-        if cls >= num_classes:
+        if num_classes is not None and cls >= num_classes:
             raise PayloadError(f"circuits payload names class {cls}; classes are 0..{num_classes - 1}")
         if cls in out:
             raise PayloadError(f"circuits payload repeats class {cls}")
@@ -227,7 +228,7 @@ def report_from_metrics(
     *,
     num_clients: int,
     layer_sizes: Mapping[str, int],
-    num_classes: int = 10,
+    num_classes: int,
 ) -> ClientReport:
     """Decode and validate a client's fit metrics.
 
