@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procmem import run_measured
 
-from fedmi_flower.config import load_experiment
+from fedmi_flower.config import load_experiment, parse_override
 
 REFERENCE_SECONDS = 845.0
 REPO = Path(__file__).resolve().parent.parent
@@ -80,12 +80,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--set", action="append", default=[], help="override for the Ray run, as for fedmi run")
+    parser.add_argument(
+        "--set", action="append", default=[], help="override, as for fedmi run (e.g. model.name=resnet10)"
+    )
     args = parser.parse_args()
     o = overrides(args.epochs, args.quick)
+    o.update(dict(parse_override(extra) for extra in args.set))
     config = load_experiment("quickstart", o)
     print(
-        f"round: {config.clients} clients, {config.train.epochs} epoch(s), sparsity {config.train.sparsity}, "
+        f"round: {config.model.name} on {config.data.dataset}, "
+        f"{config.clients} clients, {config.train.epochs} epoch(s), sparsity {config.train.sparsity}, "
         f"{config.discovery.steps} discovery steps, classes {config.analysis.classes}"
     )
     results = {}
@@ -103,7 +107,6 @@ def main() -> None:
             report(record, "in-process")
         if args.mode in ("ray", "both"):
             sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}".replace("'", '"')) for k, v in o.items()))
-            sets += list(itertools.chain.from_iterable(("--set", extra) for extra in args.set))
             command = [
                 sys.executable,
                 "-m",

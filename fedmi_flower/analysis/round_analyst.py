@@ -144,13 +144,13 @@ def compare(a: Circuit, b: Circuit, layer_sizes: Mapping[str, int]) -> IoU:
     return IoU(circuit_iou(a, b, list(layer_sizes)), chance=chance_circuit_iou(a, b, layer_sizes))
 
 
-def summarise_pairs(pairs: Sequence[IoU]) -> IoU:
-    """Mean IoU over compared pairs (per layer and over layers), their mean chance level, and how many
-    pairs are defined.
+def summarise_pairs(pairs: Sequence[IoU], sites: Sequence[str]) -> IoU:
+    """Mean IoU over compared pairs (per site and over sites), their mean chance level, and how many
+    pairs are defined (none: every value NaN).
     """
     return IoU(
-        mean_entries([p.layers for p in pairs]),
-        chance=mean_entries([p.chance or {} for p in pairs]),
+        mean_entries([p.layers for p in pairs], sites),
+        chance=mean_entries([p.chance or {} for p in pairs], sites),
         pairs=defined_pairs([p.layers for p in pairs]),
     )
 
@@ -339,7 +339,7 @@ class RoundAnalyst:
         for cls in classes:
             holders = {r.partition_id: r.circuits[cls] for r in reports if cls in r.circuits}
             pairs = [compare(a, b, sizes) for a, b in itertools.combinations(holders.values(), 2)]
-            out[cls] = dataclasses.replace(summarise_pairs(pairs), clients=sorted(holders))
+            out[cls] = dataclasses.replace(summarise_pairs(pairs, list(sizes)), clients=sorted(holders))
         return out
 
     @staticmethod
@@ -347,7 +347,8 @@ class RoundAnalyst:
         """Class-pair IoU per pair of classes ``a-b``: class a's circuit on one client against class b's on another."""
         found = class_pairs({r.partition_id: r.circuits for r in reports})
         return {
-            f"{a}-{b}": summarise_pairs([compare(x, y, sizes) for x, y in pairs]) for (a, b), pairs in found.items()
+            f"{a}-{b}": summarise_pairs([compare(x, y, sizes) for x, y in pairs], list(sizes))
+            for (a, b), pairs in found.items()
         }
 
     @staticmethod
