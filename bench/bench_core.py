@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from fedmi_flower.science.circuits import circuits_from_scores, evaluate_circuits, learn_gate_scores
+from fedmi_flower.science.circuits import circuits_from_scores, evaluate_circuits
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.discovery import learn_gate_scores
 from fedmi_flower.science.models import build_model
 from fedmi_flower.science.seeding import torch_generator
 from fedmi_flower.science.sparsity import train_sparse

@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from fedmi_flower.science.circuits import channel_means, circuit_size, evaluate_circuits, find_circuits
+from fedmi_flower.science.circuits import channel_means, circuit_size, evaluate_circuits
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.discovery import find_circuits
 from fedmi_flower.science.model import evaluate
 from fedmi_flower.science.models import build_model
 from fedmi_flower.science.objectives import objective_setting

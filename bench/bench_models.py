@@ -21,13 +21,14 @@ import time
 
 import torch
 
-from fedmi_flower.science.circuits import circuits_from_scores, evaluate_circuits, learn_gate_scores
+from fedmi_flower.science.circuits import circuits_from_scores, evaluate_circuits
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
 from fedmi_flower.science.seeding import torch_generator
 from fedmi_flower.science.sparsity import train_sparse
 
 try:  # this tree: any model by name
     from fedmi_flower.science.data import dataset_spec
+    from fedmi_flower.science.discovery import learn_gate_scores
     from fedmi_flower.science.models import build_model
 
     def make(name: str, dataset: str) -> torch.nn.Module:
@@ -35,6 +36,7 @@ try:  # this tree: any model by name
         return build_model(name, in_channels=channels, image_size=size, num_classes=10, seed=0)
 
 except ImportError:  # a tree before the model interface: SimpleCNN only
+    from fedmi_flower.science.circuits import learn_gate_scores  # type: ignore[attr-defined,no-redef]
     from fedmi_flower.science.model import build_model as build_simple_cnn  # type: ignore[attr-defined,no-redef]
 
     def make(name: str, dataset: str) -> torch.nn.Module:

@@ -23,8 +23,8 @@ from inprocess import _Node
 
 from fedmi_flower.apps.server_app import prepare_run
 from fedmi_flower.config import load_experiment
-from fedmi_flower.science.circuits import discover_circuits
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.discovery import discover_circuits
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.models import build_model

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from fedmi_flower.science.circuits import learn_gate_scores
 from fedmi_flower.science.data import load_labels, load_split, partition_iid
+from fedmi_flower.science.discovery import learn_gate_scores
 from fedmi_flower.science.models import build_model
 from fedmi_flower.science.sparsity import train_sparse
 

@@ -15,9 +15,7 @@ from fedmi_flower.config import AnalysisConfig, ExperimentConfig
 from fedmi_flower.science.circuits import (
     SCORE_NAMES,
     Circuit,
-    channel_means,
     evaluate_circuits,
-    find_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.hook_points import site_sizes
@@ -98,9 +96,10 @@ class CircuitClient(NumPyClient):
         its own model and on the global weights differ by the weights alone, not by what a
         closed channel outputs (means over a 2-class client's own rows would carry its classes).
         """
-        if cfg.discovery.resolved_ablation != "mean":
+        recipe = cfg.discovery.recipe()
+        if recipe.ablation != "mean":  # before touching self.reference, which loads it
             return None
-        return channel_means(model, self.reference if self.reference is not None else self.train)
+        return recipe.fill(model, self.reference if self.reference is not None else self.train)
 
     def negatives(self, cfg: ExperimentConfig, data: ImageSplit) -> ImageSplit | None:
         """The other images the faithful objective shows this client's circuits: None means its own rows.
@@ -186,14 +185,13 @@ class CircuitClient(NumPyClient):
         circuits: dict[int, Circuit] = {}
         steps_run: list[int] = []
         if classes:
-            circuits, steps_run = find_circuits(
+            circuits, steps_run = cfg.discovery.recipe().find(
                 model,
                 self.train,
                 classes,
                 means=means,
                 negatives=self.negatives(cfg, self.train),
                 seed=derive_seed(cfg.seed, "client-discovery", rnd, pid),
-                **cfg.discovery.settings(),
             )
         t_discovery = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -259,14 +257,8 @@ class CircuitClient(NumPyClient):
         )
         classes = [c for c in circuits if bool((redraw.labels == c).any())]
         means = self.fill_means(model, cfg)
-        again, _ = find_circuits(
-            model,
-            redraw,
-            classes,
-            means=means,
-            negatives=self.negatives(cfg, redraw),
-            seed=seed,
-            **cfg.discovery.settings(),
+        again, _ = cfg.discovery.recipe().find(
+            model, redraw, classes, means=means, negatives=self.negatives(cfg, redraw), seed=seed
         )
         return {c: circuit_iou(circuits[c], again[c]) for c in classes}
 

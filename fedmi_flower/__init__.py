@@ -30,7 +30,8 @@ _INTERFACE = {
     "PermutationSpec": "fedmi_flower.science.permutation_spec",
     "build_model": "fedmi_flower.science.models",
     "check_model": "fedmi_flower.science.models",
-    "discover_circuits": "fedmi_flower.science.circuits",
+    "discover_circuits": "fedmi_flower.science.discovery",
+    "Discovery": "fedmi_flower.science.discovery",
     "evaluate_circuits": "fedmi_flower.science.circuits",
 }
 

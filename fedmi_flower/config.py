@@ -34,9 +34,9 @@ from fedmi_flower.science.objectives import ABLATIONS, GATES, OBJECTIVES, object
 if typing.TYPE_CHECKING:
     import torch.nn as nn
 
+    from fedmi_flower.science.discovery import Discovery
+
 EXPERIMENTS_ENV = "FEDMI_EXPERIMENTS"
-_CONFIG_ONLY = ("negatives", "reference_size")
-"""Discovery settings the apps act on (which other images a client gives discovery); not arguments of the science."""
 STRATEGIES = (
     "fedavg",
     "fedprox",
@@ -217,12 +217,26 @@ class DiscoveryConfig:
         wants_others = self.objective == "faithful" or self.target_faithfulness is not None
         return wants_others and (self.negatives == "reference" or classes_held < 2)
 
-    def settings(self) -> dict[str, Any]:
-        """Keyword arguments of ``find_circuits`` (``auto`` resolved, config-only keys left out)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _CONFIG_ONLY}
-        out["ablation"] = self.resolved_ablation
-        out["gate"] = objective_setting(self.objective, "gate", None if self.gate == "auto" else self.gate)
-        return out
+    def recipe(self) -> Discovery:
+        """The one discovery recipe clients, the server's analysis and the frontier follow (``auto`` resolved)."""
+        from fedmi_flower.science.discovery import Discovery  # deferred: the config is read without torch
+
+        return Discovery(
+            objective=self.objective,
+            gate=None if self.gate == "auto" else self.gate,
+            steps=self.steps,
+            lr=self.lr,
+            l0_lambda=self.l0_lambda,
+            init_score=self.init_score,
+            temperature_start=self.temperature_start,
+            temperature_end=self.temperature_end,
+            batch_per_class=self.batch_per_class,
+            ablation=None if self.ablation == "auto" else self.ablation,
+            target_faithfulness=self.target_faithfulness,
+            negatives=self.negatives,
+            patience=self.patience,
+            min_steps=self.min_steps,
+        )
 
 
 @dataclass

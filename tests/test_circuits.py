@@ -10,11 +10,10 @@ from fedmi_flower.science.circuits import (
     channel_means,
     circuit_edges,
     circuits_from_scores,
-    discover_circuits,
     evaluate_circuits,
-    learn_gate_scores,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.discovery import discover_circuits, learn_gate_scores
 from fedmi_flower.science.hook_points import activations, logits, site_sizes
 from fedmi_flower.science.metrics import circuit_iou
 from fedmi_flower.science.models import SimpleCNN, build_model

@@ -8,8 +8,9 @@ import pytest
 import torch
 from planted import BRAKE, EVIDENCE, SHORTCUT, concat, half_bright_images, shortcut_model
 
-from fedmi_flower.science.circuits import discover_circuits, evaluate_circuits, find_circuits
+from fedmi_flower.science.circuits import evaluate_circuits
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.discovery import discover_circuits, find_circuits
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import circuit_iou
 from fedmi_flower.science.models import build_model
@@ -106,21 +107,21 @@ def test_the_faithful_objectives_other_images_come_from_one_seeded_pool_of_bound
 
 
 def test_discovery_draws_other_images_from_the_pool_and_from_every_other_row_when_the_pool_has_too_few(monkeypatch):
-    from fedmi_flower.science import circuits
+    from fedmi_flower.science import circuits, discovery
 
     given: dict[int, torch.Tensor] = {}
-    real_draws = circuits._draws
+    real_draws = discovery._draws
 
     def recording_draws(rows, steps, n, seed, stream, cls):
         if stream == "negatives":
             given[cls] = rows.clone()
         return real_draws(rows, steps, n, seed, stream, cls)
 
-    monkeypatch.setattr(circuits, "_draws", recording_draws)
+    monkeypatch.setattr(discovery, "_draws", recording_draws)
     model = shortcut_model()
     # 800 rows, balanced: the pool (512 of them) holds plenty of other images for each class.
     data = mixed_data(n=200)
-    circuits.learn_gate_scores(model, data, CLASSES, objective="faithful", steps=2, seed=5)
+    discovery.learn_gate_scores(model, data, CLASSES, objective="faithful", steps=2, seed=5)
     pool = set(circuits._negative_pool(len(data), 5, torch.device("cpu")).tolist())
     for cls in CLASSES:
         rows = set(given[cls].tolist())
@@ -130,6 +131,6 @@ def test_discovery_draws_other_images_from_the_pool_and_from_every_other_row_whe
     # so class 3 draws from all 20 rows of class 8, not only from those the pool happened to take.
     skewed = concat(half_bright_images(620, 3), half_bright_images(20, 8))
     given.clear()
-    circuits.learn_gate_scores(model, skewed, [3], objective="faithful", steps=2, seed=5)
+    discovery.learn_gate_scores(model, skewed, [3], objective="faithful", steps=2, seed=5)
     assert set(given[3].tolist()) == set(range(620, 640))
     assert circuits.MIN_POOLED_OTHERS > 20

@@ -18,7 +18,8 @@ from runs import rounds_json
 from clients import CircuitClient
 from clients.faults import InjectedFailure
 from fedmi_flower.config import ConfigError, ExperimentConfig
-from fedmi_flower.science.circuits import circuit_size, circuits_from_scores, learn_gate_scores
+from fedmi_flower.science.circuits import circuit_size, circuits_from_scores
+from fedmi_flower.science.discovery import learn_gate_scores
 from fedmi_flower.science.metrics import circuit_iou
 from fedmi_flower.science.models import build_model
 from fedmi_flower.wire.protocol import FitInstructions, fit_instructions

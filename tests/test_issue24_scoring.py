@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-import clients.circuit_client as circuit_client
 import fedmi_flower.analysis.frontier as frontier_module
 import fedmi_flower.apps.client_app as client_app
 from fedmi_flower.analysis.reference import reference_images
@@ -24,6 +23,7 @@ from fedmi_flower.config import load_experiment
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.science.data import load_labels, server_splits
+from fedmi_flower.science.discovery import Discovery
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.models import build_model
 from fedmi_flower.science.verdicts import circuit_verdict
@@ -62,7 +62,7 @@ def test_specificity_for_every_client(mnist_root, monkeypatch):
     node = {"partition-id": 0, "num-partitions": config.clients, "data-root": mnist_root}
     client = build_client(config.to_run_config(), node)
     assert len(torch.unique(client.train.labels)) == 1  # the split holds one class, as the experiment says
-    discovered = _recording(monkeypatch, circuit_client, "find_circuits")
+    discovered = _recording(monkeypatch, Discovery, "find")
     _, _, metrics = client.fit(get_weights(build_model(seed=0)), fit_instructions(config, 1))
 
     # Discovery is the paper's Eq. 3 as before: target images only, no other images given.
@@ -136,11 +136,18 @@ def _run_with_a_round(tmp_path, mnist_root, negatives: str) -> tuple[RunDirector
 def test_frontier_uses_run_negatives(tmp_path, mnist_root, monkeypatch, negatives):
     """With ``discovery.negatives = "reference"`` the frontier's discovery takes the run's reference set."""
     run, config = _run_with_a_round(tmp_path, mnist_root, negatives)
-    calls = _recording(monkeypatch, frontier_module, "discover_circuits")
+    calls: list[dict] = []
+    real_discover = frontier_module.discover
+
+    def watched(recipe, *args, **kwargs):
+        calls.append({"objective": recipe.objective, **kwargs})
+        return real_discover(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(frontier_module, "discover", watched)
     # The sweep's own settings: every other setting is the run's (steps cut down for the test).
     monkeypatch.setattr(frontier_module, "LAMBDAS", (0.01,))
-    real_settings = type(config.discovery).settings
-    monkeypatch.setattr(type(config.discovery), "settings", lambda self: {**real_settings(self), "steps": 3})
+    real_recipe = type(config.discovery).recipe
+    monkeypatch.setattr(type(config.discovery), "recipe", lambda self: real_recipe(self).replace(steps=3))
     server_round, points = frontier_module.frontier(
         run.path, lambdas=(0.01,), objectives=("faithful", "paper"), data_root=mnist_root
     )

@@ -25,8 +25,9 @@ from runs import REPO, rounds_json, sets
 from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
 from fedmi_flower.science.alignment import identity, inverse, layout_of, match_weights, permute, site_permutation
 from fedmi_flower.science.catalog import MODEL_NAMES
-from fedmi_flower.science.circuits import circuit_only_logits, circuit_size, discover_circuits, evaluate_circuits
+from fedmi_flower.science.circuits import circuit_only_logits, circuit_size, evaluate_circuits
 from fedmi_flower.science.data import DatasetError, ImageSplit, load_cifar_batch, load_split
+from fedmi_flower.science.discovery import discover_circuits
 from fedmi_flower.science.hook_points import HookPoint, captured, gated, head, hook_points, site_sizes, stem
 from fedmi_flower.science.model import get_weights, set_weights
 from fedmi_flower.science.models import ModelError, build_model, check_model

@@ -18,10 +18,11 @@ from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.config import make_model
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RecordError
-from fedmi_flower.science.circuits import channel_means, circuit_size, discover_circuits, evaluate_circuits
+from fedmi_flower.science.circuits import Circuit, channel_means, circuit_size, evaluate_circuits
 from fedmi_flower.science.data import load_split
+from fedmi_flower.science.discovery import Discovery
 from fedmi_flower.science.model import set_weights
-from fedmi_flower.science.objectives import OBJECTIVES, objective_setting
+from fedmi_flower.science.objectives import OBJECTIVES
 from fedmi_flower.science.seeding import derive_seed
 
 LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -79,28 +80,32 @@ def frontier(
     reference = reference_images(config, data_root)
     means = channel_means(model, reference)
     held = sum(1 for n in probe.class_counts(config.num_classes) if n >= config.analysis.min_class_examples)
-    base: dict[str, Any] = {
-        k: v
-        for k, v in config.discovery.settings().items()
-        if k not in ("objective", "l0_lambda", "ablation", "gate", "batch_per_class", "target_faithfulness")
-    }
+    run_recipe = config.discovery.recipe()
     points = []
     for objective in objectives:
-        ablation = objective_setting(objective, "ablation")
+        # The run's recipe with the sweep's own knobs: the objective, its gate, ablation and batch, the L0
+        # coefficient, and no target faithfulness (the sweep reads the learned circuits).
+        swept = run_recipe.replace(
+            objective=objective,
+            gate=None,
+            ablation=None,
+            batch_per_class=None,
+            l0_lambda=None,
+            target_faithfulness=None,
+        )
         # The other images the run's own discovery takes for this objective: the reference set with
         # discovery.negatives = "reference" (or a probe of one class), else the probe's rows of other classes.
-        # The sweep sets no target faithfulness (base leaves it out), so only the objective asks for others.
-        swept = dataclasses.replace(config.discovery, objective=objective, target_faithfulness=None)
         negatives = reference if swept.uses_reference(held) else None
+        ablation = str(swept.ablation)
         for lam in lambdas:
-            circuits = discover_circuits(
+            circuits = discover(
+                swept.replace(l0_lambda=lam),
                 model,
                 probe,
                 record.classes,
                 seed=derive_seed(config.seed, "frontier", record.round),
                 means=means if ablation == "mean" else None,
                 negatives=negatives,
-                **{**base, "objective": objective, "l0_lambda": lam, "ablation": ablation},
             )
             pairs = sorted(circuits.items())
             scored = evaluate_circuits(model, evaluation, pairs, ablation=ablation, means=means)
@@ -111,3 +116,8 @@ def frontier(
                     )
                 )
     return record.round, points
+
+
+def discover(recipe: Discovery, model: Any, data: Any, classes: Any, **given: Any) -> dict[int, Circuit]:
+    """One point's circuits (a function of its own, so that a test can watch what each point is given)."""
+    return recipe.find(model, data, classes, **given)[0]

@@ -79,9 +79,7 @@ from fedmi_flower.science.circuits import (
     SCORE_NAMES,
     Circuit,
     CircuitScores,
-    channel_means,
     circuit_size,
-    discover_circuits,
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
@@ -254,15 +252,15 @@ class RoundAnalyst:
         )
         if use_reference and self.reference is None:
             raise ValueError("the faithful objective needs the reference set here, and the analyst was given none")
-        return discover_circuits(
+        circuits, _ = discovery.recipe().find(
             model,
             data.to(device),
             present,
             negatives=self.reference.to(device) if use_reference and self.reference is not None else None,
             means=self.fill_means(model),
             seed=derive_seed(self.config.seed, purpose, server_round),
-            **discovery.settings(),
         )
+        return circuits
 
     def noise_floor(
         self,
@@ -513,9 +511,9 @@ class RoundAnalyst:
 
     def fill_means(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """Channel means of ``model`` for mean ablation, on the reference images the clients use too."""
-        if self.config.discovery.resolved_ablation != "mean":
-            return None
-        return channel_means(model, self.reference if self.reference is not None else self.evaluation)
+        return self.config.discovery.recipe().fill(
+            model, self.reference if self.reference is not None else self.evaluation
+        )
 
     def control(self, classes: Sequence[int]) -> GlobalEntry | None:
         """The random-weight control (Adebayo et al. 2018): discovery on a model that was never trained.

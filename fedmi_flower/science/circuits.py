@@ -24,10 +24,10 @@ channels whose decisions agree with the model's at least that often
 (:func:`smallest_faithful_circuit`, the bisection of Gao et al. 2025): circuit sizes
 then compare across clients and rounds, unlike those of a fixed L0 coefficient.
 
-All requested classes are discovered in one optimisation loop: every class has its
-own gate set, every image is gated by its own class's gates, and each class's loss
-term touches only its own scores. Adam acts element-wise, so this equals running the
-classes one by one on the same batches, at the cost of one larger batch per step.
+The optimisation itself, one recipe for clients and server, is
+:mod:`fedmi_flower.science.discovery`; this module holds its pieces (the gradient of
+the straight-through gate, the image draws, the stem cache, the faithful loss), the
+smallest faithful circuit and the scores of a circuit.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -45,7 +44,7 @@ from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.hook_points import activations, site_sizes
 from fedmi_flower.science.hook_points import head as run_head
 from fedmi_flower.science.hook_points import stem as run_stem
-from fedmi_flower.science.objectives import ABLATIONS, GATES, objective_setting
+from fedmi_flower.science.objectives import ABLATIONS
 from fedmi_flower.science.seeding import torch_generator
 
 Circuit = dict[str, list[int]]
@@ -261,195 +260,6 @@ def _faithful_loss(logits: torch.Tensor, target: torch.Tensor, model_says: torch
     return F.relu(FAITHFUL_MARGIN - sign * (target_logit - rival)).sum()
 
 
-def learn_gate_scores(
-    model: nn.Module,
-    data: ImageSplit,
-    classes: Sequence[int],
-    *,
-    objective: str = "paper",
-    gate: str | None = None,
-    steps: int = 200,
-    lr: float = 0.1,
-    l0_lambda: float | None = None,
-    init_score: float = 2.0,
-    temperature_start: float = 1.0,
-    temperature_end: float = 0.1,
-    batch_per_class: int | None = None,
-    ablation: str | None = None,
-    means: Mapping[str, torch.Tensor] | None = None,
-    negatives: ImageSplit | None = None,
-    seed: int = 0,
-    patience: int | None = None,
-    min_steps: int = 0,
-    check_every: int = 10,
-) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Optimise the gate scores of every class in ``classes`` in one loop (see the module docstring).
-
-    Parameters
-    ----------
-    model : nn.Module
-        Model whose weights stay frozen.
-    data : ImageSplit
-        Images to discover on; each class draws its own images from its own rows.
-    classes : sequence of int
-        Classes to discover; every one must have at least one example in ``data``.
-    objective : {"paper", "faithful"}
-        Eq. 3 (target images only), or the full model's own decision about c (a hinge
-        on the margin of c's logit) on target and other images.
-    gate : {"straight-through", "annealed"}, optional
-        Heaviside forward with a sigmoid gradient, or sigmoid(score / T) with T going
-        from ``temperature_start`` to ``temperature_end`` geometrically. None: the
-        objective's default (:data:`OBJECTIVE_DEFAULTS`).
-    steps, lr, l0_lambda, init_score : int, float, float, float
-        Optimisation steps, Adam learning rate, L0 penalty coefficient (None: the
-        objective's default) and initial score (paper: 200, 0.1, 0.01, 2.0). The penalty is
-        ``l0_lambda * sum(sigmoid(score))`` for both gates: with the annealed gate it does
-        not sharpen with the temperature, so one coefficient is not the same pressure
-        under both gates (the defaults were measured per objective).
-    batch_per_class : int, optional
-        Images of each class per step (and as many other images, for ``faithful``),
-        drawn with replacement from a stream seeded by ``(seed, class)`` so that a class
-        sees the same images whatever other classes run beside it. None: the
-        objective's default (paper 32; faithful 16, so that it sees as many images per
-        step as the paper's objective).
-    ablation : {"zero", "mean"}, optional
-        What a closed channel outputs; None: the objective's default.
-    means : mapping, optional
-        Channel means for mean ablation; measured on ``data`` when omitted.
-    negatives : ImageSplit, optional
-        ``faithful`` only: where the other images come from (labels unused); without
-        it, ``data``'s rows of other classes among a fixed, seeded pool of at most
-        :data:`NEGATIVE_POOL` of its rows.
-    seed : int
-        Seed of the image draws.
-    patience : int, optional
-        Early stop per class: a class whose gate pattern has not changed for
-        ``patience`` steps (checked every ``check_every`` steps, not before
-        ``min_steps``) is retired and its scores frozen; the loop ends when all are.
-        ``None`` runs all ``steps`` (the paper's protocol). Patience counts from
-        :func:`earliest_gate_change` at the soonest: before it no gate can have closed, so
-        an unchanged pattern there says nothing about convergence; and a class whose
-        pattern is still the initial one (gates slowed by gradients that cancel) is
-        never retired early.
-
-    Returns
-    -------
-    scores : dict of layer name to tensor
-        Final scores, shape (len(classes), channels).
-    steps_run : list of int
-        Steps each class was optimised for.
-    """
-    gate = objective_setting(objective, "gate", gate)
-    ablation = objective_setting(objective, "ablation", ablation)
-    l0 = float(objective_setting(objective, "l0_lambda", l0_lambda))
-    batch_per_class = int(objective_setting(objective, "batch_per_class", batch_per_class))
-    if gate not in GATES:
-        raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
-    classes = [int(c) for c in classes]
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"classes repeat: {classes}")
-    device = next(model.parameters()).device
-    data = data.to(device)
-    fill = _ablation_fill(model, data, ablation, means)
-    faithful = objective == "faithful"
-    # Other images come after data's rows in one pool, so that one stem cache serves both.
-    pool = data if negatives is None or not faithful else _concat(data, negatives.to(device))
-    k = len(classes)
-    negative_pool = _negative_pool(len(data), seed, device)
-    draws = []
-    for cls in classes:
-        if not bool((data.labels == cls).any()):
-            raise ValueError(f"class {cls} has no examples in the discovery data")
-        rows = [_draws(_rows(data.labels, cls), steps, batch_per_class, seed, "discovery", cls)]
-        if faithful:
-            if negatives is not None:
-                reference = torch.arange(len(data), len(pool), device=device)
-                rows.append(_draws(reference, steps, batch_per_class, seed, "negatives", cls))
-            elif bool((data.labels != cls).any()):
-                rows.append(
-                    _draws(_other_rows(data.labels, negative_pool, cls), steps, batch_per_class, seed, "negatives", cls)
-                )
-            else:
-                raise ValueError(
-                    f"the faithful objective needs images other than class {cls}'s, and the data holds class {cls} "
-                    "only: give negatives (discovery.negatives = 'reference')"
-                )
-        draws.append(torch.cat(rows, dim=1))
-    per_class = batch_per_class * (2 if faithful else 1)
-    draws_t = (
-        torch.stack(draws, dim=1) if k else torch.empty(steps, 0, per_class, dtype=torch.long, device=device)
-    )  # (steps, K, n)
-    stems, draws_t = _stem_cache(model, pool.images, draws_t)
-    owner = torch.arange(k, device=device).repeat_interleave(per_class)  # gate row of every image
-    target = torch.as_tensor(classes, device=device, dtype=torch.long).repeat_interleave(per_class)
-    model_says = _model_decisions(model, pool.images, stems, draws_t, target) if faithful and k else None
-
-    sizes = site_sizes(model)
-    scores = {
-        layer: torch.full((k, size), float(init_score), device=device, requires_grad=True)
-        for layer, size in sizes.items()
-    }
-    optimizer = torch.optim.Adam(scores.values(), lr=lr)
-    active = torch.ones(k, dtype=torch.bool)
-    steps_run = [steps] * k
-    last_pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1).cpu()  # compared on the CPU below
-    last_change = torch.full((k,), earliest_gate_change(init_score, lr), dtype=torch.long)
-    initial_pattern = last_pattern.clone()
-    moved = torch.zeros(k, dtype=torch.bool)  # a class whose gates never moved has not started, whatever the step
-    frozen: dict[str, torch.Tensor] = {}
-    retired = torch.zeros(k, dtype=torch.bool, device=device)
-
-    live = torch.arange(k, device=device)  # classes still optimised; changes only when one retires
-    rows_live: torch.Tensor | slice = slice(None)
-    with _FrozenWeights(model):
-        for step in range(steps):
-            if live.numel() == 0:
-                break
-            idx = draws_t[step, live].flatten()
-            gate_rows = owner[rows_live]
-            if stems is None:
-                with torch.no_grad():
-                    stem = run_stem(model, pool.images[idx])
-            else:
-                stem = stems[idx]
-            if gate == "straight-through":
-                gates = {layer: HeavisideSTE.apply(s)[gate_rows] for layer, s in scores.items()}
-            else:
-                t = temperature_start * (temperature_end / temperature_start) ** (step / max(steps - 1, 1))
-                gates = {layer: torch.sigmoid(s / t)[gate_rows] for layer, s in scores.items()}
-            logits = run_head(model, stem, gates, fill)
-            # Sum of per-class means: each class's term only reaches its own scores.
-            if model_says is not None:
-                fit = _faithful_loss(logits, target[rows_live], model_says[step, live].flatten()) / per_class
-            else:
-                fit = F.cross_entropy(logits, target[rows_live], reduction="sum") / batch_per_class
-            penalty = sum(torch.sigmoid(s[live]).sum() for s in scores.values())
-            loss = fit + l0 * penalty
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if frozen:  # Adam's momentum would still move retired rows: put them back.
-                with torch.no_grad():
-                    for layer, s in scores.items():
-                        s[retired] = frozen[layer][retired]
-            if patience is not None and (step + 1) % check_every == 0:
-                pattern = torch.cat([(s.detach() > 0) for s in scores.values()], dim=1).cpu()
-                changed = (pattern != last_pattern).any(dim=1)
-                last_change[changed] = step + 1
-                last_pattern = pattern
-                moved |= (pattern != initial_pattern).any(dim=1)
-                done = active & moved & ~changed & (step + 1 - last_change >= patience) & (step + 1 >= min_steps)
-                if done.any():
-                    for c in torch.nonzero(done).flatten().tolist():
-                        steps_run[c] = step + 1
-                    active &= ~done
-                    frozen = {layer: s.detach().clone() for layer, s in scores.items()}
-                    retired = (~active).to(device)
-                    live = torch.nonzero(active).flatten().to(device)
-                    rows_live = torch.isin(owner, live)
-    return {layer: s.detach() for layer, s in scores.items()}, steps_run
-
-
 def _concat(a: ImageSplit, b: ImageSplit) -> ImageSplit:
     return ImageSplit(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]))
 
@@ -546,53 +356,6 @@ def _balanced_agreement(says: torch.Tensor, model_says: torch.Tensor) -> float:
         return float("nan")
     sides = [(says[m] == model_says[m]).float().mean().item() for m in (model_says, ~model_says)]
     return sum(sides) / 2
-
-
-def find_circuits(
-    model: nn.Module,
-    data: ImageSplit,
-    classes: Sequence[int],
-    *,
-    target_faithfulness: float | None = None,
-    means: Mapping[str, torch.Tensor] | None = None,
-    negatives: ImageSplit | None = None,
-    seed: int = 0,
-    **settings: Any,
-) -> tuple[dict[int, Circuit], list[int]]:
-    """Discover every class's circuit: learn the scores, then threshold them or find the smallest faithful set.
-
-    ``settings`` are those of :func:`learn_gate_scores`. Returns ``({class: circuit}, steps_run)``.
-    """
-    scores, steps_run = learn_gate_scores(model, data, classes, means=means, negatives=negatives, seed=seed, **settings)
-    if target_faithfulness is None:
-        return circuits_from_scores(scores, classes), steps_run
-    ablation = objective_setting(settings.get("objective", "paper"), "ablation", settings.get("ablation"))
-    circuits = {
-        int(cls): smallest_faithful_circuit(
-            model,
-            data,
-            scores,
-            row,
-            int(cls),
-            target_faithfulness,
-            ablation=ablation,
-            means=means,
-            negatives=negatives,
-            seed=seed,
-        )
-        for row, cls in enumerate(classes)
-    }
-    return circuits, steps_run
-
-
-def discover_circuits(
-    model: nn.Module, data: ImageSplit, classes: Sequence[int], **settings: Any
-) -> dict[int, Circuit]:
-    """Discover the circuit of every class in ``classes`` on ``data`` (paper Eq. 3, or the faithful objective).
-
-    ``settings`` are those of :func:`find_circuits`. Returns ``{class: circuit}``.
-    """
-    return find_circuits(model, data, classes, **settings)[0]
 
 
 @dataclass(frozen=True)
