@@ -9,6 +9,7 @@ must be refused; the docs' own example model must run a federated round by impor
 
 from __future__ import annotations
 
+import ast
 import json
 import pickle
 import re
@@ -33,6 +34,7 @@ from fedmi_flower.science.model import get_weights, set_weights
 from fedmi_flower.science.models import ModelError, build_model, check_model
 
 SHAPES = {"mnist": (1, 28), "cifar10": (3, 32)}
+MNIST = {"in_channels": 1, "image_size": 28, "num_classes": 10}
 
 
 def random_batch(channels: int, size: int, n: int = 6, seed: int = 0) -> torch.Tensor:
@@ -85,7 +87,7 @@ def test_every_shipped_model_speaks_the_interface_on_every_image_shape(name, dat
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_gating_a_site_to_zero_equals_removing_its_channels(name):
-    model = build_model(name, seed=4).eval()
+    model = build_model(name, **MNIST, seed=4).eval()
     sizes = site_sizes(model)
     x = random_batch(1, 28)
     circuit = {site: list(range(0, w, 3)) for site, w in sizes.items()}
@@ -102,7 +104,7 @@ def test_gating_a_site_to_zero_equals_removing_its_channels(name):
 
 
 def test_hooks_are_removed_when_the_block_raises():
-    model = build_model("mlp", seed=0)
+    model = build_model("mlp", **MNIST, seed=0)
     with pytest.raises(RuntimeError), gated(model, {"fc1": torch.zeros(256)}):
         raise RuntimeError("boom")
     assert not any(p._forward_hooks for p in hook_points(model).values())
@@ -112,7 +114,7 @@ def test_hooks_are_removed_when_the_block_raises():
 
 @pytest.mark.parametrize("name", ["resnet10", "mlp", "plain-cnn"])
 def test_discovery_and_scoring_run_on_every_model_and_name_its_sites(name):
-    model = build_model(name, seed=5).eval()
+    model = build_model(name, **MNIST, seed=5).eval()
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
     data = ImageSplit(torch.randn(60, 1, 28, 28, generator=g) + labels.view(-1, 1, 1, 1).float(), labels)
@@ -128,13 +130,13 @@ def test_discovery_and_scoring_run_on_every_model_and_name_its_sites(name):
 
 @pytest.mark.parametrize("name", ["resnet10", "plain-cnn", "mlp", "simple-cnn"])
 def test_a_permuted_copy_computes_the_same_function_and_weight_matching_recovers_it(name):
-    model = with_random_norms(build_model(name, seed=6), seed=7)
+    model = with_random_norms(build_model(name, **MNIST, seed=6), seed=7)
     layout = layout_of(model)
     weights = get_weights(model)
     rng = np.random.default_rng(8)
     planted = {group: rng.permutation(n) for group, n in layout.sizes.items()}
     moved = permute(weights, planted, layout)
-    copy = build_model(name).eval()
+    copy = build_model(name, **MNIST).eval()
     set_weights(copy, moved)
     x = random_batch(1, 28)
     with torch.no_grad():
@@ -149,7 +151,7 @@ def test_a_permuted_copy_computes_the_same_function_and_weight_matching_recovers
 
 
 def test_resnet10_ties_its_residual_stream_in_one_group():
-    model = build_model("resnet10")
+    model = build_model("resnet10", **MNIST)
     spec = model.permutation_spec()
     # Block 1's shortcut is the identity: the stem's channels and block 1's output are the same stream.
     assert spec.site_groups["stem"] == spec.site_groups["block1"]
@@ -164,7 +166,7 @@ def test_resnet10_ties_its_residual_stream_in_one_group():
     broken = [w.copy() for w in weights]
     k = layout.index["conv1.weight"]
     broken[k] = broken[k][np.random.default_rng(0).permutation(64)]
-    other = build_model("resnet10").eval()
+    other = build_model("resnet10", **MNIST).eval()
     set_weights(other, broken)
     x = random_batch(1, 28)
     with torch.no_grad():
@@ -199,7 +201,7 @@ def test_a_model_that_lacks_the_interface_is_refused_naming_what_is_missing():
     with pytest.raises(ModelError, match="site 'logits' declares 11 channels but its activation has shape"):
         check_model(WrongWidth(1, 10, 28), (1, 28, 28), 10)
     with pytest.raises(ModelError, match="must return logits of shape \\(2, 3\\)"):
-        check_model(build_model("mlp"), (1, 28, 28), 3)
+        check_model(build_model("mlp", **MNIST), (1, 28, 28), 3)
     with pytest.raises(ModelError, match="cannot import 'no_such_package.nets' \\(No module named"):
         build_model("no_such_package.nets:build")
     with pytest.raises(ModelError, match="unknown model 'resnet11'"):
@@ -321,3 +323,56 @@ def test_the_docs_model_runs_federated_rounds_on_cifar10_by_import_path(tmp_path
     assert last["noise_floor"]["seed"], "the floor is measured on the user's model too"
     assert 'name = "my_nets:build"' in (out / "config.toml").read_text()
     assert circuit_size({"a": [1], "b": [2, 3]}) == 3
+
+
+# ---------------------------------------------------------------------- nothing welded to one network
+
+
+def _code_constants(tree: ast.AST) -> list[ast.AST]:
+    """Every node of a module but its docstrings."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [n for n in ast.walk(tree) if id(n) not in docstrings]
+
+
+def test_no_simplecnn_name_position_channel_total_or_mnist_shape_outside_its_own_files():
+    """SimpleCNN's layer names, weight positions and 224 channels live in its model files; 10 classes and
+    1x28x28 in the dataset catalog (and the paper's CNN's own defaults)."""
+    own = {
+        Path("fedmi_flower/science/models/simple_cnn.py"),
+        Path("fedmi_flower/science/models/conv_chain.py"),  # names its sites conv1..convN
+        Path("fedmi_flower/science/catalog.py"),
+    }
+    found = []
+    for package in ("fedmi_flower", "clients", "strategies"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            rel = path.relative_to(REPO)
+            if rel in own:
+                continue
+            for node in _code_constants(ast.parse(path.read_text())):
+                bad = None
+                if isinstance(node, ast.Constant) and node.value in ("conv1", "conv2", "conv3", 224, 28):
+                    bad = repr(node.value)
+                elif isinstance(node, ast.Name) and node.id in ("WEIGHT_INDEX", "FC_WEIGHT_INDEX", "fc_blocks"):
+                    bad = node.id
+                elif isinstance(node, ast.keyword) and node.arg in ("num_classes", "minlength"):
+                    if isinstance(node.value, ast.Constant) and node.value.value == 10:
+                        bad = f"{node.arg}=10"
+                elif isinstance(node, ast.arg) and node.arg == "num_classes":
+                    bad = None  # defaults are checked below
+                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = node.args.args + node.args.kwonlyargs
+                    defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + list(node.args.defaults)
+                    defaults += list(node.args.kw_defaults)
+                    for a, d in zip(args, defaults):
+                        if a.arg == "num_classes" and isinstance(d, ast.Constant) and d.value == 10:
+                            bad = f"{node.name}(num_classes=10)"
+                if bad:
+                    found.append(f"{rel}:{getattr(node, 'lineno', '?')}: {bad}")
+    assert found == []

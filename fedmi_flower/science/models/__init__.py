@@ -76,12 +76,16 @@ def build_model(
     name: str = "simple-cnn",
     args: Mapping[str, Any] | None = None,
     *,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    image_size: int = 28,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
     seed: int | None = None,
 ) -> nn.Module:
     """A fresh model ``name`` for the given input and classes, initialised from ``seed`` when given.
+
+    ``in_channels``, ``num_classes`` and ``image_size`` come from the dataset
+    (``make_model(config)`` passes them); left out, the builder's own defaults apply
+    (the paper's CNN has MNIST's; the other models need them).
 
     Raises
     ------
@@ -91,14 +95,16 @@ def build_model(
     """
     builder = resolve_builder(name)
     kwargs = dict(args or {})
+    given = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    shape = {k: v for k, v in given.items() if v is not None}
     devices: list = []  # fork_rng over the CPU only; no CUDA state is touched
 
     def make() -> nn.Module:
         try:
-            return builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **kwargs)
+            return builder(**shape, **kwargs)
         except TypeError as err:
             raise ModelError(
-                f"model {name!r} could not be built with in_channels, num_classes, image_size and "
+                f"model {name!r} could not be built with {', '.join(shape) or 'no input shape'} and "
                 f"[model.args] {kwargs}: {err}"
             ) from err
 
@@ -108,26 +114,13 @@ def build_model(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             model = make()
-    _check_once(name, json.dumps(kwargs, sort_keys=True, default=str), in_channels, num_classes, image_size, model)
+    if in_channels is not None and num_classes is not None and image_size is not None:
+        # Built-in models pass once and for all; a user's module is checked on every build (it may change).
+        key = (name, json.dumps(kwargs, sort_keys=True, default=str), in_channels, num_classes, image_size)
+        if name not in MODELS or key not in _CHECKED:
+            check_model(model, (in_channels, image_size, image_size), num_classes, where=f"model {name!r}")
+            _CHECKED.add(key)
     return model
-
-
-def _check_once(name: str, args: str, in_channels: int, num_classes: int, image_size: int, model: nn.Module) -> None:
-    # Built-in models pass once and for all; a user's module is checked on every build (it may change).
-    if name in MODELS:
-        _checked_builtin(name, args, in_channels, num_classes, image_size, model)
-    else:
-        check_model(model, (in_channels, image_size, image_size), num_classes, where=f"model {name!r}")
-
-
-def _checked_builtin(
-    name: str, args: str, in_channels: int, num_classes: int, image_size: int, model: nn.Module
-) -> None:
-    key = (name, args, in_channels, num_classes, image_size)
-    if key in _CHECKED:
-        return
-    check_model(model, (in_channels, image_size, image_size), num_classes, where=f"model {name!r}")
-    _CHECKED.add(key)
 
 
 _CHECKED: set[tuple[Any, ...]] = set()

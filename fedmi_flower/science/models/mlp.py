@@ -33,9 +33,7 @@ class MLP(StemHeadModel):
         Units of each hidden layer; layer ``k`` is the site ``fc{k}``.
     """
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, hidden: Sequence[int] = HIDDEN, image_size: int = 28
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, hidden: Sequence[int] = HIDDEN) -> None:
         super().__init__()
         hidden = [int(h) for h in hidden]
         if not hidden or min(hidden) < 1:

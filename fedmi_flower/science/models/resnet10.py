@@ -74,9 +74,7 @@ class ResNet10(StemHeadModel):
         Unused (global average pooling takes any size); accepted so every model builds alike.
     """
 
-    def __init__(
-        self, in_channels: int = 3, num_classes: int = 10, widths: Sequence[int] = WIDTHS, image_size: int = 32
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, widths: Sequence[int] = WIDTHS) -> None:
         super().__init__()
         widths = [int(w) for w in widths]
         if len(widths) != len(STRIDES) or min(widths) < 1:
