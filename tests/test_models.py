@@ -195,6 +195,32 @@ class WrongWidth(NoSites):
         return self.hook(super().forward(x))
 
 
+class LayersNamedStemAndHead(nn.Module):
+    """A network whose first layers are called ``stem`` and whose classifier is ``head``, as many are."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.site = HookPoint("features", 8)
+        self.head = nn.Linear(8 * (image_size // 2) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.site(self.stem(x)).flatten(1))
+
+
+def test_submodules_named_stem_and_head_are_not_taken_for_the_fast_path():
+    model = check_model(LayersNamedStemAndHead(1, 10, 28), (1, 28, 28), 10).eval()
+    x = random_batch(1, 28)
+    assert torch.equal(stem(model, x), x)  # no fast path: the stem is the input itself
+    keep = {"features": torch.zeros(8).index_fill_(0, torch.tensor([1, 5]), 1.0)}
+    with torch.no_grad(), gated(model, keep):
+        expected = model(x)
+    torch.testing.assert_close(head(model, x, keep), expected)
+    assert set(discover_circuits(model, ImageSplit(x, torch.tensor([0, 1] * 3)), [0], steps=3, seed=0)[0]) == {
+        "features"
+    }
+
+
 def test_a_model_that_lacks_the_interface_is_refused_naming_what_is_missing():
     with pytest.raises(ModelError, match="has no circuit sites: mark each activation .* HookPoint"):
         check_model(NoSites(1, 10, 28), (1, 28, 28), 10)

@@ -50,7 +50,7 @@ import torch.nn as nn
 from scipy.optimize import linear_sum_assignment
 
 from fedmi_flower.science.circuits import Circuit
-from fedmi_flower.science.hook_points import activations
+from fedmi_flower.science.hook_points import activations, capability
 from fedmi_flower.science.model import set_weights, weight_names
 from fedmi_flower.science.permutation_spec import Permutation, PermutationSpec, WeightLayout
 
@@ -64,8 +64,8 @@ class AlignmentError(ValueError):
 
 def layout_of(model: nn.Module) -> WeightLayout:
     """The model's permutation spec bound to its weight arrays; :class:`AlignmentError` when it has none."""
-    make = getattr(model, "permutation_spec", None)
-    if not callable(make):
+    make = capability(model, "permutation_spec")
+    if make is None:
         raise AlignmentError(
             f"{type(model).__name__} declares no permutation_spec(): channel alignment and the channel-wise "
             "aggregation rules need it (docs/your-own-model.md); set analysis.alignment = 'off'"

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fedmi_flower.science.data import ImageSplit
-from fedmi_flower.science.hook_points import activations, site_sizes
+from fedmi_flower.science.hook_points import activations, capability, site_sizes
 from fedmi_flower.science.hook_points import head as run_head
 from fedmi_flower.science.hook_points import stem as run_stem
 from fedmi_flower.science.objectives import ABLATIONS
@@ -409,8 +409,8 @@ def circuit_only_logits(model: nn.Module, stem: torch.Tensor, circuit: Circuit) 
     (an ablated channel outputs zero and adds nothing downstream); without it, the gated
     dense pass gives the same logits.
     """
-    fast = getattr(model, "circuit_logits", None)
-    if callable(fast):
+    fast = capability(model, "circuit_logits")
+    if fast is not None:
         return fast(stem, circuit)
     keep = circuit_masks([circuit], site_sizes(model), stem.device)
     return run_head(model, stem, {site: g[0] for site, g in keep.items()})
@@ -457,7 +457,7 @@ def evaluate_circuits(
     model_spec = torch.zeros_like(suff)
     # Zero ablation runs each circuit's sub-network alone where the model can; otherwise
     # every circuit's gated dense pass shares one batch of (circuit, image) rows.
-    sub_networks = fill is None and callable(getattr(model, "circuit_logits", None))
+    sub_networks = fill is None and capability(model, "circuit_logits") is not None
     chunk = rows_per_pass if sub_networks else max(1, rows_per_pass // m)
     for start in range(0, len(data), chunk):
         y = data.labels[start : start + chunk]
@@ -522,8 +522,8 @@ def circuit_edge_strengths(
     edge those summed over the last site's positions. Empty for a model without the
     capability.
     """
-    found = getattr(model, "circuit_edge_strengths", None)
-    return found(circuit, target_class) if callable(found) else {}
+    found = capability(model, "circuit_edge_strengths")
+    return found(circuit, target_class) if found is not None else {}
 
 
 def circuit_edges(

@@ -168,17 +168,31 @@ class StemHeadModel(nn.Module):
         return self.rest(self.stem(x))
 
 
+def capability(model: nn.Module, name: str) -> Any:
+    """The model's method ``name`` (an optional capability), or None.
+
+    A submodule of that name is not the capability: a network may well call its first
+    layers ``stem`` or its classifier ``head`` without meaning the interface's methods.
+    """
+    found = getattr(model, name, None)
+    return found if callable(found) and not isinstance(found, nn.Module) else None
+
+
+def has_stem_and_head(model: nn.Module) -> bool:
+    """Whether the model has the ``stem``/``head`` fast path."""
+    return capability(model, "stem") is not None and capability(model, "head") is not None
+
+
 def stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's ungated prefix of ``x`` (its ``stem`` capability), or ``x`` itself."""
-    prefix = getattr(model, "stem", None)
-    return prefix(x) if callable(prefix) else x
+    prefix = capability(model, "stem") if has_stem_and_head(model) else None
+    return prefix(x) if prefix is not None else x
 
 
 def head(model: nn.Module, h: torch.Tensor, gates: Gates | None = None, fill: Gates | None = None) -> torch.Tensor:
     """Logits from a :func:`stem` output, each named site gated (``fill`` where closed)."""
-    rest = getattr(model, "head", None)
-    if callable(rest) and callable(getattr(model, "stem", None)):
-        return rest(h, gates, fill)
+    if has_stem_and_head(model):
+        return capability(model, "head")(h, gates, fill)
     if not gates:
         return model(h)
     with gated(model, gates, fill):
@@ -208,7 +222,7 @@ def check_circuit_model(model: Any, where: str = "the model") -> nn.Module:
             "fedmi_flower.HookPoint(site, width), e.g. `self.hook1 = HookPoint('conv1', 32)` and "
             "`h = self.hook1(torch.relu(self.conv1(x)))` in forward (docs/your-own-model.md)"
         )
-    has_stem, has_head = callable(getattr(model, "stem", None)), callable(getattr(model, "head", None))
+    has_stem, has_head = capability(model, "stem") is not None, capability(model, "head") is not None
     if has_stem != has_head:
         raise InterfaceError(
             f"{where} ({type(model).__name__}) defines {'stem' if has_stem else 'head'} without "

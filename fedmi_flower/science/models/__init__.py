@@ -20,7 +20,15 @@ import torch
 import torch.nn as nn
 
 from fedmi_flower.science.catalog import MODEL_NAMES
-from fedmi_flower.science.hook_points import InterfaceError, captured, check_circuit_model, head, hook_points, stem
+from fedmi_flower.science.hook_points import (
+    InterfaceError,
+    captured,
+    check_circuit_model,
+    has_stem_and_head,
+    head,
+    hook_points,
+    stem,
+)
 from fedmi_flower.science.models.conv_chain import ConvChain
 from fedmi_flower.science.models.mlp import MLP
 from fedmi_flower.science.models.resnet10 import ResNet10
@@ -162,7 +170,7 @@ def check_model(model: Any, input_shape: tuple[int, int, int], num_classes: int,
                     f"{where}: site {site!r} declares {point.width} channels but its activation has shape "
                     f"{tuple(act.shape)}; channels must be dimension 1"
                 )
-        if callable(getattr(model, "stem", None)):
+        if has_stem_and_head(model):
             split = head(model, stem(model, x))
             if not torch.allclose(split, out, atol=1e-5):
                 raise ModelError(f"{where}: head(stem(x)) differs from forward(x); the fast path must compute the same")
