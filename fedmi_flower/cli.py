@@ -136,14 +136,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("name an experiment (see `fedmi list`) or give --resume RUN_DIR")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     configs = load_sweep(args.experiment, _overrides(args), seeds=seeds)
-    # Flower, Ray and torch load only once the config is known to be good.
-    from fedmi_flower.apps.simulation import SimulationRuntime
     from fedmi_flower.records.results import RunDirectory, default_run_dir
 
     swept = len(configs) > 1 or seeds is not None  # every point of a sweep (or seed) in its own folder under --out
     base = Path(args.out) if args.out else default_run_dir(args.experiment if swept else configs[0].name)
     for config in configs:  # every folder refused before the first run starts, not after hours of it
         RunDirectory(base / config.name if swept else base).check_new()
+    # Torch loads only once the config is known to be good; Flower and Ray once the machine can run it.
+    from fedmi_flower.apps.preflight import preflight
+
+    for config in configs:
+        preflight(config)
+    from fedmi_flower.apps.simulation import SimulationRuntime
+
     out = base
     with _interruptible(lambda: out), SimulationRuntime(args.verbose) as runtime:  # one SuperLink for all
         for i, config in enumerate(configs):
@@ -570,6 +575,8 @@ USER_ERRORS = (
     ("fedmi_flower.records.series", "RunError"),
     ("builtins", "FileExistsError"),
     ("builtins", "FileNotFoundError"),
+    ("builtins", "NotADirectoryError"),
+    ("builtins", "PermissionError"),
 )
 """The errors that are the user's to fix: one line naming the problem and the fix, no traceback."""
 

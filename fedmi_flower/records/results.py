@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,9 +150,25 @@ class RunDirectory:
         self.path = Path(path)
 
     def check_new(self) -> None:
-        """Raise ``FileExistsError`` when the folder already holds a run's rounds (a new run would overwrite them)."""
+        """Raise ``FileExistsError`` when a new run must not write here: the folder holds a run's rounds, or
+        files that are not a fedmi run's (a new run would overwrite them: a user's own config.toml, say);
+        ``NotADirectoryError`` when the path is a file; ``PermissionError`` when nothing can be written there.
+        """
         if (self.path / ROUNDS_FILE).exists():
             raise FileExistsError(f"{self.path} already holds a run; choose another --out (or resume it)")
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"--out {self.path} is a file, not a folder; choose a new or empty folder")
+        if self.path.is_dir() and not (self.path / PARTITIONS_FILE).exists():
+            foreign = sorted(p.name for p in self.path.iterdir())
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise FileExistsError(
+                    f"--out {self.path} is not empty ({shown}) and is not a fedmi run; a run would write over "
+                    "what is there: choose a new or empty folder"
+                )
+        existing = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"--out {self.path}: {existing} is not writable; choose a folder you can write to")
 
     def create(self, exist_ok: bool = False) -> RunDirectory:
         """Create the folder; refuse to write into a run that already has rounds unless ``exist_ok``."""
@@ -246,18 +263,33 @@ class RunDirectory:
         Raises
         ------
         RecordError
-            When a line is not JSON or is a record of a schema version this package does not read.
+            When a line is not JSON, lacks a key every analysed round has, or is a record of
+            a schema version this package does not read; the message names the line.
+
+        A last line cut short (the run was killed while writing it; every round is written
+        whole and atomically, so only a copy or an edit does this) is reported as a warning
+        and left out: the rounds before it are read.
         """
         path = self.path / ROUNDS_FILE
         if not path.exists():
             return []
-        records = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        records: list[RoundRecord] = []
+        text = path.read_text()
+        lines = text.splitlines()
+        last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
+                if n == last and not text.endswith("\n"):
+                    warnings.warn(
+                        f"{path} line {n} is cut short ({err}): left out; the {len(records)} rounds before it are read",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    break
                 raise RecordError(
                     f"{path} line {n} is not JSON ({err}); the file was edited or truncated by hand"
                 ) from None

@@ -715,6 +715,10 @@ class Rejection:
 # ---------------------------------------------------------------------- the record
 
 
+ANALYSED_KEYS = ("classes", "clients", "global", "summary")
+"""Keys every analysed round's record has, in every schema version: a record without one was damaged."""
+
+
 @dataclass
 class RoundRecord:
     """One round of a run: the global model, every client's report and every circuit view, with its scale.
@@ -880,6 +884,13 @@ class RoundRecord:
             raise RecordError(
                 "round record without a round number; the file was edited by hand or is not a rounds.jsonl"
             )
+        if "analysis_error" not in raw:
+            missing = [key for key in ANALYSED_KEYS if key not in raw]
+            if missing:
+                raise RecordError(
+                    f"the record of round {raw['round']} lacks {', '.join(map(repr, missing))}, which every analysed "
+                    "round has; the file was edited by hand: restore it, or delete the line to drop the round"
+                )
         per_client = lambda key: _nested(raw.get(key), IoU.from_json)
         return cls(
             round=int(raw["round"]),
