@@ -34,10 +34,22 @@ from fedmi_flower.apps.deploy import LocalDeployment
 from fedmi_flower.config import (
     ConfigError,
     ExperimentConfig,
+    config_keys,
     list_experiments,
     load_sweep,
     parse_override,
 )
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    found = config_keys(args.table)
+    width = max(len(k.key) for k in found)
+    shown = [(k, json.dumps(k.default) if k.default is not None else "(none)") for k in found]
+    value_width = max(len(v) for _, v in shown)
+    allowed_width = max(len(k.allowed) for k in found)
+    for k, value in shown:
+        print(f"{k.key:<{width}}  {value:<{value_width}}  {k.allowed:<{allowed_width}}  {k.doc}")
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -563,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list the bundled experiments")
     lst.set_defaults(func=_cmd_list)
+
+    keys = sub.add_parser("keys", help="every config key: default, what is allowed, what it does")
+    keys.add_argument("table", nargs="?", help="one table only: model, data, train, discovery, analysis, ...")
+    keys.set_defaults(func=_cmd_keys)
     add_plot_and_report_commands(sub)
     return parser
 

@@ -666,6 +666,60 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, source: str) -> Any
     return cls(**values)
 
 
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as ``fedmi keys`` shows it."""
+
+    key: str
+    default: Any
+    allowed: str
+    doc: str
+
+
+def _allowed(meta: Mapping[str, Any], tp: Any) -> str:
+    if meta["choices"]:
+        return " | ".join(map(str, meta["choices"]))
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is None and hi is None:
+        return _type_name(tp).replace("NoneType", "none")
+    left = "(" if meta["lo_open"] else "["
+    right = ")" if meta["hi_open"] else "]"
+    return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+
+def config_keys(table: str | None = None) -> list[KeyDoc]:
+    """Every key of the experiment config (of one ``[table]`` when given): default, what is allowed, what it does.
+
+    Raises
+    ------
+    ConfigError
+        When ``table`` is not a table of the config.
+    """
+    hints = typing.get_type_hints(ExperimentConfig)
+    tables = [f.name for f in dataclasses.fields(ExperimentConfig) if dataclasses.is_dataclass(hints[f.name])]
+    if table is not None and table not in tables:
+        near = difflib.get_close_matches(table, tables, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"no config table {table!r}{hint} (tables: {', '.join(tables)}; none: every key)")
+    out: list[KeyDoc] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        types_of = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = types_of[f.name]
+            if dataclasses.is_dataclass(tp):
+                if table is None or f.name == table:
+                    walk(tp, f"{prefix}{f.name}.")
+                continue
+            if table is not None and not prefix:
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append(KeyDoc(prefix + f.name, default, _allowed(f.metadata, tp), f.metadata.get("doc", "")))
+
+    walk(ExperimentConfig, "")
+    return out
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key=value`` with a TOML value (``0.9``, ``true``, ``[0, 1]``, ``"x"``); bare words are strings."""
     if "=" not in text:

@@ -100,3 +100,20 @@ def test_set_string_carries_overrides_through_flowers_run_config():
     )
     assert (config.train.sparsity, config.analysis.classes, config.rounds) == (0.99, [0, 1], 5)
     assert config.name == "quickstart"
+
+
+def test_fedmi_keys_lists_every_key_with_its_default_range_and_doc(capsys):
+    from fedmi_flower.cli import main
+    from fedmi_flower.config import config_keys
+
+    every = config_keys()
+    flat = ExperimentConfig().to_run_config()
+    # Every key a config has (None-valued ones are left out of a run config) and nothing else; each documented.
+    assert set(flat) <= {k.key for k in every} and all(k.doc for k in every)
+    assert main(["keys", "train"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("train.") for line in lines)
+    (sparsity,) = [line for line in lines if line.startswith("train.sparsity ")]
+    assert sparsity.split()[1] == "0.99" and "[0.0, 1.0)" in sparsity and "target weight sparsity" in sparsity
+    assert main(["keys", "trian"]) == 2
+    assert "did you mean 'train'?" in capsys.readouterr().err
