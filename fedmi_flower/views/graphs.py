@@ -38,7 +38,7 @@ from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.records.series import Run, RunError
 from fedmi_flower.science.circuits import Circuit, circuit_edge_strengths
 from fedmi_flower.science.data import dataset_spec
-from fedmi_flower.science.hook_points import site_sizes
+from fedmi_flower.science.hook_points import capability, site_sizes
 from fedmi_flower.science.model import set_weights
 
 Node = tuple[str, int]
@@ -62,6 +62,8 @@ class CircuitGraph:
     layer_sizes: Mapping[str, int]
     strength: Mapping[Edge, float] = field(default_factory=dict)
     """|weight| of every edge (summed over the kernel), for its line width."""
+    edges_drawn: bool = True
+    """False for a model without the ``circuit_edge_strengths`` capability: the graph shows channels only."""
 
     @property
     def channels(self) -> int:
@@ -97,7 +99,15 @@ def circuit_graph(
     inputs = range(in_channels) if in_channels is not None else {s for (src, s), _ in strength if src == "input"}
     nodes = {("input", int(i)) for i in inputs} | {("output", int(target_class))}
     nodes |= {(layer, int(ch)) for layer in sites for ch in circuit.get(layer, [])}
-    return CircuitGraph(frozenset(nodes), frozenset(strength), label, weights, sites, strength=strength)
+    return CircuitGraph(
+        frozenset(nodes),
+        frozenset(strength),
+        label,
+        weights,
+        sites,
+        strength=strength,
+        edges_drawn=capability(model, "circuit_edge_strengths") is not None,
+    )
 
 
 # ---------------------------------------------------------------------- weights of a round
@@ -293,7 +303,11 @@ def graph_figure(a: CircuitGraph, b: CircuitGraph | None, title: str) -> Figure:
     draw(ax, a, b)
     _legend(ax, a, b)
     notes = {a.weights} | ({b.weights} if b is not None else set())
-    fig.suptitle(title + "\nedges: nonzero weights between circuit channels in " + "; ".join(sorted(notes)), fontsize=9)
+    if a.edges_drawn:
+        subtitle = "edges: nonzero weights between circuit channels in " + "; ".join(sorted(notes))
+    else:
+        subtitle = "channels only: the model declares no circuit edges (docs/your-own-model.md)"
+    fig.suptitle(f"{title}\n{subtitle}", fontsize=9)
     return fig
 
 
