@@ -213,8 +213,26 @@ def _positions(nodes: set[Node], columns: Sequence[str]) -> dict[Node, tuple[flo
     return pos
 
 
-def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
-    """Draw ``a`` alone, or ``a`` and ``b`` overlaid (shared, only ``a``, only ``b`` in three colours)."""
+EDGES_PER_LAYER = 25
+"""A graph draws the strongest edges into each layer, at most this many (by |weight|): 700-900 edges are a hairball."""
+
+
+def strongest_edges(strength: Mapping[Edge, float], per_layer: int = EDGES_PER_LAYER) -> set[Edge]:
+    """The ``per_layer`` strongest edges into each destination column (ties broken by the edge, for a stable figure)."""
+    by_layer: dict[str, list[Edge]] = {}
+    for edge in strength:
+        by_layer.setdefault(edge[1][0], []).append(edge)
+    kept: set[Edge] = set()
+    for edges in by_layer.values():
+        kept.update(sorted(edges, key=lambda e: (-strength[e], e))[:per_layer])
+    return kept
+
+
+def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> tuple[int, int]:
+    """Draw ``a`` alone, or ``a`` and ``b`` overlaid (shared, only ``a``, only ``b`` in three colours).
+
+    Returns how many edges were drawn (:func:`strongest_edges`) and how many there are.
+    """
     b_nodes = b.nodes if b is not None else frozenset()
     b_edges = b.edges if b is not None else frozenset()
     nodes = set(a.nodes | b_nodes)
@@ -236,8 +254,9 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
     top: dict[str, float] = {}
     for (_, (layer, _)), value in strength.items():
         top[layer] = max(top.get(layer, 0.0), value)
+    shown = strongest_edges(strength)
     for edges, _, colour in sorted(groups, key=lambda g: g[2] != SHARED):
-        if edges:
+        if edges := edges & shown:
             ordered = sorted(edges)
             widths = [0.25 + 2.0 * strength.get(e, 0.0) / (top.get(e[1][0]) or 1.0) for e in ordered]
             ax.add_collection(
@@ -279,6 +298,7 @@ def draw(ax: Axes, a: CircuitGraph, b: CircuitGraph | None = None) -> None:
     ax.set_xlim(-0.4, len(columns) - 0.6)
     ax.set_ylim(-0.03, 1.16)
     ax.axis("off")
+    return len(shown), len(strength)
 
 
 def _legend(ax: Axes, a: CircuitGraph, b: CircuitGraph | None) -> None:
@@ -300,11 +320,15 @@ def _legend(ax: Axes, a: CircuitGraph, b: CircuitGraph | None) -> None:
 def graph_figure(a: CircuitGraph, b: CircuitGraph | None, title: str) -> Figure:
     """One circuit, or two overlaid, with a legend counting channels and edges and a note on the weights used."""
     fig, ax = plt.subplots(figsize=(9, 6.2), layout="constrained", dpi=GRAPH_DPI)
-    draw(ax, a, b)
+    drawn, total = draw(ax, a, b)
     _legend(ax, a, b)
     notes = {a.weights} | ({b.weights} if b is not None else set())
     if a.edges_drawn:
-        subtitle = "edges: nonzero weights between circuit channels in " + "; ".join(sorted(notes))
+        which = f"the {drawn} strongest of {total}" if drawn < total else "all"
+        subtitle = (
+            f"edges: {which} nonzero weights between circuit channels (at most {EDGES_PER_LAYER} into each layer, "
+            "width by |weight|) in " + "; ".join(sorted(notes))
+        )
     else:
         subtitle = "channels only: the model declares no circuit edges (docs/your-own-model.md)"
     fig.suptitle(f"{title}\n{subtitle}", fontsize=9)
