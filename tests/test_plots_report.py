@@ -36,6 +36,7 @@ from fedmi_flower.views.report import (
     DECLINE,
     SUFFICIENCY_BELOW,
     aggregate,
+    channel_total,
     collapse_numbers,
     format_spread,
     format_value,
@@ -265,10 +266,12 @@ def test_fedmi_report_writes_markdown_and_html_with_the_numbers(iid_run, tmp_pat
     code, out, err = cli("report", str(run_dir), "--out", str(tmp_path / "rep" / "page.md"))
     assert code == 0, err
     md, html = (tmp_path / "rep" / "page.md").read_text(), (tmp_path / "rep" / "page.html").read_text()
-    records = load_run(run_dir).records
-    for (table, row, col), value in rq_table(records).items():
+    run = load_run(run_dir)
+    total = channel_total([run])
+    assert total == 224  # the run's own model, rebuilt from its config: the paper's CNN
+    for (table, row, col), value in rq_table(run.records).items():
         if col == "value":
-            assert f"| {row} | {format_value((table, row, col), value)} |" in md
+            assert f"| {row} | {format_value((table, row, col), value, total)} |" in md
     assert "## Figures" in md and "<table>" in html and html.count("<img ") == md.count("![")
     for name in RUN_FIGURE_NAMES:  # every figure is on the page and on disk
         assert f"/{name}.png)" in md

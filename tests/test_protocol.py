@@ -42,7 +42,7 @@ def test_circuits_round_trip_compactly():
 )
 def test_malformed_circuits_are_refused_with_a_reason(mutate, message):
     with pytest.raises(PayloadError, match=message):
-        decode_circuits(mutate(encode_circuits(CIRCUITS, SIZES)), SIZES)
+        decode_circuits(mutate(encode_circuits(CIRCUITS, SIZES)), SIZES, num_classes=10)
 
 
 def test_channel_beyond_the_model_is_refused():

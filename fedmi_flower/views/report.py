@@ -32,6 +32,7 @@ No Flower imports here.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from fedmi_flower.config import make_model
 from fedmi_flower.records.results import CONFIG_FILE
 from fedmi_flower.records.round_record import RoundSummary, View
 from fedmi_flower.records.series import (
@@ -68,8 +70,10 @@ from fedmi_flower.records.series import (
     setting_label,
     stability_series,
 )
+from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.law import fit_line
 from fedmi_flower.science.metrics import nanmean
+from fedmi_flower.science.models import ModelError
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, WORKING_THRESHOLD
 
 DECLINE = 0.05
@@ -523,8 +527,15 @@ def _kind(key: Key) -> str:
     return "count" if row in _COUNTS or column in _COUNTS or row.endswith(": pairs") else "float"
 
 
-def format_value(key: Key, value: float) -> str:
-    """One run's value as the page shows it; undefined is an em dash."""
+def _of_total(total: int | None) -> str:
+    return f" of {total} channels" if total else " channels"
+
+
+def format_value(key: Key, value: float, total_channels: int | None = None) -> str:
+    """One run's value as the page shows it; undefined is an em dash.
+
+    Circuit sizes read "71 of 224 channels" with the model's channel total when given.
+    """
     if math.isnan(value):
         return "—"
     kind = _kind(key)
@@ -532,11 +543,11 @@ def format_value(key: Key, value: float) -> str:
         return "yes" if value else "no"
     if kind == "channels":  # a mean over circuits: one decimal unless whole ("0.4", not "0", for near-empty ones)
         number = f"{value:.0f}" if value == round(value) else f"{value:.1f}"
-        return f"{number} channels"
+        return number + _of_total(total_channels)
     return f"{value:.0f}" if kind == "count" else f"{value:.3f}"
 
 
-def format_spread(key: Key, s: Spread) -> str:
+def format_spread(key: Key, s: Spread, total_channels: int | None = None) -> str:
     """Several runs' value: ``mean ± std [min, max]`` (verdicts: ``k of n runs``)."""
     if s.n == 0:
         return "—"
@@ -550,7 +561,7 @@ def format_spread(key: Key, s: Spread) -> str:
         std = "—" if math.isnan(s.std) else f"{s.std:.{digits}f}"
         text = f"{s.mean:.{digits}f} ± {std} [{low}, {high}]"
         if kind == "channels":
-            text += " channels"
+            text += _of_total(total_channels)
     return text if s.n == s.total else f"{text} (defined in {s.n} of {s.total} runs)"
 
 
@@ -671,11 +682,25 @@ def _group_table_blocks(title: str, groups: Sequence[Mapping[Key, str]], labels:
     return [("h", 3, title), ("table", [""] + list(labels), body)]
 
 
+def channel_total(runs: Sequence[Run]) -> int | None:
+    """The circuit channels of the runs' model (None when they differ or it cannot be built here)."""
+    models = {
+        (r.config.model.name, json.dumps(r.config.model.args, sort_keys=True), r.config.data.dataset) for r in runs
+    }
+    if len(models) != 1:
+        return None
+    try:
+        return sum(site_sizes(make_model(runs[0].config)).values())
+    except ModelError:  # a researcher's model not importable where the report is made
+        return None
+
+
 def _formatted(runs: Sequence[Run]) -> dict[Key, str]:
     tables = [rq_table(r.records) for r in runs]
+    total = channel_total(runs)
     if len(tables) == 1:
-        return {k: format_value(k, v) for k, v in tables[0].items()}
-    return {k: format_spread(k, s) for k, s in aggregate(tables).items()}
+        return {k: format_value(k, v, total) for k, v in tables[0].items()}
+    return {k: format_spread(k, s, total) for k, s in aggregate(tables).items()}
 
 
 def _relative(path: Path, start: Path) -> str:
