@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from fedmi_flower.config import ExperimentConfig
-from fedmi_flower.records.round_record import RecordError, RoundRecord
+from fedmi_flower.records.round_record import RecordError, RoundRecord, check_written_record
 from fedmi_flower.science.data import ClientPartition
 
 CONFIG_FILE = "config.toml"
@@ -294,6 +294,7 @@ class RunDirectory:
                     f"{path} line {n} is not JSON ({err}); the file was edited or truncated by hand"
                 ) from None
             try:
+                check_written_record(raw)
                 records.append(RoundRecord.from_json(raw))
             except RecordError as err:
                 raise RecordError(f"{path} line {n}: {err}") from None

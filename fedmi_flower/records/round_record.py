@@ -716,7 +716,20 @@ class Rejection:
 
 
 ANALYSED_KEYS = ("classes", "clients", "global", "summary")
-"""Keys every analysed round's record has, in every schema version: a record without one was damaged."""
+"""Keys every analysed round's record has in rounds.jsonl, in every schema version: a record without one was
+damaged (:func:`check_written_record`; a record built in code may leave out what it does not need)."""
+
+
+def check_written_record(raw: Mapping[str, Any]) -> None:
+    """Raise :class:`RecordError` when a record read from a run directory lacks a key every analysed round has."""
+    if "analysis_error" in raw:
+        return
+    missing = [key for key in ANALYSED_KEYS if key not in raw]
+    if missing:
+        raise RecordError(
+            f"the record of round {raw.get('round')} lacks {', '.join(map(repr, missing))}, which every analysed "
+            "round has; the file was edited by hand: restore it, or delete the line to drop the round"
+        )
 
 
 @dataclass
@@ -884,13 +897,6 @@ class RoundRecord:
             raise RecordError(
                 "round record without a round number; the file was edited by hand or is not a rounds.jsonl"
             )
-        if "analysis_error" not in raw:
-            missing = [key for key in ANALYSED_KEYS if key not in raw]
-            if missing:
-                raise RecordError(
-                    f"the record of round {raw['round']} lacks {', '.join(map(repr, missing))}, which every analysed "
-                    "round has; the file was edited by hand: restore it, or delete the line to drop the round"
-                )
         per_client = lambda key: _nested(raw.get(key), IoU.from_json)
         return cls(
             round=int(raw["round"]),
