@@ -39,7 +39,7 @@ def test_a_graph_draws_the_strongest_edges_into_each_layer_and_says_so():
     assert {e[0] for e in into("output")} == {("conv3", j) for j in range(5)} | {("conv1", i) for i in range(15, 35)}
     figure = graph_figure(graph, None, "planted graph")
     title = figure._suptitle.get_text()
-    assert f"the {len(kept)} strongest of {len(graph.strength)}" in title and "at most 25 into each layer" in title
+    assert f"the {len(kept)} strongest of {len(graph.strength)}" in title and "at most 25 into a layer" in title
 
 
 def test_the_smoke_experiment_is_the_short_run_the_readme_promises():

@@ -324,10 +324,10 @@ def graph_figure(a: CircuitGraph, b: CircuitGraph | None, title: str) -> Figure:
     _legend(ax, a, b)
     notes = {a.weights} | ({b.weights} if b is not None else set())
     if a.edges_drawn:
-        which = f"the {drawn} strongest of {total}" if drawn < total else "all"
+        which = f"the {drawn} strongest of {total}" if drawn < total else f"all {total}"
         subtitle = (
-            f"edges: {which} nonzero weights between circuit channels (at most {EDGES_PER_LAYER} into each layer, "
-            "width by |weight|) in " + "; ".join(sorted(notes))
+            f"edges: {which} nonzero weights between circuit channels (at most {EDGES_PER_LAYER} into a layer)\n"
+            "in " + "; ".join(sorted(notes))
         )
     else:
         subtitle = "channels only: the model declares no circuit edges (docs/your-own-model.md)"
