@@ -37,8 +37,8 @@ from fedmi_flower.science.models import build_model
 from fedmi_flower.science.models.simple_cnn import CHANNELS
 from fedmi_flower.science.models.simple_cnn import SITES as CIRCUIT_LAYERS
 from fedmi_flower.science.sparsity import prune_
+from fedmi_flower.strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg
 from fedmi_flower.wire.protocol import encode_circuits
-from strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg
 
 SIZES = dict(zip(CIRCUIT_LAYERS, CHANNELS))
 ANCHOR_ROUND_S = 68.8

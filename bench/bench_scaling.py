@@ -29,8 +29,8 @@ from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.models import build_model
 from fedmi_flower.science.sparsity import train_sparse
+from fedmi_flower.strategies import build_strategy
 from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
-from strategies import build_strategy
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Federated rounds in this process, without Flower's runtime: for timing the work itself.
 
-The clients are the real :class:`clients.CircuitClient` objects, built by the ClientApp's
+The clients are the real :class:`fedmi_flower.clients.CircuitClient` objects, built by the ClientApp's
 own ``build_client`` (device, data and reference images as a SuperNode would load them),
 and the server side is the real strategy: ``configure_fit`` samples and instructs,
 ``aggregate_fit`` aggregates and runs the full circuit analysis. Only the messaging (Ray
@@ -32,7 +32,7 @@ from flwr.server.client_proxy import ClientProxy
 from fedmi_flower.apps.client_app import build_client
 from fedmi_flower.apps.server_app import prepare_run
 from fedmi_flower.config import ExperimentConfig
-from strategies import build_strategy
+from fedmi_flower.strategies import build_strategy
 
 
 class _LocalProxy(ClientProxy):

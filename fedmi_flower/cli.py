@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -262,7 +263,7 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
                 f"{time.perf_counter() - began:.1f} s; {security}; running {config.name} -> {out}",
                 flush=True,
             )
-            deployment.run(run_config, out, timeout=args.timeout, echo=sys.stdout)
+            deployment.run(run_config, out, timeout=args.timeout, echo=sys.stdout, import_paths=config.import_paths())
     except KeyboardInterrupt:
         print(
             f"fedmi: interrupted; every process of the deployment is stopped; logs in {workdir / 'logs'}",
@@ -613,8 +614,14 @@ def is_user_error(err: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `model.name` and `strategy.name` may name a module beside the user's work ("my_nets:build"), as
+    # `python -m` would find it; appended, so that it never shadows an installed module.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         return args.func(args)
+    except BrokenPipeError:  # `fedmi list | head`
+        return 0
     except Exception as err:
         if not is_user_error(err):
             raise

@@ -407,6 +407,10 @@ class ExperimentConfig:
         """Classes of the dataset (its spec)."""
         return DATASETS[self.data.dataset].num_classes
 
+    def import_paths(self) -> list[str]:
+        """The ``package.module:attribute`` names the run imports (its model builder, its strategy class)."""
+        return [name for name in (self.model.name, self.strategy.name) if IMPORT_PATH.match(name)]
+
     # ------------------------------------------------------------------ conversions
 
     def to_dict(self) -> dict[str, Any]:
@@ -759,9 +763,21 @@ def apply_overrides(table: Mapping[str, Any], overrides: Mapping[str, Any]) -> d
 
 
 def experiments_dir() -> Path:
-    """Folder of the bundled experiments: ``$FEDMI_EXPERIMENTS``, else ``experiments/`` beside the package."""
+    """Folder of the bundled experiments: ``$FEDMI_EXPERIMENTS``, else the package's ``fedmi_flower.experiments``.
+
+    The checkout's top-level ``experiments/`` folder, installed inside the package as data (a
+    wheel) or mapped onto it (an editable install, a checkout on ``PYTHONPATH``).
+    """
     env = os.environ.get(EXPERIMENTS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "experiments"
+    if env:
+        return Path(env)
+    import importlib
+
+    try:
+        bundled = importlib.import_module(f"{__package__}.experiments")
+    except ImportError:
+        return Path(__file__).resolve().parent / "experiments"  # listed as empty, with its hint
+    return Path(next(iter(bundled.__path__)))
 
 
 def list_experiments() -> dict[str, Path]:

@@ -5,7 +5,7 @@ Flower 1.21 introduced the Message API: a ServerApp with ``@app.main()`` runs a
 round's messages, ``aggregate_train`` folds the replies), and a ClientApp answers with
 ``@app.train()``. This strategy is that API's front for the same analysis core the
 legacy strategies have: every round it asks the core (a legacy strategy from
-:func:`strategies.build_strategy`, with :class:`CircuitAnalysisMixin`) to sample and
+:func:`fedmi_flower.strategies.build_strategy`, with :class:`CircuitAnalysisMixin`) to sample and
 instruct, sends the instructions as messages, and hands the replies to the core's
 ``aggregate_fit``, which screens them, aggregates with the chosen rule and analyses the
 new global model. Sampling, screening, aggregation, the analysis and the round records

@@ -13,8 +13,8 @@ from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.model import get_weights
+from fedmi_flower.strategies import build_strategy
 from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
-from strategies import build_strategy
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
 P3, P8 = PLANTED[3], PLANTED[8]

@@ -38,8 +38,8 @@ from fedmi_flower.science.models.simple_cnn import CHANNELS
 from fedmi_flower.science.models.simple_cnn import SITES as CIRCUIT_LAYERS
 from fedmi_flower.science.seeding import torch_generator
 from fedmi_flower.science.sparsity import prunable_weights, train_sparse
+from fedmi_flower.strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg
 from fedmi_flower.wire.protocol import encode_circuits
-from strategies import MaskedFedAvg, MatchedFedAvg, ModularFedAvg
 
 SIZES = dict(zip(CIRCUIT_LAYERS, CHANNELS))
 TEMPLATE = build_model()

@@ -32,8 +32,6 @@ TRAINS_OR_DISCOVERS = {"train_sparse", "discover_circuits", "learn_gate_scores"}
 def layer_of(module: str) -> str | None:
     """The layer a dotted module name belongs to, or None outside the package."""
     parts = module.split(".")
-    if parts[0] in ("clients", "strategies"):
-        return parts[0]
     if parts[0] != "fedmi_flower" or len(parts) == 1:
         return None
     return parts[1]
@@ -41,11 +39,12 @@ def layer_of(module: str) -> str | None:
 
 def modules() -> list[tuple[str, Path]]:
     found = []
-    for package in ("fedmi_flower", "clients", "strategies"):
+    # clients/ and strategies/ are top-level folders that install as fedmi_flower.clients and .strategies.
+    for package, prefix in (("fedmi_flower", ()), ("clients", ("fedmi_flower",)), ("strategies", ("fedmi_flower",))):
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).with_suffix("")
-            name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-            found.append((name, path))
+            parts = (*prefix, *(rel.parts[:-1] if rel.name == "__init__" else rel.parts))
+            found.append((".".join(parts), path))
     return found
 
 

@@ -8,7 +8,7 @@ from logging import DEBUG, ERROR, INFO, WARNING
 from flwr.common.logger import FLOWER_LOGGER, console_handler, update_console_handler
 
 from fedmi_flower.apps.console import RUN_LOG, run_console
-from strategies import CONSOLE_KEY
+from fedmi_flower.strategies import CONSOLE_KEY
 
 
 def _log_a_round(engine_path: str) -> None:

@@ -10,11 +10,11 @@ from flwr.server.client_manager import SimpleClientManager
 from planted import planted_model
 from runs import rounds_json
 
-from clients.faults import should_fail
+from fedmi_flower.clients.faults import should_fail
 from fedmi_flower.config import ExperimentConfig, FaultsConfig
 from fedmi_flower.science.model import get_weights
+from fedmi_flower.strategies.seeded_client_manager import SeededClientManager
 from fedmi_flower.wire.protocol import encode_circuits
-from strategies.seeded_client_manager import SeededClientManager
 
 
 def test_listed_clients_fail_in_listed_rounds_and_probability_is_seeded():

@@ -15,8 +15,8 @@ from flwr.common import Code, EvaluateRes, Status, parameters_to_ndarrays
 from planted import PLANTED, bright_images, concat, planted_model
 from runs import rounds_json
 
-from clients import CircuitClient
-from clients.faults import InjectedFailure
+from fedmi_flower.clients import CircuitClient
+from fedmi_flower.clients.faults import InjectedFailure
 from fedmi_flower.config import ConfigError, ExperimentConfig
 from fedmi_flower.science.circuits import circuit_size, circuits_from_scores
 from fedmi_flower.science.discovery import learn_gate_scores
@@ -322,7 +322,7 @@ def test_bug5_nodes_that_tell_the_server_the_same_partition_are_never_sampled():
     from flwr.common import GetPropertiesRes
     from flwr.server.client_manager import SimpleClientManager
 
-    from strategies.seeded_client_manager import SeededClientManager
+    from fedmi_flower.strategies.seeded_client_manager import SeededClientManager
 
     class Node(Proxy):
         def __init__(self, cid, pid):

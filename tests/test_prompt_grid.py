@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.superlink.grid import HttpGrid
 
 from fedmi_flower.apps.prompt_grid import PromptGrid, prompt
-from strategies.seeded_client_manager import SeededClientManager
+from fedmi_flower.strategies.seeded_client_manager import SeededClientManager
 
 
 class SlowGrid(Grid):

@@ -11,7 +11,7 @@ from runs import rounds_json
 
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.models import build_model
-from strategies import STRATEGIES
+from fedmi_flower.strategies import STRATEGIES
 
 
 def close(a, b):
@@ -129,7 +129,7 @@ def test_every_strategy_gives_records_of_the_same_shape(tmp_path, name):
 def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
     from flwr.server.client_manager import SimpleClientManager
 
-    from clients import CircuitClient
+    from fedmi_flower.clients import CircuitClient
 
     strategy, _ = make_strategy(tmp_path, "fedprox")
 
@@ -164,7 +164,7 @@ def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
 def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, name):
     from fakes import distinct_weights
 
-    from strategies.registry import STRATEGIES as BASES
+    from fedmi_flower.strategies.registry import STRATEGIES as BASES
 
     sizes = {0: 100, 1: 300, 2: 50, 3: 700, 4: 20}  # different counts and weights: a rule that ignores either differs
     strategy, _ = make_strategy(tmp_path, name, steps=5, partition_sizes=sizes, clients=5)

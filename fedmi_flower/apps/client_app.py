@@ -21,10 +21,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.client import Client
 from flwr.clientapp import ClientApp
 
-from clients import CircuitClient
 from fedmi_flower.analysis.reference import reference_images
 from fedmi_flower.apps.device import pick_device
 from fedmi_flower.apps.memory import return_large_blocks_to_os
+from fedmi_flower.clients import CircuitClient
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_split
 from fedmi_flower.wire.protocol import scalars
@@ -89,7 +89,7 @@ legacy_app = ClientApp(client_fn=client_fn)
 """The ClientApp of ``strategy.api = "legacy"``: Flower turns its messages into ``NumPyClient`` calls."""
 
 message_app = ClientApp()
-"""The ClientApp of ``strategy.api = "message"`` (contents: :mod:`strategies.message_strategy`)."""
+"""The ClientApp of ``strategy.api = "message"`` (contents: :mod:`fedmi_flower.strategies.message_strategy`)."""
 
 
 @message_app.query()

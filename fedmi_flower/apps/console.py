@@ -18,7 +18,7 @@ from typing import TextIO
 
 from flwr.common.logger import FLOWER_LOGGER, console_handler
 
-from strategies import CONSOLE_KEY
+from fedmi_flower.strategies import CONSOLE_KEY
 
 RUN_LOG = "run.log"
 
@@ -37,7 +37,7 @@ def is_client_exception(record: logging.LogRecord) -> bool:
 class QuietConsole(logging.StreamHandler):
     """The console of a run without ``--verbose``.
 
-    fedmi's own lines (records marked with :data:`strategies.CONSOLE_KEY`) as they are;
+    fedmi's own lines (records marked with :data:`fedmi_flower.strategies.CONSOLE_KEY`) as they are;
     any other warning or error on one line, its first, with a pointer to ``run.log``
     when there was more; Flower's INFO lines not at all. A client's exception, which
     Flower's simulation engine logs with two tracebacks, is left to ``run.log``: the

@@ -23,14 +23,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from fedmi_flower.apps.app_folder import write_app_folder
 from fedmi_flower.apps.credentials import Credentials, make_credentials
 from fedmi_flower.apps.processes import (
     ANSI_CODE,
-    APP_DIR,
     BIN_DIR,
     HOST,
     DeploymentError,
@@ -149,7 +149,8 @@ class LocalDeployment(FlowerProcesses):
         self,
         run_config: Mapping[str, bool | int | float | str],
         out: str | os.PathLike,
-        app_dir: str | os.PathLike = APP_DIR,
+        app_dir: str | os.PathLike | None = None,
+        import_paths: Sequence[str] = (),
         timeout: float | None = None,
         echo: IO[str] | None = None,
     ) -> Path:
@@ -162,8 +163,12 @@ class LocalDeployment(FlowerProcesses):
             when the deployment has one, ``data-root`` are added.
         out : str | os.PathLike
             The run directory the ServerApp writes.
-        app_dir : str | os.PathLike
-            The Flower app folder (holding ``pyproject.toml``) to ship as a FAB.
+        app_dir : str | os.PathLike | None
+            The Flower app folder (holding ``pyproject.toml``) to ship as a FAB; None writes
+            one from this package as installed (:func:`~fedmi_flower.apps.app_folder.write_app_folder`).
+        import_paths : Sequence[str]
+            With ``app_dir`` None: the run's ``module:attribute`` names (model, strategy) whose
+            modules are not installed, to ship in the FAB.
         timeout : float | None
             Seconds the run may take; None waits for as long as it runs.
         echo : IO[str] | None
@@ -177,6 +182,8 @@ class LocalDeployment(FlowerProcesses):
         """
         if self.address is None:
             raise RuntimeError("the deployment is not started; use it as a context manager or call start()")
+        if app_dir is None:
+            app_dir = write_app_folder(self.workdir / "app", import_paths)
         app_dir = Path(app_dir).resolve()
         if not (app_dir / "pyproject.toml").is_file():
             raise DeploymentError(

@@ -24,9 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-APP_DIR = Path(__file__).resolve().parents[2]
-"""The Flower app folder (it holds ``pyproject.toml``) of this checkout."""
-
 BIN_DIR = Path(sys.executable).parent
 """Where this environment's ``flower-*`` and ``flwr*`` commands live."""
 

@@ -35,8 +35,8 @@ from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_d
 from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_labels, load_split, server_splits
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.seeding import derive_seed
+from fedmi_flower.strategies import CONSOLE_KEY, CircuitAnalysisMixin, CircuitMessageStrategy, build_strategy
 from fedmi_flower.views.tensorboard import TensorBoardScalars
-from strategies import CONSOLE_KEY, CircuitAnalysisMixin, CircuitMessageStrategy, build_strategy
 
 
 def prepare_run(
@@ -202,7 +202,7 @@ def main(grid: Grid, context: Context) -> None:
 
     ``legacy``: Flower's compat loop runs the ``FedAvg``-derived strategy (``aggregate_fit``),
     as ``ServerApp(server_fn=server_fn)`` would. ``message``: the Message API's
-    ``Strategy.start`` runs :class:`strategies.CircuitMessageStrategy` (``aggregate_train``)
+    ``Strategy.start`` runs :class:`fedmi_flower.strategies.CircuitMessageStrategy` (``aggregate_train``)
     in front of the same strategy, so the records are the same.
     """
     grid = prompt(grid)  # on the deployment runtime, replies collected within 1 s, not 3 s (PromptGrid)

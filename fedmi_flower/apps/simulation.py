@@ -28,10 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fedmi_flower.apps.app_folder import write_app_folder
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.apps.processes import (
     ANSI_CODE,
-    APP_DIR,
     BIN_DIR,
     HOST,
     DeploymentError,
@@ -164,7 +164,8 @@ class SimulationRuntime(FlowerProcesses):
         }
         config_file = self.workdir / "run-config.toml"
         config_file.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in run_config.items()))
-        command = [str(BIN_DIR / "flwr"), "run", str(APP_DIR), CONNECTION, "--stream"]
+        app = write_app_folder(self.workdir / "app", config.import_paths())
+        command = [str(BIN_DIR / "flwr"), "run", str(app), CONNECTION, "--stream"]
         command += ["--run-config", str(config_file), "--federation-config", self.federation_config(config)]
         transcript, run_id = self._follow(command)
         if run_dir.is_dir():
