@@ -56,9 +56,7 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory() as tmp:
             run_dir, analyst, _, _ = prepare_run(config, Path(tmp) / "run", args.data_root)
-            strategy = build_strategy(
-                config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights)
-            )
+            strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_arrays=weights)
             results = []
             for pid in range(n):
                 report = ClientReport(

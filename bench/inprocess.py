@@ -66,9 +66,7 @@ def run_in_process(
     """
     began = time.perf_counter()
     run_dir, analyst, weights, _ = prepare_run(config, out, data_root)
-    strategy = build_strategy(
-        config, analyst=analyst, run_dir=run_dir, initial_parameters=ndarrays_to_parameters(weights)
-    )
+    strategy = build_strategy(config, analyst=analyst, run_dir=run_dir, initial_arrays=weights)
     run_config = {**config.to_run_config(), **({"data-root": data_root} if data_root else {})}
     manager = SimpleClientManager()
     threads = torch.get_num_threads()  # build_client sets a Ray actor's share; clients here run one at a time

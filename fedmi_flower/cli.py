@@ -99,8 +99,7 @@ def _resume(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     with _interruptible(lambda: run.path):
         simulate(config, run.path, args.data_root, verbose=args.verbose, resume=True)
-    _report(config.name, run.path, began)
-    return 0
+    return 0 if _report(config.name, run.path, began) else 1
 
 
 @contextlib.contextmanager
@@ -133,13 +132,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _report(name: str, out: Path, began: float) -> None:
+def _report(name: str, out: Path, began: float) -> bool:
+    """Say where a finished run is; False (and why, on stderr) when no round aggregated any client's update."""
     from fedmi_flower.records.results import RunDirectory
 
     rounds = RunDirectory(out).read_rounds()
     print(f"fedmi: {name} finished {len(rounds)} rounds in {time.perf_counter() - began:.0f} s; results in {out}")
     # The last round's line above has its numbers; summary.csv has every one of every round.
     print(f"  next: `fedmi report {out}` (what the numbers say), `fedmi plot {out}` (figures); log in {out}/run.log")
+    if rounds and not any(r.aggregated for r in rounds):
+        errors = sorted({f.error for r in rounds for f in r.failures} | {x.reason for r in rounds for x in r.rejected})
+        first = f"; the first: {errors[0][:300]}" if errors else ""
+        print(
+            f"fedmi: error: {name}: no round aggregated any client's update ({len(errors)} distinct client "
+            f"error(s){first}); the run is kept, read {out}/run.log",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -163,6 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedmi_flower.apps.simulation import SimulationRuntime
 
     out = base
+    all_good = True
     with _interruptible(lambda: out), SimulationRuntime(args.verbose) as runtime:  # one SuperLink for all
         for i, config in enumerate(configs):
             out = base / config.name if swept else base
@@ -170,10 +181,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"fedmi: running {config.name} ({i + 1}/{len(configs)}) -> {out}", flush=True)
             began = time.perf_counter()
             runtime.run(config, out, args.data_root)
-            _report(config.name, out, began)
+            all_good = _report(config.name, out, began) and all_good
     if swept:
         print(f"fedmi: {len(configs)} runs in {base}; `fedmi report {base}` summarises them")
-    return 0
+    return 0 if all_good else 1
 
 
 def _deployment_run_config(experiment: str, overrides: dict[str, Any], config: ExperimentConfig) -> dict[str, str]:
@@ -270,8 +281,7 @@ def _cmd_deploy_local(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    _report(config.name, out, began)
-    return 0
+    return 0 if _report(config.name, out, began) else 1
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -281,10 +281,103 @@ class AnalysisConfig:
 
 
 @dataclass
+class FedProxOptions:
+    """``[strategy.fedprox]``: FedProx (Li et al. 2020)."""
+
+    proximal_mu: float = _spec(0.01, lo=0.0, doc="proximal coefficient: clients add mu/2 ||w - w_global||^2")
+
+
+@dataclass
+class FedAvgMOptions:
+    """``[strategy.fedavgm]``: FedAvg with server momentum (Hsu et al. 2019)."""
+
+    server_learning_rate: float = _spec(1.0, lo=0.0, lo_open=True, doc="server learning rate")
+    server_momentum: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="server momentum")
+
+
+@dataclass
+class FedOptOptions:
+    """``[strategy.fedadam]`` and ``[strategy.fedyogi]``: adaptive server optimisers (Reddi et al. 2021)."""
+
+    eta: float = _spec(0.01, lo=0.0, lo_open=True, doc="server learning rate")
+    beta_1: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="first moment decay")
+    beta_2: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="second moment decay")
+    tau: float = _spec(1e-3, lo=0.0, lo_open=True, doc="adaptivity")
+
+
+@dataclass
+class FedAdagradOptions:
+    """``[strategy.fedadagrad]`` (Reddi et al. 2021)."""
+
+    eta: float = _spec(0.01, lo=0.0, lo_open=True, doc="server learning rate")
+    tau: float = _spec(1e-3, lo=0.0, lo_open=True, doc="adaptivity")
+
+
+@dataclass
+class FedTrimmedAvgOptions:
+    """``[strategy.fedtrimmedavg]`` (Yin et al. 2018)."""
+
+    beta: float = _spec(0.2, lo=0.0, hi=0.5, hi_open=True, doc="share trimmed from each end")
+
+
+@dataclass
+class MatchedOptions:
+    """``[strategy.matchedfedavg]``: FedAvg of permutation-aligned clients (docs/aggregation.md)."""
+
+    matching: str = _spec(
+        "weights",
+        choices=MATCHINGS,
+        doc="how each client's channels are paired with the global model's: weights, or activations on the probe rows",
+    )
+
+
+@dataclass
+class MaskedOptions:
+    """``[strategy.maskedfedavg]``: the mean over the clients where a weight is nonzero (docs/aggregation.md)."""
+
+    prune: bool = _spec(True, doc="prune the merged weights back to train.sparsity (else keep the clients' union)")
+
+
+FLAT_STRATEGY_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "proximal_mu": (("fedprox", "proximal_mu"),),
+    "server_learning_rate": (("fedavgm", "server_learning_rate"),),
+    "server_momentum": (("fedavgm", "server_momentum"),),
+    "eta": (("fedadam", "eta"), ("fedyogi", "eta"), ("fedadagrad", "eta")),
+    "beta_1": (("fedadam", "beta_1"), ("fedyogi", "beta_1")),
+    "beta_2": (("fedadam", "beta_2"), ("fedyogi", "beta_2")),
+    "tau": (("fedadam", "tau"), ("fedyogi", "tau"), ("fedadagrad", "tau")),
+    "trim_beta": (("fedtrimmedavg", "beta"),),
+    "matching": (("matchedfedavg", "matching"),),
+    "masked_prune": (("maskedfedavg", "prune"),),
+}
+"""Where each key of the flat ``[strategy]`` table of earlier versions now lives (their run directories read as
+they were written)."""
+
+
+def _nest_flat_strategy_keys(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` with a ``[strategy]`` of earlier versions' flat keys moved into the per-strategy tables."""
+    strategy = table.get("strategy")
+    if not isinstance(strategy, Mapping) or not FLAT_STRATEGY_KEYS.keys() & strategy.keys():
+        return dict(table)
+    moved = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in strategy.items() if k not in FLAT_STRATEGY_KEYS}
+    for key, places in FLAT_STRATEGY_KEYS.items():
+        if key in strategy:
+            for sub, field_name in places:
+                moved.setdefault(sub, {}).setdefault(field_name, strategy[key])
+    return {**table, "strategy": moved}
+
+
+@dataclass
 class StrategyConfig:
     """The Flower aggregation strategy and its parameters."""
 
-    name: str = _spec("fedavg", choices=STRATEGIES, doc="aggregation strategy")
+    name: str = _spec(
+        "fedavg",
+        doc=(
+            f"aggregation strategy: one of {', '.join(STRATEGIES)} (its options in [strategy.<name>]), or a "
+            "strategy class of either Flower API as 'package.module:Class' (its arguments in strategy.args)"
+        ),
+    )
     fraction_fit: float = _spec(
         1.0, lo=0.0, hi=1.0, lo_open=True, doc="share of clients sampled for training each round"
     )
@@ -305,24 +398,20 @@ class StrategyConfig:
             "and names the silent ones (default: wait for every one)"
         ),
     )
-    proximal_mu: float = _spec(0.01, lo=0.0, doc="FedProx proximal coefficient")
-    server_learning_rate: float = _spec(1.0, lo=0.0, lo_open=True, doc="FedAvgM server learning rate")
-    server_momentum: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="FedAvgM server momentum")
-    eta: float = _spec(0.01, lo=0.0, lo_open=True, doc="server learning rate of FedAdam / FedAdagrad / FedYogi")
-    beta_1: float = _spec(0.9, lo=0.0, hi=1.0, hi_open=True, doc="first moment decay (FedAdam, FedYogi)")
-    beta_2: float = _spec(0.99, lo=0.0, hi=1.0, hi_open=True, doc="second moment decay (FedAdam, FedYogi)")
-    tau: float = _spec(1e-3, lo=0.0, lo_open=True, doc="adaptivity (FedAdam, FedAdagrad, FedYogi)")
-    trim_beta: float = _spec(0.2, lo=0.0, hi=0.5, hi_open=True, doc="share trimmed from each end (FedTrimmedAvg)")
-    matching: str = _spec(
-        "weights",
-        choices=MATCHINGS,
+    fedprox: FedProxOptions = _spec(factory=FedProxOptions)
+    fedavgm: FedAvgMOptions = _spec(factory=FedAvgMOptions)
+    fedadam: FedOptOptions = _spec(factory=FedOptOptions)
+    fedyogi: FedOptOptions = _spec(factory=FedOptOptions)
+    fedadagrad: FedAdagradOptions = _spec(factory=FedAdagradOptions)
+    fedtrimmedavg: FedTrimmedAvgOptions = _spec(factory=FedTrimmedAvgOptions)
+    matchedfedavg: MatchedOptions = _spec(factory=MatchedOptions)
+    maskedfedavg: MaskedOptions = _spec(factory=MaskedOptions)
+    args: dict[str, Any] = _spec(
+        factory=dict,
         doc=(
-            "how matchedfedavg pairs each client's channels with the global model's: weights, "
-            "or activations on the probe rows"
+            "keyword arguments of a strategy named by import path (strategy.name = 'pkg.module:Class'), "
+            "e.g. {proximal_mu = 0.1}"
         ),
-    )
-    masked_prune: bool = _spec(
-        True, doc="maskedfedavg prunes the merged weights back to train.sparsity (else it keeps the clients' union)"
     )
     api: str = _spec(
         "legacy",
@@ -436,7 +525,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, table: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
         """Build and validate a config from a nested dict."""
-        config = _build(cls, table, "", source)
+        config = _build(cls, _nest_flat_strategy_keys(table), "", source)
         config.validate(source)
         return config
 
@@ -509,6 +598,21 @@ class ExperimentConfig:
                 f"is not a model: choose one of {', '.join(MODEL_NAMES)}, or name your own builder as "
                 "'package.module:builder' (docs/your-own-model.md)",
             )
+        if self.strategy.name not in STRATEGIES and not IMPORT_PATH.match(self.strategy.name):
+            near = difflib.get_close_matches(self.strategy.name, STRATEGIES, n=1)
+            fail(
+                "strategy.name",
+                self.strategy.name,
+                f"is not a strategy{f' (did you mean {near[0]!r}?)' if near else ''}: choose one of "
+                f"{', '.join(STRATEGIES)}, or name a strategy class of either Flower API as 'package.module:Class'",
+            )
+        if self.strategy.args and not IMPORT_PATH.match(self.strategy.name):
+            fail(
+                "strategy.args",
+                self.strategy.args,
+                "is for a strategy named by import path; a built-in strategy's options are in its own "
+                "table, [strategy.<name>] (`fedmi keys strategy`)",
+            )
         if self.strategy.api == "message" and self.strategy.fraction_evaluate > 0:
             fail(
                 "strategy.fraction_evaluate",
@@ -558,7 +662,7 @@ def make_model(config: ExperimentConfig, seed: int | None = None) -> nn.Module:
     )
 
 
-_FREE_TABLES = frozenset({"model.args."})
+_FREE_TABLES = frozenset({"model.args.", "strategy.args."})
 """Tables whose keys are not config fields (a model builder's arguments)."""
 
 
@@ -712,7 +816,7 @@ def config_keys(table: str | None = None) -> list[KeyDoc]:
         for f in dataclasses.fields(cls):
             tp = types_of[f.name]
             if dataclasses.is_dataclass(tp):
-                if table is None or f.name == table:
+                if table is None or prefix or f.name == table:
                     walk(tp, f"{prefix}{f.name}.")
                 continue
             if table is not None and not prefix:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.common import parameters_to_ndarrays
 
 from fedmi_flower.science.aggregation import masked_mean, resparsify
 
-from .merging_fedavg import MergingFedAvg, Result
+from .merging_fedavg import Contribution, MergeRule, MergingFedAvg, MergingMessageFedAvg
 
 
-class MaskedFedAvg(MergingFedAvg):
+class MaskedMerge(MergeRule):
     """Sparse FL's masked averaging (FedDST, Bibikar et al. 2022; FLASH, Babakniya et al. 2023).
 
     FedAvg divides every weight by all clients' examples, so a weight kept by one
@@ -46,12 +45,18 @@ class MaskedFedAvg(MergingFedAvg):
         self.min_per_neuron = min_per_neuron
         self.sparsity_scope = sparsity_scope
 
-    def merge(self, server_round: int, results: list[Result]) -> list[np.ndarray]:
-        merged = masked_mean(
-            [parameters_to_ndarrays(res.parameters) for _, res in results], [res.num_examples for _, res in results]
-        )
+    def merge(self, server_round: int, contributions: list[Contribution]) -> list[np.ndarray]:
+        merged = masked_mean([c.arrays for c in contributions], [c.num_examples for c in contributions])
         if self.target_sparsity:
             merged = resparsify(
                 self.model_template(), merged, self.target_sparsity, self.min_per_neuron, self.sparsity_scope
             )
         return merged
+
+
+class MaskedFedAvg(MaskedMerge, MergingFedAvg):
+    """:class:`MaskedMerge` on Flower's legacy FedAvg (``strategy.api = "legacy"``)."""
+
+
+class MaskedMessageFedAvg(MaskedMerge, MergingMessageFedAvg):
+    """:class:`MaskedMerge` on the Message API's FedAvg (``strategy.api = "message"``)."""

@@ -6,17 +6,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import FitIns, Parameters, parameters_to_ndarrays
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
 
 from fedmi_flower.science.aggregation import weighted_mean
 from fedmi_flower.science.alignment import Permutation, layout_of, match_all, permute
 
-from .merging_fedavg import MergingFedAvg, Result
+from .merging_fedavg import Contribution, MergeRule, MergingFedAvg, MergingMessageFedAvg
 
 
-class MatchedFedAvg(MergingFedAvg):
+class MatchedMerge(MergeRule):
     """FedAvg of permutation-aligned clients (Git Re-Basin, Ainsworth et al. 2023; FedMA, Wang et al. 2020).
 
     Before averaging, every client's channels (every group of the model's permutation
@@ -48,32 +45,27 @@ class MatchedFedAvg(MergingFedAvg):
             raise ValueError("activation matching needs probe_images")
         self.matching = matching
         self.probe_images = probe_images
-        self.reference: list[np.ndarray] | None = None
         self.permutations: dict[str, Permutation] = {}
 
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, FitIns]]:
-        """FedAvg's, remembering the weights the round starts from: the frame clients are matched to."""
-        self.reference = parameters_to_ndarrays(parameters)
-        return super().configure_fit(server_round, parameters, client_manager)
-
-    def merge(self, server_round: int, results: list[Result]) -> list[np.ndarray]:
+    def merge(self, server_round: int, contributions: list[Contribution]) -> list[np.ndarray]:
         """Every client's weights permuted onto the reference frame, then FedAvg's example-weighted mean.
 
-        Without a reference (``aggregate_fit`` called before any ``configure_fit``), the
-        first result's weights are the frame.
+        Without a reference (a merge before any round was configured), the first
+        contribution's weights are the frame.
         """
-        arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
-        reference = self.reference if self.reference is not None else arrays[0]
+        reference = self.reference if self.reference is not None else contributions[0].arrays
         template = self.model_template()
         layout = layout_of(template)
         self.permutations = match_all(
-            template,
-            reference,
-            {proxy.cid: w for (proxy, _), w in zip(results, arrays)},
-            self.matching,
-            self.probe_images,
+            template, reference, {c.node: c.arrays for c in contributions}, self.matching, self.probe_images
         )
-        aligned = [permute(w, self.permutations[proxy.cid], layout) for (proxy, _), w in zip(results, arrays)]
-        return weighted_mean(aligned, [res.num_examples for _, res in results])
+        aligned = [permute(c.arrays, self.permutations[c.node], layout) for c in contributions]
+        return weighted_mean(aligned, [c.num_examples for c in contributions])
+
+
+class MatchedFedAvg(MatchedMerge, MergingFedAvg):
+    """:class:`MatchedMerge` on Flower's legacy FedAvg (``strategy.api = "legacy"``)."""
+
+
+class MatchedMessageFedAvg(MatchedMerge, MergingMessageFedAvg):
+    """:class:`MatchedMerge` on the Message API's FedAvg (``strategy.api = "message"``)."""

@@ -10,7 +10,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
-from fedmi_flower.science.seeding import numpy_rng
+from fedmi_flower.analysis.round_core import sample_partitions
 
 WAIT_SECONDS = 86400
 """How long sampling waits for enough nodes: Flower's own default (the strategy has already waited for them)."""
@@ -79,11 +79,10 @@ class SeededClientManager(ClientManager):
         if num_clients >= len(proxies):
             return list(proxies.values())
         by_partition = self.partitions(proxies)
-        ids = sorted(by_partition)
-        chosen = numpy_rng(self.seed, "client-sampling", self.server_round).choice(
-            len(ids), size=min(num_clients, len(ids)), replace=False
-        )
-        return [by_partition[ids[i]] for i in sorted(chosen)]
+        return [
+            by_partition[pid]
+            for pid in sample_partitions(self.seed, self.server_round, list(by_partition), num_clients)
+        ]
 
     # Delegation: the rest of the ClientManager interface.
     def num_available(self) -> int:

@@ -92,7 +92,7 @@ def make_strategy(tmp_path, name="fedavg", steps=100, folder=None, partition_siz
         config,
         analyst=analyst,
         run_dir=run_dir,
-        initial_parameters=ndarrays_to_parameters(get_weights(planted_model())),
+        initial_arrays=get_weights(planted_model()),
         partition_sizes=partition_sizes,
     )
     return strategy, run_dir

@@ -22,7 +22,7 @@ from fedmi_flower.config import (
         ({"rounds": 0}, r"rounds = 0 is out of range"),
         ({"trian": {}}, r"unknown key 'trian'; did you mean 'train'\?"),
         ({"train": {"sparsty": 0.9}}, r"unknown key 'train.sparsty'; did you mean 'train.sparsity'\?"),
-        ({"strategy": {"name": "fedavgg"}}, r"strategy.name = 'fedavgg' is not allowed \(did you mean 'fedavg'\?\)"),
+        ({"strategy": {"name": "fedavgg"}}, r"strategy.name = 'fedavgg' is not a strategy \(did you mean 'fedavg'\?\)"),
         ({"rounds": "ten"}, r"rounds = 'ten' must be a whole number"),
         ({"train": {"epochs": 2.5}}, r"train.epochs = 2.5 must be a whole number"),
         ({"analysis": {"evaluate_local": "yes"}}, r"must be true or false"),

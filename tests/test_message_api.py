@@ -1,11 +1,18 @@
-"""The Message API (flwr.serverapp Strategy, @app.train ClientApp) gives the legacy API's records, to the last digit."""
+"""The Message API (flwr.serverapp Strategy, @app.train ClientApp) gives the legacy API's records.
+
+Each API runs Flower's own FedAvg of that API, and the two differ in the last bits: the
+legacy one scales each client's float32 weights by a float64 factor (computing in float64,
+then rounding), the Message API's by a Python float (computing in float32). The first
+round, whose records come before any aggregation reaches a client, is the same to the
+last digit; after it, the runs drift apart by float32 rounding, which training amplifies
+(summaries within 0.03 after two rounds).
+"""
 
 from __future__ import annotations
 
-import pytest
 from runs import SMALL_IID, fedmi, rounds_json, sets
 
-from fedmi_flower.config import ConfigError, load_experiment
+from fedmi_flower.records.results import RunDirectory
 
 
 def _without_timings(record: dict) -> dict:
@@ -22,17 +29,50 @@ def test_the_message_api_gives_the_legacy_records(iid_run, tmp_path, mnist_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[round 2/2] 3/3 clients |" in proc.stdout
     log = (out / "run.log").read_text()
-    # Flower's Message API loop ran (its own log lines), not the legacy one.
-    assert "Starting CircuitMessageStrategy strategy" in log and "configure_train: Sampled" not in log
+    # Flower's Message API loop ran Flower's own Message-API FedAvg (its log lines), not the legacy loop.
+    assert "Starting CircuitFedAvg strategy" in log and "configure_train: Sampled 3 nodes (out of 3)" in log
+    assert RunDirectory(out).read_strategy() == {
+        "name": "fedavg",
+        "class": "flwr.serverapp.strategy.fedavg.FedAvg",
+        "api": "message",
+    }
     legacy, message = rounds_json(iid_run), rounds_json(out)
     assert [r["round"] for r in message] == [1, 2]
-    assert [_without_timings(r) for r in message] == [_without_timings(r) for r in legacy]
+    assert _without_timings(message[0]) == _without_timings(legacy[0])
+    assert _layout(message[1]) == _layout(legacy[1])
+    for key, value in legacy[1]["summary"].items():
+        other = message[1]["summary"][key]
+        if isinstance(value, float) and isinstance(other, float) and key.endswith(("iou", "accuracy", "floor")):
+            assert abs(value - other) < 0.03, (key, value, other)
 
 
-def test_the_message_api_refuses_federated_evaluation():
-    with pytest.raises(ConfigError, match="strategy.fraction_evaluate = 0.5 asks for federated evaluation"):
-        load_experiment(
-            "quickstart", {"strategy.api": "message", "strategy.fraction_evaluate": 0.5, "data.holdout_fraction": 0.1}
-        )
-    with pytest.raises(ConfigError, match="strategy.api"):
-        load_experiment("quickstart", {"strategy.api": "grpc"})
+def _layout(value: object) -> object:
+    """The keys of a record, recursively (lists and values left out): what a reader of either API's runs relies on."""
+    if isinstance(value, dict):
+        return {k: _layout(v) for k, v in value.items() if k != "timings"}
+    return None
+
+
+def test_flowers_two_fedavgs_agree_to_float32_rounding():
+    """What the records' drift above comes from: the two APIs' FedAvg on the same inputs, and by hand."""
+    import numpy as np
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAvg
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    rng = np.random.default_rng(0)
+    weights = [[rng.standard_normal((8, 3)).astype(np.float32)] for _ in range(3)]
+    counts = [100, 300, 7]
+    fits = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(w), n, {})) for w, n in zip(weights, counts)]
+    legacy, _ = FedAvg().aggregate_fit(1, fits, [])
+    replies = [
+        RecordDict({"arrays": ArrayRecord(w), "metrics": MetricRecord({"num-examples": n})})
+        for w, n in zip(weights, counts)
+    ]
+    (got,) = aggregate_arrayrecords(replies, "num-examples").to_numpy_ndarrays()
+    (want,) = parameters_to_ndarrays(legacy)
+    by_hand = sum(n * w[0].astype(np.float64) for w, n in zip(weights, counts)) / sum(counts)
+    np.testing.assert_allclose(got, by_hand, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(want, by_hand, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(got, want)  # yet not equal to the last bit

@@ -164,16 +164,16 @@ def test_fedprox_sends_mu_and_the_client_honours_it(tmp_path):
 def test_every_strategy_aggregates_as_flowers_own_on_the_same_inputs(tmp_path, name):
     from fakes import distinct_weights
 
-    from fedmi_flower.strategies.registry import STRATEGIES as BASES
+    from fedmi_flower.strategies.registry import LEGACY, strategy_options
 
     sizes = {0: 100, 1: 300, 2: 50, 3: 700, 4: 20}  # different counts and weights: a rule that ignores either differs
     strategy, _ = make_strategy(tmp_path, name, steps=5, partition_sizes=sizes, clients=5)
     weights = {p: distinct_weights(p) for p in sizes}
     results = [fit_res(p, ROUND1[p % 3], weights[p], sizes[p]) for p in sizes]
-    base, specific = BASES[name]
+    base = LEGACY[name]
     plain = base(
         initial_parameters=ndarrays_to_parameters(get_weights(planted_model())),
-        **specific(strategy.experiment, strategy.analyst),
+        **strategy_options(strategy.experiment, strategy.analyst, base),
     )
     expected, _ = plain.aggregate_fit(1, [(proxy, res) for proxy, res in results], [])
     params, _ = strategy.aggregate_fit(1, results, [])

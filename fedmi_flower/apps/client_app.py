@@ -116,16 +116,22 @@ def train(message: Message, context: Context) -> Message:
     return Message(content, reply_to=message)
 
 
-class _ByStrategyApi(ClientApp):
-    """The node's ClientApp: the run's ``strategy.api`` picks :data:`legacy_app` or :data:`message_app`.
+LEGACY_CONTENT = ("fitins.", "evaluateins.", "getpropertiesins.", "getparametersins.")
+"""Prefixes of the records Flower's compat layer puts in a legacy API message (``flwr.common.recorddict_compat``)."""
 
-    One component in ``pyproject.toml`` serves both APIs, so that the API is chosen per run
-    (run config) rather than per app bundle.
+
+class _ByStrategyApi(ClientApp):
+    """The node's ClientApp: a message of the legacy API goes to :data:`legacy_app`, any other to :data:`message_app`.
+
+    One component in ``pyproject.toml`` serves both APIs, and the server's strategy class
+    (built-in or named by import path) decides the API, so the node tells them apart by
+    what a message carries: Flower's compat layer wraps legacy instructions in records
+    named ``fitins.*``, ``getpropertiesins.*``, ...
     """
 
     def __call__(self, message: Message, context: Context) -> Message:
-        api = ExperimentConfig.from_run_config(context.run_config).strategy.api
-        return (message_app if api == "message" else legacy_app)(message, context)
+        legacy = any(key.startswith(LEGACY_CONTENT) for key in message.content.keys())
+        return (legacy_app if legacy else message_app)(message, context)
 
 
 app = _ByStrategyApi()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
+from fedmi_flower.strategies import check_strategy
 
 
 def check_devices(config: ExperimentConfig, cuda_available: bool | None = None) -> None:
@@ -32,6 +33,8 @@ def check_devices(config: ExperimentConfig, cuda_available: bool | None = None) 
 
 
 def preflight(config: ExperimentConfig) -> None:
-    """Every check a run can fail before it starts (devices, the model); raises the user's one-line error."""
+    """Every check a run can fail before it starts (devices, the model, the strategy); raises the user's one-line
+    error."""
     check_devices(config)
     make_model(config)
+    check_strategy(config)

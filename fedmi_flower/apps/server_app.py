@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.common import Context, log, ndarrays_to_parameters
+from flwr.common import Context, log
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.server.compat import start_grid
@@ -35,7 +35,15 @@ from fedmi_flower.records.results import Checkpoint, RunDirectory, default_run_d
 from fedmi_flower.science.data import ImageSplit, experiment_partitions, load_labels, load_split, server_splits
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.science.seeding import derive_seed
-from fedmi_flower.strategies import CONSOLE_KEY, CircuitAnalysisMixin, CircuitMessageStrategy, build_strategy
+from fedmi_flower.strategies import (
+    CONSOLE_KEY,
+    CircuitAnalysisMixin,
+    CircuitMessageMixin,
+    build_strategy,
+    qualified_name,
+    speaks_message_api,
+    strategy_class,
+)
 from fedmi_flower.views.tensorboard import TensorBoardScalars
 
 
@@ -154,13 +162,21 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
     done = checkpoint.server_round if checkpoint else 0
     if done >= config.rounds:
         raise ValueError(f"{run_dir.path} already finished all {config.rounds} rounds; nothing to resume")
+    base = strategy_class(config)
+    run_dir.write_strategy(
+        {
+            "name": config.strategy.name,
+            "class": qualified_name(base),
+            "api": "message" if speaks_message_api(base) else "legacy",
+        }
+    )
     log(
         INFO,
         "fedmi: experiment %r, %d clients x %d rounds, strategy %s; %s %s",
         config.name,
         config.clients,
         config.rounds,
-        config.strategy.name,
+        config.strategy.name if base.__module__.startswith(("flwr.", "fedmi_flower.")) else qualified_name(base),
         f"resuming after round {done} in" if resume else "writing",
         run_dir.path.resolve(),
         extra={CONSOLE_KEY: True},
@@ -171,7 +187,7 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         config,
         analyst=analyst,
         run_dir=run_dir,
-        initial_parameters=ndarrays_to_parameters(weights),
+        initial_arrays=weights,
         start_round=done,
         partition_sizes={int(pid): len(c["train"]) for pid, c in parts.items()},
         holdout_sizes={int(pid): len(c["holdout"]) for pid, c in parts.items()},
@@ -180,7 +196,6 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         else [],
     )
     if checkpoint is not None:
-        assert isinstance(strategy, CircuitAnalysisMixin)
         strategy.load_strategy_state(checkpoint.strategy_state)
     return ServerAppComponents(
         strategy=strategy,
@@ -200,18 +215,19 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Flower entry point: the experiment's rounds under the strategy API its config names (``strategy.api``).
 
-    ``legacy``: Flower's compat loop runs the ``FedAvg``-derived strategy (``aggregate_fit``),
-    as ``ServerApp(server_fn=server_fn)`` would. ``message``: the Message API's
-    ``Strategy.start`` runs :class:`fedmi_flower.strategies.CircuitMessageStrategy` (``aggregate_train``)
-    in front of the same strategy, so the records are the same.
+    A legacy strategy (``flwr.server.strategy.FedAvg`` with :class:`CircuitAnalysisMixin`,
+    ``aggregate_fit``) runs in Flower's compat loop, as ``ServerApp(server_fn=server_fn)``
+    would; a Message-API one (``flwr.serverapp.strategy.FedAvg`` with
+    :class:`CircuitMessageMixin`, ``aggregate_train``) runs its own ``Strategy.start``. The
+    round core and the records are the same.
     """
     grid = prompt(grid)  # on the deployment runtime, replies collected within 1 s, not 3 s (PromptGrid)
     components = build_components(context.run_config)
-    core, server_config = components.strategy, components.config
-    assert isinstance(core, CircuitAnalysisMixin) and server_config is not None
-    if core.experiment.strategy.api == "message":
+    strategy, server_config = components.strategy, components.config
+    assert server_config is not None
+    if isinstance(strategy, CircuitMessageMixin):
         timeout = server_config.round_timeout or 3600.0
-        front = CircuitMessageStrategy(core, timeout=timeout)
-        front.start(grid, front.initial_arrays(), num_rounds=server_config.num_rounds, timeout=timeout)
+        strategy.start(grid, strategy.initial_arrays(), num_rounds=server_config.num_rounds, timeout=timeout)
     else:
-        start_grid(grid=grid, strategy=core, config=server_config)
+        assert isinstance(strategy, CircuitAnalysisMixin)
+        start_grid(grid=grid, strategy=strategy, config=server_config)

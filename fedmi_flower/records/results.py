@@ -4,6 +4,7 @@
 
     RUN_DIR/
       config.toml          the resolved experiment (what to rerun it with)
+      strategy.json        the strategy class that ran, and its Flower API (legacy or message)
       partitions.json      each client's training and held-out rows, the server's probe and evaluation rows
       rounds.jsonl         one JSON object per finished round: every circuit, every metric
       summary.csv          one row per round of the scalar summaries
@@ -43,6 +44,7 @@ from fedmi_flower.science.data import ClientPartition
 
 CONFIG_FILE = "config.toml"
 PARTITIONS_FILE = "partitions.json"
+STRATEGY_FILE = "strategy.json"
 ROUNDS_FILE = "rounds.jsonl"
 SUMMARY_FILE = "summary.csv"
 ROUND_WEIGHTS_DIR = "weights"
@@ -181,6 +183,15 @@ class RunDirectory:
 
     def write_config(self, config: ExperimentConfig) -> None:
         atomic_write(self.path / CONFIG_FILE, config_to_toml(config))
+
+    def write_strategy(self, strategy: Mapping[str, str]) -> None:
+        """Record the strategy that runs: the name the config gave, its class (``module.Class``) and API."""
+        atomic_write(self.path / STRATEGY_FILE, json.dumps(dict(strategy), indent=1) + "\n")
+
+    def read_strategy(self) -> dict[str, str] | None:
+        """What :meth:`write_strategy` recorded; None for a run written before it existed."""
+        path = self.path / STRATEGY_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def write_partitions(
         self,

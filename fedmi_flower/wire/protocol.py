@@ -54,14 +54,15 @@ class FitInstructions:
 
     server_round: int
     config: ExperimentConfig  # its clients, rounds, train, discovery, analysis, faults and seed are the server's
-    proximal_mu: float = 0.0  # set by FedProx's configure_fit
+    proximal_mu: float = 0.0  # set by FedProx's configure_fit (legacy) or configure_train (Message API)
 
     @classmethod
     def parse(cls, fit_config: Mapping[str, Any]) -> FitInstructions:
         """Validate and decode a fit config; raise :class:`ConfigError` naming the bad field."""
         rest = dict(fit_config)
         server_round = rest.pop("server_round", 0)
-        mu = rest.pop("proximal_mu", 0.0)
+        rest.pop("server-round", None)  # the Message API's FedAvg adds it; server_round says the same
+        mu = rest.pop("proximal_mu", rest.pop("proximal-mu", 0.0))  # FedProx: legacy API's key, Message API's key
         if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 0:
             raise ConfigError(f"fit config: server_round = {server_round!r} must be a non-negative integer")
         if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
