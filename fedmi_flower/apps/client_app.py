@@ -130,7 +130,7 @@ class _ByStrategyApi(ClientApp):
     """
 
     def __call__(self, message: Message, context: Context) -> Message:
-        legacy = any(key.startswith(LEGACY_CONTENT) for key in message.content.keys())
+        legacy = any(key.startswith(LEGACY_CONTENT) for key in message.content)
         return (legacy_app if legacy else message_app)(message, context)
 
 
