@@ -280,6 +280,30 @@ def test_fedmi_report_writes_markdown_and_html_with_the_numbers(iid_run, tmp_pat
     assert "Never recovered" in md and "peaks, then declines" in md
     assert "## What this page answers" in md and "RQ1, inter-client consistency" in md and "**Only 2 rounds**" in md
     assert "of 224 channels |" in md  # circuit sizes for people: "71 of 224 channels", not 71.333
+    # The answers in words say what the floor verdicts of the same page say.
+    numbers = rq_table(run.records)
+    assert "## Answers" in md
+    for label, question in (("inter-client IoU", "RQ1: do clients"), ("local-global IoU", "is a client's circuit")):
+        below = numbers[("Scale: is a change above the noise floor?", label, "below the floor")]
+        (line,) = [line for line in md.splitlines() if question in line]
+        assert ("** No:" in line) == (below == 1.0) and ("** Yes" in line) == (below == 0.0), line
+
+
+def test_answers_follow_the_floor_verdicts_and_say_when_nothing_is_measured():
+    from fedmi_flower.views.report import AGAINST, CHANCE, FLOOR, SCALE, answers
+
+    def numbers(value, floor):
+        return {
+            (SCALE, "inter-client IoU", AGAINST): value,
+            (SCALE, "inter-client IoU", FLOOR): floor,
+            (SCALE, "inter-client IoU", CHANCE): 0.3,
+        }
+
+    assert "** No: their circuits of a class differ" in answers(numbers(0.87, 0.95))[0]
+    assert "above chance" in answers(numbers(0.87, 0.95))[0]
+    assert "** Yes, as far as the instrument can tell" in answers(numbers(0.96, 0.95))[0]
+    assert "Not measured" in answers(numbers(float("nan"), 0.95))[0]
+    assert "Not measured: no client circuit worked" in answers({})[-1]
 
 
 def test_report_over_seeds_gives_mean_std_and_range(noniid_runs, tmp_path):

@@ -666,6 +666,68 @@ def caveats(runs: Sequence[Run]) -> list[str]:
     return out
 
 
+def _against_floor(numbers: Mapping[Key, float], label: str) -> tuple[float, float, float]:
+    """A view's final non-degenerate value (the one its floor verdict reads), its floor and its chance level."""
+    return (
+        numbers.get((SCALE, label, AGAINST), math.nan),
+        numbers.get((SCALE, label, FLOOR), math.nan),
+        numbers.get((SCALE, label, CHANCE), math.nan),
+    )
+
+
+def _scaled_answer(question: str, numbers: Mapping[Key, float], label: str, same: str, differ: str) -> str:
+    value, floor, chance = _against_floor(numbers, label)
+    if math.isnan(value):
+        return f"**{question}** Not measured in the final round: no pair of non-degenerate circuits defines {label}."
+    scale = f"{label} {value:.2f}, noise floor {floor:.2f}, chance {chance:.2f}"
+    above_chance = "" if math.isnan(chance) else (" though above chance" if value > chance else " and at chance")
+    if math.isnan(floor):
+        return f"**{question}** No floor to judge by ({label} {value:.2f}, chance {chance:.2f})."
+    if value < floor:
+        verdict = f"below the floor,{above_chance}"
+        return f"**{question}** No: {differ} by more than discovery noise explains ({scale}; {verdict})."
+    return f"**{question}** Yes, as far as the instrument can tell: {same} ({scale}; at or above the floor)."
+
+
+def answers(numbers: Mapping[Key, float]) -> list[str]:
+    """One short answer per research question, in words, read off the same numbers (and floor verdicts) as the
+    tables below it: the final round's value of each view against its noise floor, and the collapse counts."""
+    out = [
+        _scaled_answer(
+            "RQ1: do clients that hold a class find the same circuit for it?",
+            numbers,
+            "inter-client IoU",
+            "their circuits of a class overlap as much as one model's circuit found twice",
+            "their circuits of a class differ",
+        ),
+        _scaled_answer(
+            "RQ2: does a client keep its circuit from round to round?",
+            numbers,
+            "intra-client stability",
+            "its circuits change no more than rediscovery on one model does",
+            "its circuits change",
+        ),
+        _scaled_answer(
+            "RQ2: is a client's circuit the global model's circuit of that class?",
+            numbers,
+            "local-global IoU",
+            "the global model's circuit is the client's",
+            "the global model's circuits differ from the clients'",
+        ),
+    ]
+    worked = numbers.get((COLLAPSE, "working on their own model", VALUE), math.nan)
+    preserved = numbers.get((COLLAPSE, "preserved (working on the global weights too)", VALUE), math.nan)
+    rate = numbers.get((COLLAPSE, COLLAPSE_RATE, VALUE), math.nan)
+    if math.isnan(worked) or worked == 0:
+        out.append("**Do circuits survive aggregation?** Not measured: no client circuit worked on its own model.")
+    else:
+        out.append(
+            f"**Do circuits survive aggregation?** {preserved:.0f} of {worked:.0f} client circuits that work on their "
+            f"own model (over all rounds) still work on the global weights; the collapse rate is {rate:.2f}."
+        )
+    return out
+
+
 def _table_blocks(title: str, numbers: Mapping[Key, str]) -> list[Block]:
     """One run or one group: rows by row label, columns by column label."""
     keys = [k for k in numbers if k[0] == title]
@@ -756,6 +818,19 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         )
     )
 
+    blocks.append(("h", 2, "Answers"))
+    if len(groups) == 1:
+        tables = [rq_table(r.records) for r in runs]
+        means = tables[0] if len(tables) == 1 else {k: sp.mean for k, sp in aggregate(tables).items()}
+        note = "" if len(runs) == 1 else f" (means over the {len(runs)} seeds)"
+        blocks.append(("p", f"Read off the final round's numbers below{note}; the tables give the rest."))
+        blocks.append(("list", answers(means)))
+    else:
+        for label, group in zip(labels, groups):
+            tables = [rq_table(r.records) for r in group]
+            means = tables[0] if len(tables) == 1 else {k: sp.mean for k, sp in aggregate(tables).items()}
+            blocks.append(("p", f"**{label}**"))
+            blocks.append(("list", answers(means)))
     blocks.append(("h", 2, "What this page answers"))
     blocks.append(("list", QUESTIONS))
     blocks.append(("h", 2, "Read first"))
