@@ -304,11 +304,19 @@ def _common_folder(paths: list[Path]) -> Path:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from fedmi_flower.views.graphs import paper_titles  # matplotlib loads only for plotting
+
+    with paper_titles() if args.paper else contextlib.nullcontext():
+        return _draw(args)
+
+
+def _draw(args: argparse.Namespace) -> int:
     from fedmi_flower.records.series import RunError, comparison, find_runs, load_run, setting_label
-    from fedmi_flower.views.plots import plot_compare, plot_run, plot_skew_law  # matplotlib loads only for plotting
+    from fedmi_flower.views.plots import plot_compare, plot_run, plot_skew_law
     from fedmi_flower.views.report import skew_law_groups, skew_law_points
 
     paths = find_runs(args.runs)
+
     if args.compare:
         runs = [load_run(p) for p in paths]
         out = Path(args.out) if args.out else _common_folder(paths) / "figures-compare"
@@ -450,6 +458,7 @@ def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
         "--graph-class", type=int, help="class whose circuit graphs to draw (default: one that two clients hold)"
     )
     plot.add_argument("--graph-round", type=int, help="round whose circuit graphs to draw (default: the last)")
+    plot.add_argument("--paper", action="store_true", help="figures for a paper: no run folder names in their titles")
     plot.set_defaults(func=_cmd_plot)
 
     report = sub.add_parser(

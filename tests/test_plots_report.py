@@ -492,3 +492,25 @@ def test_no_figure_draws_text_outside_itself(iid_run, noniid_runs):
         drawn += 1
     assert drawn == 2 * len(RUN_FIGURE_NAMES) + len(COMPARE_FIGURES) + 1
     assert outside == {}
+
+
+def test_paper_figures_name_no_run_and_comparison_panels_carry_letters(iid_run, noniid_runs):
+    from fedmi_flower.views.graphs import graph_figures, paper_titles
+    from fedmi_flower.views.plots import RUN_FIGURES, fig_compare_cross_eval, fig_compare_summary
+
+    run = load_run(iid_run)
+    fig = RUN_FIGURES[0][1](run)
+    assert run.name in fig.get_suptitle()  # by default a figure says which run it shows
+    with paper_titles():
+        figures = [make(run) for _, make, _ in RUN_FIGURES] + [f for _, f, _ in graph_figures(run, None, None)]
+        texts = [f.get_suptitle() + " ".join(ax.get_title() for ax in f.axes) for f in figures]
+    assert texts and all(run.name not in text for text in texts)
+    assert run.name in RUN_FIGURES[0][1](run).get_suptitle()  # and only inside the block
+    runs = [load_run(p) for p in noniid_runs]
+    setting, groups = comparison(runs)
+    labels = [f"group {i}" for i in range(len(groups))]
+    summary = fig_compare_summary(groups, labels, setting)
+    titles = [ax.get_title() for ax in summary.axes if ax.get_title()]
+    assert titles[0].startswith("(a) ") and titles[1].startswith("(b) ")
+    cross = fig_compare_cross_eval(groups, labels, setting)
+    assert [ax.get_title()[:4] for ax in cross.axes if ax.get_title()][:2] == ["(a) ", "(b) "]

@@ -18,6 +18,8 @@ No Flower imports here.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +76,25 @@ class CircuitGraph:
     def columns(self) -> tuple[str, ...]:
         """The graph's columns: the input, the model's circuit sites in order, the output."""
         return ("input", *self.layer_sizes, "output")
+
+
+RUN_IN_TITLES: contextvars.ContextVar[bool] = contextvars.ContextVar("run_in_titles", default=True)
+"""Whether figure titles name the run (its folder); off under :func:`paper_titles`."""
+
+
+@contextlib.contextmanager
+def paper_titles() -> Iterator[None]:
+    """Figures drawn inside this block name no run in their titles (``fedmi plot --paper``: figures for a paper)."""
+    token = RUN_IN_TITLES.set(False)
+    try:
+        yield
+    finally:
+        RUN_IN_TITLES.reset(token)
+
+
+def of_run(run: Run) -> str:
+    """`` of <run>`` for a title, or nothing for a paper's figure."""
+    return f" of {run.name}" if RUN_IN_TITLES.get() else ""
 
 
 def circuit_graph(
@@ -359,7 +380,7 @@ def graph_figures(
     weights = _Weights(run)
     holders = _holders(record, cls)
     clients = sorted(p for p, c in record.clients.items() if c.circuits)
-    where = f"round {server_round} of {run.name}"
+    where = f"round {server_round}{of_run(run)}"
 
     global_graph = weights.graph(server_round, None, cls)
     yield (
@@ -403,7 +424,7 @@ def graph_figures(
     if client is not None and previous:
         a, b = weights.graph(previous[-1], client, cls), weights.graph(server_round, client, cls)
         fig = graph_figure(
-            a, b, f"{title}: client {client}, class {cls}, rounds {previous[-1]} and {server_round} of {run.name}"
+            a, b, f"{title}: client {client}, class {cls}, rounds {previous[-1]} and {server_round}{of_run(run)}"
         )
     else:
         fig = _message_figure(

@@ -48,7 +48,7 @@ from fedmi_flower.records.series import (
 )
 from fedmi_flower.science.law import fit_line
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD
-from fedmi_flower.views.graphs import choose, graph_figures
+from fedmi_flower.views.graphs import RUN_IN_TITLES, choose, graph_figures
 
 FORMATS: tuple[str, ...] = ("png", "svg")
 DPI = 200
@@ -160,8 +160,9 @@ def _suptitle(fig: Figure, text: str, fontsize: float = 10) -> None:
 
 
 def _title(fig: Figure, run: Run, what: str) -> None:
-    """A short title and the run's name; the experiment's description belongs in the caption (``fedmi report``)."""
-    _suptitle(fig, f"{what} ({run.name})")
+    """A short title and the run's name (none under ``paper_titles``); the experiment's description belongs in the
+    caption (``fedmi report``)."""
+    _suptitle(fig, f"{what} ({run.name})" if RUN_IN_TITLES.get() else what)
 
 
 # ---------------------------------------------------------------------- accuracy
@@ -668,6 +669,8 @@ summary fields of their noise floor and chance level (drawn dashed and dotted in
 
 
 GROUP_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+PANEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+"""Panel labels of a comparison figure, row by row, so that a caption or a reader can point at one."""
 
 
 def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], setting: str) -> Figure:
@@ -677,7 +680,7 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
     """
     fig, axes = _figure(3, 3, width=3.6, height=2.6)
     cmap = plt.get_cmap("viridis" if len(groups) > 4 else "tab10")
-    for ax, (what, curve, (floor_key, chance_key)) in zip(axes.flat, SUMMARY_CURVES):
+    for panel, (ax, (what, curve, (floor_key, chance_key))) in enumerate(zip(axes.flat, SUMMARY_CURVES)):
         curves = []
         for g, (runs, label) in enumerate(zip(groups, labels)):
             rounds, matrix = _aligned(runs, curve)
@@ -720,7 +723,7 @@ def fig_compare_summary(groups: Sequence[Sequence[Run]], labels: Sequence[str], 
                         )
             _round_axis(ax, rounds)
         _note_if_undefined(ax, curves, "")
-        ax.set_title(what, fontsize=9)
+        ax.set_title(f"({PANEL_LETTERS[panel]}) {what}", fontsize=9)  # a caption can name each panel
         _unit_axis(ax, "")
     _bottom_labels_only(axes)
     _legend(fig, [axes[0][0]], title=setting)
@@ -763,7 +766,11 @@ def fig_compare_cross_eval(groups: Sequence[Sequence[Run]], labels: Sequence[str
                 continue
             run = runs[row]
             image = _heatmap(ax, run, "sufficiency", annotate=False, ylabels=col == 0)
-            ax.set_title(label if setting == "seed" else f"{label}\nseed {run.config.seed}", fontsize=8)
+            letter = PANEL_LETTERS[(row * len(groups) + col) % len(PANEL_LETTERS)]
+            ax.set_title(
+                f"({letter}) {label}" if setting == "seed" else f"({letter}) {label}\nseed {run.config.seed}",
+                fontsize=8,
+            )
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="sufficiency on the global weights")
     _suptitle(
