@@ -357,3 +357,26 @@ def test_a_failed_alignment_costs_the_round_its_aligned_iou_only(tmp_path, monke
     assert record.analysed and "matching exploded" in (record.alignment_error or "")
     assert record.aligned_local_global_iou == {} and math.isnan(record.summary.aligned_local_global_iou)
     assert not math.isnan(record.summary.local_global_iou) and not math.isnan(record.global_model.accuracy)
+
+
+def test_each_analysis_step_fails_alone_into_step_errors(tmp_path, monkeypatch):
+    """The noise floor and the alignment broken at once: both named in step_errors, every other view stands."""
+    from fakes import ROUND1, make_strategy
+    from fakes import fit_res as client_result
+
+    import fedmi_flower.analysis.round_analyst as round_analyst
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exploded")
+
+    monkeypatch.setattr(round_analyst, "match_all", broken)
+    monkeypatch.setattr(round_analyst.RoundAnalyst, "noise_floor", broken)
+    strategy, run_dir = make_strategy(tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100})
+    strategy.aggregate_fit(1, [client_result(p, ROUND1[p]) for p in range(3)], [])
+    (record,) = run_dir.read_rounds()
+    assert record.analysed and set(record.step_errors) == {"noise_floor", "alignment"}
+    assert all("exploded" in error for error in record.step_errors.values())
+    assert record.alignment_error == record.step_errors["alignment"]
+    assert math.isnan(record.summary.seed_floor) and record.noise_floor.seed == {}
+    assert not math.isnan(record.summary.inter_client_iou) and not math.isnan(record.summary.local_global_iou)
+    assert record.timings.noise_floor >= 0 and record.timings.alignment >= 0

@@ -44,7 +44,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -101,6 +101,8 @@ from fedmi_flower.science.seeding import derive_seed, torch_generator
 from fedmi_flower.science.sparsity import prune_, sparsity_report
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
 from fedmi_flower.wire.protocol import ClientReport
+
+T = TypeVar("T")
 
 __all__ = ["COLLAPSE_THRESHOLD", "RoundAnalyst"]
 
@@ -561,28 +563,34 @@ class RoundAnalyst:
         sizes = site_sizes(model)
         reports = sorted(reports, key=lambda r: r.partition_id)
         timings = RoundTimings()
+        step_errors: dict[str, str] = {}
+
+        def step(name: str, run: Callable[[], T], fallback: T) -> T:
+            """Run one optional analysis step, timed into ``timings.<name>``; a failure costs that step only."""
+            t0 = time.perf_counter()
+            try:
+                return run()
+            except Exception:  # one view's failure must not cost the round's other views
+                step_errors[name] = traceback.format_exc()
+                return fallback
+            finally:
+                setattr(timings, name, time.perf_counter() - t0)
+
+        # Global discovery and scoring are the round's analysis: their failure is the record's analysis_error.
         t0 = time.perf_counter()
         global_circuits = self.discover(model, self.probe, classes, "server-discovery", server_round)
         timings.global_discovery = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        floor = self.noise_floor(model, global_circuits, server_round, reports)
-        timings.noise_floor = time.perf_counter() - t0
+        floor = step(
+            "noise_floor", lambda: self.noise_floor(model, global_circuits, server_round, reports), NoiseFloor()
+        )
         t0 = time.perf_counter()
         global_scores, cross = self.score(model, global_circuits, reports)
         global_entry = self.global_entry(model, global_circuits, global_scores)
         timings.evaluation = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        control = self.control(classes)
-        timings.control = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        alignment_error = None
-        try:
-            alignments = self.alignments(model, local_weights or {})
-        except Exception:  # aligned IoU is one view: its failure must not cost the round's other views
-            alignments, alignment_error = {}, traceback.format_exc()
+        control = step("control", lambda: self.control(classes), None)
+        no_alignment: dict[int, Permutation] = {}
+        alignments = step("alignment", lambda: self.alignments(model, local_weights or {}), no_alignment)
         aligned = self.aligned(reports, alignments)
-        timings.alignment = time.perf_counter() - t0
 
         stability, gaps = self.stability(server_round, reports, sizes)
         clients = {r.partition_id: self.client_entry(r) for r in reports}
@@ -612,7 +620,8 @@ class RoundAnalyst:
                 if r.circuits
             },
             timings=timings,
-            alignment_error=alignment_error,
+            alignment_error=step_errors.get("alignment"),
+            step_errors=step_errors,
         )
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]

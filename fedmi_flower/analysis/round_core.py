@@ -282,8 +282,8 @@ class RoundRecorder:
         except Exception:  # a bug in the analysis must not lose the training run
             logger.warning("round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
             record = RoundRecord(round=rnd, analysis_error=traceback.format_exc())
-        if record.alignment_error is not None:
-            logger.warning("round %d: aligned IoU failed, the other views stand:\n%s", rnd, record.alignment_error)
+        for name, error in record.step_errors.items():
+            logger.warning("round %d: analysis step %s failed, the other views stand:\n%s", rnd, name, error)
         record.aggregated = outcome.aggregated
         record.not_aggregated_because = outcome.not_aggregated_because
         record.sampled = outcome.sampled

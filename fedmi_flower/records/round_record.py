@@ -769,6 +769,9 @@ class RoundRecord:
     rejected: list[Rejection] = field(default_factory=list)
     analysis_error: str | None = None
     alignment_error: str | None = None
+    step_errors: dict[str, str] = field(default_factory=dict)
+    """Analysis steps that failed alone (step name -> traceback): their views are empty, the others stand.
+    ``alignment_error`` is the ``alignment`` step's, kept under its own name for earlier readers."""
     """Why aligned IoU is missing from an analysed round (the alignment failed; the rest of the analysis stands)."""
     schema: int = SCHEMA_VERSION
 
@@ -871,6 +874,8 @@ class RoundRecord:
             )
             if self.alignment_error is not None:
                 out["alignment_error"] = self.alignment_error
+            if self.step_errors:
+                out["step_errors"] = dict(self.step_errors)
         else:
             out["analysis_error"] = self.analysis_error
         out["timings"] = self.timings.to_json()
@@ -929,5 +934,6 @@ class RoundRecord:
             ],
             analysis_error=raw.get("analysis_error"),
             alignment_error=raw.get("alignment_error"),
+            step_errors={str(k): str(v) for k, v in (raw.get("step_errors") or {}).items()},
             schema=version,
         )
