@@ -159,6 +159,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("name an experiment (see `fedmi list`) or give --resume RUN_DIR")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     configs = load_sweep(args.experiment, _overrides(args), seeds=seeds)
+    from fedmi_flower.apps.preflight import check_devices
+
+    for config in configs:  # first, and without torch: a GPU asked for on a machine without one is one line at once
+        check_devices(config)
     from fedmi_flower.records.results import RunDirectory, default_run_dir
 
     swept = len(configs) > 1 or seeds is not None  # every point of a sweep (or seed) in its own folder under --out

@@ -8,18 +8,38 @@ directory is checked by :meth:`~fedmi_flower.records.results.RunDirectory.check_
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
 from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
-from fedmi_flower.strategies import check_strategy
+
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+"""Device nodes of NVIDIA's driver, WSL's GPU bridge and AMD's ROCm: without any, no GPU can be visible."""
+
+
+def gpu_device_present() -> bool:
+    """Whether this machine has a GPU device node at all (a cheap answer, without loading torch)."""
+    return any(Path(p).exists() for p in GPU_DEVICE_FILES)
 
 
 def check_devices(config: ExperimentConfig, cuda_available: bool | None = None) -> None:
-    """Refuse GPU settings the machine cannot honour (``cuda_available``: what the machine has; None asks torch)."""
-    has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    if has_cuda:
-        return
+    """Refuse GPU settings the machine cannot honour (``cuda_available``: what the machine has; None asks torch).
+
+    torch is loaded only when the settings ask for a GPU and a GPU device node exists: a
+    machine without one is refused at once (``resources.device = 'cuda'`` on a laptop is
+    one line, not two seconds of loading torch).
+    """
     r = config.resources
+    if r.device != "cuda" and r.client_gpus <= 0:
+        return
+    if cuda_available is None:
+        if gpu_device_present():
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        else:
+            cuda_available = False
+    if cuda_available:
+        return
     if r.device == "cuda":
         raise ConfigError(
             "resources.device = 'cuda' but no CUDA device is visible here; "
@@ -35,6 +55,8 @@ def check_devices(config: ExperimentConfig, cuda_available: bool | None = None) 
 def preflight(config: ExperimentConfig) -> None:
     """Every check a run can fail before it starts (devices, the model, the strategy); raises the user's one-line
     error."""
+    from fedmi_flower.strategies import check_strategy  # Flower loads only once the devices are known to do
+
     check_devices(config)
     make_model(config)
     check_strategy(config)
