@@ -258,6 +258,14 @@ class AnalysisConfig:
             "seed and draw; a holder's rows for every class), and floor_client's own"
         ),
     )
+    counterfactual: bool = _spec(
+        False,
+        doc=(
+            "counterfactual aggregation: for every circuit that works on its own model and collapses on the global "
+            "weights, aggregate again with each other client left out (same rule, no retraining) and score it there: "
+            "whose update broke it"
+        ),
+    )
     random_control: bool = _spec(
         True,
         doc="discover circuits on a never-trained model of the same architecture and sparsity, beside the real ones",

@@ -205,6 +205,25 @@ class CircuitAnalysisMixin:
 
     # ------------------------------------------------------------------ aggregation
 
+    def _reaggregate(self, rnd: int, accepted: list[Result]) -> Callable[[int], list[np.ndarray] | None]:
+        """The parent's aggregation of this round's accepted results without one partition, leaving the strategy
+        as the real aggregation left it (its attributes are restored after each call: FedAdam's moments, ...)."""
+
+        def without(pid: int) -> list[np.ndarray] | None:
+            # Screening vouched for each accepted result's partition_id.
+            others = [(proxy, res) for proxy, res in accepted if res.metrics.get("partition_id") != pid]
+            if len(others) == len(accepted) or not others:
+                return None
+            saved = dict(self.__dict__)
+            try:
+                parameters, _ = super(CircuitAnalysisMixin, self).aggregate_fit(rnd, others, [])  # type: ignore[misc]
+            finally:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+            return None if parameters is None else parameters_to_ndarrays(parameters)
+
+        return without
+
     def aggregate_fit(
         self, server_round: int, results: list[Result], failures: list[Result | BaseException]
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
@@ -252,6 +271,7 @@ class CircuitAnalysisMixin:
             sampled=len(set(self._sampled) | answered) + max(0, bare - len(silent)),
             strategy_state=self.strategy_state(),
             not_aggregated_because=None if aggregated else not_aggregated_reason(len(accepted), len(failures)),
+            reaggregate=self._reaggregate(rnd, accepted) if aggregated else None,
         )
         record = self.recorder.record(rnd, outcome, began)
         return (ndarrays_to_parameters(outcome.arrays) if aggregated else None), {

@@ -252,10 +252,34 @@ class CircuitMessageMixin:
             sampled=len(set(self._sampled) | answered),
             strategy_state=self.strategy_state(),
             not_aggregated_because=None if aggregated else not_aggregated_reason(len(accepted), len(failures)),
+            reaggregate=self._reaggregate(rnd, accepted, [updates[i] for i in screening.accepted])
+            if aggregated
+            else None,
         )
         record = self.recorder.record(rnd, outcome, began)
         numbers = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return arrays, MetricRecord({**numbers, **summary_metrics(record)})
+
+    def _reaggregate(
+        self, rnd: int, accepted: list[Message], updates: list[Update]
+    ) -> Callable[[int], list[np.ndarray] | None]:
+        """The parent's aggregation of this round's accepted replies without one partition, leaving the strategy as
+        the real aggregation left it (its attributes are restored after each call)."""
+        partition = [u.report.get("partition_id") for u in updates]  # screening vouched for each
+
+        def without(pid: int) -> list[np.ndarray] | None:
+            others = [reply for reply, p in zip(accepted, partition) if p != pid]
+            if len(others) == len(accepted) or not others:
+                return None
+            saved = dict(self.__dict__)
+            try:
+                arrays, _ = super(CircuitMessageMixin, self).aggregate_train(rnd, others)  # type: ignore[misc]
+            finally:
+                self.__dict__.clear()
+                self.__dict__.update(saved)
+            return None if arrays is None else arrays.to_numpy_ndarrays()
+
+        return without
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

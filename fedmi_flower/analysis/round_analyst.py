@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from fedmi_flower.analysis.counterfactual import Reaggregate, agreement_with_dominance, interference
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.round_record import (
     FLOOR_OF_VIEW,
@@ -96,7 +97,7 @@ from fedmi_flower.science.metrics import (
     nanmean,
     polysemantic_share,
 )
-from fedmi_flower.science.model import evaluate, get_weights
+from fedmi_flower.science.model import evaluate, get_weights, set_weights
 from fedmi_flower.science.seeding import derive_seed, torch_generator
 from fedmi_flower.science.sparsity import prune_, sparsity_report
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
@@ -488,6 +489,21 @@ class RoundAnalyst:
             zip(keys, scores[len(global_circuits) :])
         )
 
+    def score_on(
+        self, weights: Sequence[np.ndarray], circuits: Sequence[tuple[int, int, Circuit]]
+    ) -> list[CircuitScores]:
+        """``(client, class, circuit)`` triples scored on a model holding ``weights`` (counterfactual aggregation)."""
+        model = make_model(self.config)
+        set_weights(model, list(weights))
+        model.to(self.evaluation.images.device)
+        return evaluate_circuits(
+            model,
+            self.evaluation,
+            [(cls, circuit) for _, cls, circuit in circuits],
+            ablation=self.config.discovery.resolved_ablation,
+            means=self.fill_means(model),
+        )
+
     def global_entry(
         self, model: nn.Module, circuits: Mapping[int, Circuit], scores: Mapping[int, CircuitScores]
     ) -> GlobalEntry:
@@ -551,12 +567,15 @@ class RoundAnalyst:
         model: nn.Module,
         reports: Sequence[ClientReport],
         local_weights: Mapping[int, Sequence[np.ndarray]] | None = None,
+        reaggregate: Reaggregate | None = None,
     ) -> RoundRecord:
         """Analyse one round; return its record (NaN where a value is undefined).
 
         ``reports`` must hold validated reports with distinct partition ids;
         ``local_weights``, by partition id, the weights each client's circuits were found
-        on (for aligned IoU; without them aligned IoU is not measured).
+        on (for aligned IoU; without them aligned IoU is not measured); ``reaggregate``,
+        the round's aggregation rule without one partition (counterfactual aggregation,
+        ``analysis.counterfactual``; without it that step does not run).
         """
         began = time.perf_counter()
         classes = self.classes_to_analyse(reports)
@@ -623,6 +642,18 @@ class RoundAnalyst:
             alignment_error=step_errors.get("alignment"),
             step_errors=step_errors,
         )
+        if self.config.analysis.counterfactual and reaggregate is not None:
+            record.interference = step(
+                "counterfactual",
+                lambda: interference(
+                    record.cross_eval,
+                    {r.partition_id: r.circuits for r in reports},
+                    [r.partition_id for r in reports],
+                    reaggregate,
+                    self.score_on,
+                ),
+                {},
+            )
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
@@ -702,8 +733,14 @@ class RoundAnalyst:
         moved = [sum(c.channels_moved.values()) for c in record.clients.values() if c.channels_moved]
         stab = [v for per in record.stability.values() for v in per.values()]
         worked = [s for s in cross if s.local_verdict == "working"]
+        restored = sum(1 for per in record.interference.values() for e in per.values() if e.restored_by)
         return RoundSummary(
             clients=len(record.clients),
+            interference_collapsed=sum(len(per) for per in record.interference.values()),
+            interference_restored=restored,
+            interference_agrees_with_dominance=agreement_with_dominance(
+                record.interference, {c: d.winner for c, d in record.dominance.items()}
+            ),
             global_accuracy=record.global_model.accuracy,
             global_loss=record.global_model.loss,
             inter_client_iou=nanmean(v.mean for v in inter),

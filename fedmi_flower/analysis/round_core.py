@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch.nn as nn
 
+from fedmi_flower.analysis.counterfactual import Reaggregate
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import Checkpoint, RunDirectory
@@ -217,6 +218,8 @@ class RoundOutcome:
     sampled: int
     strategy_state: dict[str, list[np.ndarray]]
     not_aggregated_because: str | None = None
+    reaggregate: Reaggregate | None = None
+    """The round's aggregation rule applied again without one partition (counterfactual aggregation)."""
 
 
 class RoundRecorder:
@@ -278,7 +281,9 @@ class RoundRecorder:
         # The weights each accepted report's circuits were found on (aligned IoU, circuit graphs).
         local = {report.partition_id: arrays for report, arrays in outcome.reports}
         try:
-            record = self.analyst.analyse(rnd, model, [report for report, _ in outcome.reports], local)
+            record = self.analyst.analyse(
+                rnd, model, [report for report, _ in outcome.reports], local, reaggregate=outcome.reaggregate
+            )
         except Exception:  # a bug in the analysis must not lose the training run
             logger.warning("round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())
             record = RoundRecord(round=rnd, analysis_error=traceback.format_exc())

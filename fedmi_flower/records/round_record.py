@@ -246,6 +246,45 @@ class CrossEvaluation(Scores):
 
 
 @dataclass
+class Interference:
+    """Counterfactual aggregation of one collapsed circuit (issue 28): whose update broke it.
+
+    The circuit (a client's, of one class) works on its own model and collapses on the
+    global weights. The server aggregates the round again with each other client left
+    out (the same rule, no retraining) and scores the circuit there.
+    """
+
+    sufficiency: float = math.nan
+    """On the real global weights."""
+    without: dict[int, float] = field(default_factory=dict)
+    """Left-out client -> the circuit's sufficiency on the aggregate of the others."""
+    restored_by: list[int] = field(default_factory=list)
+    """Left-out clients whose absence makes the circuit work again (verdict ``working``): its overwriters."""
+
+    @property
+    def strongest(self) -> int | None:
+        """The left-out client whose absence gives the circuit its highest sufficiency, if that restores it."""
+        if not self.restored_by:
+            return None
+        return max(self.restored_by, key=lambda k: (self.without.get(k, -1.0), -k))
+
+    def to_json(self) -> Json:
+        return {
+            "sufficiency": self.sufficiency,
+            "without": {str(k): v for k, v in sorted(self.without.items())},
+            "restored_by": sorted(self.restored_by),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Interference:
+        return cls(
+            sufficiency=number(raw.get("sufficiency")),
+            without={int(k): number(v) for k, v in (raw.get("without") or {}).items()},
+            restored_by=[int(k) for k in raw.get("restored_by") or []],
+        )
+
+
+@dataclass
 class Dominance:
     """Which client's circuit of a class the global circuit follows (:func:`fedmi_flower.science.metrics.dominance`)."""
 
@@ -471,6 +510,13 @@ class RoundSummary:
     """
 
     clients: int = 0
+    interference_collapsed: int = 0
+    """Circuits that worked on their own model and collapsed on the global weights, counterfactually analysed."""
+    interference_restored: int = 0
+    """Of those, how many leaving out one other client's update restores (``analysis.counterfactual``)."""
+    interference_agrees_with_dominance: float = math.nan
+    """Share of the restored circuits whose strongest overwriter is the client the IoU-based dominance names for
+    the class (NaN when none was restored): does resemblance name the cause?"""
     global_accuracy: float = math.nan
     global_loss: float = math.nan
     inter_client_iou: float = math.nan
@@ -673,6 +719,8 @@ class RoundTimings:
     """The random-weight control (its first round only: it is computed once)."""
     alignment: float = math.nan
     """Matching every client's channels to the global model's (aligned IoU)."""
+    counterfactual: float = math.nan
+    """Aggregating again without each client and scoring the collapsed circuits there."""
     server: float = math.nan
     """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
     round: float = math.nan
@@ -769,6 +817,9 @@ class RoundRecord:
     rejected: list[Rejection] = field(default_factory=list)
     analysis_error: str | None = None
     alignment_error: str | None = None
+    interference: dict[int, dict[int, Interference]] = field(default_factory=dict)
+    """Counterfactual aggregation (``analysis.counterfactual``): client -> class -> :class:`Interference`, for
+    every circuit that worked on its own model and collapsed on the global weights."""
     step_errors: dict[str, str] = field(default_factory=dict)
     """Analysis steps that failed alone (step name -> traceback): their views are empty, the others stand.
     ``alignment_error`` is the ``alignment`` step's, kept under its own name for earlier readers."""
@@ -868,6 +919,7 @@ class RoundRecord:
                     "aligned_inter_client_iou": _str_keyed(self.aligned_inter_client_iou, IoU.to_json),
                     "aligned_local_global_iou": per_client(self.aligned_local_global_iou),
                     "dominance": _str_keyed(self.dominance, Dominance.to_json),
+                    "interference": _str_keyed(self.interference, lambda per: _str_keyed(per, Interference.to_json)),
                     "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
                     "summary": self.summary.scalars(),
                 }
@@ -918,6 +970,7 @@ class RoundRecord:
             aligned_inter_client_iou=_keyed(raw.get("aligned_inter_client_iou"), IoU.from_json),
             aligned_local_global_iou=per_client("aligned_local_global_iou"),
             dominance=_keyed(raw.get("dominance"), Dominance.from_json),
+            interference=_nested(raw.get("interference"), Interference.from_json),
             cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
             summary=RoundSummary.from_json(raw.get("summary")),
             timings=RoundTimings.from_json(raw.get("timings")),

@@ -1,0 +1,125 @@
+"""Counterfactual aggregation names the client whose update broke a circuit (issue 28), on a planted network."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from fakes import P3, P8, Proxy, make_strategy
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from planted import planted_model
+
+from fedmi_flower.analysis.counterfactual import agreement_with_dominance, interference
+from fedmi_flower.records.round_record import CrossEvaluation, Interference
+from fedmi_flower.science.model import get_weights
+from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
+
+SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
+
+
+def result(pid: int, circuits: dict, weights: list[np.ndarray], working: dict[int, float]) -> tuple[Proxy, FitRes]:
+    """A client's result whose circuits scored ``working`` (sufficiency by class, specificity 0.9) on its own model."""
+    report = ClientReport(
+        partition_id=pid,
+        num_examples=100,
+        circuits=circuits,
+        local_scores={c: {"sufficiency": s, "specificity": 0.9} for c, s in working.items()},
+    )
+    return Proxy(f"node-{pid}"), FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(weights), 100, report_to_metrics(report, SIZES)
+    )
+
+
+def overwriting_client_weights() -> list[np.ndarray]:
+    """The planted network with class 3's relay driven hard negative at its first channel: averaged with two intact
+    clients it closes that channel (mean weight (1 + 1 - 4) / 3 < 0 under ReLU), so class 3 dies in the average."""
+    model = planted_model()
+    model.conv1.weight.data[P3["conv1"][0], 0, 1, 1] = -4.0
+    return get_weights(model)
+
+
+def test_counterfactual_aggregation_names_the_client_that_broke_a_circuit(tmp_path):
+    strategy, run_dir = make_strategy(
+        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"counterfactual": True}
+    )
+    intact = get_weights(planted_model())
+    results = [
+        result(0, {3: P3}, intact, {3: 1.0}),
+        result(1, {3: P3}, intact, {3: 1.0}),
+        result(2, {8: P8}, overwriting_client_weights(), {8: 1.0}),  # holds class 8 only, yet breaks class 3
+    ]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    (record,) = run_dir.read_rounds()
+    assert not record.step_errors
+    # The round's answer is the real aggregate of all three, not a counterfactual one computed after it.
+    conv1 = parameters_to_ndarrays(params)[0]
+    assert conv1[P3["conv1"][0], 0, 1, 1] == np.float32((1.0 + 1.0 - 4.0) / 3)
+    # Both holders' class-3 circuits worked on their own model and collapse on the global weights ...
+    for pid in (0, 1):
+        assert record.cross_eval[pid][3].local_verdict == "working" and record.cross_eval[pid][3].verdict == "collapsed"
+    assert record.cross_eval[2][8].verdict == "working"  # ... class 8 survives: not analysed
+    assert set(record.interference) == {0, 1} and all(set(per) == {3} for per in record.interference.values())
+    for pid in (0, 1):
+        entry = record.interference[pid][3]
+        other_holder = 1 - pid
+        assert entry.restored_by == [2] and entry.strongest == 2  # leaving out client 2 restores it
+        assert entry.without[2] == 1.0 and entry.without[other_holder] < 0.1  # leaving out the other holder does not
+        assert set(entry.without) == {other_holder, 2}  # a client's own absence is not asked about
+    s = record.summary
+    assert (s.interference_collapsed, s.interference_restored) == (2, 2)
+    # IoU-based dominance can only name a holder of class 3; the cause is a client that does not hold it.
+    assert record.dominance[3].winner in (0, 1) and s.interference_agrees_with_dominance == 0.0
+    assert record.timings.counterfactual > 0
+
+
+def test_without_a_collapse_nothing_is_reaggregated():
+    calls = []
+    working = CrossEvaluation(sufficiency=0.9, specificity=0.9, verdict="working", local_verdict="working")
+    found = interference(
+        {0: {3: working}},
+        {0: {3: P3}},
+        [0, 1],
+        lambda pid: calls.append(pid),
+        lambda weights, circuits: [],
+    )
+    assert found == {} and calls == []
+
+
+def test_agreement_counts_only_restored_circuits():
+    restored = Interference(sufficiency=0.0, without={2: 0.9, 1: 0.6}, restored_by=[1, 2])
+    unrestored = Interference(sufficiency=0.0, without={2: 0.0})
+    assert restored.strongest == 2 and unrestored.strongest is None
+    assert agreement_with_dominance({0: {3: restored, 4: unrestored}}, {3: 2, 4: 1}) == 1.0
+    assert agreement_with_dominance({0: {3: restored}}, {3: 1}) == 0.0
+    assert math.isnan(agreement_with_dominance({0: {4: unrestored}}, {4: 1}))
+    assert Interference.from_json(restored.to_json()) == restored
+
+
+def test_counterfactual_aggregations_leave_a_stateful_strategy_as_the_real_one_left_it(tmp_path):
+    """FedAvgM keeps a momentum across rounds: aggregating again without each client must not move it."""
+    intact = get_weights(planted_model())
+    results = [
+        result(0, {3: P3}, intact, {3: 1.0}),
+        result(1, {3: P3}, intact, {3: 1.0}),
+        result(2, {8: P8}, overwriting_client_weights(), {8: 1.0}),
+    ]
+    outcomes = []
+    for on in (False, True):
+        strategy, run_dir = make_strategy(
+            tmp_path,
+            "fedavgm",
+            folder=f"cf-{on}",
+            partition_sizes={0: 100, 1: 100, 2: 100},
+            analysis={"counterfactual": on},
+        )
+        params, _ = strategy.aggregate_fit(1, results, [])
+        (record,) = run_dir.read_rounds()
+        outcomes.append((parameters_to_ndarrays(params), strategy.strategy_state(), record))
+    (plain, plain_state, plain_record), (cf, cf_state, cf_record) = outcomes
+    assert cf_record.interference and not plain_record.interference
+    for a, b in zip(plain, cf):
+        np.testing.assert_array_equal(a, b)
+    assert plain_state.keys() == cf_state.keys() and plain_state
+    for key in plain_state:
+        for a, b in zip(plain_state[key], cf_state[key]):
+            np.testing.assert_array_equal(a, b)
