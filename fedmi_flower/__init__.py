@@ -87,7 +87,7 @@ def _map_checkout_folders() -> None:
         if not (here / name).is_dir() and (here.parent / name).is_dir()
     }
     if folders and (here.parent / "pyproject.toml").is_file():
-        sys.meta_path.append(_CheckoutFolders(folders))
+        sys.meta_path.insert(0, _CheckoutFolders(folders))  # before an editable install of another checkout
 
 
 _map_checkout_folders()

@@ -123,3 +123,28 @@ def test_counterfactual_aggregations_leave_a_stateful_strategy_as_the_real_one_l
     for key in plain_state:
         for a, b in zip(plain_state[key], cf_state[key]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_report_counts_what_counterfactual_aggregation_found(tmp_path):
+    from fedmi_flower.views.report import INTERFERENCE, interference_numbers
+
+    strategy, run_dir = make_strategy(
+        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"counterfactual": True}
+    )
+    intact = get_weights(planted_model())
+    strategy.aggregate_fit(
+        1,
+        [
+            result(0, {3: P3}, intact, {3: 1.0}),
+            result(1, {3: P3}, intact, {3: 1.0}),
+            result(2, {8: P8}, overwriting_client_weights(), {8: 1.0}),
+        ],
+        [],
+    )
+    numbers = {row: v for (table, row, _), v in interference_numbers(run_dir.read_rounds()).items()}
+    assert numbers["collapsed after working, analysed"] == 2
+    assert numbers["restored by leaving out one other client"] == 2
+    assert numbers["restored by leaving out a client that holds none of the circuit's class"] == 2
+    assert numbers["the strongest overwriter is the class's IoU-dominant client: share"] == 0.0
+    assert all(table == INTERFERENCE for table, _, _ in interference_numbers(run_dir.read_rounds()))
+    assert interference_numbers([]) == {}

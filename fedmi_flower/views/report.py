@@ -111,6 +111,12 @@ SCALE = "Scale: is a change above the noise floor?"
 FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)"
 ALIGNED = "Aligned IoU, degenerate circuits, the global model: what aggregation changes (final round)"
 OPEN = "Skew, circuit bloat, polysemanticity, dominance: the paper's open questions"
+INTERFERENCE = "Interference, causally: counterfactual aggregation (analysis.counterfactual, all rounds)"
+INTERFERENCE_ROWS = (
+    "collapsed after working, analysed",
+    "restored by leaving out one other client",
+    "restored by leaving out a client that holds none of the circuit's class",
+)
 NONDEGENERATE = "over circuits that are not degenerate"
 SCALE_VIEWS = (
     ("inter-client IoU", View.INTER_CLIENT_IOU),
@@ -165,6 +171,7 @@ _COUNTS = {
     "degenerate global circuits",
     "random-weight control: circuits",
     "random-weight control: degenerate circuits",
+    *INTERFERENCE_ROWS,
 }
 _VERDICTS = {DECLINES, BELOW}
 
@@ -473,6 +480,37 @@ def skew_law_groups(runs: Sequence[Run]) -> list[str]:
     return [re.sub(r"-seed=\d+$", "", run.config.name) for run in _law_runs(runs)]
 
 
+def interference_numbers(records: Sequence[Record]) -> Numbers:
+    """Counterfactual aggregation over all rounds: collapsed circuits, how many one client's absence restores,
+    whether that client holds the circuit's class at all, and how often IoU dominance names it.
+
+    Empty for a run without ``analysis.counterfactual``.
+    """
+    if not any(r.interference for r in records):
+        return {}
+    collapsed = restored = outsider = agree = 0
+    for r in records:
+        holders = {cls: {p for p, c in r.clients.items() if cls in c.circuits} for cls in r.classes}
+        for per in r.interference.values():
+            for cls, entry in per.items():
+                collapsed += 1
+                if not entry.restored_by:
+                    continue
+                restored += 1
+                outsider += entry.strongest not in holders.get(cls, set())
+                winner = r.dominance[cls].winner if cls in r.dominance else None
+                agree += winner == entry.strongest
+    return {
+        (INTERFERENCE, INTERFERENCE_ROWS[0], VALUE): float(collapsed),
+        (INTERFERENCE, INTERFERENCE_ROWS[1], VALUE): float(restored),
+        (INTERFERENCE, "restored: share of those analysed", VALUE): restored / collapsed if collapsed else math.nan,
+        (INTERFERENCE, INTERFERENCE_ROWS[2], VALUE): float(outsider),
+        (INTERFERENCE, "the strongest overwriter is the class's IoU-dominant client: share", VALUE): (
+            agree / restored if restored else math.nan
+        ),
+    }
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -480,6 +518,7 @@ def rq_table(records: Sequence[Record]) -> Numbers:
         **rq1_numbers(records),
         **rq2_numbers(records),
         **collapse_numbers(records),
+        **interference_numbers(records),
         **scale_numbers(records),
         **faithfulness_numbers(records),
         **alignment_numbers(records),
@@ -731,6 +770,8 @@ def answers(numbers: Mapping[Key, float]) -> list[str]:
 def _table_blocks(title: str, numbers: Mapping[Key, str]) -> list[Block]:
     """One run or one group: rows by row label, columns by column label."""
     keys = [k for k in numbers if k[0] == title]
+    if not keys:  # a table of a measurement the run did not make (counterfactual aggregation off)
+        return []
     rows = list(dict.fromkeys(k[1] for k in keys))
     cols = list(dict.fromkeys(k[2] for k in keys))
     body = [[row] + [numbers.get((title, row, c), "") for c in cols] for row in rows]
@@ -740,6 +781,8 @@ def _table_blocks(title: str, numbers: Mapping[Key, str]) -> list[Block]:
 def _group_table_blocks(title: str, groups: Sequence[Mapping[Key, str]], labels: Sequence[str]) -> list[Block]:
     """Several groups: one row per number, one column per group."""
     keys = list(dict.fromkeys(k for g in groups for k in g if k[0] == title))
+    if not keys:
+        return []
     body = [[k[1] if k[2] == VALUE else f"{k[1]}: {k[2]}"] + [g.get(k, "") for g in groups] for k in keys]
     return [("h", 3, title), ("table", [""] + list(labels), body)]
 
@@ -840,7 +883,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         numbers = _formatted(runs)
         if len(runs) > 1:
             blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED, OPEN):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, INTERFERENCE, SCALE, FAITHFUL, ALIGNED, OPEN):
             blocks += _table_blocks(title_, numbers)
     else:
         per_group = [_formatted(g) for g in groups]
@@ -848,7 +891,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         if seeds > 1:
             blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, SCALE, FAITHFUL, ALIGNED, OPEN):
+        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, INTERFERENCE, SCALE, FAITHFUL, ALIGNED, OPEN):
             blocks += _group_table_blocks(title_, per_group, heads)
 
     law = skew_law_points(runs)
