@@ -86,6 +86,7 @@ from fedmi_flower.science.circuits import (
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import (
+    MEAN,
     chance_circuit_iou,
     circuit_bloat,
     circuit_iou,
@@ -96,10 +97,11 @@ from fedmi_flower.science.metrics import (
     mean_entries,
     nanmean,
     polysemantic_share,
+    support_iou,
 )
-from fedmi_flower.science.model import evaluate, get_weights, set_weights
+from fedmi_flower.science.model import evaluate, get_weights, set_weights, weight_names
 from fedmi_flower.science.seeding import derive_seed, torch_generator
-from fedmi_flower.science.sparsity import prune_, sparsity_report
+from fedmi_flower.science.sparsity import prunable_weights, prune_, sparsity_report
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
 from fedmi_flower.wire.protocol import ClientReport
 
@@ -489,6 +491,38 @@ class RoundAnalyst:
             zip(keys, scores[len(global_circuits) :])
         )
 
+    @staticmethod
+    def support_consensus(
+        model: nn.Module, local_weights: Mapping[int, Sequence[np.ndarray]]
+    ) -> tuple[IoU | None, IoU | None]:
+        """Weight-support consensus: IoU of the clients' nonzero weights with each other and with the global model's.
+
+        Per prunable tensor (every weight of two or more dimensions), with the chance level of
+        random supports of the same sizes (:func:`~fedmi_flower.science.metrics.support_iou`);
+        the mean over client pairs (inter-client) and over clients (local-global). The
+        quantity sparse FL names "lack of consensus among the trained sparsity masks"
+        (FLASH, Babakniya et al. 2023), beside circuit IoU, its channel-level counterpart.
+        """
+        names = weight_names(model)
+        prunable = [names.index(n) for n in prunable_weights(model) if n in names]
+        tensors = [names[i] for i in prunable]
+        global_ = get_weights(model)
+
+        def pair(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> IoU:
+            values = {names[i]: support_iou(a[i], b[i]) for i in prunable}
+            layers = {t: v for t, (v, _) in values.items()}
+            chance = {t: c for t, (_, c) in values.items()}
+            layers[MEAN], chance[MEAN] = nanmean(layers.values()), nanmean(chance.values())
+            return IoU(layers, chance=chance)
+
+        clients = sorted(local_weights)
+        inter = [pair(local_weights[p], local_weights[q]) for p, q in itertools.combinations(clients, 2)]
+        local_global = [pair(local_weights[p], global_) for p in clients]
+        return (
+            summarise_pairs(inter, tensors) if inter else None,
+            summarise_pairs(local_global, tensors) if local_global else None,
+        )
+
     def score_on(
         self, weights: Sequence[np.ndarray], circuits: Sequence[tuple[int, int, Circuit]]
     ) -> list[CircuitScores]:
@@ -642,6 +676,11 @@ class RoundAnalyst:
             alignment_error=step_errors.get("alignment"),
             step_errors=step_errors,
         )
+        if local_weights:
+            unmeasured: tuple[IoU | None, IoU | None] = (None, None)
+            record.support_inter_client_iou, record.support_local_global_iou = step(
+                "support_consensus", lambda: self.support_consensus(model, local_weights), unmeasured
+            )
         if self.config.analysis.counterfactual and reaggregate is not None:
             record.interference = step(
                 "counterfactual",
@@ -734,8 +773,13 @@ class RoundAnalyst:
         stab = [v for per in record.stability.values() for v in per.values()]
         worked = [s for s in cross if s.local_verdict == "working"]
         restored = sum(1 for per in record.interference.values() for e in per.values() if e.restored_by)
+        support_inter, support_lg = record.support_inter_client_iou, record.support_local_global_iou
         return RoundSummary(
             clients=len(record.clients),
+            support_inter_client_iou=support_inter.mean if support_inter else math.nan,
+            support_inter_client_iou_chance=support_inter.chance_mean if support_inter else math.nan,
+            support_local_global_iou=support_lg.mean if support_lg else math.nan,
+            support_local_global_iou_chance=support_lg.chance_mean if support_lg else math.nan,
             interference_collapsed=sum(len(per) for per in record.interference.values()),
             interference_restored=restored,
             interference_agrees_with_dominance=agreement_with_dominance(

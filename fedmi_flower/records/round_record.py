@@ -510,6 +510,12 @@ class RoundSummary:
     """
 
     clients: int = 0
+    support_inter_client_iou: float = math.nan
+    """Weight-support consensus between clients, mean over tensors and client pairs (beside circuit IoU)."""
+    support_inter_client_iou_chance: float = math.nan
+    support_local_global_iou: float = math.nan
+    """Each client's weight support against the global model's, mean over tensors and clients."""
+    support_local_global_iou_chance: float = math.nan
     interference_collapsed: int = 0
     """Circuits that worked on their own model and collapsed on the global weights, counterfactually analysed."""
     interference_restored: int = 0
@@ -721,6 +727,8 @@ class RoundTimings:
     """Matching every client's channels to the global model's (aligned IoU)."""
     counterfactual: float = math.nan
     """Aggregating again without each client and scoring the collapsed circuits there."""
+    support_consensus: float = math.nan
+    """The IoU of the clients' and the global model's nonzero weights, tensor by tensor."""
     server: float = math.nan
     """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
     round: float = math.nan
@@ -817,6 +825,11 @@ class RoundRecord:
     rejected: list[Rejection] = field(default_factory=list)
     analysis_error: str | None = None
     alignment_error: str | None = None
+    support_inter_client_iou: IoU | None = None
+    """Weight-support consensus (issue 27): IoU of the clients' nonzero weights, tensor by tensor (``layers`` are
+    weight tensors), mean over client pairs, with the chance level of random supports of the same sizes."""
+    support_local_global_iou: IoU | None = None
+    """The same between each client's support and the global model's, mean over clients."""
     interference: dict[int, dict[int, Interference]] = field(default_factory=dict)
     """Counterfactual aggregation (``analysis.counterfactual``): client -> class -> :class:`Interference`, for
     every circuit that worked on its own model and collapsed on the global weights."""
@@ -920,6 +933,12 @@ class RoundRecord:
                     "aligned_local_global_iou": per_client(self.aligned_local_global_iou),
                     "dominance": _str_keyed(self.dominance, Dominance.to_json),
                     "interference": _str_keyed(self.interference, lambda per: _str_keyed(per, Interference.to_json)),
+                    "support_inter_client_iou": (
+                        self.support_inter_client_iou.to_json() if self.support_inter_client_iou else None
+                    ),
+                    "support_local_global_iou": (
+                        self.support_local_global_iou.to_json() if self.support_local_global_iou else None
+                    ),
                     "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
                     "summary": self.summary.scalars(),
                 }
@@ -971,6 +990,12 @@ class RoundRecord:
             aligned_local_global_iou=per_client("aligned_local_global_iou"),
             dominance=_keyed(raw.get("dominance"), Dominance.from_json),
             interference=_nested(raw.get("interference"), Interference.from_json),
+            support_inter_client_iou=IoU.from_json(raw["support_inter_client_iou"])
+            if raw.get("support_inter_client_iou")
+            else None,
+            support_local_global_iou=IoU.from_json(raw["support_local_global_iou"])
+            if raw.get("support_local_global_iou")
+            else None,
             cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
             summary=RoundSummary.from_json(raw.get("summary")),
             timings=RoundTimings.from_json(raw.get("timings")),

@@ -17,6 +17,9 @@ import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
+import numpy as np
+from scipy.special import gammaln
+
 from fedmi_flower.science.circuits import Circuit
 
 MEAN = "mean"
@@ -251,3 +254,39 @@ def dominance(ious: Mapping[K, float]) -> tuple[K | None, float, float]:
 
 def _order(key: Hashable) -> tuple:
     return (0, key, "") if isinstance(key, (int, float)) else (1, 0, str(key))
+
+
+# ---------------------------------------------------------------------- weight supports
+
+
+def chance_support_iou(a: int, b: int, n: int) -> float:
+    """Expected IoU of two random supports of ``a`` and ``b`` of a tensor's ``n`` weights.
+
+    The same hypergeometric sum as :func:`chance_iou`, in log space (``scipy.special.gammaln``,
+    vectorised over the intersection sizes): a weight tensor's binomial coefficients have
+    thousands of digits, beyond what the integer sum can turn into a float.
+    """
+    if not (0 <= a <= n and 0 <= b <= n):
+        raise ValueError(f"support sizes {a} and {b} must lie in 0..{n}")
+    if a + b == 0:
+        return float("nan")
+    k = np.arange(max(0, a + b - n), min(a, b) + 1, dtype=np.float64)
+
+    def log_comb(top: float, low: np.ndarray | float) -> np.ndarray:
+        return gammaln(top + 1) - gammaln(np.asarray(low) + 1) - gammaln(top - np.asarray(low) + 1)
+
+    log_p = log_comb(a, k) + log_comb(n - a, b - k) - log_comb(n, b)
+    return float(np.sum(np.exp(log_p) * k / (a + b - k)))
+
+
+def support_iou(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """IoU of two tensors' nonzero supports (FLASH's mask consensus, at weight level) and its chance level.
+
+    NaN for both when neither tensor has a nonzero weight.
+    """
+    sa, sb = a != 0, b != 0
+    union = int(np.count_nonzero(sa | sb))
+    if union == 0:
+        return float("nan"), float("nan")
+    inter = int(np.count_nonzero(sa & sb))
+    return inter / union, chance_support_iou(int(sa.sum()), int(sb.sum()), a.size)
