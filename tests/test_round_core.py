@@ -8,7 +8,7 @@ from fakes import planted_model
 from fedmi_flower.analysis.round_core import Update, sample_partitions, screen_updates
 from fedmi_flower.config import ExperimentConfig
 from fedmi_flower.science.model import get_weights
-from fedmi_flower.wire.protocol import encode_circuits
+from fedmi_flower.wire.protocol import encode_circuits, payload_bytes
 
 
 def _update(node: str, pid: object, n: object, weights: list[np.ndarray], report: dict | None = None) -> Update:
@@ -42,6 +42,10 @@ def test_screening_keeps_what_can_be_trusted_and_says_why_for_the_rest():
     assert [updates[i].node for i in screening.accepted] == ["n-a", "n-b", "n-f"]  # partition order
     assert [updates[i].node for i, _ in screening.reports] == ["n-a", "n-b"]
     assert [report.partition_id for _, report in screening.reports] == [0, 1]
+    # What the interpretability costs on the wire, measured on arrival: the report's bytes beside the weights'.
+    for i, report in screening.reports:
+        assert report.report_bytes == payload_bytes(updates[i].report) > len(updates[i].report["circuits"])
+        assert report.weights_bytes == sum(w.nbytes for w in updates[i].arrays) == sum(w.nbytes for w in good)
     assert {updates[i].node for i in screening.circuits_refused} == {"n-f"}
     np.testing.assert_array_equal(updates[1].arrays[0], other[0])  # each update keeps its own decoded weights
     reasons = {r.client: (r.reason, r.weights_aggregated) for r in screening.rejected}
@@ -77,3 +81,7 @@ def test_seeded_sampling_depends_on_seed_and_round_only():
     draws = {tuple(sample_partitions(7, rnd, range(10), 3)) for rnd in range(1, 30)}
     assert len(draws) > 10  # each round draws anew
     assert sample_partitions(7, 3, [5, 1], 9) == [1, 5]  # asking for every partition gives them all
+
+
+def test_payload_bytes_counts_what_the_report_carries():
+    assert payload_bytes({"circuits": b"\x00" * 28, "partition_id": 3, "report": "{}"}) == (8 + 28) + (12 + 8) + (6 + 2)

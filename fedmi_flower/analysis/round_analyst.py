@@ -739,6 +739,8 @@ class RoundAnalyst:
             local_verdicts={c: circuit_verdict(n, *_local_scores(local, c)) for c, n in sizes.items()},
             discovery_steps=dict(sorted(r.discovery_steps.items())),
             degenerate={c: why for c, n in sizes.items() if (why := _degenerate(n, local.get(c))) is not None},
+            report_bytes=r.report_bytes,
+            weights_bytes=r.weights_bytes,
         )
 
     @staticmethod
@@ -776,6 +778,10 @@ class RoundAnalyst:
         support_inter, support_lg = record.support_inter_client_iou, record.support_local_global_iou
         return RoundSummary(
             clients=len(record.clients),
+            report_bytes=nanmean(float(c.report_bytes) for c in record.clients.values() if c.report_bytes),
+            report_to_weights=nanmean(
+                c.report_bytes / c.weights_bytes for c in record.clients.values() if c.report_bytes and c.weights_bytes
+            ),
             support_inter_client_iou=support_inter.mean if support_inter else math.nan,
             support_inter_client_iou_chance=support_inter.chance_mean if support_inter else math.nan,
             support_local_global_iou=support_lg.mean if support_lg else math.nan,

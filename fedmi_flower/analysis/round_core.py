@@ -12,6 +12,7 @@ without Flower (tests/test_round_core.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -30,7 +31,7 @@ from fedmi_flower.records.round_record import Failure, Rejection, RoundRecord, S
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.model import set_weights
 from fedmi_flower.science.seeding import numpy_rng
-from fedmi_flower.wire.protocol import ClientReport, PayloadError, report_from_metrics
+from fedmi_flower.wire.protocol import ClientReport, PayloadError, payload_bytes, report_from_metrics
 
 logger = logging.getLogger("flwr")  # Flower's logger: the run's log and console carry these lines as Flower's own
 
@@ -170,7 +171,10 @@ def screen_updates(
                 layer_sizes=site_sizes(template),
                 num_classes=experiment.num_classes,
             )
-            out.reports.append((i, report))
+            weights_bytes = sum(int(a.nbytes) for a in update.arrays or [])
+            out.reports.append(
+                (i, dataclasses.replace(report, report_bytes=payload_bytes(update.report), weights_bytes=weights_bytes))
+            )
         except PayloadError as err:
             reject(update, str(err), True)
             out.circuits_refused.add(i)

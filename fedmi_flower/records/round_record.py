@@ -328,9 +328,16 @@ class ClientEntry:
     """Of the channels the client's circuits use, the share used by two or more classes."""
     global_polysemantic_share: float = math.nan
     """The same share for the global model's circuits of this client's classes (like with like)."""
+    report_bytes: int = 0
+    """Bytes of the client's report as it arrived (circuits as packed masks, scores; the interpretability's
+    cost on the wire), 0 where not measured."""
+    weights_bytes: int = 0
+    """Bytes of the weights it sent, as dense arrays (what Flower's NumPy serialisation carries)."""
 
     def to_json(self) -> Json:
         return {
+            "report_bytes": self.report_bytes,
+            "weights_bytes": self.weights_bytes,
             "num_examples": self.num_examples,
             "train_loss": self.train_loss,
             "train_accuracy": self.train_accuracy,
@@ -372,6 +379,8 @@ class ClientEntry:
             label_emd=number(raw.get("label_emd")),
             polysemantic_share=number(raw.get("polysemantic_share")),
             global_polysemantic_share=number(raw.get("global_polysemantic_share")),
+            report_bytes=int(raw.get("report_bytes") or 0),
+            weights_bytes=int(raw.get("weights_bytes") or 0),
         )
 
 
@@ -516,6 +525,10 @@ class RoundSummary:
     support_local_global_iou: float = math.nan
     """Each client's weight support against the global model's, mean over tensors and clients."""
     support_local_global_iou_chance: float = math.nan
+    report_bytes: float = math.nan
+    """Mean bytes of a client's report this round (its circuits and scores)."""
+    report_to_weights: float = math.nan
+    """Mean ratio of a client's report bytes to its weights' bytes: what the interpretability adds to the traffic."""
     interference_collapsed: int = 0
     """Circuits that worked on their own model and collapsed on the global weights, counterfactually analysed."""
     interference_restored: int = 0

@@ -160,6 +160,25 @@ class ClientReport:
     """Per class: IoU (per layer and mean) of this client's circuit and the same model's circuit found again
     (another seed and draw of its rows).
     """
+    report_bytes: int = 0
+    """Measured by the server on arrival (:func:`payload_bytes`), not sent."""
+    weights_bytes: int = 0
+    """Measured by the server on arrival, not sent."""
+
+
+def payload_bytes(values: Mapping[str, Any]) -> int:
+    """Bytes a report's values take on the wire: bytes and strings as they are, every number as 8, lists by item."""
+
+    def size(value: Any) -> int:
+        if isinstance(value, (bytes, bytearray)):
+            return len(value)
+        if isinstance(value, str):
+            return len(value.encode())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 8
+
+    return sum(len(key.encode()) + size(value) for key, value in values.items())
 
 
 def report_to_metrics(
