@@ -258,6 +258,13 @@ class AnalysisConfig:
             "seed and draw; a holder's rows for every class), and floor_client's own"
         ),
     )
+    integrated_faithfulness: bool = _spec(
+        True,
+        doc=(
+            "score the global circuits' faithfulness over circuit size (their top-scored channels at 1-100% of the "
+            "model's channels) and record its areas, CPR and CMD (the MIB benchmark's)"
+        ),
+    )
     counterfactual: bool = _spec(
         False,
         doc=(

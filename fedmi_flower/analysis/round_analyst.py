@@ -84,6 +84,7 @@ from fedmi_flower.science.circuits import (
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.faithfulness_curve import cpr_cmd, faithfulness_curves, grid_sizes
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import (
     MEAN,
@@ -246,10 +247,22 @@ class RoundAnalyst:
         """The model's circuits of the ``classes`` that ``data`` holds at least ``min_rows`` of, with a
         seed for ``purpose``.
         """
+        return self.discover_scored(model, data, classes, purpose, server_round, min_rows)[0]
+
+    def discover_scored(
+        self,
+        model: nn.Module,
+        data: ImageSplit,
+        classes: Sequence[int],
+        purpose: str,
+        server_round: int,
+        min_rows: int = 1,
+    ) -> tuple[dict[int, Circuit], dict[str, torch.Tensor], list[int]]:
+        """:meth:`discover`, with the learned gate scores and the classes they are rows of."""
         device = next(model.parameters()).device
         present = [c for c in classes if int((data.labels == c).sum()) >= min_rows]
         if not present:
-            return {}
+            return {}, {}, []
         discovery = self.config.discovery
         min_rows_held = self.config.analysis.min_class_examples
         use_reference = discovery.uses_reference(
@@ -257,7 +270,7 @@ class RoundAnalyst:
         )
         if use_reference and self.reference is None:
             raise ValueError("the faithful objective needs the reference set here, and the analyst was given none")
-        circuits, _ = discovery.recipe().find(
+        circuits, _, scores = discovery.recipe().find_scored(
             model,
             data.to(device),
             present,
@@ -265,7 +278,7 @@ class RoundAnalyst:
             means=self.fill_means(model),
             seed=derive_seed(self.config.seed, purpose, server_round),
         )
-        return circuits
+        return circuits, scores, present
 
     def noise_floor(
         self,
@@ -631,7 +644,9 @@ class RoundAnalyst:
 
         # Global discovery and scoring are the round's analysis: their failure is the record's analysis_error.
         t0 = time.perf_counter()
-        global_circuits = self.discover(model, self.probe, classes, "server-discovery", server_round)
+        global_circuits, learned, present = self.discover_scored(
+            model, self.probe, classes, "server-discovery", server_round
+        )
         timings.global_discovery = time.perf_counter() - t0
         floor = step(
             "noise_floor", lambda: self.noise_floor(model, global_circuits, server_round, reports), NoiseFloor()
@@ -640,6 +655,24 @@ class RoundAnalyst:
         global_scores, cross = self.score(model, global_circuits, reports)
         global_entry = self.global_entry(model, global_circuits, global_scores)
         timings.evaluation = time.perf_counter() - t0
+        if self.config.analysis.integrated_faithfulness and present:
+            no_curves: dict[int, list[float]] = {}
+            curves = step(
+                "integrated_faithfulness",
+                lambda: faithfulness_curves(
+                    model,
+                    self.evaluation,
+                    learned,
+                    present,
+                    ablation=self.config.discovery.resolved_ablation,
+                    means=self.fill_means(model),
+                ),
+                no_curves,
+            )
+            global_entry.faithfulness_curve = curves
+            global_entry.curve_sizes = grid_sizes(sum(site_sizes(model).values())) if curves else []
+            for cls, curve in curves.items():
+                global_entry.cpr[cls], global_entry.cmd[cls] = cpr_cmd(curve)
         control = step("control", lambda: self.control(classes), None)
         no_alignment: dict[int, Permutation] = {}
         alignments = step("alignment", lambda: self.alignments(model, local_weights or {}), no_alignment)

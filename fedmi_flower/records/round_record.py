@@ -404,9 +404,22 @@ class GlobalEntry:
     (not comparable with a client's share over fewer classes: :attr:`ClientEntry.global_polysemantic_share` is)."""
     bloat: dict[int, float] = field(default_factory=dict)
     """Per class: the global circuit's size over the mean size of the clients' circuits of the class."""
+    faithfulness_curve: dict[int, list[float]] = field(default_factory=dict)
+    """Per class: faithfulness of its top-scored channels at each size of ``curve_sizes`` (integrated faithfulness,
+    :mod:`fedmi_flower.science.faithfulness_curve`)."""
+    curve_sizes: list[int] = field(default_factory=list)
+    """The channel counts of the curves' points."""
+    cpr: dict[int, float] = field(default_factory=dict)
+    """Per class: area under the faithfulness curve (MIB's CPR; higher is better)."""
+    cmd: dict[int, float] = field(default_factory=dict)
+    """Per class: area between the curve and 1 (MIB's CMD; lower is better)."""
 
     def to_json(self) -> Json:
         return {
+            "faithfulness_curve": _str_keyed(self.faithfulness_curve),
+            "curve_sizes": list(self.curve_sizes),
+            "cpr": _str_keyed(self.cpr),
+            "cmd": _str_keyed(self.cmd),
             "polysemantic_share": self.polysemantic_share,
             "bloat": _str_keyed(self.bloat),
             "accuracy": self.accuracy,
@@ -436,6 +449,10 @@ class GlobalEntry:
             degenerate=_keyed(raw.get("degenerate")),
             polysemantic_share=number(raw.get("polysemantic_share")),
             bloat=_keyed(raw.get("bloat"), number),
+            faithfulness_curve=_keyed(raw.get("faithfulness_curve"), lambda curve: [number(v) for v in curve]),
+            curve_sizes=[int(n) for n in raw.get("curve_sizes") or []],
+            cpr=_keyed(raw.get("cpr"), number),
+            cmd=_keyed(raw.get("cmd"), number),
         )
 
 
@@ -525,6 +542,10 @@ class RoundSummary:
     support_local_global_iou: float = math.nan
     """Each client's weight support against the global model's, mean over tensors and clients."""
     support_local_global_iou_chance: float = math.nan
+    global_cpr: float = math.nan
+    """Integrated faithfulness of the global model's circuits: CPR, mean over classes (higher is better)."""
+    global_cmd: float = math.nan
+    """Its CMD, mean over classes (lower is better)."""
     report_bytes: float = math.nan
     """Mean bytes of a client's report this round (its circuits and scores)."""
     report_to_weights: float = math.nan
@@ -742,6 +763,8 @@ class RoundTimings:
     """Aggregating again without each client and scoring the collapsed circuits there."""
     support_consensus: float = math.nan
     """The IoU of the clients' and the global model's nonzero weights, tensor by tensor."""
+    integrated_faithfulness: float = math.nan
+    """Scoring the global circuits' faithfulness curves over circuit size."""
     server: float = math.nan
     """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
     round: float = math.nan

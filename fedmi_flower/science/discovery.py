@@ -376,9 +376,23 @@ class Discovery:
 
         Returns ``({class: circuit}, steps_run)``.
         """
+        circuits, steps_run, _ = self.find_scored(model, data, classes, seed=seed, means=means, negatives=negatives)
+        return circuits, steps_run
+
+    def find_scored(
+        self,
+        model: nn.Module,
+        data: ImageSplit,
+        classes: Sequence[int],
+        *,
+        seed: int = 0,
+        means: Mapping[str, torch.Tensor] | None = None,
+        negatives: ImageSplit | None = None,
+    ) -> tuple[dict[int, Circuit], list[int], Scores]:
+        """:meth:`find`, with the learned gate scores (one row per class) it chose the circuits from."""
         scores, steps_run = self.learn(model, data, classes, seed=seed, means=means, negatives=negatives)
         if self.target_faithfulness is None:
-            return circuits_from_scores(scores, classes), steps_run
+            return circuits_from_scores(scores, classes), steps_run, scores
         circuits = {
             int(cls): smallest_faithful_circuit(
                 model,
@@ -394,7 +408,7 @@ class Discovery:
             )
             for row, cls in enumerate(classes)
         }
-        return circuits, steps_run
+        return circuits, steps_run, scores
 
 
 # ---------------------------------------------------------------------- the functions of earlier versions

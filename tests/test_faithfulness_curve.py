@@ -1,0 +1,50 @@
+"""Integrated faithfulness (issue 27, item 1): faithfulness over circuit size and its areas, on a planted network."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from planted import concat, half_bright_images, shortcut_model
+
+from fedmi_flower.science.discovery import Discovery
+from fedmi_flower.science.faithfulness_curve import SIZE_GRID, cpr_cmd, faithfulness_curves, grid_sizes
+
+CLASSES = [3, 8]
+
+
+def mixed_data(n: int = 64, seed: int = 0):
+    return concat(*(half_bright_images(n, c, seed=seed) for c in (3, 8, 0)))
+
+
+def curves_of(objective: str, ablation: str = "mean") -> dict[int, list[float]]:
+    model = shortcut_model()
+    recipe = Discovery(objective=objective, ablation=ablation)
+    _, _, scores = recipe.find_scored(model, mixed_data(), CLASSES, seed=1)
+    return faithfulness_curves(model, mixed_data(seed=1), scores, CLASSES, ablation=ablation)
+
+
+def test_the_planted_circuits_curve_stays_at_one_and_its_cmd_is_near_zero():
+    curves = curves_of("faithful")
+    for cls in CLASSES:
+        assert len(curves[cls]) == len(SIZE_GRID)
+        assert curves[cls][0] == 1.0  # 1% of 224 channels is 3: the planted evidence path, the top-scored channels
+        cpr, cmd = cpr_cmd(curves[cls])
+        assert cpr >= 0.95 and cmd <= 0.05, (cls, curves[cls])
+
+
+def test_the_paper_objectives_smallest_circuits_take_the_shortcut():
+    """Under zero ablation the paper's objective ranks the shortcut channel first: its smallest circuits answer 3
+    for everything (a constant channel mean-ablated is itself, so the shortcut exists under zero ablation only)."""
+    paper = curves_of("paper", "zero")
+    assert paper[3][0] <= 0.6  # its 3 top channels answer 3 for everything: faithfulness 0.5, not the model
+    assert paper[3][-1] == 1.0  # every channel: the model itself
+    # On a linear size axis (as MIB integrates) the smallest sizes weigh little: the area shows the dip, barely.
+    assert cpr_cmd(paper[3])[1] > 0
+
+
+def test_areas_of_simple_curves():
+    assert cpr_cmd([1.0] * len(SIZE_GRID)) == (pytest.approx(1.0), pytest.approx(0.0))
+    assert cpr_cmd([0.5] * len(SIZE_GRID)) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert all(math.isnan(v) for v in cpr_cmd([1.0, math.nan] + [1.0] * (len(SIZE_GRID) - 2)))
+    assert grid_sizes(224) == [3, 5, 12, 23, 45, 68, 112, 168, 224]
