@@ -30,6 +30,7 @@ from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.science.catalog import IMPORT_PATH
+from fedmi_flower.science.model import get_weights
 
 from .circuit_analysis_mixin import CircuitAnalysisMixin
 from .circuit_fedavg import CircuitFedAvg
@@ -214,6 +215,8 @@ def check_strategy(config: ExperimentConfig) -> type:
     cls = strategy_class(config)
     circuit_strategy_class(cls)
     options = {**common_options(config, cls), **strategy_options(config, None, cls)}
+    if not speaks_message_api(cls):  # the legacy API's FedOpt family requires the initial weights
+        options["initial_parameters"] = ndarrays_to_parameters(get_weights(make_model(config)))
     try:
         inspect.signature(cls).bind(**options)
         if IMPORT_PATH.match(config.strategy.name):  # the built-ins take their typed [strategy.<name>] tables

@@ -180,3 +180,14 @@ def test_a_run_in_which_no_client_ever_counts_exits_with_an_error(user_folder, m
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no round aggregated any client's update" in proc.stderr and "[faults] table asks" in proc.stderr
     assert (out / "rounds.jsonl").is_file()  # the run is kept
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad", "fedavgm", "matchedfedavg", "fedtrimmedavg"])
+@pytest.mark.parametrize("api", ["legacy", "message"])
+def test_every_built_in_strategy_passes_the_check_before_a_run(name, api):
+    """The preflight builds each strategy's arguments as the run will (the legacy FedOpt family needs initial
+    weights): a strategy that runs must never be refused."""
+    from fedmi_flower.strategies import LEGACY, MESSAGE, check_strategy
+
+    config = load_experiment("smoke", {"strategy.name": name, "strategy.api": api})
+    assert check_strategy(config) is (MESSAGE if api == "message" else LEGACY)[name]
