@@ -536,6 +536,21 @@ class RoundAnalyst:
             summarise_pairs(local_global, tensors) if local_global else None,
         )
 
+    CURVE_ROWS_PER_CLASS = 32
+    """Evaluation rows per class the faithfulness curves are scored on: 9 sizes x every class is many circuits, and
+    the curve's shape, not its third decimal, is what its area reads."""
+
+    def curve_rows(self) -> ImageSplit:
+        """The first :attr:`CURVE_ROWS_PER_CLASS` evaluation rows of every class (the evaluation rows are already a
+        seeded random draw)."""
+        labels = self.evaluation.labels.cpu()
+        keep = [
+            i
+            for cls in torch.unique(labels).tolist()
+            for i in torch.nonzero(labels == cls).flatten()[: self.CURVE_ROWS_PER_CLASS].tolist()
+        ]
+        return self.evaluation.subset(sorted(keep))
+
     def score_on(
         self, weights: Sequence[np.ndarray], circuits: Sequence[tuple[int, int, Circuit]]
     ) -> list[CircuitScores]:
@@ -661,7 +676,7 @@ class RoundAnalyst:
                 "integrated_faithfulness",
                 lambda: faithfulness_curves(
                     model,
-                    self.evaluation,
+                    self.curve_rows(),
                     learned,
                     present,
                     ablation=self.config.discovery.resolved_ablation,
