@@ -273,6 +273,15 @@ class AnalysisConfig:
             "whose update broke it"
         ),
     )
+    counterfactual_clients: int = _spec(
+        8,
+        lo=1,
+        doc=(
+            "counterfactual aggregation leaves out at most this many clients in turn (a seeded draw of the round's "
+            "aggregated clients when there are more; the record says how many): each costs one aggregation and "
+            "one scoring pass"
+        ),
+    )
     random_control: bool = _spec(
         True,
         doc="discover circuits on a never-trained model of the same architecture and sparsity, beside the real ones",

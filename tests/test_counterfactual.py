@@ -65,6 +65,7 @@ def test_counterfactual_aggregation_names_the_client_that_broke_a_circuit(tmp_pa
         assert entry.restored_by == [2] and entry.strongest == 2  # leaving out client 2 restores it
         assert entry.without[2] == 1.0 and entry.without[other_holder] < 0.1  # leaving out the other holder does not
         assert set(entry.without) == {other_holder, 2}  # a client's own absence is not asked about
+    assert record.interference_left_out == [0, 1, 2]
     s = record.summary
     assert (s.interference_collapsed, s.interference_restored) == (2, 2)
     # IoU-based dominance can only name a holder of class 3; the cause is a client that does not hold it.
@@ -148,3 +149,29 @@ def test_the_report_counts_what_counterfactual_aggregation_found(tmp_path):
     assert numbers["the strongest overwriter is the class's IoU-dominant client: share"] == 0.0
     assert all(table == INTERFERENCE for table, _, _ in interference_numbers(run_dir.read_rounds()))
     assert interference_numbers([]) == {}
+
+
+def test_with_more_clients_than_the_cap_a_seeded_draw_is_left_out(tmp_path):
+    intact = get_weights(planted_model())
+    results = [
+        result(0, {3: P3}, intact, {3: 1.0}),
+        result(1, {3: P3}, intact, {3: 1.0}),
+        result(2, {8: P8}, overwriting_client_weights(), {8: 1.0}),
+    ]
+    drawn = []
+    for folder in ("a", "b"):
+        strategy, run_dir = make_strategy(
+            tmp_path,
+            "fedavg",
+            folder=folder,
+            partition_sizes={0: 100, 1: 100, 2: 100},
+            analysis={"counterfactual": True, "counterfactual_clients": 2},
+        )
+        strategy.aggregate_fit(1, results, [])
+        (record,) = run_dir.read_rounds()
+        drawn.append(record.interference_left_out)
+        left_out = set(record.interference_left_out)
+        for per in record.interference.values():
+            for entry in per.values():
+                assert set(entry.without) <= left_out  # only the drawn clients were left out
+    assert len(drawn[0]) == 2 and drawn[0] == drawn[1]  # from the run's seed: the same draw both times

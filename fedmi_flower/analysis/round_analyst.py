@@ -101,7 +101,7 @@ from fedmi_flower.science.metrics import (
     support_iou,
 )
 from fedmi_flower.science.model import evaluate, get_weights, set_weights, weight_names
-from fedmi_flower.science.seeding import derive_seed, torch_generator
+from fedmi_flower.science.seeding import derive_seed, numpy_rng, torch_generator
 from fedmi_flower.science.sparsity import prunable_weights, prune_, sparsity_report
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
 from fedmi_flower.wire.protocol import ClientReport
@@ -730,12 +730,18 @@ class RoundAnalyst:
                 "support_consensus", lambda: self.support_consensus(model, local_weights), unmeasured
             )
         if self.config.analysis.counterfactual and reaggregate is not None:
+            aggregated = [r.partition_id for r in reports]
+            cap = self.config.analysis.counterfactual_clients
+            if len(aggregated) > cap:  # many clients: a seeded draw of those left out in turn, said in the summary
+                rng = numpy_rng(self.config.seed, "counterfactual", server_round)
+                aggregated = sorted(int(p) for p in rng.choice(aggregated, size=cap, replace=False))
+            record.interference_left_out = aggregated
             record.interference = step(
                 "counterfactual",
                 lambda: interference(
                     record.cross_eval,
                     {r.partition_id: r.circuits for r in reports},
-                    [r.partition_id for r in reports],
+                    aggregated,
                     reaggregate,
                     self.score_on,
                 ),

@@ -866,6 +866,9 @@ class RoundRecord:
     weight tensors), mean over client pairs, with the chance level of random supports of the same sizes."""
     support_local_global_iou: IoU | None = None
     """The same between each client's support and the global model's, mean over clients."""
+    interference_left_out: list[int] = field(default_factory=list)
+    """The clients counterfactual aggregation left out in turn (all aggregated ones, or a seeded draw of
+    ``analysis.counterfactual_clients`` of them)."""
     interference: dict[int, dict[int, Interference]] = field(default_factory=dict)
     """Counterfactual aggregation (``analysis.counterfactual``): client -> class -> :class:`Interference`, for
     every circuit that worked on its own model and collapsed on the global weights."""
@@ -969,6 +972,7 @@ class RoundRecord:
                     "aligned_local_global_iou": per_client(self.aligned_local_global_iou),
                     "dominance": _str_keyed(self.dominance, Dominance.to_json),
                     "interference": _str_keyed(self.interference, lambda per: _str_keyed(per, Interference.to_json)),
+                    "interference_left_out": list(self.interference_left_out),
                     "support_inter_client_iou": (
                         self.support_inter_client_iou.to_json() if self.support_inter_client_iou else None
                     ),
@@ -1026,6 +1030,7 @@ class RoundRecord:
             aligned_local_global_iou=per_client("aligned_local_global_iou"),
             dominance=_keyed(raw.get("dominance"), Dominance.from_json),
             interference=_nested(raw.get("interference"), Interference.from_json),
+            interference_left_out=[int(p) for p in raw.get("interference_left_out") or []],
             support_inter_client_iou=IoU.from_json(raw["support_inter_client_iou"])
             if raw.get("support_inter_client_iou")
             else None,
