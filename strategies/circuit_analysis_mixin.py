@@ -272,6 +272,7 @@ class CircuitAnalysisMixin:
             strategy_state=self.strategy_state(),
             not_aggregated_because=None if aggregated else not_aggregated_reason(len(accepted), len(failures)),
             reaggregate=self._reaggregate(rnd, accepted) if aggregated else None,
+            start_arrays=parameters_to_ndarrays(self._current),
         )
         record = self.recorder.record(rnd, outcome, began)
         return (ndarrays_to_parameters(outcome.arrays) if aggregated else None), {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from fakes import P3, P8, Proxy, make_strategy
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from planted import planted_model
@@ -66,6 +67,11 @@ def test_counterfactual_aggregation_names_the_client_that_broke_a_circuit(tmp_pa
         assert entry.without[2] == 1.0 and entry.without[other_holder] < 0.1  # leaving out the other holder does not
         assert set(entry.without) == {other_holder, 2}  # a client's own absence is not asked about
     assert record.interference_left_out == [0, 1, 2]
+    # Where the overwrite happened: all of the change to class 3's own parameters is client 2's update.
+    for pid in (0, 1):
+        shares = record.interference[pid][3].overwrite_share
+        assert shares[2] == pytest.approx(1.0) and shares[0] == shares[1] == 0.0
+    assert record.summary.interference_restorer_moved_most == 1.0
     s = record.summary
     assert (s.interference_collapsed, s.interference_restored) == (2, 2)
     # IoU-based dominance can only name a holder of class 3; the cause is a client that does not hold it.
@@ -175,3 +181,17 @@ def test_with_more_clients_than_the_cap_a_seeded_draw_is_left_out(tmp_path):
             for entry in per.values():
                 assert set(entry.without) <= left_out  # only the drawn clients were left out
     assert len(drawn[0]) == 2 and drawn[0] == drawn[1]  # from the run's seed: the same draw both times
+
+
+def test_a_circuits_own_parameters_are_what_makes_and_reads_its_channels():
+    from fedmi_flower.analysis.counterfactual import circuit_parameter_mask
+    from fedmi_flower.science.alignment import layout_of
+
+    model = planted_model()
+    masks = circuit_parameter_mask(layout_of(model), {"conv1": [5], "conv3": [20]})
+    assert masks["conv1.weight"][5].all() and masks["conv1.weight"].sum() == 9  # the channel's filter
+    assert masks["conv1.bias"][5] and masks["conv1.bias"].sum() == 1
+    assert masks["conv2.weight"][:, 5].all() and masks["conv2.weight"].sum() == 64 * 9  # every filter reading it
+    assert masks["conv3.weight"][20].all() and masks["conv3.weight"][:, :].sum() == 64 * 9  # conv3's row 20
+    fc = masks["fc.weight"].reshape(10, 128, 9)  # the classifier reads conv3's channels in channel-major blocks
+    assert fc[:, 20].all() and fc.sum() == 10 * 9

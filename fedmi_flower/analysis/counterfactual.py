@@ -14,11 +14,13 @@ circuit work again overwrote it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fedmi_flower.records.round_record import CrossEvaluation, Interference
 from fedmi_flower.science.circuits import Circuit, CircuitScores, circuit_size
+from fedmi_flower.science.permutation_spec import WeightLayout
 from fedmi_flower.science.verdicts import circuit_verdict
 
 Reaggregate = Callable[[int], "list[np.ndarray] | None"]
@@ -95,3 +97,72 @@ def agreement_with_dominance(
     if not restored:
         return float("nan")
     return sum(1 for cls, who in restored if dominance_winner.get(cls) == who) / len(restored)
+
+
+def circuit_parameter_mask(layout: WeightLayout, circuit: Circuit) -> dict[str, np.ndarray]:
+    """Per weight tensor, the entries that produce or read the circuit's channels (its own parameters).
+
+    Every axis the site's permutation group orders (the producing rows, the next layer's
+    input columns, a classifier's channel-major blocks) is selected at the circuit's
+    channels; an entry on both sides of two circuit sites is counted once.
+    """
+    masks: dict[str, np.ndarray] = {}
+    for site, channels in circuit.items():
+        group = layout.spec.site_groups.get(site)
+        if group is None or not channels:
+            continue
+        n = layout.sizes[group]
+        for name, axis in layout.spec.entries(group):
+            shape = layout.shapes[name]
+            mask = masks.setdefault(name, np.zeros(shape, dtype=bool))
+            blocks = mask.reshape(*shape[:axis], n, -1, *shape[axis + 1 :])  # a view: writes reach the mask
+            index: list[Any] = [slice(None)] * blocks.ndim
+            index[axis] = list(channels)
+            blocks[tuple(index)] = True
+    return masks
+
+
+def overwrite_shares(
+    layout: WeightLayout,
+    start: Sequence[np.ndarray],
+    local: Mapping[int, Sequence[np.ndarray]],
+    counts: Mapping[int, int],
+    circuit: Circuit,
+) -> dict[int, float]:
+    """Each client's share of the round's change to a circuit's own parameters (issue 28, item 2).
+
+    FedAvg's change of the global weights is the sum of the clients' weighted updates,
+    ``u_k = n_k / N (w_k - w_start)``; restricted to the circuit's parameters
+    (:func:`circuit_parameter_mask`), client k's share is the projection
+    ``<u_k, sum u> / |sum u|^2``: the shares add up to 1, and a client whose update points
+    against the change gets a negative one. For another aggregation rule it is FedAvg's
+    decomposition of the same updates.
+    """
+    masks = circuit_parameter_mask(layout, circuit)
+    total = sum(counts[p] for p in local)
+    updates = {
+        p: np.concatenate(
+            [
+                (counts[p] / total) * (np.asarray(w[layout.index[name]], np.float64) - start[layout.index[name]])[mask]
+                for name, mask in masks.items()
+            ]
+        )
+        for p, w in local.items()
+    }
+    change = sum(updates.values())
+    norm = float(np.dot(change, change)) if isinstance(change, np.ndarray) else 0.0
+    if norm == 0.0:
+        return {p: float("nan") for p in local}
+    return {p: float(np.dot(u, change) / norm) for p, u in sorted(updates.items())}
+
+
+def restorer_moved_most(found: Mapping[int, Mapping[int, Interference]]) -> float:
+    """Share of the restored circuits whose strongest overwriter contributed the largest share of the change to
+    the circuit's parameters (NaN when none was restored, or no shares were measured)."""
+    judged = [
+        entry.strongest == max(entry.overwrite_share, key=lambda k: entry.overwrite_share[k])
+        for per in found.values()
+        for entry in per.values()
+        if entry.restored_by and entry.overwrite_share
+    ]
+    return sum(judged) / len(judged) if judged else float("nan")

@@ -50,7 +50,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fedmi_flower.analysis.counterfactual import Reaggregate, agreement_with_dominance, interference
+from fedmi_flower.analysis.counterfactual import (
+    Reaggregate,
+    agreement_with_dominance,
+    interference,
+    overwrite_shares,
+    restorer_moved_most,
+)
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.round_record import (
     FLOOR_OF_VIEW,
@@ -551,6 +557,22 @@ class RoundAnalyst:
         ]
         return self.evaluation.subset(sorted(keep))
 
+    @staticmethod
+    def overwrite_shares(
+        model: nn.Module,
+        record: RoundRecord,
+        start: Sequence[np.ndarray],
+        local: Mapping[int, Sequence[np.ndarray]],
+        reports: Sequence[ClientReport],
+    ) -> None:
+        """Fill each collapsed circuit's ``overwrite_share``: every client's share of the change to its parameters."""
+        layout = layout_of(model)
+        counts = {r.partition_id: r.num_examples for r in reports if r.partition_id in local}
+        for pid, per in record.interference.items():
+            for cls, entry in per.items():
+                circuit = record.clients[pid].circuits[cls]
+                entry.overwrite_share = overwrite_shares(layout, start, {p: local[p] for p in counts}, counts, circuit)
+
     def score_on(
         self, weights: Sequence[np.ndarray], circuits: Sequence[tuple[int, int, Circuit]]
     ) -> list[CircuitScores]:
@@ -630,6 +652,7 @@ class RoundAnalyst:
         reports: Sequence[ClientReport],
         local_weights: Mapping[int, Sequence[np.ndarray]] | None = None,
         reaggregate: Reaggregate | None = None,
+        start_weights: Sequence[np.ndarray] | None = None,
     ) -> RoundRecord:
         """Analyse one round; return its record (NaN where a value is undefined).
 
@@ -637,7 +660,9 @@ class RoundAnalyst:
         ``local_weights``, by partition id, the weights each client's circuits were found
         on (for aligned IoU; without them aligned IoU is not measured); ``reaggregate``,
         the round's aggregation rule without one partition (counterfactual aggregation,
-        ``analysis.counterfactual``; without it that step does not run).
+        ``analysis.counterfactual``; without it that step does not run); ``start_weights``,
+        the global weights the round started from (each client's share of the change to a
+        collapsed circuit's parameters).
         """
         began = time.perf_counter()
         classes = self.classes_to_analyse(reports)
@@ -747,6 +772,12 @@ class RoundAnalyst:
                 ),
                 {},
             )
+            if record.interference and start_weights is not None and local_weights:
+                step(
+                    "overwrite_shares",
+                    lambda: self.overwrite_shares(model, record, start_weights, local_weights, reports),
+                    None,
+                )
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
@@ -842,6 +873,7 @@ class RoundAnalyst:
             support_local_global_iou_chance=support_lg.chance_mean if support_lg else math.nan,
             interference_collapsed=sum(len(per) for per in record.interference.values()),
             interference_restored=restored,
+            interference_restorer_moved_most=restorer_moved_most(record.interference),
             interference_agrees_with_dominance=agreement_with_dominance(
                 record.interference, {c: d.winner for c, d in record.dominance.items()}
             ),

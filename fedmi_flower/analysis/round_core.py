@@ -224,6 +224,8 @@ class RoundOutcome:
     not_aggregated_because: str | None = None
     reaggregate: Reaggregate | None = None
     """The round's aggregation rule applied again without one partition (counterfactual aggregation)."""
+    start_arrays: list[np.ndarray] | None = None
+    """The global weights the round started from."""
 
 
 class RoundRecorder:
@@ -286,7 +288,12 @@ class RoundRecorder:
         local = {report.partition_id: arrays for report, arrays in outcome.reports}
         try:
             record = self.analyst.analyse(
-                rnd, model, [report for report, _ in outcome.reports], local, reaggregate=outcome.reaggregate
+                rnd,
+                model,
+                [report for report, _ in outcome.reports],
+                local,
+                reaggregate=outcome.reaggregate,
+                start_weights=outcome.start_arrays,
             )
         except Exception:  # a bug in the analysis must not lose the training run
             logger.warning("round %d: circuit analysis failed, training goes on:\n%s", rnd, traceback.format_exc())

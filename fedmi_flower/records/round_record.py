@@ -260,6 +260,8 @@ class Interference:
     """Left-out client -> the circuit's sufficiency on the aggregate of the others."""
     restored_by: list[int] = field(default_factory=list)
     """Left-out clients whose absence makes the circuit work again (verdict ``working``): its overwriters."""
+    overwrite_share: dict[int, float] = field(default_factory=dict)
+    """Client -> its share of the round's change to the circuit's own parameters (they add up to 1)."""
 
     @property
     def strongest(self) -> int | None:
@@ -273,6 +275,7 @@ class Interference:
             "sufficiency": self.sufficiency,
             "without": {str(k): v for k, v in sorted(self.without.items())},
             "restored_by": sorted(self.restored_by),
+            "overwrite_share": {str(k): v for k, v in sorted(self.overwrite_share.items())},
         }
 
     @classmethod
@@ -281,6 +284,7 @@ class Interference:
             sufficiency=number(raw.get("sufficiency")),
             without={int(k): number(v) for k, v in (raw.get("without") or {}).items()},
             restored_by=[int(k) for k in raw.get("restored_by") or []],
+            overwrite_share={int(k): number(v) for k, v in (raw.get("overwrite_share") or {}).items()},
         )
 
 
@@ -554,6 +558,9 @@ class RoundSummary:
     """Circuits that worked on their own model and collapsed on the global weights, counterfactually analysed."""
     interference_restored: int = 0
     """Of those, how many leaving out one other client's update restores (``analysis.counterfactual``)."""
+    interference_restorer_moved_most: float = math.nan
+    """Share of the restored circuits whose strongest overwriter also contributed the largest share of the change
+    to the circuit's own parameters (NaN when none was restored)."""
     interference_agrees_with_dominance: float = math.nan
     """Share of the restored circuits whose strongest overwriter is the client the IoU-based dominance names for
     the class (NaN when none was restored): does resemblance name the cause?"""
@@ -763,6 +770,8 @@ class RoundTimings:
     """Aggregating again without each client and scoring the collapsed circuits there."""
     support_consensus: float = math.nan
     """The IoU of the clients' and the global model's nonzero weights, tensor by tensor."""
+    overwrite_shares: float = math.nan
+    """Each client's share of the change to every collapsed circuit's own parameters."""
     integrated_faithfulness: float = math.nan
     """Scoring the global circuits' faithfulness curves over circuit size."""
     server: float = math.nan
