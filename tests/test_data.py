@@ -46,7 +46,8 @@ def test_the_client_path_does_not_import_torchvision_or_the_server():
     """A deployment starts a ClientApp process per message: what it imports is paid every round."""
     code = (
         "import sys, fedmi_flower.apps.client_app; "
-        "print(sorted(m for m in ('torchvision', 'scipy', 'strategies', 'datasets', 'matplotlib') if m in sys.modules))"
+        "print(sorted(m for m in ('torchvision', 'scipy', 'fedmi_flower.strategies', 'datasets', 'matplotlib') "
+        "if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

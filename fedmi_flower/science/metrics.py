@@ -18,7 +18,6 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
-from scipy.special import gammaln
 
 from fedmi_flower.science.circuits import Circuit
 
@@ -270,6 +269,8 @@ def chance_support_iou(a: int, b: int, n: int) -> float:
         raise ValueError(f"support sizes {a} and {b} must lie in 0..{n}")
     if a + b == 0:
         return float("nan")
+    from scipy.special import gammaln  # here: the clients' import path (a process per message) stays without scipy
+
     k = np.arange(max(0, a + b - n), min(a, b) + 1, dtype=np.float64)
 
     def log_comb(top: float, low: np.ndarray | float) -> np.ndarray:
