@@ -71,6 +71,7 @@ from fedmi_flower.records.round_record import (
     RoundSummary,
     RoundTimings,
     Scores,
+    Step,
     View,
     number,
 )
@@ -689,7 +690,7 @@ class RoundAnalyst:
         )
         timings.global_discovery = time.perf_counter() - t0
         floor = step(
-            "noise_floor", lambda: self.noise_floor(model, global_circuits, server_round, reports), NoiseFloor()
+            Step.NOISE_FLOOR, lambda: self.noise_floor(model, global_circuits, server_round, reports), NoiseFloor()
         )
         t0 = time.perf_counter()
         global_scores, cross = self.score(model, global_circuits, reports)
@@ -698,7 +699,7 @@ class RoundAnalyst:
         if self.config.analysis.integrated_faithfulness and present:
             no_curves: dict[int, list[float]] = {}
             curves = step(
-                "integrated_faithfulness",
+                Step.INTEGRATED_FAITHFULNESS,
                 lambda: faithfulness_curves(
                     model,
                     self.curve_rows(),
@@ -713,9 +714,9 @@ class RoundAnalyst:
             global_entry.curve_sizes = grid_sizes(sum(site_sizes(model).values())) if curves else []
             for cls, curve in curves.items():
                 global_entry.cpr[cls], global_entry.cmd[cls] = cpr_cmd(curve)
-        control = step("control", lambda: self.control(classes), None)
+        control = step(Step.CONTROL, lambda: self.control(classes), None)
         no_alignment: dict[int, Permutation] = {}
-        alignments = step("alignment", lambda: self.alignments(model, local_weights or {}), no_alignment)
+        alignments = step(Step.ALIGNMENT, lambda: self.alignments(model, local_weights or {}), no_alignment)
         aligned = self.aligned(reports, alignments)
 
         stability, gaps = self.stability(server_round, reports, sizes)
@@ -746,13 +747,13 @@ class RoundAnalyst:
                 if r.circuits
             },
             timings=timings,
-            alignment_error=step_errors.get("alignment"),
+            alignment_error=step_errors.get(Step.ALIGNMENT),
             step_errors=step_errors,
         )
         if local_weights:
             unmeasured: tuple[IoU | None, IoU | None] = (None, None)
             record.support_inter_client_iou, record.support_local_global_iou = step(
-                "support_consensus", lambda: self.support_consensus(model, local_weights), unmeasured
+                Step.SUPPORT_CONSENSUS, lambda: self.support_consensus(model, local_weights), unmeasured
             )
         if self.config.analysis.counterfactual and reaggregate is not None:
             aggregated = [r.partition_id for r in reports]
@@ -762,7 +763,7 @@ class RoundAnalyst:
                 aggregated = sorted(int(p) for p in rng.choice(aggregated, size=cap, replace=False))
             record.interference_left_out = aggregated
             record.interference = step(
-                "counterfactual",
+                Step.COUNTERFACTUAL,
                 lambda: interference(
                     record.cross_eval,
                     {r.partition_id: r.circuits for r in reports},
@@ -774,7 +775,7 @@ class RoundAnalyst:
             )
             if record.interference and start_weights is not None and local_weights:
                 step(
-                    "overwrite_shares",
+                    Step.OVERWRITE_SHARES,
                     lambda: self.overwrite_shares(model, record, start_weights, local_weights, reports),
                     None,
                 )

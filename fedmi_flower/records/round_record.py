@@ -61,6 +61,19 @@ class RecordError(ValueError):
     """A round record this package cannot read; the message names the problem and the fix."""
 
 
+class Step(StrEnum):
+    """The round's optional analysis steps: each is timed into ``timings.<step>`` and fails alone into
+    ``step_errors[<step>]``."""
+
+    NOISE_FLOOR = "noise_floor"
+    INTEGRATED_FAITHFULNESS = "integrated_faithfulness"
+    CONTROL = "control"
+    ALIGNMENT = "alignment"
+    SUPPORT_CONSENSUS = "support_consensus"
+    COUNTERFACTUAL = "counterfactual"
+    OVERWRITE_SHARES = "overwrite_shares"
+
+
 class View(StrEnum):
     """The circuit-preservation views of paper section 2.3 that a round record carries as IoUs."""
 
