@@ -286,6 +286,45 @@ class AnalysisConfig:
         True,
         doc="discover circuits on a never-trained model of the same architecture and sparsity, beside the real ones",
     )
+    stitching: bool = _spec(
+        True,
+        doc=(
+            "circuit stitching: the union, intersection and majority of the clients' circuits of each class, scored "
+            "on the global weights beside each client's own"
+        ),
+    )
+    cka: bool = _spec(
+        True,
+        doc=(
+            "linear CKA of each client's model with the global model on the reference images, per site and masked to "
+            "each class's circuits (permutation invariant, beside raw and aligned IoU)"
+        ),
+    )
+    second_method: bool = _spec(
+        True,
+        doc=(
+            "a second discovery method (attribution: gradient x (activation - fill), one pass) for the global model "
+            "and every client's model, with its IoU to the learned circuits and its verdicts"
+        ),
+    )
+    ablations: bool = _spec(
+        True,
+        doc="score every circuit again under zero, mean and resample ablation and count the verdicts that change",
+    )
+    cascade: bool = _spec(
+        False,
+        doc=(
+            "cascading randomisation: re-initialise the global model from its top layer down, one layer at a time, "
+            "and score its circuits at every stage (a control; on in the controls experiment)"
+        ),
+    )
+    label_control: bool = _spec(
+        False,
+        doc=(
+            "a label-randomised control: a model trained on shuffled labels, whose circuits must all be degenerate "
+            "(trained once per run on the server; on in the controls experiment)"
+        ),
+    )
     floor_client: int = _spec(
         0,
         lo=0,

@@ -57,6 +57,14 @@ from fedmi_flower.analysis.counterfactual import (
     overwrite_shares,
     restorer_moved_most,
 )
+from fedmi_flower.analysis.robustness import (
+    ablation_verdicts,
+    cascade,
+    client_cka,
+    label_randomised_model,
+    second_method,
+    stitched_circuits,
+)
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.round_record import (
     FLOOR_OF_VIEW,
@@ -109,7 +117,7 @@ from fedmi_flower.science.metrics import (
 )
 from fedmi_flower.science.model import evaluate, get_weights, set_weights, weight_names
 from fedmi_flower.science.seeding import derive_seed, numpy_rng, torch_generator
-from fedmi_flower.science.sparsity import prunable_weights, prune_, sparsity_report
+from fedmi_flower.science.sparsity import prunable_weights, prune_, sparsity_report, train_sparse
 from fedmi_flower.science.verdicts import COLLAPSE_THRESHOLD, circuit_verdict, degenerate_reason
 from fedmi_flower.wire.protocol import ClientReport
 
@@ -119,18 +127,6 @@ __all__ = ["COLLAPSE_THRESHOLD", "RoundAnalyst"]
 
 ALIGNMENT_IMAGES = 512
 """Probe images that activation matching compares channels on."""
-
-
-def _scores(s: CircuitScores) -> Scores:
-    return Scores(
-        s.sufficiency,
-        s.specificity,
-        s.necessity,
-        s.num_target,
-        s.faithfulness,
-        s.model_sufficiency,
-        s.model_specificity,
-    )
 
 
 def _degenerate(size: int, s: Scores | CircuitScores | None, own_model: bool = True) -> str | None:
@@ -207,6 +203,7 @@ class RoundAnalyst:
         self.population_counts = list(population_counts) if population_counts is not None else None
         self.reference = reference
         self._control: GlobalEntry | None = None
+        self._label_control: GlobalEntry | None = None
         # partition id -> classes whose circuit in its last report was degenerate
         self.previous_degenerate: dict[int, set[int]] = {}
         # partition id -> (round, circuits) of the client's last report
@@ -578,16 +575,7 @@ class RoundAnalyst:
         self, weights: Sequence[np.ndarray], circuits: Sequence[tuple[int, int, Circuit]]
     ) -> list[CircuitScores]:
         """``(client, class, circuit)`` triples scored on a model holding ``weights`` (counterfactual aggregation)."""
-        model = make_model(self.config)
-        set_weights(model, list(weights))
-        model.to(self.evaluation.images.device)
-        return evaluate_circuits(
-            model,
-            self.evaluation,
-            [(cls, circuit) for _, cls, circuit in circuits],
-            ablation=self.config.discovery.resolved_ablation,
-            means=self.fill_means(model),
-        )
+        return self.score_circuits(self.model_with(weights), [(cls, circuit) for _, cls, circuit in circuits])
 
     def global_entry(
         self, model: nn.Module, circuits: Mapping[int, Circuit], scores: Mapping[int, CircuitScores]
@@ -607,7 +595,7 @@ class RoundAnalyst:
             sparsity_per_tensor=dict(achieved.per_tensor),
             circuits=dict(sorted(circuits.items())),
             circuit_sizes=sizes,
-            scores={c: _scores(s) for c, s in sorted(scores.items())},
+            scores={c: Scores.of(s) for c, s in sorted(scores.items())},
             verdicts={c: circuit_verdict(sizes[c], s.sufficiency, s.specificity) for c, s in sorted(scores.items())},
             degenerate={c: why for c in sizes if (why := _degenerate(sizes[c], scores.get(c))) is not None},
         )
@@ -779,6 +767,7 @@ class RoundAnalyst:
                     lambda: self.overwrite_shares(model, record, start_weights, local_weights, reports),
                     None,
                 )
+        self.robustness(server_round, model, record, reports, global_circuits, global_scores, local_weights or {}, step)
         # Every IoU view again over the circuits that are not degenerate (local ones on their own model).
         clean = [non_degenerate_part(r, clients[r.partition_id].degenerate) for r in reports]
         clean_global = {c: circ for c, circ in global_circuits.items() if c not in global_entry.degenerate}
@@ -804,6 +793,157 @@ class RoundAnalyst:
         record.summary = dataclasses.replace(record.summary, **view_floors(record, keyed, previous_degenerate))
         timings.analysis = time.perf_counter() - began
         return record
+
+    def robustness(
+        self,
+        server_round: int,
+        model: nn.Module,
+        record: RoundRecord,
+        reports: Sequence[ClientReport],
+        global_circuits: Mapping[int, Circuit],
+        global_scores: Mapping[int, CircuitScores],
+        local_weights: Mapping[int, Sequence[np.ndarray]],
+        step: Callable[[str, Callable[[], Any], Any], Any],
+    ) -> None:
+        """The round's conclusions measured again (:mod:`fedmi_flower.analysis.robustness`), each an optional step."""
+        analysis, seed = self.config.analysis, self.config.seed
+        client_circuits = {r.partition_id: dict(r.circuits) for r in reports}
+        client_models = (
+            {pid: self.model_with(weights) for pid, weights in sorted(local_weights.items())}
+            if analysis.cka or analysis.second_method
+            else {}
+        )
+        if analysis.stitching:
+            record.stitched = step(
+                Step.STITCHING,
+                lambda: stitched_circuits(model, client_circuits, record.classes, self.score_circuits),
+                {},
+            )
+        if analysis.cka and client_models:
+            images = (self.reference if self.reference is not None else self.evaluation).images
+            record.cka = step(
+                Step.CKA,
+                lambda: client_cka(
+                    model,
+                    client_models,
+                    images,
+                    global_circuits,
+                    client_circuits,
+                    derive_seed(seed, "cka", server_round),
+                ),
+                {},
+            )
+        if analysis.second_method:
+            record.second_method = step(
+                Step.SECOND_METHOD,
+                lambda: second_method(
+                    model,
+                    self.probe,
+                    global_circuits,
+                    global_scores,
+                    client_models,
+                    {pid: client_circuits[pid] for pid in client_models},
+                    site_sizes(model),
+                    self.score_circuits,
+                    fill=self.fill_means,
+                    ablation=self.config.discovery.resolved_ablation,
+                    curve_rows=self.curve_rows() if analysis.integrated_faithfulness else None,
+                    negatives=None,
+                    seed=derive_seed(seed, "attribution", server_round),
+                ),
+                None,
+            )
+        if analysis.ablations:
+            record.ablation_verdicts = step(
+                Step.ABLATIONS,
+                lambda: ablation_verdicts(
+                    model,
+                    self.evaluation,
+                    global_circuits,
+                    client_circuits,
+                    run_ablation=self.config.discovery.resolved_ablation,
+                    run_global_verdicts=record.global_model.verdicts,
+                    run_cross_verdicts={
+                        p: {c: e.verdict for c, e in per.items()} for p, per in record.cross_eval.items()
+                    },
+                    means=self.fill_means(model),
+                    resample_from=(self.reference if self.reference is not None else self.evaluation).images,
+                    seed=derive_seed(seed, "resample", server_round),
+                ),
+                None,
+            )
+        if analysis.cascade and global_circuits:
+            record.cascade = step(
+                Step.CASCADE,
+                lambda: cascade(
+                    model,
+                    global_circuits,
+                    self.evaluation,
+                    self.score_circuits,
+                    derive_seed(seed, "cascade", server_round),
+                ),
+                None,
+            )
+        if analysis.label_control:
+            record.label_control = step(Step.LABEL_CONTROL, lambda: self.label_control(record.classes), None)
+
+    def model_with(self, weights: Sequence[np.ndarray]) -> nn.Module:
+        """The run's model holding ``weights``, on the analysis device, in eval mode."""
+        model = make_model(self.config)
+        set_weights(model, list(weights))
+        return model.to(self.evaluation.images.device).eval()
+
+    def score_circuits(self, model: nn.Module, circuits: Sequence[tuple[int, Circuit]]) -> list[CircuitScores]:
+        """``(class, circuit)`` pairs scored on ``model`` as every verdict of the run is: on the evaluation rows,
+        with the run's ablation (the model's own channel means for mean ablation)."""
+        return evaluate_circuits(
+            model,
+            self.evaluation,
+            list(circuits),
+            ablation=self.config.discovery.resolved_ablation,
+            means=self.fill_means(model),
+        )
+
+    LABEL_CONTROL_EPOCHS = 5
+    """Epochs the label-randomised control trains for on the probe rows: enough to fit shuffled labels in part,
+    which a never-trained model (the random control) does not do at all."""
+
+    def label_control(self, classes: Sequence[int]) -> GlobalEntry | None:
+        """The label-randomised control (Adebayo et al. 2018): discovery on a model trained on shuffled labels.
+
+        Same architecture and training recipe (sparsity included), trained for
+        :attr:`LABEL_CONTROL_EPOCHS` epochs on the probe rows with their labels shuffled,
+        its circuits found on the probe rows and scored on the evaluation rows like the
+        global model's. It can only memorise, so it recognises no class on held-out rows
+        and every circuit must come out degenerate. Trained once per run (per set of
+        analysed classes) and repeated in every record.
+        """
+        if not classes:
+            return None
+        if self._label_control is None or sorted(self._label_control.circuits) != sorted(classes):
+            train = self.config.train
+            model = make_model(self.config, seed=derive_seed(self.config.seed, "label-control-init"))
+            model.to(self.evaluation.images.device)
+
+            def fit(m: nn.Module, rows: ImageSplit) -> None:
+                train_sparse(
+                    m,
+                    rows,
+                    epochs=self.LABEL_CONTROL_EPOCHS,
+                    lr=train.lr,
+                    batch_size=train.batch_size,
+                    sparsity=train.sparsity or None,
+                    min_per_neuron=train.min_per_neuron,
+                    anneal_fraction=train.anneal_fraction,
+                    generator=torch_generator(self.config.seed, "label-control-train"),
+                    scope=train.sparsity_scope,
+                )
+
+            label_randomised_model(model, self.probe, fit, self.config.seed)
+            circuits = self.discover(model, self.probe, classes, "label-control", 0)
+            scores, _ = self.score(model, circuits, [])
+            self._label_control = self.global_entry(model, circuits, scores)
+        return self._label_control
 
     @staticmethod
     def client_entry(r: ClientReport) -> ClientEntry:
@@ -836,7 +976,7 @@ class RoundAnalyst:
         own = r.local_scores.get(cls)
         local = {cls: _reported_scores(own)} if own is not None else {}
         return CrossEvaluation(
-            **dataclasses.asdict(_scores(s)),
+            **dataclasses.asdict(Scores.of(s)),
             verdict=circuit_verdict(size, s.sufficiency, s.specificity),
             local_verdict=circuit_verdict(size, *_local_scores(local, cls)),
             degenerate=_degenerate(size, s, own_model=False),
@@ -945,6 +1085,7 @@ class RoundAnalyst:
             if record.control is not None
             else math.nan,
             **_nondegenerate_means(nondegenerate or {}),
+            **robustness_summary(record),
         )
 
 
@@ -978,6 +1119,55 @@ def view_floors(
                 ]
             )
         )
+    return out
+
+
+def robustness_summary(record: RoundRecord) -> dict[str, Any]:
+    """The summary of the round's robustness sections (:mod:`fedmi_flower.analysis.robustness`)."""
+    out: dict[str, Any] = {}
+    working_classes = {cls for per in record.cross_eval.values() for cls, e in per.items() if e.verdict == "working"}
+    out["stitched_classes"] = len(record.stitched)
+    out["stitched_working"] = sum(
+        1 for per in record.stitched.values() if any(s.verdict == "working" for s in per.values())
+    )
+    out["stitched_working_no_client"] = sum(
+        1
+        for cls, per in record.stitched.items()
+        if any(s.verdict == "working" for s in per.values()) and cls not in working_classes
+    )
+    ckas = list(record.cka.values())
+    out["cka"] = nanmean(v for e in ckas for v in e.sites.values())
+    out["cka_again"] = nanmean(v for e in ckas for v in e.again.values())
+    out["cka_chance"] = nanmean(v for e in ckas for v in e.chance.values())
+    out["circuit_cka"] = nanmean(v for e in ckas for v in e.circuits.values())
+    out["circuit_cka_chance"] = nanmean(v for e in ckas for v in e.circuits_chance.values())
+    method = record.second_method
+    if method is not None:
+        same, clients = list(method.same_size.values()), [e for per in method.clients.values() for e in per.values()]
+        out["method_iou"] = nanmean(e.iou.mean for e in same if e.iou is not None)
+        out["method_iou_chance"] = nanmean(e.iou.chance_mean for e in same if e.iou is not None)
+        out["method_client_iou"] = nanmean(e.iou.mean for e in clients if e.iou is not None)
+        out["method_client_iou_chance"] = nanmean(e.iou.chance_mean for e in clients if e.iou is not None)
+        out["attribution_faithfulness"] = nanmean(e.own.faithfulness for e in same)
+        out["attribution_size_ratio"] = nanmean(
+            e.size / record.global_model.circuit_sizes[c]
+            for c, e in method.same_faithfulness.items()
+            if record.global_model.circuit_sizes.get(c)
+        )
+        out["attribution_cpr"] = nanmean(method.cpr.values())
+        worked = [e for e in clients if e.own_verdict == "working"]
+        out["attribution_working_locally"] = len(worked)
+        out["attribution_preserved"] = sum(1 for e in worked if e.global_verdict == "working")
+        out["attribution_collapsed_after_working"] = sum(1 for e in worked if e.global_verdict == "collapsed")
+        out["attribution_inter_client_iou"] = nanmean(v.mean for v in method.inter_client_iou.values())
+        out["attribution_inter_client_iou_chance"] = nanmean(v.chance_mean for v in method.inter_client_iou.values())
+    if record.ablation_verdicts is not None:
+        out["ablation_verdicts_changed"], out["ablation_verdicts_compared"] = record.ablation_verdicts.changed()
+    if record.cascade is not None and record.cascade.sufficiency:
+        out["cascade_monotone"] = float(record.cascade.monotone)
+        out["cascade_final_sufficiency"] = record.cascade.sufficiency[-1]
+    if record.label_control is not None:
+        out["label_control_degenerate"] = len(record.label_control.degenerate)
     return out
 
 

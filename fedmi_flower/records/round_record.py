@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fedmi_flower.science.circuits import Circuit
+from fedmi_flower.records.codec import decode, encode
+from fedmi_flower.science.circuits import Circuit, CircuitScores
 from fedmi_flower.science.metrics import MEAN
 
 SCHEMA_VERSION = 3
@@ -72,6 +74,12 @@ class Step(StrEnum):
     SUPPORT_CONSENSUS = "support_consensus"
     COUNTERFACTUAL = "counterfactual"
     OVERWRITE_SHARES = "overwrite_shares"
+    STITCHING = "stitching"
+    CKA = "cka"
+    SECOND_METHOD = "second_method"
+    ABLATIONS = "ablations"
+    CASCADE = "cascade"
+    LABEL_CONTROL = "label_control"
 
 
 class View(StrEnum):
@@ -205,6 +213,20 @@ class Scores:
     model_sufficiency: float = math.nan
     model_specificity: float = math.nan
 
+    @classmethod
+    def of(cls, s: CircuitScores) -> Scores:
+        """The record's form of a circuit's scores as :func:`~fedmi_flower.science.circuits.evaluate_circuits` gives
+        them."""
+        return cls(
+            s.sufficiency,
+            s.specificity,
+            s.necessity,
+            s.num_target,
+            s.faithfulness,
+            s.model_sufficiency,
+            s.model_specificity,
+        )
+
     def to_json(self) -> Json:
         out: Json = {"sufficiency": self.sufficiency, "specificity": self.specificity, "necessity": self.necessity}
         if self.num_target is not None:
@@ -316,6 +338,138 @@ class Dominance:
     def from_json(cls, raw: Mapping[str, Any]) -> Dominance:
         winner = raw.get("winner")
         return cls(int(winner) if winner is not None else None, number(raw.get("lead")), number(raw.get("entropy")))
+
+
+STITCHINGS = ("union", "intersection", "majority")
+"""How :class:`StitchedCircuit` combines the holders' circuits of a class: every channel some holder's circuit
+has, those all have, those more than half have."""
+
+
+@dataclass
+class StitchedCircuit:
+    """The holders' circuits of one class combined (:data:`STITCHINGS`) and scored on the global weights.
+
+    Circuit stitching (issue 27, item 6; the reference code's union / intersection /
+    majority): does the federation hold a working circuit that no single client's is?
+    """
+
+    size: int = 0
+    holders: int = 0
+    scores: Scores = field(default_factory=lambda: Scores())
+    verdict: str = "unscored"
+
+
+@dataclass
+class Cka:
+    """Linear CKA of one client's model with the global model on the same reference images (issue 27, item 5).
+
+    Per circuit site (``sites``, the reference's latent tier) and per class with the
+    activations masked to each model's own circuit of the class (``circuits``, its circuit
+    tier; mean over the sites where both circuits hold channels). Measured on one random
+    half of the reference images; ``*_again`` on the other half (the estimate's own
+    noise: the same two models on another draw) and ``*_chance`` with the halves unpaired
+    (client on one, global on the other: what CKA reads between unrelated images, its
+    small-sample bias). CKA is invariant to permuting channels, so it is the natural
+    partner of raw and aligned IoU.
+    """
+
+    sites: dict[str, float] = field(default_factory=dict)
+    again: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
+    circuits: dict[int, float] = field(default_factory=dict)
+    circuits_again: dict[int, float] = field(default_factory=dict)
+    circuits_chance: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class AttributionCircuit:
+    """A circuit of the second discovery method (attribution, :mod:`fedmi_flower.science.attribution`).
+
+    ``iou`` compares it with the learned circuit of the same class on the same model (with
+    the chance level of circuits of these sizes); ``own`` scores it on that model, and for
+    a client's circuit ``on_global`` on the global weights (cross-evaluation), each with
+    its verdict.
+    """
+
+    size: int = 0
+    iou: IoU | None = None
+    own: Scores = field(default_factory=lambda: Scores())
+    own_verdict: str = "unscored"
+    on_global: Scores | None = None
+    global_verdict: str | None = None
+
+
+@dataclass
+class SecondMethod:
+    """Attribution discovery beside the learned gates, and their agreement (issue 27, item 2).
+
+    The global model's attribution circuit of each class at the learned circuit's size
+    (``same_size``) and at the fewest channels that reach the learned circuit's
+    faithfulness (``same_faithfulness``), the area under its faithfulness curve
+    (``cpr``), each client's attribution circuit at its learned circuit's size found on
+    the client's model (``clients``, cross-evaluated on the global weights), and
+    inter-client IoU of those (``inter_client_iou``): the conclusions again, by another method.
+    """
+
+    same_size: dict[int, AttributionCircuit] = field(default_factory=dict)
+    same_faithfulness: dict[int, AttributionCircuit] = field(default_factory=dict)
+    cpr: dict[int, float] = field(default_factory=dict)
+    clients: dict[int, dict[int, AttributionCircuit]] = field(default_factory=dict)
+    inter_client_iou: dict[int, IoU] = field(default_factory=dict)
+
+
+@dataclass
+class AblationVerdicts:
+    """The round's verdicts again under every ablation (issue 27, item 3): what a closed channel outputs.
+
+    ``global_verdicts``: ablation -> class -> the global circuit's verdict; ``cross_verdicts``:
+    ablation -> client -> class -> its circuit's verdict on the global weights.
+    ``run_ablation`` is the one the run's own verdicts use.
+    """
+
+    run_ablation: str = ""
+    global_verdicts: dict[str, dict[int, str]] = field(default_factory=dict)
+    cross_verdicts: dict[str, dict[int, dict[int, str]]] = field(default_factory=dict)
+
+    def changed(self) -> tuple[int, int]:
+        """``(changed, compared)``: verdicts under another ablation that differ from the run's own."""
+        base_global = self.global_verdicts.get(self.run_ablation, {})
+        base_cross = self.cross_verdicts.get(self.run_ablation, {})
+        changed = compared = 0
+        for ablation in sorted(set(self.global_verdicts) | set(self.cross_verdicts)):
+            if ablation == self.run_ablation:
+                continue
+            pairs = [(v, base_global.get(c)) for c, v in self.global_verdicts.get(ablation, {}).items()]
+            for pid, per in self.cross_verdicts.get(ablation, {}).items():
+                pairs += [(v, base_cross.get(pid, {}).get(c)) for c, v in per.items()]
+            for verdict, base in pairs:
+                if base is not None:
+                    compared += 1
+                    changed += verdict != base
+        return changed, compared
+
+
+@dataclass
+class Cascade:
+    """Cascading randomisation (Adebayo et al. 2018; issue 27, item 4), the global model's circuits kept fixed.
+
+    Stage 0 is the trained global model; stage k has its top k parameterised layers
+    re-initialised (``stages[k]`` names the layer added at stage k), each keeping the
+    trained layer's sparsity pattern. Per stage: the model's accuracy and the mean
+    sufficiency and faithfulness of the trained model's circuits of every analysed class.
+    A circuit that reflects the trained model degrades as its layers lose their training.
+    """
+
+    stages: list[str] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    sufficiency: list[float] = field(default_factory=list)
+    faithfulness: list[float] = field(default_factory=list)
+
+    @property
+    def monotone(self) -> bool:
+        """Whether sufficiency never rises from one stage to the next by more than a sampling step (0.02)."""
+        values = [v for v in self.sufficiency if not math.isnan(v)]
+        return all(b <= a + 0.02 for a, b in zip(values, values[1:]))
 
 
 @dataclass
@@ -553,6 +707,47 @@ class RoundSummary:
     """
 
     clients: int = 0
+    stitched_classes: int = 0
+    """Classes held by two or more clients, whose circuits were stitched (union, intersection, majority)."""
+    stitched_working: int = 0
+    """Of those, the classes with a stitched circuit that works on the global weights."""
+    stitched_working_no_client: int = 0
+    """Classes with a working stitched circuit where no client's own circuit of the class works there."""
+    cka: float = math.nan
+    """Linear CKA of the clients' models with the global model, mean over clients and sites."""
+    cka_again: float = math.nan
+    """The same on the other half of the reference images (the estimate's own noise)."""
+    cka_chance: float = math.nan
+    """The same with the halves unpaired (what CKA reads between unrelated images)."""
+    circuit_cka: float = math.nan
+    """CKA with each model's activations masked to its circuit of a class, mean over clients and classes."""
+    circuit_cka_chance: float = math.nan
+    method_iou: float = math.nan
+    """IoU of the global model's attribution circuit (same size) with its learned circuit, mean over classes."""
+    method_iou_chance: float = math.nan
+    method_client_iou: float = math.nan
+    """The same for the clients' circuits on their own models."""
+    method_client_iou_chance: float = math.nan
+    attribution_faithfulness: float = math.nan
+    """Faithfulness of the global attribution circuits of the learned circuits' sizes."""
+    attribution_size_ratio: float = math.nan
+    """Channels an attribution circuit needs to be as faithful as the learned one, over the learned one's."""
+    attribution_cpr: float = math.nan
+    """CPR of the attribution ranking's faithfulness curve (``global_cpr`` is the learned scores')."""
+    attribution_working_locally: int = 0
+    attribution_preserved: int = 0
+    attribution_collapsed_after_working: int = 0
+    """Cross-evaluation again with the clients' attribution circuits (``cross_*`` are the learned ones')."""
+    attribution_inter_client_iou: float = math.nan
+    attribution_inter_client_iou_chance: float = math.nan
+    ablation_verdicts_changed: int = 0
+    """Verdicts (global and cross-evaluation) that differ under another ablation than the run's."""
+    ablation_verdicts_compared: int = 0
+    cascade_monotone: float = math.nan
+    """1 when the trained circuits' sufficiency falls (never rises by more than 0.02) as layers are randomised."""
+    cascade_final_sufficiency: float = math.nan
+    label_control_degenerate: int = 0
+    """Degenerate circuits of the label-randomised control (every one should be)."""
     support_inter_client_iou: float = math.nan
     """Weight-support consensus between clients, mean over tensors and client pairs (beside circuit IoU)."""
     support_inter_client_iou_chance: float = math.nan
@@ -731,7 +926,17 @@ class RoundSummary:
         return cls(**values)
 
 
-SUMMARY_GROUPS = ("accuracy", "iou", "cross_eval", "faithfulness", "degenerate", "circuits", "skew")
+SUMMARY_GROUPS = ("accuracy", "iou", "cross_eval", "faithfulness", "degenerate", "circuits", "skew", "robustness")
+ROBUSTNESS_PREFIXES = (
+    "stitched",
+    "cka",
+    "circuit_cka",
+    "method_",
+    "attribution_",
+    "ablation_",
+    "cascade",
+    "label_control",
+)
 """What a :class:`RoundSummary` field can summarise (TensorBoard files each round's scalars under these)."""
 
 
@@ -739,6 +944,8 @@ def summary_group(name: str) -> str:
     """Which of :data:`SUMMARY_GROUPS` the :class:`RoundSummary` field ``name`` belongs to."""
     if name in ("global_accuracy", "global_loss"):
         return "accuracy"
+    if name.startswith(ROBUSTNESS_PREFIXES):
+        return "robustness"
     if name.startswith("cross_"):
         return "cross_eval"
     if name.endswith("_faithfulness"):
@@ -787,6 +994,18 @@ class RoundTimings:
     """Each client's share of the change to every collapsed circuit's own parameters."""
     integrated_faithfulness: float = math.nan
     """Scoring the global circuits' faithfulness curves over circuit size."""
+    stitching: float = math.nan
+    """Scoring the union, intersection and majority of the clients' circuits of each class."""
+    cka: float = math.nan
+    """Linear CKA of every client's model with the global model."""
+    second_method: float = math.nan
+    """Attribution discovery on the global and every client's model, and its scoring."""
+    ablations: float = math.nan
+    """Scoring every circuit again under the other ablations."""
+    cascade: float = math.nan
+    """Cascading randomisation of the global model."""
+    label_control: float = math.nan
+    """Training the label-randomised control (its first round only) and finding its circuits."""
     server: float = math.nan
     """Screening, aggregation, analysis and writing, inside ``aggregate_fit``."""
     round: float = math.nan
@@ -894,6 +1113,18 @@ class RoundRecord:
     interference: dict[int, dict[int, Interference]] = field(default_factory=dict)
     """Counterfactual aggregation (``analysis.counterfactual``): client -> class -> :class:`Interference`, for
     every circuit that worked on its own model and collapsed on the global weights."""
+    stitched: dict[int, dict[str, StitchedCircuit]] = field(default_factory=dict)
+    """Circuit stitching (``analysis.stitching``): class -> :data:`STITCHINGS` rule -> the combined circuit."""
+    cka: dict[int, Cka] = field(default_factory=dict)
+    """Linear CKA of each client's model with the global model (``analysis.cka``)."""
+    second_method: SecondMethod | None = None
+    """Attribution discovery and its agreement with the learned gates (``analysis.second_method``)."""
+    ablation_verdicts: AblationVerdicts | None = None
+    """The verdicts under zero, mean and resample ablation (``analysis.ablations``)."""
+    cascade: Cascade | None = None
+    """Cascading randomisation of the global model (``analysis.cascade``)."""
+    label_control: GlobalEntry | None = None
+    """The label-randomised control (``analysis.label_control``): discovery on a model trained on shuffled labels."""
     step_errors: dict[str, str] = field(default_factory=dict)
     """Analysis steps that failed alone (step name -> traceback): their views are empty, the others stand.
     ``alignment_error`` is the ``alignment`` step's, kept under its own name for earlier readers."""
@@ -1002,6 +1233,7 @@ class RoundRecord:
                         self.support_local_global_iou.to_json() if self.support_local_global_iou else None
                     ),
                     "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
+                    **{name: encode(getattr(self, name)) for name in _CODEC_SECTIONS},
                     "summary": self.summary.scalars(),
                 }
             )
@@ -1060,6 +1292,7 @@ class RoundRecord:
             if raw.get("support_local_global_iou")
             else None,
             cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
+            **{name: decode(hint, raw.get(name)) for name, hint in _codec_sections().items()},
             summary=RoundSummary.from_json(raw.get("summary")),
             timings=RoundTimings.from_json(raw.get("timings")),
             aggregated=bool(raw.get("aggregated", True)),
@@ -1078,3 +1311,12 @@ class RoundRecord:
             step_errors={str(k): str(v) for k, v in (raw.get("step_errors") or {}).items()},
             schema=version,
         )
+
+
+_CODEC_SECTIONS = ("stitched", "cka", "second_method", "ablation_verdicts", "cascade", "label_control")
+"""The record's sections written and read by :mod:`fedmi_flower.records.codec` from their types."""
+
+
+def _codec_sections() -> dict[str, Any]:
+    hints = typing.get_type_hints(RoundRecord)
+    return {name: hints[name] for name in _CODEC_SECTIONS}

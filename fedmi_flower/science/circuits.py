@@ -44,7 +44,7 @@ from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.hook_points import activations, capability, site_sizes
 from fedmi_flower.science.hook_points import head as run_head
 from fedmi_flower.science.hook_points import stem as run_stem
-from fedmi_flower.science.objectives import ABLATIONS
+from fedmi_flower.science.objectives import ABLATIONS, SCORING_ABLATIONS
 from fedmi_flower.science.seeding import torch_generator
 
 Circuit = dict[str, list[int]]
@@ -424,6 +424,8 @@ def evaluate_circuits(
     *,
     ablation: str = "zero",
     means: Mapping[str, torch.Tensor] | None = None,
+    resample: torch.Tensor | None = None,
+    seed: int = 0,
     rows_per_pass: int = 2048,
 ) -> list[CircuitScores]:
     """Score many ``(target class, circuit)`` pairs on ``data`` in few passes.
@@ -433,13 +435,28 @@ def evaluate_circuits(
     circuit's own sub-network only (:func:`circuit_only_logits`); with mean ablation,
     and for necessity (the circuit ablated, everything else active), the gated dense
     network runs on batches of up to ``rows_per_pass`` (circuit, image) rows.
+
+    Resample ablation (``ablation="resample"``, scoring only) gives each closed channel
+    its value on an image drawn with ``seed`` from ``resample`` (the reference images;
+    ``data``'s own when None), the same draw for every circuit on a given image: the
+    ablation of causal scrubbing and of "Transformer Circuit Metrics are not Robust"
+    (2024), which keeps activations on the data distribution where a mean may not be.
     """
     if not circuits:
         return []
+    if ablation not in SCORING_ABLATIONS:
+        raise ValueError(f"ablation must be one of {SCORING_ABLATIONS}, got {ablation!r}")
     model.eval()
     device = next(model.parameters()).device
     data = data.to(device)
-    fill = _ablation_fill(model, data, ablation, means)
+    resampling = ablation == "resample"
+    pool = (resample if resample is not None else data.images).to(device) if resampling else None
+    draws = (
+        torch.randint(len(pool), (len(data),), generator=torch_generator(seed, "resample"))
+        if pool is not None
+        else None
+    )
+    fill = None if resampling else _ablation_fill(model, data, ablation, means)
     m = len(circuits)
     targets = torch.as_tensor([int(c) for c, _ in circuits], device=device)
     keep = circuit_masks([circ for _, circ in circuits], site_sizes(model), device)
@@ -457,12 +474,14 @@ def evaluate_circuits(
     model_spec = torch.zeros_like(suff)
     # Zero ablation runs each circuit's sub-network alone where the model can; otherwise
     # every circuit's gated dense pass shares one batch of (circuit, image) rows.
-    sub_networks = fill is None and capability(model, "circuit_logits") is not None
+    sub_networks = fill is None and not resampling and capability(model, "circuit_logits") is not None
     chunk = rows_per_pass if sub_networks else max(1, rows_per_pass // m)
     for start in range(0, len(data), chunk):
         y = data.labels[start : start + chunk]
         stem = run_stem(model, data.images[start : start + chunk])
         b = y.shape[0]
+        if pool is not None and draws is not None:
+            fill = activations(model, pool[draws[start : start + chunk].to(device)])  # per image, as (b, C, ...)
         # Every circuit on every image: sufficiency (target rows) and specificity (the rest).
         if sub_networks:
             pred = torch.stack([circuit_only_logits(model, stem, circ).argmax(1) for _, circ in circuits])
@@ -472,7 +491,7 @@ def evaluate_circuits(
                     model,
                     stem.repeat(m, *([1] * (stem.dim() - 1))),
                     {layer: g.repeat_interleave(b, 0) for layer, g in keep.items()},
-                    fill,
+                    _per_row(fill, m),
                 )
                 .argmax(1)
                 .view(m, b)
@@ -495,7 +514,8 @@ def evaluate_circuits(
         circ_idx, img_idx = torch.nonzero(is_target, as_tuple=True)
         for lo in range(0, circ_idx.numel(), rows_per_pass):
             ci, ii = circ_idx[lo : lo + rows_per_pass], img_idx[lo : lo + rows_per_pass]
-            pred_nec = run_head(model, stem[ii], {layer: g[ci] for layer, g in drop.items()}, fill).argmax(1)
+            rows_fill = {site: f[ii] for site, f in fill.items()} if resampling and fill is not None else fill
+            pred_nec = run_head(model, stem[ii], {layer: g[ci] for layer, g in drop.items()}, rows_fill).argmax(1)
             nec += torch.bincount(ci[pred_nec == targets[ci]], minlength=m)
     faithfulness = [(a + b) / 2 for a, b in zip(_ratio(agree_yes, model_yes), _ratio(agree_no, model_no))]
     return [
@@ -511,6 +531,13 @@ def evaluate_circuits(
             _ratio(model_spec, n_other),
         )
     ]
+
+
+def _per_row(fill: Mapping[str, torch.Tensor] | None, m: int) -> Mapping[str, torch.Tensor] | None:
+    """A per-image fill ``(b, C, ...)`` repeated for ``m`` circuits' rows (circuit-major); a per-channel one as is."""
+    if fill is None:
+        return None
+    return {site: f.repeat(m, *([1] * (f.dim() - 1))) if f.dim() > 1 else f for site, f in fill.items()}
 
 
 def circuit_edge_strengths(

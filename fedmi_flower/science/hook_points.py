@@ -11,7 +11,8 @@ them, and it runs the model through :func:`stem` and :func:`head`.
 A site's activation has its channels on dimension 1: ``(batch, channels, ...)``, a
 conv feature map ``(B, C, H, W)`` or a layer's units ``(B, C)``. A gate is ``(C,)``
 for every sample or ``(B, C)`` per sample, 1 keeping a channel and 0 ablating it;
-an ablated channel outputs zero, or its ``fill`` value (mean ablation).
+an ablated channel outputs zero, or its ``fill`` value: ``(C,)`` or ``(B, C)`` (mean ablation)
+or the activation's own shape (resample ablation: the channel's value on another image).
 
 Optional capabilities a model may add, each only for speed (the results are the same):
 
@@ -84,7 +85,10 @@ def site_sizes(model: nn.Module) -> dict[str, int]:
 
 
 def _broadcast(value: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """A (C,) or (B, C) tensor shaped to multiply a (B, C, ...) activation."""
+    """A (C,) or (B, C) tensor shaped to multiply a (B, C, ...) activation; one of the activation's own shape
+    (a fill per sample and position: resample ablation) as it is."""
+    if value.dim() == output.dim():
+        return value
     return value.view(*value.shape, *([1] * (output.dim() - 2)))
 
 

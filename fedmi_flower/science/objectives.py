@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ABLATIONS", "GATES", "OBJECTIVES", "OBJECTIVE_DEFAULTS", "objective_setting"]
+__all__ = ["ABLATIONS", "SCORING_ABLATIONS", "GATES", "OBJECTIVES", "OBJECTIVE_DEFAULTS", "objective_setting"]
 
 ABLATIONS = ("zero", "mean")
+SCORING_ABLATIONS = (*ABLATIONS, "resample")
+"""What a closed channel outputs when a circuit is scored: zero, its mean, or its value on another image of the
+reference set (resample ablation, scoring only: discovery learns with zero or mean)."""
 OBJECTIVES = ("paper", "faithful")
 GATES = ("straight-through", "annealed")
 OBJECTIVE_DEFAULTS: dict[str, dict[str, object]] = {
