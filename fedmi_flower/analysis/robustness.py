@@ -119,7 +119,7 @@ def client_cka(
     n = min(len(images), CKA_IMAGES) // 2
     if n < 2:
         return {}
-    order = torch.randperm(len(images), generator=torch_generator(seed, "cka"))
+    order = torch.randperm(len(images), generator=torch_generator(seed, "cka-halves"))
     device = next(global_model.parameters()).device
     first, second = images[order[:n]].to(device), images[order[n : 2 * n]].to(device)
     with torch.no_grad():
@@ -325,7 +325,7 @@ def cascade(
     for k, (name, layer) in enumerate(reversed(layers), start=1):
         support = {pname: p.detach() != 0 for pname, p in layer.named_parameters(recurse=False) if p.dim() >= 2}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "cascade", k))
+            torch.manual_seed(derive_seed(seed, "cascade-layer", k))
             layer.reset_parameters()  # type: ignore[operator]
         with torch.no_grad():
             for pname, p in layer.named_parameters(recurse=False):

@@ -829,7 +829,7 @@ class RoundAnalyst:
                     images,
                     global_circuits,
                     client_circuits,
-                    derive_seed(seed, "cka", server_round),
+                    derive_seed(seed, "cka-halves", server_round),
                 ),
                 {},
             )
@@ -880,7 +880,7 @@ class RoundAnalyst:
                     global_circuits,
                     self.evaluation,
                     self.score_circuits,
-                    derive_seed(seed, "cascade", server_round),
+                    derive_seed(seed, "cascade-init", server_round),
                 ),
                 None,
             )
@@ -1124,50 +1124,51 @@ def view_floors(
 
 def robustness_summary(record: RoundRecord) -> dict[str, Any]:
     """The summary of the round's robustness sections (:mod:`fedmi_flower.analysis.robustness`)."""
-    out: dict[str, Any] = {}
     working_classes = {cls for per in record.cross_eval.values() for cls, e in per.items() if e.verdict == "working"}
-    out["stitched_classes"] = len(record.stitched)
-    out["stitched_working"] = sum(
-        1 for per in record.stitched.values() if any(s.verdict == "working" for s in per.values())
-    )
-    out["stitched_working_no_client"] = sum(
-        1
-        for cls, per in record.stitched.items()
-        if any(s.verdict == "working" for s in per.values()) and cls not in working_classes
-    )
+    stitched_working = [
+        cls for cls, per in record.stitched.items() if any(s.verdict == "working" for s in per.values())
+    ]
     ckas = list(record.cka.values())
-    out["cka"] = nanmean(v for e in ckas for v in e.sites.values())
-    out["cka_again"] = nanmean(v for e in ckas for v in e.again.values())
-    out["cka_chance"] = nanmean(v for e in ckas for v in e.chance.values())
-    out["circuit_cka"] = nanmean(v for e in ckas for v in e.circuits.values())
-    out["circuit_cka_chance"] = nanmean(v for e in ckas for v in e.circuits_chance.values())
+    out: dict[str, Any] = dict(
+        stitched_classes=len(record.stitched),
+        stitched_working=len(stitched_working),
+        stitched_working_no_client=sum(1 for cls in stitched_working if cls not in working_classes),
+        cka=nanmean(v for e in ckas for v in e.sites.values()),
+        cka_again=nanmean(v for e in ckas for v in e.again.values()),
+        cka_chance=nanmean(v for e in ckas for v in e.chance.values()),
+        circuit_cka=nanmean(v for e in ckas for v in e.circuits.values()),
+        circuit_cka_chance=nanmean(v for e in ckas for v in e.circuits_chance.values()),
+    )
     method = record.second_method
     if method is not None:
         same, clients = list(method.same_size.values()), [e for per in method.clients.values() for e in per.values()]
-        out["method_iou"] = nanmean(e.iou.mean for e in same if e.iou is not None)
-        out["method_iou_chance"] = nanmean(e.iou.chance_mean for e in same if e.iou is not None)
-        out["method_client_iou"] = nanmean(e.iou.mean for e in clients if e.iou is not None)
-        out["method_client_iou_chance"] = nanmean(e.iou.chance_mean for e in clients if e.iou is not None)
-        out["attribution_faithfulness"] = nanmean(e.own.faithfulness for e in same)
-        out["attribution_size_ratio"] = nanmean(
-            e.size / record.global_model.circuit_sizes[c]
-            for c, e in method.same_faithfulness.items()
-            if record.global_model.circuit_sizes.get(c)
-        )
-        out["attribution_cpr"] = nanmean(method.cpr.values())
         worked = [e for e in clients if e.own_verdict == "working"]
-        out["attribution_working_locally"] = len(worked)
-        out["attribution_preserved"] = sum(1 for e in worked if e.global_verdict == "working")
-        out["attribution_collapsed_after_working"] = sum(1 for e in worked if e.global_verdict == "collapsed")
-        out["attribution_inter_client_iou"] = nanmean(v.mean for v in method.inter_client_iou.values())
-        out["attribution_inter_client_iou_chance"] = nanmean(v.chance_mean for v in method.inter_client_iou.values())
+        sizes = record.global_model.circuit_sizes
+        out.update(
+            method_iou=nanmean(e.iou.mean for e in same if e.iou is not None),
+            method_iou_chance=nanmean(e.iou.chance_mean for e in same if e.iou is not None),
+            method_client_iou=nanmean(e.iou.mean for e in clients if e.iou is not None),
+            method_client_iou_chance=nanmean(e.iou.chance_mean for e in clients if e.iou is not None),
+            attribution_faithfulness=nanmean(e.own.faithfulness for e in same),
+            attribution_size_ratio=nanmean(
+                e.size / sizes[c] for c, e in method.same_faithfulness.items() if sizes.get(c)
+            ),
+            attribution_cpr=nanmean(method.cpr.values()),
+            attribution_working_locally=len(worked),
+            attribution_preserved=sum(1 for e in worked if e.global_verdict == "working"),
+            attribution_collapsed_after_working=sum(1 for e in worked if e.global_verdict == "collapsed"),
+            attribution_inter_client_iou=nanmean(v.mean for v in method.inter_client_iou.values()),
+            attribution_inter_client_iou_chance=nanmean(v.chance_mean for v in method.inter_client_iou.values()),
+        )
     if record.ablation_verdicts is not None:
-        out["ablation_verdicts_changed"], out["ablation_verdicts_compared"] = record.ablation_verdicts.changed()
+        changed, compared = record.ablation_verdicts.changed()
+        out.update(ablation_verdicts_changed=changed, ablation_verdicts_compared=compared)
     if record.cascade is not None and record.cascade.sufficiency:
-        out["cascade_monotone"] = float(record.cascade.monotone)
-        out["cascade_final_sufficiency"] = record.cascade.sufficiency[-1]
+        out.update(
+            cascade_monotone=float(record.cascade.monotone), cascade_final_sufficiency=record.cascade.sufficiency[-1]
+        )
     if record.label_control is not None:
-        out["label_control_degenerate"] = len(record.label_control.degenerate)
+        out.update(label_control_degenerate=len(record.label_control.degenerate))
     return out
 
 

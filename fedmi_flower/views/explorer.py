@@ -90,6 +90,11 @@ td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
   <th>cross-eval suff / spec / faith</th><th>preserved</th><th>degenerate (local, global)</th></tr>
 <tr><td id="acc"></td><td id="inter"></td><td id="lg"></td><td id="stab"></td><td id="cross"></td>
   <td id="preserved"></td><td id="degenerate"></td></tr></table>
+<table id="robustness"><tr>
+  <th>attribution: preserved, collapsed after working</th><th>methods' IoU (chance)</th>
+  <th>verdicts another ablation changes</th><th>CKA (chance)</th><th>stitched: working, no client working</th></tr>
+<tr><td id="attribution"></td><td id="method-iou"></td><td id="ablations"></td><td id="cka"></td>
+  <td id="stitched"></td></tr></table>
 <p id="verdicts" class="note"></p>
 <div class="grid">
   <div id="iou" class="chart"></div>
@@ -127,6 +132,16 @@ function drawNumbers(s) {
     fmt(m.cross_faithfulness, 2);
   $("preserved").textContent = r.analysis_error ? "null" : `${m.cross_preserved}/${m.cross_working_locally}`;
   $("degenerate").textContent = r.analysis_error ? "null" : `${m.degenerate_local}, ${m.degenerate_global}`;
+  // The robustness sections (issue 27): null where the run did not measure them.
+  const method = r.second_method, ablations = r.ablation_verdicts;
+  $("attribution").textContent = method ? `${m.attribution_preserved}, ${m.attribution_collapsed_after_working}` +
+    ` of ${m.attribution_working_locally}` : "null";
+  $("method-iou").textContent = method ?
+    `${fmt(m.method_client_iou, 2)} (${fmt(m.method_client_iou_chance, 2)})` : "null";
+  $("ablations").textContent = ablations ? `${m.ablation_verdicts_changed} of ${m.ablation_verdicts_compared}` : "null";
+  $("cka").textContent = r.cka && Object.keys(r.cka).length ? `${fmt(m.cka, 2)} (${fmt(m.cka_chance, 2)})` : "null";
+  $("stitched").textContent = r.stitched && Object.keys(r.stitched).length ?
+    `${m.stitched_working}, ${m.stitched_working_no_client} of ${m.stitched_classes}` : "null";
   const c = r.clients[s.client] || {};
   const local = (c.degenerate || {})[s.cls], glob = (r.global.degenerate || {})[s.cls];
   $("verdicts").textContent = `class ${s.cls}: client ${s.client}'s circuit ` +
@@ -156,8 +171,12 @@ function drawHeatmap(s) {
     DATA.classes.forEach((c) => {
       const e = cross[c];
       row.push(e ? e.sufficiency : null);
+      const other = ((r.second_method || {}).clients || {})[p] || {};
+      const attributed = other[c] ? `<br>attribution circuit: ${other[c].global_verdict}` +
+        ` (own model: ${other[c].own_verdict})` : "";
       hover.push(e ? `sufficiency ${fmt(e.sufficiency, 2)}<br>specificity ${fmt(e.specificity, 2)}<br>` +
-        `faithfulness ${fmt(e.faithfulness, 2)}<br>${e.verdict} (own model: ${e.local_verdict})` : "not held");
+        `faithfulness ${fmt(e.faithfulness, 2)}<br>${e.verdict} (own model: ${e.local_verdict})` + attributed :
+        "not held");
     });
     z.push(row); text.push(hover);
   });

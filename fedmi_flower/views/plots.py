@@ -29,7 +29,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from fedmi_flower.records.round_record import ALIGNED_SUMMARY, FLOOR_OF_VIEW, SUMMARY_FLOOR, View
+from fedmi_flower.records.round_record import ALIGNED_SUMMARY, FLOOR_OF_VIEW, SUMMARY_FLOOR, RoundSummary, View
 from fedmi_flower.records.series import (
     OVERALL,
     Run,
@@ -229,6 +229,69 @@ def fig_open_questions(run: Run) -> Figure:
     _unit_axis(dom_ax, "normalised entropy")
     _legend(fig, [bloat_ax, poly_ax])
     _title(fig, run, "Circuit bloat, induced polysemanticity and dominance")
+    return fig
+
+
+def fig_robustness(run: Run) -> Figure:
+    """The conclusions under another method and the randomisation control (issue 27).
+
+    Left: client circuits that collapse after working, per round, found by the learned
+    gates and by attribution. Middle: how alike the two methods' circuits are (IoU, chance
+    dotted) and how alike the clients' and global models' representations are (CKA, its
+    unpaired-image chance dotted). Right: cascading randomisation of the final measured
+    round: the trained circuits' sufficiency and the model's accuracy as layers are
+    re-initialised from the top.
+    """
+    rounds = run.rounds
+    fig, axes = plt.subplots(1, 3, figsize=(3.4 * 3, 3.1), squeeze=False, layout="constrained", dpi=DPI)
+    collapse_ax, similar_ax, cascade_ax = axes[0]
+
+    def curve(value: Callable[[RoundSummary], float]) -> np.ndarray:
+        return np.array([value(r.summary) for r in run.records], dtype=float)
+
+    measured = np.array([r.second_method is not None for r in run.records])
+    learned = np.where(measured, curve(lambda s: s.cross_collapsed_after_working), np.nan)
+    attributed = np.where(measured, curve(lambda s: s.attribution_collapsed_after_working), np.nan)
+    _line(collapse_ax, rounds, learned, color="black", label="learned gates")
+    _line(collapse_ax, rounds, attributed, color="tab:orange", linestyle="--", label="attribution")
+    collapse_ax.set_title("collapsed after working", fontsize=9)
+    collapse_ax.set_ylabel("client circuits")
+    collapse_ax.set_ylim(bottom=0)
+    _note_if_undefined(collapse_ax, [attributed], "analysis.second_method off")
+    method_iou, cka = curve(lambda s: s.method_client_iou), curve(lambda s: s.cka)
+    for value, chance, colour, label in (
+        (method_iou, curve(lambda s: s.method_client_iou_chance), "tab:orange", "IoU, attribution vs learned"),
+        (cka, curve(lambda s: s.cka_chance), "tab:blue", "CKA, client vs global"),
+    ):
+        _line(similar_ax, rounds, value, color=colour, label=label)
+        _line(similar_ax, rounds, chance, color=colour, linestyle=":", marker="")
+    similar_ax.set_title("agreement (dotted: chance)", fontsize=9)
+    _note_if_undefined(similar_ax, [method_iou, cka], "second_method and cka off")
+    for ax in (collapse_ax, similar_ax):
+        _round_axis(ax, rounds)
+    _unit_axis(similar_ax, "similarity")
+    last = next((r.cascade for r in reversed(run.records) if r.cascade is not None and r.cascade.stages), None)
+    if last is not None:
+        stages = np.arange(len(last.stages))
+        cascade_ax.plot(stages, last.sufficiency, marker="o", color="black", label="circuits' sufficiency")
+        cascade_ax.plot(stages, last.accuracy, marker="s", color="tab:green", linestyle="--", label="model accuracy")
+        cascade_ax.set_xticks(stages, [f"+{s}" if i else s for i, s in enumerate(last.stages)], rotation=45, fontsize=7)
+        cascade_ax.set_xlabel("re-initialised, from the top")
+    else:
+        cascade_ax.text(
+            0.5,
+            0.5,
+            "not measured\n(analysis.cascade off)",
+            transform=cascade_ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="0.35",
+        )
+    cascade_ax.set_title("cascading randomisation (final round)", fontsize=9)
+    _unit_axis(cascade_ax, "share")
+    _legend(fig, [collapse_ax, similar_ax, cascade_ax])
+    _title(fig, run, "Robustness: a second method, CKA, randomisation")
     return fig
 
 
@@ -899,6 +962,13 @@ RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
         fig_open_questions,
         "The paper's open questions over rounds: circuit bloat per class, the share of channels serving two or "
         "more classes (local and global), and how much the global circuit follows one client (dominance entropy).",
+    ),
+    (
+        "robustness",
+        fig_robustness,
+        "Robustness (issue 27): client circuits that collapse after working, found by the learned gates and by "
+        "attribution; the two methods' IoU and the clients' CKA with the global model (dotted: chance); cascading "
+        "randomisation of the final round's global model.",
     ),
 ]
 """Name, figure function and caption of every per-run figure; circuit graphs are added by :func:`plot_run`."""

@@ -112,6 +112,27 @@ FAITHFUL = "Faithfulness: do the circuits behave like their model? (final round)
 ALIGNED = "Aligned IoU, degenerate circuits, the global model: what aggregation changes (final round)"
 OPEN = "Skew, circuit bloat, polysemanticity, dominance: the paper's open questions"
 INTERFERENCE = "Interference, causally: counterfactual aggregation (analysis.counterfactual, all rounds)"
+METHODS = "A second discovery method: attribution beside the learned gates (analysis.second_method)"
+LEARNED, ATTRIBUTION = "learned gates", "attribution"
+ROBUSTNESS = "Robustness: other ablations, CKA, circuit stitching, randomisation controls"
+ROBUSTNESS_COUNTS = (
+    "working on their own model (all rounds)",
+    "preserved on the global weights (all rounds)",
+    "collapsed after working (all rounds)",
+    "cross-evaluation verdicts compared (all rounds)",
+    "verdicts compared with another ablation (all rounds)",
+    "verdicts another ablation changes (all rounds)",
+    "collapsed after working under zero ablation (all rounds)",
+    "collapsed after working under mean ablation (all rounds)",
+    "collapsed after working under resample ablation (all rounds)",
+    "class-rounds stitched",
+    "class-rounds with a working stitched circuit",
+    "of those, with no client's own circuit working",
+    "cascading randomisation: rounds measured",
+    "cascading randomisation: rounds where sufficiency falls monotonically",
+    "label-randomised control: circuits",
+    "label-randomised control: degenerate circuits",
+)
 INTERFERENCE_ROWS = (
     "collapsed after working, analysed",
     "restored by leaving out one other client",
@@ -172,6 +193,7 @@ _COUNTS = {
     "random-weight control: circuits",
     "random-weight control: degenerate circuits",
     *INTERFERENCE_ROWS,
+    *ROBUSTNESS_COUNTS,
 }
 _VERDICTS = {DECLINES, BELOW}
 
@@ -511,6 +533,134 @@ def interference_numbers(records: Sequence[Record]) -> Numbers:
     }
 
 
+def method_numbers(records: Sequence[Record]) -> Numbers:
+    """The learned gates' conclusions beside the attribution method's: cross-evaluation counts over all rounds,
+    inter-client IoU, faithfulness and CPR in the final round, and how much the two methods' circuits overlap.
+
+    Empty for a run without ``analysis.second_method``.
+    """
+    measured = [r for r in records if r.analysed and r.second_method is not None]
+    if not measured:
+        return {}
+    last = measured[-1]
+    s = last.summary
+    counts = {LEARNED: [0, 0, 0], ATTRIBUTION: [0, 0, 0]}
+    agree = compared = 0
+    for r in measured:
+        method = r.second_method
+        assert method is not None
+        for pid, per in r.cross_eval.items():
+            for cls, e in per.items():
+                theirs = method.clients.get(pid, {}).get(cls)
+                if theirs is None:
+                    continue  # a client whose weights the analysis lacked: compared like with like only
+                for name, local, on_global in (
+                    (LEARNED, e.local_verdict, e.verdict),
+                    (ATTRIBUTION, theirs.own_verdict, theirs.global_verdict),
+                ):
+                    if local == "working":
+                        counts[name][0] += 1
+                        counts[name][1] += on_global == "working"
+                        counts[name][2] += on_global == "collapsed"
+                compared += 1
+                agree += theirs.global_verdict == e.verdict
+    out: Numbers = {}
+    for name, (worked, preserved, collapsed) in counts.items():
+        out[(METHODS, ROBUSTNESS_COUNTS[0], name)] = float(worked)
+        out[(METHODS, ROBUSTNESS_COUNTS[1], name)] = float(preserved)
+        out[(METHODS, ROBUSTNESS_COUNTS[2], name)] = float(collapsed)
+        out[(METHODS, COLLAPSE_RATE + " (all rounds)", name)] = collapsed / worked if worked else math.nan
+    out[(METHODS, "inter-client IoU (final round)", LEARNED)] = s.inter_client_iou
+    out[(METHODS, "inter-client IoU (final round)", ATTRIBUTION)] = s.attribution_inter_client_iou
+    out[(METHODS, "inter-client IoU: chance (final round)", LEARNED)] = s.inter_client_iou_chance
+    out[(METHODS, "inter-client IoU: chance (final round)", ATTRIBUTION)] = s.attribution_inter_client_iou_chance
+    out[(METHODS, "global circuits' faithfulness (final round)", LEARNED)] = s.global_faithfulness
+    out[(METHODS, "global circuits' faithfulness (final round)", ATTRIBUTION)] = s.attribution_faithfulness
+    out[(METHODS, "CPR of the channel ranking (final round)", LEARNED)] = nanmean(last.global_model.cpr.values())
+    out[(METHODS, "CPR of the channel ranking (final round)", ATTRIBUTION)] = s.attribution_cpr
+    out[(METHODS, "IoU with the other method's circuit, global model (final round)", ATTRIBUTION)] = s.method_iou
+    out[(METHODS, "IoU with the other method's circuit: chance", ATTRIBUTION)] = s.method_iou_chance
+    out[(METHODS, "IoU with the other method's circuit, clients' models (final round)", ATTRIBUTION)] = (
+        s.method_client_iou
+    )
+    out[(METHODS, "channels for the learned circuit's faithfulness / its size (final round)", ATTRIBUTION)] = (
+        s.attribution_size_ratio
+    )
+    out[(METHODS, ROBUSTNESS_COUNTS[3], ATTRIBUTION)] = float(compared)
+    out[(METHODS, "cross-evaluation verdicts the methods agree on: share", ATTRIBUTION)] = (
+        agree / compared if compared else math.nan
+    )
+    return out
+
+
+def robustness_numbers(records: Sequence[Record]) -> Numbers:
+    """Verdicts under every ablation (all rounds), CKA (final round), circuit stitching (all rounds) and the
+    randomisation controls. Empty for a run that measured none of them."""
+    analysed = [r for r in records if r.analysed]
+    out: Numbers = {}
+    with_ablations = [r for r in analysed if r.ablation_verdicts is not None]
+    if with_ablations:
+        changed = compared = 0
+        collapsed: dict[str, int] = {}
+        for r in with_ablations:
+            verdicts = r.ablation_verdicts
+            assert verdicts is not None
+            c, n = verdicts.changed()
+            changed, compared = changed + c, compared + n
+            for ablation, per_client in verdicts.cross_verdicts.items():
+                collapsed.setdefault(ablation, 0)
+                for pid, per in per_client.items():
+                    for cls, verdict in per.items():
+                        local = r.cross_eval.get(pid, {}).get(cls)
+                        collapsed[ablation] += (
+                            local is not None and local.local_verdict == "working" and (verdict == "collapsed")
+                        )
+        out[(ROBUSTNESS, ROBUSTNESS_COUNTS[4], VALUE)] = float(compared)
+        out[(ROBUSTNESS, ROBUSTNESS_COUNTS[5], VALUE)] = float(changed)
+        out[(ROBUSTNESS, "verdicts another ablation changes: share", VALUE)] = (
+            changed / compared if compared else math.nan
+        )
+        for ablation in ("zero", "mean", "resample"):
+            if ablation in collapsed:
+                out[(ROBUSTNESS, f"collapsed after working under {ablation} ablation (all rounds)", VALUE)] = float(
+                    collapsed[ablation]
+                )
+    with_cka = [r for r in analysed if r.cka]
+    if with_cka:
+        s = with_cka[-1].summary
+        out[(ROBUSTNESS, "CKA of client and global model, mean over sites (final round)", VALUE)] = s.cka
+        out[(ROBUSTNESS, "CKA on the other half of the images (the estimate's noise)", VALUE)] = s.cka_again
+        out[(ROBUSTNESS, "CKA with the images unpaired (chance)", VALUE)] = s.cka_chance
+        out[(ROBUSTNESS, "CKA masked to each class's circuits (final round)", VALUE)] = s.circuit_cka
+        out[(ROBUSTNESS, "CKA masked to circuits, images unpaired (chance)", VALUE)] = s.circuit_cka_chance
+    with_stitching = [r for r in analysed if r.stitched]
+    if with_stitching:
+        out[(ROBUSTNESS, "class-rounds stitched", VALUE)] = float(
+            sum(r.summary.stitched_classes for r in with_stitching)
+        )
+        out[(ROBUSTNESS, "class-rounds with a working stitched circuit", VALUE)] = float(
+            sum(r.summary.stitched_working for r in with_stitching)
+        )
+        out[(ROBUSTNESS, "of those, with no client's own circuit working", VALUE)] = float(
+            sum(r.summary.stitched_working_no_client for r in with_stitching)
+        )
+    with_cascade = [r for r in analysed if r.cascade is not None and r.cascade.sufficiency]
+    if with_cascade:
+        last = with_cascade[-1].cascade
+        assert last is not None
+        out[(ROBUSTNESS, "cascading randomisation: rounds measured", VALUE)] = float(len(with_cascade))
+        out[(ROBUSTNESS, "cascading randomisation: rounds where sufficiency falls monotonically", VALUE)] = float(
+            sum(1 for r in with_cascade if r.cascade is not None and r.cascade.monotone)
+        )
+        out[(ROBUSTNESS, "cascading randomisation: sufficiency, trained (final round)", VALUE)] = last.sufficiency[0]
+        out[(ROBUSTNESS, "cascading randomisation: sufficiency, every layer randomised", VALUE)] = last.sufficiency[-1]
+    control = next((r.label_control for r in reversed(analysed) if r.label_control is not None), None)
+    if control is not None:
+        out[(ROBUSTNESS, "label-randomised control: circuits", VALUE)] = float(len(control.circuits))
+        out[(ROBUSTNESS, "label-randomised control: degenerate circuits", VALUE)] = float(len(control.degenerate))
+    return out
+
+
 def rq_table(records: Sequence[Record]) -> Numbers:
     """Every number a report shows for one run, in page order."""
     return {
@@ -523,6 +673,8 @@ def rq_table(records: Sequence[Record]) -> Numbers:
         **faithfulness_numbers(records),
         **alignment_numbers(records),
         **open_question_numbers(records),
+        **method_numbers(records),
+        **robustness_numbers(records),
     }
 
 
@@ -764,6 +916,33 @@ def answers(numbers: Mapping[Key, float]) -> list[str]:
             f"**Do circuits survive aggregation?** {preserved:.0f} of {worked:.0f} client circuits that work on their "
             f"own model (over all rounds) still work on the global weights; the collapse rate is {rate:.2f}."
         )
+    out += robustness_answers(numbers)
+    return out
+
+
+def robustness_answers(numbers: Mapping[Key, float]) -> list[str]:
+    """In words: how much the conclusions depend on the discovery method and on the ablation (when measured)."""
+    out = []
+    compared = numbers.get((METHODS, ROBUSTNESS_COUNTS[3], ATTRIBUTION), math.nan)
+    if not math.isnan(compared) and compared > 0:
+        share = numbers.get((METHODS, "cross-evaluation verdicts the methods agree on: share", ATTRIBUTION), math.nan)
+        rates = [numbers.get((METHODS, COLLAPSE_RATE + " (all rounds)", m), math.nan) for m in (LEARNED, ATTRIBUTION)]
+        iou = numbers.get((METHODS, "IoU with the other method's circuit, clients' models (final round)", ATTRIBUTION))
+        out.append(
+            f"**Do the conclusions depend on the discovery method?** Attribution circuits of the learned circuits' "
+            f"sizes get the same verdict on the global weights for {share:.0%} of {compared:.0f} client circuits; "
+            f"collapse rate {rates[0]:.2f} with the learned gates, {rates[1]:.2f} with attribution; the two "
+            f"methods' circuits of a client overlap by IoU {iou if iou is not None else math.nan:.2f} in the final "
+            "round (the table gives its chance level)."
+        )
+    changed = numbers.get((ROBUSTNESS, ROBUSTNESS_COUNTS[5], VALUE), math.nan)
+    total = numbers.get((ROBUSTNESS, ROBUSTNESS_COUNTS[4], VALUE), math.nan)
+    if not math.isnan(total) and total > 0:
+        out.append(
+            f"**Do the verdicts depend on the ablation?** {changed:.0f} of {total:.0f} verdicts (all rounds) change "
+            "when closed channels take zero, their mean, or their value on another image instead of the run's "
+            "own ablation."
+        )
     return out
 
 
@@ -810,6 +989,23 @@ def _formatted(runs: Sequence[Run]) -> dict[Key, str]:
 
 def _relative(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
+
+
+TABLES = (
+    OVERVIEW,
+    RQ1,
+    RQ2_STABILITY,
+    RQ2_TREND,
+    COLLAPSE,
+    INTERFERENCE,
+    SCALE,
+    FAITHFUL,
+    ALIGNED,
+    OPEN,
+    METHODS,
+    ROBUSTNESS,
+)
+"""The report's tables, in page order."""
 
 
 def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list[Block]:
@@ -883,7 +1079,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         numbers = _formatted(runs)
         if len(runs) > 1:
             blocks.append(("p", f"Each cell: mean ± standard deviation [min, max] over the {len(runs)} seeds."))
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, INTERFERENCE, SCALE, FAITHFUL, ALIGNED, OPEN):
+        for title_ in TABLES:
             blocks += _table_blocks(title_, numbers)
     else:
         per_group = [_formatted(g) for g in groups]
@@ -891,7 +1087,7 @@ def build_report(runs: Sequence[Run], out_file: Path, command: str = "") -> list
         if seeds > 1:
             blocks.append(("p", "Each cell: mean ± standard deviation [min, max] over the configuration's seeds."))
         heads = [f"{lab} ({len(g)} seeds)" if len(g) > 1 else lab for lab, g in zip(labels, groups)]
-        for title_ in (OVERVIEW, RQ1, RQ2_STABILITY, RQ2_TREND, COLLAPSE, INTERFERENCE, SCALE, FAITHFUL, ALIGNED, OPEN):
+        for title_ in TABLES:
             blocks += _group_table_blocks(title_, per_group, heads)
 
     law = skew_law_points(runs)
