@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from flwr.server.strategy import (
 from fedmi_flower.analysis.round_analyst import ALIGNMENT_IMAGES, RoundAnalyst
 from fedmi_flower.config import STRATEGIES as STRATEGY_NAMES
 from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
+from fedmi_flower.imports import import_attribute
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.science.catalog import IMPORT_PATH
@@ -90,18 +90,12 @@ def strategy_class(config: ExperimentConfig) -> type:
     name = config.strategy.name
     if not IMPORT_PATH.match(name):
         return (MESSAGE if config.strategy.api == "message" else LEGACY)[name]
-    module_name, _, attribute = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"strategy.name = {name!r}: cannot import {module_name!r} ({err}); run from the folder that holds it, "
-            "install its package, or put it on PYTHONPATH"
-        ) from err
-    try:
-        cls = functools.reduce(getattr, attribute.split("."), module)
-    except AttributeError:
-        raise ConfigError(f"strategy.name = {name!r}: module {module_name!r} has no attribute {attribute!r}") from None
+    cls = import_attribute(
+        name,
+        what=f"strategy.name = {name!r}",
+        error=ConfigError,
+        hint="run from the folder that holds it, install its package, or put it on PYTHONPATH",
+    )
     if not isinstance(cls, type):
         raise ConfigError(f"strategy.name = {name!r} is not a class")
     if issubclass(cls, FedAvg) or issubclass(cls, message.FedAvg):

@@ -24,7 +24,7 @@ from fedmi_flower.records.round_record import RoundRecord
 from fedmi_flower.science.alignment import layout_of, map_circuit, permute, site_permutation
 from fedmi_flower.science.attribution import attribution_scores
 from fedmi_flower.science.circuits import channel_means, evaluate_circuits, top_channels
-from fedmi_flower.science.cka import linear_cka, site_cka
+from fedmi_flower.science.cka import ChannelGrams, linear_cka, masked, site_cka
 from fedmi_flower.science.data import ImageSplit, load_split
 from fedmi_flower.science.discovery import Discovery
 from fedmi_flower.science.hook_points import activations
@@ -153,6 +153,17 @@ def test_cka_of_a_permuted_copy_is_one_where_raw_iou_is_at_chance():
     raw = circuit_iou(circuit, theirs)["mean"]
     chance = chance_circuit_iou(circuit, theirs, SIZES)["mean"]
     assert raw < chance + 0.15
+
+
+def test_channel_grams_give_the_masked_features_cka():
+    g = torch.Generator().manual_seed(2)
+    a = {"s": torch.randn(40, 6, 3, 3, generator=g), "t": torch.randn(40, 4, generator=g)}
+    b = {"s": torch.randn(40, 6, 3, 3, generator=g), "t": torch.randn(40, 4, generator=g)}
+    ga, gb = ChannelGrams(a), ChannelGrams(b)
+    assert ga.cka(gb) == pytest.approx(site_cka(a, b))
+    mine, theirs = {"s": [0, 2], "t": [1]}, {"s": [5], "t": []}
+    expected = linear_cka(masked(a["s"], [0, 2]), masked(b["s"], [5]))  # "t": their circuit has no channel there
+    assert ga.circuit_cka(gb, mine, theirs) == pytest.approx(expected)
 
 
 def test_cka_reads_low_for_unrelated_features_and_refuses_unpaired_rows():

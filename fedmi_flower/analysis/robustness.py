@@ -48,7 +48,7 @@ from fedmi_flower.science.circuits import (
     smallest_faithful_circuit,
     top_channels,
 )
-from fedmi_flower.science.cka import circuit_cka, site_cka
+from fedmi_flower.science.cka import ChannelGrams
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.faithfulness_curve import cpr_cmd, faithfulness_curves
 from fedmi_flower.science.hook_points import activations
@@ -114,27 +114,34 @@ def client_cka(
 
     ``images`` are split at random (``seed``) into two halves: the value on the first,
     ``again`` on the second, ``chance`` with the client on the first and the global
-    model on the second (unpaired images).
+    model on the second (unpaired images). Each model's per-channel Gram matrices are
+    computed once per half (:class:`~fedmi_flower.science.cka.ChannelGrams`), so every
+    circuit's masked CKA is a sum of them, not another pass over the features.
     """
     n = min(len(images), CKA_IMAGES) // 2
     if n < 2:
         return {}
     order = torch.randperm(len(images), generator=torch_generator(seed, "cka-halves"))
     device = next(global_model.parameters()).device
-    first, second = images[order[:n]].to(device), images[order[n : 2 * n]].to(device)
-    with torch.no_grad():
-        g1, g2 = activations(global_model.eval(), first), activations(global_model, second)
-        out: dict[int, Cka] = {}
-        for pid, client in sorted(client_models.items()):
-            c1, c2 = activations(client.eval(), first), activations(client, second)
-            entry = Cka(sites=site_cka(c1, g1), again=site_cka(c2, g2), chance=site_cka(c1, g2))
-            for cls, circuit in sorted(client_circuits.get(pid, {}).items()):
-                if cls in global_circuits:
-                    theirs = global_circuits[cls]
-                    entry.circuits[cls] = circuit_cka(c1, g1, circuit, theirs)
-                    entry.circuits_again[cls] = circuit_cka(c2, g2, circuit, theirs)
-                    entry.circuits_chance[cls] = circuit_cka(c1, g2, circuit, theirs)
-            out[pid] = entry
+    halves = images[order[:n]].to(device), images[order[n : 2 * n]].to(device)
+
+    def grams(model: nn.Module) -> tuple[ChannelGrams, ChannelGrams]:
+        with torch.no_grad():
+            first, second = (ChannelGrams(activations(model.eval(), half)) for half in halves)
+        return first, second
+
+    g1, g2 = grams(global_model)
+    out: dict[int, Cka] = {}
+    for pid, client in sorted(client_models.items()):
+        c1, c2 = grams(client)
+        entry = Cka(sites=c1.cka(g1), again=c2.cka(g2), chance=c1.cka(g2))
+        for cls, circuit in sorted(client_circuits.get(pid, {}).items()):
+            if cls in global_circuits:
+                theirs = global_circuits[cls]
+                entry.circuits[cls] = c1.circuit_cka(g1, circuit, theirs)
+                entry.circuits_again[cls] = c2.circuit_cka(g2, circuit, theirs)
+                entry.circuits_chance[cls] = c1.circuit_cka(g2, circuit, theirs)
+        out[pid] = entry
     return out
 
 
@@ -216,11 +223,15 @@ def second_method(
             c: AttributionCircuit(circuit_size(circ), _compare(circ, own[c], sizes), Scores.of(s), _verdict(circ, s))
             for (c, circ), s in zip(pairs, on_own)
         }
+    # Both methods' circuits on the global weights, on the same rows: their verdicts compare like with like.
     keys = [(pid, c) for pid, per in found.items() for c in per]
-    on_global = score(model, [(c, found[pid][c]) for pid, c in keys])
-    for (pid, c), s in zip(keys, on_global):
+    on_global = score(
+        model, [(c, found[pid][c]) for pid, c in keys] + [(c, client_circuits[pid][c]) for pid, c in keys]
+    )
+    for (pid, c), s, learned in zip(keys, on_global, on_global[len(keys) :]):
         entry = out.clients[pid][c]
         entry.on_global, entry.global_verdict = Scores.of(s), _verdict(found[pid][c], s)
+        entry.learned_verdict = _verdict(client_circuits[pid][c], learned)
     for cls in sorted({c for per in found.values() for c in per}):
         holders = [per[cls] for _, per in sorted(found.items()) if cls in per]
         pair_ious = [_compare(a, b, sizes) for a, b in itertools.combinations(holders, 2)]
@@ -239,35 +250,27 @@ def second_method(
 
 def ablation_verdicts(
     model: nn.Module,
-    evaluation: ImageSplit,
+    rows: ImageSplit,
     global_circuits: Mapping[int, Circuit],
     client_circuits: Mapping[int, Mapping[int, Circuit]],
     *,
     run_ablation: str,
-    run_global_verdicts: Mapping[int, str],
-    run_cross_verdicts: Mapping[int, Mapping[int, str]],
     means: Mapping[str, torch.Tensor] | None,
     resample_from: torch.Tensor,
     seed: int,
 ) -> AblationVerdicts:
     """The global circuits' and the clients' circuits' verdicts on ``model`` under every scoring ablation.
 
-    The run's own ablation keeps the verdicts the record already has; each other one
-    scores every circuit again, in one batched evaluation.
+    Every ablation, the run's own included, scores every circuit on the same ``rows``
+    (one batched evaluation each), so that a changed verdict is the ablation's doing.
     """
-    out = AblationVerdicts(
-        run_ablation=run_ablation,
-        global_verdicts={run_ablation: dict(run_global_verdicts)},
-        cross_verdicts={run_ablation: {p: dict(per) for p, per in run_cross_verdicts.items()}},
-    )
+    out = AblationVerdicts(run_ablation=run_ablation)
     keys: list[tuple[int | None, int, Circuit]] = [(None, c, circ) for c, circ in sorted(global_circuits.items())]
     keys += [(pid, c, circ) for pid, per in sorted(client_circuits.items()) for c, circ in sorted(per.items())]
     for ablation in SCORING_ABLATIONS:
-        if ablation == run_ablation:
-            continue
         scored = evaluate_circuits(
             model,
-            evaluation,
+            rows,
             [(c, circ) for _, c, circ in keys],
             ablation=ablation,
             means=means if ablation == "mean" else None,

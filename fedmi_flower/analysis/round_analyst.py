@@ -544,15 +544,19 @@ class RoundAnalyst:
     """Evaluation rows per class the faithfulness curves are scored on: 9 sizes x every class is many circuits, and
     the curve's shape, not its third decimal, is what its area reads."""
 
+    ROBUSTNESS_ROWS_PER_CLASS = 64
+    """Evaluation rows per class the robustness steps score on (:meth:`robustness`): they score many circuits again
+    (stitched, attribution, under other ablations), and a verdict's thresholds (0.1, 0.5) are far wider than the
+    sampling error of 64 rows; every verdict a step compares is scored on the same rows."""
+
     def curve_rows(self) -> ImageSplit:
-        """The first :attr:`CURVE_ROWS_PER_CLASS` evaluation rows of every class (the evaluation rows are already a
-        seeded random draw)."""
+        """The first :attr:`CURVE_ROWS_PER_CLASS` evaluation rows of every class."""
+        return self.rows_per_class(self.CURVE_ROWS_PER_CLASS)
+
+    def rows_per_class(self, n: int) -> ImageSplit:
+        """The first ``n`` evaluation rows of every class (the evaluation rows are already a seeded random draw)."""
         labels = self.evaluation.labels.cpu()
-        keep = [
-            i
-            for cls in torch.unique(labels).tolist()
-            for i in torch.nonzero(labels == cls).flatten()[: self.CURVE_ROWS_PER_CLASS].tolist()
-        ]
+        keep = [i for cls in torch.unique(labels).tolist() for i in torch.nonzero(labels == cls).flatten()[:n].tolist()]
         return self.evaluation.subset(sorted(keep))
 
     @staticmethod
@@ -808,6 +812,11 @@ class RoundAnalyst:
         """The round's conclusions measured again (:mod:`fedmi_flower.analysis.robustness`), each an optional step."""
         analysis, seed = self.config.analysis, self.config.seed
         client_circuits = {r.partition_id: dict(r.circuits) for r in reports}
+        rows = self.rows_per_class(self.ROBUSTNESS_ROWS_PER_CLASS)
+
+        def score(on: nn.Module, circuits: Sequence[tuple[int, Circuit]]) -> list[CircuitScores]:
+            return self.score_circuits(on, circuits, rows)
+
         client_models = (
             {pid: self.model_with(weights) for pid, weights in sorted(local_weights.items())}
             if analysis.cka or analysis.second_method
@@ -816,7 +825,7 @@ class RoundAnalyst:
         if analysis.stitching:
             record.stitched = step(
                 Step.STITCHING,
-                lambda: stitched_circuits(model, client_circuits, record.classes, self.score_circuits),
+                lambda: stitched_circuits(model, client_circuits, record.classes, score),
                 {},
             )
         if analysis.cka and client_models:
@@ -844,7 +853,7 @@ class RoundAnalyst:
                     client_models,
                     {pid: client_circuits[pid] for pid in client_models},
                     site_sizes(model),
-                    self.score_circuits,
+                    score,
                     fill=self.fill_means,
                     ablation=self.config.discovery.resolved_ablation,
                     curve_rows=self.curve_rows() if analysis.integrated_faithfulness else None,
@@ -858,14 +867,10 @@ class RoundAnalyst:
                 Step.ABLATIONS,
                 lambda: ablation_verdicts(
                     model,
-                    self.evaluation,
+                    rows,
                     global_circuits,
                     client_circuits,
                     run_ablation=self.config.discovery.resolved_ablation,
-                    run_global_verdicts=record.global_model.verdicts,
-                    run_cross_verdicts={
-                        p: {c: e.verdict for c, e in per.items()} for p, per in record.cross_eval.items()
-                    },
                     means=self.fill_means(model),
                     resample_from=(self.reference if self.reference is not None else self.evaluation).images,
                     seed=derive_seed(seed, "resample", server_round),
@@ -878,8 +883,8 @@ class RoundAnalyst:
                 lambda: cascade(
                     model,
                     global_circuits,
-                    self.evaluation,
-                    self.score_circuits,
+                    rows,
+                    score,
                     derive_seed(seed, "cascade-init", server_round),
                 ),
                 None,
@@ -893,12 +898,14 @@ class RoundAnalyst:
         set_weights(model, list(weights))
         return model.to(self.evaluation.images.device).eval()
 
-    def score_circuits(self, model: nn.Module, circuits: Sequence[tuple[int, Circuit]]) -> list[CircuitScores]:
-        """``(class, circuit)`` pairs scored on ``model`` as every verdict of the run is: on the evaluation rows,
-        with the run's ablation (the model's own channel means for mean ablation)."""
+    def score_circuits(
+        self, model: nn.Module, circuits: Sequence[tuple[int, Circuit]], rows: ImageSplit | None = None
+    ) -> list[CircuitScores]:
+        """``(class, circuit)`` pairs scored on ``model`` as every verdict of the run is: on the evaluation rows (or
+        ``rows``), with the run's ablation (the model's own channel means for mean ablation)."""
         return evaluate_circuits(
             model,
-            self.evaluation,
+            rows if rows is not None else self.evaluation,
             list(circuits),
             ablation=self.config.discovery.resolved_ablation,
             means=self.fill_means(model),

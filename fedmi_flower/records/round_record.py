@@ -397,6 +397,9 @@ class AttributionCircuit:
     own_verdict: str = "unscored"
     on_global: Scores | None = None
     global_verdict: str | None = None
+    learned_verdict: str | None = None
+    """For a client's circuit: its learned circuit's verdict on the global weights, on the same rows as
+    ``global_verdict`` (the two methods compared like with like)."""
 
 
 @dataclass

@@ -33,11 +33,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     y = y.reshape(y.shape[0], -1).double()
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
-    k, l_ = x @ x.T, y @ y.T
-    denominator = float(torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l_))
-    if denominator == 0.0 or not math.isfinite(denominator):
-        return math.nan
-    return float((k * l_).sum()) / denominator
+    return _cka_of_grams(x @ x.T, y @ y.T)
 
 
 def masked(features: torch.Tensor, channels: list[int]) -> torch.Tensor:
@@ -52,15 +48,48 @@ def site_cka(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> di
     return {site: linear_cka(a[site], b[site]) for site in a if site in b}
 
 
-def circuit_cka(
-    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], circuit_a: Circuit, circuit_b: Circuit
-) -> float:
-    """CKA of two models' activations, each masked to its own circuit, mean over the sites where both circuits
-    hold channels (NaN where none does)."""
-    values = [
-        linear_cka(masked(a[site], circuit_a[site]), masked(b[site], circuit_b[site]))
-        for site in a
-        if site in b and circuit_a.get(site) and circuit_b.get(site)
-    ]
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
+def _cka_of_grams(k: torch.Tensor, l_: torch.Tensor) -> float:
+    denominator = float(torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l_))
+    if denominator == 0.0 or not math.isfinite(denominator):
+        return math.nan
+    return float((k * l_).sum()) / denominator
+
+
+class ChannelGrams:
+    """One model's centred Gram matrix of every channel at every site, on one set of images.
+
+    The Gram matrix of a site's features is the sum of its channels' own Gram matrices,
+    and so is that of the features masked to a circuit's channels (masking zeroes whole
+    features, which centring leaves zero). Computed once, they give the site's CKA and
+    every circuit's masked CKA (the reference's circuit tier) as sums, without another
+    pass over the features: ``C x n x n`` numbers a site (float32).
+    """
+
+    def __init__(self, features: Mapping[str, torch.Tensor]) -> None:
+        self.channels: dict[str, torch.Tensor] = {}
+        for site, a in features.items():
+            x = a.reshape(a.shape[0], a.shape[1], -1).double()
+            x = x - x.mean(0, keepdim=True)
+            self.channels[site] = torch.einsum("icp,jcp->cij", x, x).float()
+
+    def gram(self, site: str, channels: list[int] | None = None) -> torch.Tensor:
+        """The site's Gram matrix over every channel, or over ``channels`` only (float64)."""
+        per = self.channels[site]
+        return (per if channels is None else per[channels]).double().sum(0)
+
+    def cka(self, other: ChannelGrams) -> dict[str, float]:
+        """CKA per site with ``other`` (the same images, the other model)."""
+        return {
+            site: _cka_of_grams(self.gram(site), other.gram(site)) for site in self.channels if site in other.channels
+        }
+
+    def circuit_cka(self, other: ChannelGrams, mine: Circuit, theirs: Circuit) -> float:
+        """CKA with each model's features masked to its own circuit, mean over the sites where both circuits hold
+        channels (NaN where none does)."""
+        values = [
+            _cka_of_grams(self.gram(site, mine[site]), other.gram(site, theirs[site]))
+            for site in self.channels
+            if site in other.channels and mine.get(site) and theirs.get(site)
+        ]
+        kept = [v for v in values if not math.isnan(v)]
+        return sum(kept) / len(kept) if kept else math.nan

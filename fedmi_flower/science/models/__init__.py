@@ -11,7 +11,6 @@ interface with a forward pass before anything runs.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from fedmi_flower.imports import import_attribute
 from fedmi_flower.science.catalog import MODEL_NAMES
 from fedmi_flower.science.hook_points import (
     InterfaceError,
@@ -64,19 +64,13 @@ def resolve_builder(name: str) -> Callable[..., nn.Module]:
         raise ModelError(
             f"unknown model {name!r}: choose one of {sorted(MODELS)}, or give your own as 'package.module:builder'"
         )
-    module_name, _, attribute = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelError(
-            f"model {name!r}: cannot import {module_name!r} ({err}); install the package or put it on PYTHONPATH"
-        ) from err
-    try:
-        builder = getattr(module, attribute)
-    except AttributeError:
-        raise ModelError(f"model {name!r}: module {module_name!r} has no attribute {attribute!r}") from None
+    builder = import_attribute(
+        name, what=f"model {name!r}", error=ModelError, hint="install the package or put it on PYTHONPATH"
+    )
     if not callable(builder):
-        raise ModelError(f"model {name!r}: {attribute!r} is not callable (a builder or an nn.Module class)")
+        raise ModelError(
+            f"model {name!r}: {name.partition(':')[2]!r} is not callable (a builder or an nn.Module class)"
+        )
     return builder
 
 
