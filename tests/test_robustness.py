@@ -33,6 +33,7 @@ from fedmi_flower.science.model import get_weights, set_weights
 from fedmi_flower.science.models import build_model
 from fedmi_flower.science.stitching import stitch
 from fedmi_flower.science.verdicts import circuit_verdict
+from fedmi_flower.views.report import ATTRIBUTION, LEARNED, METHODS, ROBUSTNESS, VALUE, answers, rq_table
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
 
@@ -230,7 +231,12 @@ def test_a_round_records_every_robustness_section(tmp_path):
         tmp_path,
         "fedavg",
         partition_sizes={0: 100, 1: 100, 2: 100},
-        analysis={"cascade": True, "counterfactual": True, **dict.fromkeys(ROBUSTNESS_STEPS, True)},
+        # The other steps are measured elsewhere: off, they keep this test to the robustness steps' own time.
+        analysis={
+            "cascade": True,
+            **dict.fromkeys(ROBUSTNESS_STEPS, True),
+            **dict.fromkeys(("noise_floor", "random_control", "integrated_faithfulness"), False),
+        },
     )
     intact = get_weights(planted_model())
     results = [
@@ -247,6 +253,7 @@ def test_a_round_records_every_robustness_section(tmp_path):
     assert method is not None and s.method_client_iou == 1.0
     assert method.clients[0][3].global_verdict == record.cross_eval[0][3].verdict == "collapsed"
     assert method.clients[2][8].global_verdict == record.cross_eval[2][8].verdict == "working"
+    assert method.clients[0][3].learned_verdict == "collapsed"  # the learned circuit on the same rows
     assert (s.attribution_preserved, s.attribution_collapsed_after_working) == (2, 2)
     assert method.inter_client_iou[3].clients == [0, 1] and method.inter_client_iou[3].mean == 1.0
     # CKA: clients 0 and 1 hold the planted weights, client 2 moved one weight; the global model is their mean.
@@ -262,6 +269,17 @@ def test_a_round_records_every_robustness_section(tmp_path):
     assert record.cascade is not None and record.cascade.stages[0] == "trained"
     for name in ("stitching", "cka", "second_method", "ablations", "cascade"):
         assert getattr(record.timings, name) > 0
+    # The report reads the same: both methods count the same collapses, and say so in words.
+    numbers = rq_table([record])
+    assert numbers[(METHODS, "collapsed after working (all rounds)", LEARNED)] == 2.0
+    assert numbers[(METHODS, "collapsed after working (all rounds)", ATTRIBUTION)] == 2.0
+    assert numbers[(METHODS, "cross-evaluation verdicts the methods agree on: share", ATTRIBUTION)] == 1.0
+    assert numbers[(ROBUSTNESS, "verdicts compared with another ablation (all rounds)", VALUE)] == float(
+        s.ablation_verdicts_compared
+    )
+    said = " ".join(answers(numbers))
+    assert "same verdict on the global weights for 100% of 4 client circuits" in said
+    assert "Do the verdicts depend on the ablation?" in said
     # Every section survives the record's JSON (the codec) as written to rounds.jsonl.
     written = json.dumps(record.to_json(), sort_keys=True)
     back = RoundRecord.from_json(json.loads(written))

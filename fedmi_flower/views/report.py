@@ -554,8 +554,10 @@ def method_numbers(records: Sequence[Record]) -> Numbers:
                 theirs = method.clients.get(pid, {}).get(cls)
                 if theirs is None:
                     continue  # a client whose weights the analysis lacked: compared like with like only
+                # The learned circuit's verdict on the same rows as the attribution circuit's (like with like).
+                learned = theirs.learned_verdict if theirs.learned_verdict is not None else e.verdict
                 for name, local, on_global in (
-                    (LEARNED, e.local_verdict, e.verdict),
+                    (LEARNED, e.local_verdict, learned),
                     (ATTRIBUTION, theirs.own_verdict, theirs.global_verdict),
                 ):
                     if local == "working":
@@ -563,7 +565,7 @@ def method_numbers(records: Sequence[Record]) -> Numbers:
                         counts[name][1] += on_global == "working"
                         counts[name][2] += on_global == "collapsed"
                 compared += 1
-                agree += theirs.global_verdict == e.verdict
+                agree += theirs.global_verdict == learned
     out: Numbers = {}
     for name, (worked, preserved, collapsed) in counts.items():
         out[(METHODS, ROBUSTNESS_COUNTS[0], name)] = float(worked)
