@@ -169,7 +169,10 @@ class DiscoveryConfig:
     gate: str = _spec(
         "auto",
         choices=("auto", *GATES),
-        doc="straight-through Heaviside, or sigmoid with an annealed temperature; auto: paper straight-through",
+        doc=(
+            "straight-through Heaviside, sigmoid with an annealed temperature, or hard-concrete (Louizos et al. "
+            "2018, stochastic); auto: paper straight-through, faithful annealed"
+        ),
     )
     temperature_start: float = _spec(1.0, lo=0.0, lo_open=True, doc="annealed gate: first temperature")
     temperature_end: float = _spec(0.1, lo=0.0, lo_open=True, doc="annealed gate: last temperature")

@@ -495,6 +495,8 @@ def test_no_figure_draws_text_outside_itself(iid_run, noniid_runs):
 
 
 def test_paper_figures_name_no_run_and_comparison_panels_carry_letters(iid_run, noniid_runs):
+    import matplotlib.pyplot as plt
+
     from fedmi_flower.views.graphs import graph_figures, paper_titles
     from fedmi_flower.views.plots import RUN_FIGURES, fig_compare_cross_eval, fig_compare_summary
 
@@ -504,6 +506,7 @@ def test_paper_figures_name_no_run_and_comparison_panels_carry_letters(iid_run, 
     with paper_titles():
         figures = [make(run) for _, make, _ in RUN_FIGURES] + [f for _, f, _ in graph_figures(run, None, None)]
         texts = [f.get_suptitle() + " ".join(ax.get_title() for ax in f.axes) for f in figures]
+    plt.close("all")  # drawn to be read, not saved: matplotlib warns past 20 open figures
     assert texts and all(run.name not in text for text in texts)
     assert run.name in RUN_FIGURES[0][1](run).get_suptitle()  # and only inside the block
     runs = [load_run(p) for p in noniid_runs]
@@ -514,3 +517,4 @@ def test_paper_figures_name_no_run_and_comparison_panels_carry_letters(iid_run, 
     assert titles[0].startswith("(a) ") and titles[1].startswith("(b) ")
     cross = fig_compare_cross_eval(groups, labels, setting)
     assert [ax.get_title()[:4] for ax in cross.axes if ax.get_title()][:2] == ["(a) ", "(b) "]
+    plt.close("all")

@@ -69,6 +69,28 @@ def test_attribution_and_the_learned_gates_agree_on_the_planted_network():
         assert circuit_iou(other, learned[cls])["mean"] == 1.0
 
 
+def test_the_hard_concrete_gate_finds_the_planted_circuits_and_is_seeded():
+    model = shortcut_model()
+    data = concat(*(half_bright_images(64, c) for c in (3, 8, 0)))
+    recipe = Discovery(objective="faithful", ablation="mean", gate="hard-concrete", steps=300, init_score=2.0)
+    found, _ = recipe.find(model, data, [3, 8], seed=1)
+    evidence = {site: sorted(EVIDENCE[3][site] + EVIDENCE[8][site]) for site in EVIDENCE[3]}
+    for cls in (3, 8):
+        # Its class's path, and nothing off the two evidence paths: the shortcut, the brake and the noise are
+        # closed. (Its noisy gates leave the other class's path open too after 300 steps: harmless under mean
+        # ablation, and what the L0 term removes only slowly through the sampling noise.)
+        assert all(set(EVIDENCE[cls][site]) <= set(found[cls][site]) <= set(evidence[site]) for site in evidence), (
+            cls,
+            found[cls],
+        )
+    short = recipe.replace(steps=30)
+    assert short.find(model, data, [3, 8], seed=2) == short.find(model, data, [3, 8], seed=2)  # seeded
+    gate = recipe.gate_function(seed=5)
+    samples = torch.stack([gate(torch.zeros(1000), 0) for _ in range(3)])
+    assert float((samples == 0).float().mean()) > 0.05 and float((samples == 1).float().mean()) > 0.05  # exact 0 and 1
+    assert float(gate.open_probability(torch.tensor(0.0))) == pytest.approx(0.8, abs=0.05)
+
+
 # ---------------------------------------------------------------------- resample ablation
 
 

@@ -18,6 +18,7 @@ one by one on the same batches, at the cost of one larger batch per step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -49,6 +50,7 @@ from fedmi_flower.science.hook_points import head as run_head
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.hook_points import stem as run_stem
 from fedmi_flower.science.objectives import ABLATIONS, GATES, OBJECTIVES, objective_setting
+from fedmi_flower.science.seeding import torch_generator
 
 Scores = dict[str, torch.Tensor]
 
@@ -62,6 +64,37 @@ class StraightThroughGate:
     def __call__(self, score: torch.Tensor, step: int) -> torch.Tensor:
         return HeavisideSTE.apply(score)
 
+    def open_probability(self, score: torch.Tensor) -> torch.Tensor:
+        """What the L0 term sums: each gate's (relaxed) probability of being open."""
+        return torch.sigmoid(score)
+
+
+class HardConcreteGate:
+    """The hard-concrete gate of Louizos et al. (2018), "Learning Sparse Neural Networks through L0 Regularization".
+
+    The score is the gate's log-alpha. Each step samples ``u ~ U(0, 1)`` per gate (from a
+    generator seeded by discovery's seed) and opens it by
+    ``clamp(sigmoid((log u - log(1 - u) + score) / beta) * (zeta - gamma) + gamma, 0, 1)``:
+    stretched past 0 and 1 and clamped, so a gate is exactly closed or open with
+    positive probability and the L0 norm is differentiable in expectation. The L0 term
+    sums each gate's probability of being non-zero, ``sigmoid(score - beta log(-gamma / zeta))``.
+    The deterministic gate, ``clamp(sigmoid(score) (zeta - gamma) + gamma, 0, 1) > 0.5``, is
+    open exactly where the score is above zero, so circuits threshold scores at zero as
+    the other gates' do.
+    """
+
+    def __init__(self, seed: int, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1) -> None:
+        self.beta, self.gamma, self.zeta = beta, gamma, zeta
+        self.generator = torch_generator(seed, "hard-concrete")
+
+    def __call__(self, score: torch.Tensor, step: int) -> torch.Tensor:
+        u = torch.rand(score.shape, generator=self.generator).clamp(1e-6, 1 - 1e-6).to(score.device)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + score) / self.beta)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def open_probability(self, score: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(score - self.beta * math.log(-self.gamma / self.zeta))
+
 
 @dataclass(frozen=True)
 class AnnealedGate:
@@ -74,6 +107,9 @@ class AnnealedGate:
     def __call__(self, score: torch.Tensor, step: int) -> torch.Tensor:
         t = self.start * (self.end / self.start) ** (step / max(self.steps - 1, 1))
         return torch.sigmoid(score / t)
+
+    def open_probability(self, score: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(score)
 
 
 # ---------------------------------------------------------------------- objectives
@@ -225,9 +261,11 @@ class Discovery:
         """Channel means of ``model`` on ``images`` for mean ablation; None under zero ablation."""
         return channel_means(model, images) if self.ablation == "mean" else None
 
-    def gate_function(self) -> StraightThroughGate | AnnealedGate:
+    def gate_function(self, seed: int = 0) -> StraightThroughGate | AnnealedGate | HardConcreteGate:
         if self.gate == "straight-through":
             return StraightThroughGate()
+        if self.gate == "hard-concrete":
+            return HardConcreteGate(seed)
         return AnnealedGate(self.temperature_start, self.temperature_end, self.steps)
 
     def objective_function(self) -> Objective:
@@ -256,7 +294,7 @@ class Discovery:
         channel means for mean ablation (measured on ``data`` when omitted). Returns the
         final scores per site, shape (len(classes), channels), and the steps each class ran.
         """
-        gate, objective = self.gate_function(), self.objective_function()
+        gate, objective = self.gate_function(seed), self.objective_function()
         classes = [int(c) for c in classes]
         if len(set(classes)) != len(classes):
             raise ValueError(f"classes repeat: {classes}")
@@ -306,7 +344,7 @@ class Discovery:
                 logits = run_head(model, h, gates, fill)
                 says = model_says[step, live].flatten() if model_says is not None else None
                 fit = objective.loss(logits, target[rows_live], says)
-                penalty = sum(torch.sigmoid(s[live]).sum() for s in scores.values())
+                penalty = sum(gate.open_probability(s[live]).sum() for s in scores.values())
                 loss = fit + l0 * penalty
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -16,7 +16,7 @@ SCORING_ABLATIONS = (*ABLATIONS, "resample")
 """What a closed channel outputs when a circuit is scored: zero, its mean, or its value on another image of the
 reference set (resample ablation, scoring only: discovery learns with zero or mean)."""
 OBJECTIVES = ("paper", "faithful")
-GATES = ("straight-through", "annealed")
+GATES = ("straight-through", "annealed", "hard-concrete")
 OBJECTIVE_DEFAULTS: dict[str, dict[str, object]] = {
     "paper": {"gate": "straight-through", "ablation": "zero", "l0_lambda": 0.01, "batch_per_class": 32},
     # 16 of the class and 16 others: as many images per step as the paper's 32, the same circuits as 32 + 32.
