@@ -24,9 +24,9 @@ from typing import Any, Union
 def encode(value: Any) -> Any:
     """``value`` as JSON-able data: dataclasses as objects of their fields, mapping keys as strings (sorted)."""
     if callable(getattr(value, "to_json", None)):
-        return value.to_json()  # a record class that keeps its own (older) layout
+        return value.to_json()  # a record class that keeps its own (older) layout, or a Coded one
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return encode_fields(value)
     if isinstance(value, Mapping):
         return {str(k): encode(v) for k, v in sorted(value.items(), key=lambda kv: _order(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -75,9 +75,29 @@ def _decode(tp: Any, raw: Any) -> Any:
     if callable(reader):
         return reader(raw or {})
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = _hints(tp)
-        values = raw or {}
-        fields = [f for f in dataclasses.fields(tp) if f.init and f.name in values]
-        build: Any = tp
-        return build(**{f.name: _decode(hints[f.name], values[f.name]) for f in fields})
+        return decode_fields(tp, raw)
     return raw
+
+
+def encode_fields(value: Any) -> dict[str, Any]:
+    """A dataclass instance as an object of its fields, each :func:`encode`-d."""
+    return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+
+
+def decode_fields(cls: Any, raw: Any) -> Any:
+    """An instance of the dataclass ``cls`` from :func:`encode_fields`' output (absent fields: their defaults)."""
+    hints = _hints(cls)
+    values = raw or {}
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name in values]
+    return cls(**{f.name: _decode(hints[f.name], values[f.name]) for f in fields})
+
+
+class Coded:
+    """A record dataclass whose JSON is its fields (:func:`encode_fields`, :func:`decode_fields`): no layout code."""
+
+    def to_json(self) -> dict[str, Any]:
+        return encode_fields(self)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Any:
+        return decode_fields(cls, raw)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fedmi_flower.records.codec import decode, encode
+from fedmi_flower.records.codec import Coded, decode, encode
 from fedmi_flower.science.circuits import Circuit, CircuitScores
 from fedmi_flower.science.metrics import MEAN
 
@@ -281,7 +281,7 @@ class CrossEvaluation(Scores):
 
 
 @dataclass
-class Interference:
+class Interference(Coded):
     """Counterfactual aggregation of one collapsed circuit (issue 28): whose update broke it.
 
     The circuit (a client's, of one class) works on its own model and collapses on the
@@ -305,39 +305,14 @@ class Interference:
             return None
         return max(self.restored_by, key=lambda k: (self.without.get(k, -1.0), -k))
 
-    def to_json(self) -> Json:
-        return {
-            "sufficiency": self.sufficiency,
-            "without": {str(k): v for k, v in sorted(self.without.items())},
-            "restored_by": sorted(self.restored_by),
-            "overwrite_share": {str(k): v for k, v in sorted(self.overwrite_share.items())},
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Interference:
-        return cls(
-            sufficiency=number(raw.get("sufficiency")),
-            without={int(k): number(v) for k, v in (raw.get("without") or {}).items()},
-            restored_by=[int(k) for k in raw.get("restored_by") or []],
-            overwrite_share={int(k): number(v) for k, v in (raw.get("overwrite_share") or {}).items()},
-        )
-
 
 @dataclass
-class Dominance:
+class Dominance(Coded):
     """Which client's circuit of a class the global circuit follows (:func:`fedmi_flower.science.metrics.dominance`)."""
 
     winner: int | None = None
     lead: float = math.nan
     entropy: float = math.nan
-
-    def to_json(self) -> Json:
-        return {"winner": self.winner, "lead": self.lead, "entropy": self.entropy}
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Dominance:
-        winner = raw.get("winner")
-        return cls(int(winner) if winner is not None else None, number(raw.get("lead")), number(raw.get("entropy")))
 
 
 STITCHINGS = ("union", "intersection", "majority")
@@ -476,10 +451,10 @@ class Cascade:
 
 
 @dataclass
-class ClientEntry:
+class ClientEntry(Coded):
     """One client's part of a round: what it reported, with its circuits' sizes and local verdicts."""
 
-    num_examples: int
+    num_examples: int = 0
     train_loss: float = math.nan
     train_accuracy: float = math.nan
     sparsity: float = math.nan
@@ -508,58 +483,9 @@ class ClientEntry:
     weights_bytes: int = 0
     """Bytes of the weights it sent, as dense arrays (what Flower's NumPy serialisation carries)."""
 
-    def to_json(self) -> Json:
-        return {
-            "report_bytes": self.report_bytes,
-            "weights_bytes": self.weights_bytes,
-            "num_examples": self.num_examples,
-            "train_loss": self.train_loss,
-            "train_accuracy": self.train_accuracy,
-            "sparsity": self.sparsity,
-            "sparsity_per_tensor": dict(self.sparsity_per_tensor),
-            "timings": dict(self.timings),
-            "class_counts": list(self.class_counts),
-            "device": self.device,
-            "circuits": _str_keyed(self.circuits),
-            "circuit_sizes": _str_keyed(self.circuit_sizes),
-            "local_scores": _str_keyed(self.local_scores, Scores.to_json),
-            "local_verdicts": _str_keyed(self.local_verdicts),
-            "discovery_steps": _str_keyed(self.discovery_steps),
-            "degenerate": _str_keyed(self.degenerate),
-            "channels_moved": dict(self.channels_moved),
-            "label_emd": self.label_emd,
-            "polysemantic_share": self.polysemantic_share,
-            "global_polysemantic_share": self.global_polysemantic_share,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> ClientEntry:
-        return cls(
-            num_examples=int(raw.get("num_examples", 0)),
-            train_loss=number(raw.get("train_loss")),
-            train_accuracy=number(raw.get("train_accuracy")),
-            sparsity=number(raw.get("sparsity")),
-            sparsity_per_tensor={k: number(v) for k, v in (raw.get("sparsity_per_tensor") or {}).items()},
-            timings={k: number(v) for k, v in (raw.get("timings") or {}).items()},
-            class_counts=list(raw.get("class_counts") or []),
-            device=raw.get("device", "cpu"),
-            circuits=_keyed(raw.get("circuits"), _circuit),
-            circuit_sizes=_keyed(raw.get("circuit_sizes"), int),
-            local_scores=_keyed(raw.get("local_scores"), Scores.from_json),
-            local_verdicts=_keyed(raw.get("local_verdicts")),
-            discovery_steps=_keyed(raw.get("discovery_steps"), int),
-            degenerate=_keyed(raw.get("degenerate")),
-            channels_moved={k: int(v) for k, v in (raw.get("channels_moved") or {}).items()},
-            label_emd=number(raw.get("label_emd")),
-            polysemantic_share=number(raw.get("polysemantic_share")),
-            global_polysemantic_share=number(raw.get("global_polysemantic_share")),
-            report_bytes=int(raw.get("report_bytes") or 0),
-            weights_bytes=int(raw.get("weights_bytes") or 0),
-        )
-
 
 @dataclass
-class GlobalEntry:
+class GlobalEntry(Coded):
     """The global model of a round: accuracy, achieved sparsity, its circuits, their scores and verdicts."""
 
     accuracy: float = math.nan
@@ -587,47 +513,6 @@ class GlobalEntry:
     """Per class: area under the faithfulness curve (MIB's CPR; higher is better)."""
     cmd: dict[int, float] = field(default_factory=dict)
     """Per class: area between the curve and 1 (MIB's CMD; lower is better)."""
-
-    def to_json(self) -> Json:
-        return {
-            "faithfulness_curve": _str_keyed(self.faithfulness_curve),
-            "curve_sizes": list(self.curve_sizes),
-            "cpr": _str_keyed(self.cpr),
-            "cmd": _str_keyed(self.cmd),
-            "polysemantic_share": self.polysemantic_share,
-            "bloat": _str_keyed(self.bloat),
-            "accuracy": self.accuracy,
-            "loss": self.loss,
-            "per_class_accuracy": _str_keyed(self.per_class_accuracy),
-            "sparsity": self.sparsity,
-            "sparsity_per_tensor": dict(self.sparsity_per_tensor),
-            "circuits": _str_keyed(self.circuits),
-            "circuit_sizes": _str_keyed(self.circuit_sizes),
-            "scores": _str_keyed(self.scores, Scores.to_json),
-            "verdicts": _str_keyed(self.verdicts),
-            "degenerate": _str_keyed(self.degenerate),
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> GlobalEntry:
-        return cls(
-            accuracy=number(raw.get("accuracy")),
-            loss=number(raw.get("loss")),
-            per_class_accuracy=_keyed(raw.get("per_class_accuracy"), number),
-            sparsity=number(raw.get("sparsity")),
-            sparsity_per_tensor={k: number(v) for k, v in (raw.get("sparsity_per_tensor") or {}).items()},
-            circuits=_keyed(raw.get("circuits"), _circuit),
-            circuit_sizes=_keyed(raw.get("circuit_sizes"), int),
-            scores=_keyed(raw.get("scores"), Scores.from_json),
-            verdicts=_keyed(raw.get("verdicts")),
-            degenerate=_keyed(raw.get("degenerate")),
-            polysemantic_share=number(raw.get("polysemantic_share")),
-            bloat=_keyed(raw.get("bloat"), number),
-            faithfulness_curve=_keyed(raw.get("faithfulness_curve"), lambda curve: [number(v) for v in curve]),
-            curve_sizes=[int(n) for n in raw.get("curve_sizes") or []],
-            cpr=_keyed(raw.get("cpr"), number),
-            cmd=_keyed(raw.get("cmd"), number),
-        )
 
 
 @dataclass
