@@ -256,7 +256,10 @@ def fig_robustness(run: Run) -> Figure:
     _line(collapse_ax, rounds, attributed, color="tab:orange", linestyle="--", label="attribution")
     collapse_ax.set_title("collapsed after working", fontsize=9)
     collapse_ax.set_ylabel("client circuits")
-    collapse_ax.set_ylim(bottom=0)
+    counts = np.concatenate([learned, attributed])
+    top = float(np.nanmax(counts)) if np.isfinite(counts).any() else 0.0
+    collapse_ax.set_ylim(0, max(1.0, top) * 1.1)  # counts: whole numbers from 0, however few
+    collapse_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     _note_if_undefined(collapse_ax, [attributed], "analysis.second_method off")
     method_iou, cka = curve(lambda s: s.method_client_iou), curve(lambda s: s.cka)
     for value, chance, colour, label in (
