@@ -282,6 +282,7 @@ def test_a_round_records_every_robustness_section(tmp_path):
     assert set(record.cka) == {0, 1, 2}
     assert all(v > 0.9 for e in record.cka.values() for v in e.sites.values())
     assert s.cka_chance < 0.2 < s.cka
+    assert set(record.cka[0].untrained) == set(SIZES) and 0 < s.cka_untrained < 1  # a never-trained model's baseline
     # Stitching: class 3's holders both have the planted path, which the global weights broke.
     assert record.stitched[3]["union"].verdict == "collapsed" and s.stitched_classes == 2
     # Every verdict again under mean and resample ablation.

@@ -109,12 +109,16 @@ def client_cka(
     global_circuits: Mapping[int, Circuit],
     client_circuits: Mapping[int, Mapping[int, Circuit]],
     seed: int,
+    untrained: nn.Module | None = None,
 ) -> dict[int, Cka]:
     """Linear CKA of each client's model with the global model, per site and per class's circuits (:class:`Cka`).
 
     ``images`` are split at random (``seed``) into two halves: the value on the first,
     ``again`` on the second, ``chance`` with the client on the first and the global
-    model on the second (unpaired images). Each model's per-channel Gram matrices are
+    model on the second (unpaired images), and ``untrained``: a never-trained model of
+    the same architecture against the global model on the first half (what CKA reads
+    between two unrelated models on the same images: far above the unpaired chance,
+    because the images' own structure passes through any network). Each model's per-channel Gram matrices are
     computed once per half (:class:`~fedmi_flower.science.cka.ChannelGrams`), so every
     circuit's masked CKA is a sum of them, not another pass over the features.
     """
@@ -131,10 +135,11 @@ def client_cka(
         return first, second
 
     g1, g2 = grams(global_model)
+    baseline = grams(untrained)[0].cka(g1) if untrained is not None else {}
     out: dict[int, Cka] = {}
     for pid, client in sorted(client_models.items()):
         c1, c2 = grams(client)
-        entry = Cka(sites=c1.cka(g1), again=c2.cka(g2), chance=c1.cka(g2))
+        entry = Cka(sites=c1.cka(g1), again=c2.cka(g2), chance=c1.cka(g2), untrained=dict(baseline))
         for cls, circuit in sorted(client_circuits.get(pid, {}).items()):
             if cls in global_circuits:
                 theirs = global_circuits[cls]

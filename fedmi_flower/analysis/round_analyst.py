@@ -839,6 +839,9 @@ class RoundAnalyst:
                     global_circuits,
                     client_circuits,
                     derive_seed(seed, "cka-halves", server_round),
+                    untrained=make_model(self.config, seed=derive_seed(seed, "cka-untrained")).to(
+                        self.evaluation.images.device
+                    ),
                 ),
                 {},
             )
@@ -1143,6 +1146,7 @@ def robustness_summary(record: RoundRecord) -> dict[str, Any]:
         cka=nanmean(v for e in ckas for v in e.sites.values()),
         cka_again=nanmean(v for e in ckas for v in e.again.values()),
         cka_chance=nanmean(v for e in ckas for v in e.chance.values()),
+        cka_untrained=nanmean(v for e in ckas[:1] for v in e.untrained.values()),
         circuit_cka=nanmean(v for e in ckas for v in e.circuits.values()),
         circuit_cka_chance=nanmean(v for e in ckas for v in e.circuits_chance.values()),
     )

@@ -354,6 +354,10 @@ class Cka:
     circuits: dict[int, float] = field(default_factory=dict)
     circuits_again: dict[int, float] = field(default_factory=dict)
     circuits_chance: dict[int, float] = field(default_factory=dict)
+    untrained: dict[str, float] = field(default_factory=dict)
+    """Per site: a never-trained model of the same architecture against the global model, on the same images as
+    ``sites``: what two unrelated models read (the images' structure passes through any network), the baseline
+    a client's CKA must clear to say more than "both see the same images"."""
 
 
 @dataclass
@@ -607,6 +611,8 @@ class RoundSummary:
     """The same on the other half of the reference images (the estimate's own noise)."""
     cka_chance: float = math.nan
     """The same with the halves unpaired (what CKA reads between unrelated images)."""
+    cka_untrained: float = math.nan
+    """A never-trained model's CKA with the global model on the same images (the baseline that matters)."""
     circuit_cka: float = math.nan
     """CKA with each model's activations masked to its circuit of a class, mean over clients and classes."""
     circuit_cka_chance: float = math.nan

@@ -633,6 +633,7 @@ def robustness_numbers(records: Sequence[Record]) -> Numbers:
         out[(ROBUSTNESS, "CKA of client and global model, mean over sites (final round)", VALUE)] = s.cka
         out[(ROBUSTNESS, "CKA on the other half of the images (the estimate's noise)", VALUE)] = s.cka_again
         out[(ROBUSTNESS, "CKA with the images unpaired (chance)", VALUE)] = s.cka_chance
+        out[(ROBUSTNESS, "CKA of a never-trained model with the global model (the baseline)", VALUE)] = s.cka_untrained
         out[(ROBUSTNESS, "CKA masked to each class's circuits (final round)", VALUE)] = s.circuit_cka
         out[(ROBUSTNESS, "CKA masked to circuits, images unpaired (chance)", VALUE)] = s.circuit_cka_chance
     with_stitching = [r for r in analysed if r.stitched]
