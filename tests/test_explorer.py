@@ -85,7 +85,8 @@ def test_the_page_loads_in_chromium_and_the_round_slider_shows_each_rounds_recor
             # The robustness sections the quickstart measures (issue 27).
             assert text("method-iou") == f"{fmt(s.method_client_iou, 2)} ({fmt(s.method_client_iou_chance, 2)})"
             assert text("ablations") == f"{s.ablation_verdicts_changed} of {s.ablation_verdicts_compared}"
-            assert text("cka") == f"{fmt(s.cka, 2)} ({fmt(s.cka_chance, 2)})"
+            cka = f"{fmt(s.cka, 2)} (never-trained {fmt(s.cka_untrained, 2)}, unpaired {fmt(s.cka_chance, 2)})"
+            assert text("cka") == cka
 
         shows(records[-1])  # opens on the last round
         driver.execute_script(

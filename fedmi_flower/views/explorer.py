@@ -92,7 +92,7 @@ td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
   <td id="preserved"></td><td id="degenerate"></td></tr></table>
 <table id="robustness"><tr>
   <th>attribution: preserved, collapsed after working</th><th>methods' IoU (chance)</th>
-  <th>verdicts another ablation changes</th><th>CKA (chance)</th><th>stitched: working, no client working</th></tr>
+  <th>verdicts another ablation changes</th><th>CKA (baselines)</th><th>stitched: working, no client working</th></tr>
 <tr><td id="attribution"></td><td id="method-iou"></td><td id="ablations"></td><td id="cka"></td>
   <td id="stitched"></td></tr></table>
 <p id="verdicts" class="note"></p>
@@ -139,7 +139,8 @@ function drawNumbers(s) {
   $("method-iou").textContent = method ?
     `${fmt(m.method_client_iou, 2)} (${fmt(m.method_client_iou_chance, 2)})` : "null";
   $("ablations").textContent = ablations ? `${m.ablation_verdicts_changed} of ${m.ablation_verdicts_compared}` : "null";
-  $("cka").textContent = r.cka && Object.keys(r.cka).length ? `${fmt(m.cka, 2)} (${fmt(m.cka_chance, 2)})` : "null";
+  $("cka").textContent = r.cka && Object.keys(r.cka).length ?
+    `${fmt(m.cka, 2)} (never-trained ${fmt(m.cka_untrained, 2)}, unpaired ${fmt(m.cka_chance, 2)})` : "null";
   $("stitched").textContent = r.stitched && Object.keys(r.stitched).length ?
     `${m.stitched_working}, ${m.stitched_working_no_client} of ${m.stitched_classes}` : "null";
   const c = r.clients[s.client] || {};
