@@ -26,10 +26,9 @@ from flwr.server.strategy import (
 from fedmi_flower.analysis.round_analyst import ALIGNMENT_IMAGES, RoundAnalyst
 from fedmi_flower.config import STRATEGIES as STRATEGY_NAMES
 from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
-from fedmi_flower.imports import import_attribute
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import RoundRecord
-from fedmi_flower.science.catalog import IMPORT_PATH
+from fedmi_flower.science.catalog import IMPORT_PATH, import_attribute
 from fedmi_flower.science.model import get_weights
 
 from .circuit_analysis_mixin import CircuitAnalysisMixin

@@ -38,12 +38,29 @@ def test_the_message_api_gives_the_legacy_records(iid_run, tmp_path, mnist_root)
     }
     legacy, message = rounds_json(iid_run), rounds_json(out)
     assert [r["round"] for r in message] == [1, 2]
-    assert _without_timings(message[0]) == _without_timings(legacy[0])
+    # Round 1 is the same record; Flower's two FedAvgs round the global weights differently in float32 (the test
+    # below), which only a continuous function of those weights sees: CKA (its Gram matrices held in float32), at 1e-9.
+    assert _difference(_without_timings(message[0]), _without_timings(legacy[0]), 1e-6) is None
     assert _layout(message[1]) == _layout(legacy[1])
     for key, value in legacy[1]["summary"].items():
         other = message[1]["summary"][key]
         if isinstance(value, float) and isinstance(other, float) and key.endswith(("iou", "accuracy", "floor")):
             assert abs(value - other) < 0.03, (key, value, other)
+
+
+def _difference(a: object, b: object, tol: float, path: str = "") -> str | None:
+    """Where ``a`` and ``b`` first differ (floats within ``tol`` count as equal, recursively), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{path}: keys {sorted(a.keys() ^ b.keys())}"
+        return next((d for k in a if (d := _difference(a[k], b[k], tol, f"{path}.{k}")) is not None), None)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{path}: lengths {len(a)} and {len(b)}"
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _difference(x, y, tol, f"{path}[{i}]"))), None)
+    if isinstance(a, float) and isinstance(b, float):
+        return None if abs(a - b) <= tol else f"{path}: {a} and {b}"
+    return None if a == b else f"{path}: {a!r} and {b!r}"
 
 
 def _layout(value: object) -> object:

@@ -3,13 +3,17 @@
 The command line answers ``fedmi list`` and config errors before torch is imported
 (a second of start-up); the config checks names against this catalog, and the loaders
 (:mod:`fedmi_flower.science.data`) and builders (:mod:`fedmi_flower.science.models`)
-hold the rest.
+hold the rest. :func:`import_attribute` resolves what a user names by import path (a
+strategy, a model builder), so that every plug-in point fails the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 MODEL_NAMES: tuple[str, ...] = ("simple-cnn", "resnet10", "plain-cnn", "mlp")
 """The built-in models (:data:`fedmi_flower.science.models.MODELS`)."""
@@ -69,3 +73,19 @@ DATASETS: dict[str, DatasetSpec] = {
         reader="cifar",
     ),
 }
+
+
+def import_attribute(path: str, *, what: str, error: type[Exception], hint: str) -> Any:
+    """The object ``path`` names; ``error`` (a message starting with ``what``) when it does not import or exist.
+
+    ``hint`` ends the message of a module that does not import (where to put it).
+    """
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise error(f"{what}: cannot import {module_name!r} ({err}); {hint}") from err
+    try:
+        return functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise error(f"{what}: module {module_name!r} has no attribute {attribute!r}") from None

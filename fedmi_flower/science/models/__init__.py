@@ -18,8 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from fedmi_flower.imports import import_attribute
-from fedmi_flower.science.catalog import MODEL_NAMES
+from fedmi_flower.science.catalog import MODEL_NAMES, import_attribute
 from fedmi_flower.science.hook_points import (
     InterfaceError,
     captured,
