@@ -183,7 +183,8 @@ def second_method(
     out = SecondMethod()
     classes = sorted(global_circuits)
     if classes:
-        ranked = attribution_scores(model, probe, classes, fill=fill(model), seed=seed)
+        means = fill(model)  # the global model's channel means: one pass over the reference images, used thrice
+        ranked = attribution_scores(model, probe, classes, fill=means, seed=seed)
         same_size = {c: top_channels(ranked, row, circuit_size(global_circuits[c])) for row, c in enumerate(classes)}
         same_faith = {}
         for row, c in enumerate(classes):
@@ -197,7 +198,7 @@ def second_method(
                     c,
                     target,
                     ablation=ablation,
-                    means=fill(model),
+                    means=means,
                     negatives=negatives,
                     seed=seed,
                 )
@@ -212,7 +213,7 @@ def second_method(
                 circuit_size(circ), _compare(circ, global_circuits[c], sizes), Scores.of(s), _verdict(circ, s)
             )
         if curve_rows is not None:
-            curves = faithfulness_curves(model, curve_rows, ranked, classes, ablation=ablation, means=fill(model))
+            curves = faithfulness_curves(model, curve_rows, ranked, classes, ablation=ablation, means=means)
             out.cpr = {c: cpr_cmd(curve)[0] for c, curve in curves.items()}
     found: dict[int, dict[int, Circuit]] = {}
     for pid, client in sorted(client_models.items()):
