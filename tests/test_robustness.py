@@ -20,7 +20,7 @@ from planted import EVIDENCE, SHORTCUT, bright_images, concat, half_bright_image
 from test_counterfactual import overwriting_client_weights, result
 
 from fedmi_flower.analysis.robustness import cascade, label_randomised_model, stitched_circuits
-from fedmi_flower.records.round_record import RoundRecord
+from fedmi_flower.records.round_record import Cascade, RoundRecord
 from fedmi_flower.science.alignment import layout_of, map_circuit, permute, site_permutation
 from fedmi_flower.science.attribution import attribution_scores
 from fedmi_flower.science.circuits import channel_means, evaluate_circuits, top_channels
@@ -211,6 +211,8 @@ def test_cascading_randomisation_degrades_the_trained_circuits_monotonically():
     assert found.stages == ["trained", "fc", "conv3", "conv2", "conv1"]
     assert found.sufficiency[0] == 1.0 and found.faithfulness[0] == 1.0
     assert found.monotone and found.sufficiency[-1] < 0.5
+    assert all(b <= a for a, b in zip(found.sufficiency, found.sufficiency[1:]))
+    assert not Cascade(sufficiency=[1.0, 0.2, 0.5]).monotone  # a rise beyond sampling noise is not monotone
     assert found.accuracy[0] == 1.0 and found.accuracy[-1] < 0.6
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the real model is untouched
     again = cascade(model, circuits, data, scorer(data), seed=0)
