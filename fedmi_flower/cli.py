@@ -13,6 +13,8 @@ fedmi report RUN_DIR... [--out FILE_OR_DIR]
 fedmi view RUN_DIR... [--out FILE_OR_DIR]
 fedmi tensorboard RUN_DIR... --logdir DIR
 fedmi frontier RUN_DIR [--round N] [--lambdas L,L,...]
+fedmi study NAME [--short] [--dry-run] [--out DIR] [--seeds 0,1,2] [--data-root DIR]
+fedmi claims NAME DIGESTS... [--update FILE]
 """
 
 from __future__ import annotations
@@ -442,6 +444,100 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from fedmi_flower.apps.study import (
+        Study,
+        default_study_dir,
+        describe_plan,
+        list_studies,
+        plan,
+        run_state,
+        study_seconds,
+        write_claims,
+    )
+
+    if args.list:
+        for name, path in list_studies().items():
+            print(f"{name:<12} {Study.load(str(path)).description}")
+        return 0
+    if not args.study:
+        raise ConfigError("name a study (`fedmi study --list` shows the bundled ones) or a study TOML file")
+    study = Study.load(args.study)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    runs = plan(study, args.short, seeds)
+    out = Path(args.out) if args.out else default_study_dir(study, args.short)
+    for line in describe_plan(study, runs, out, args.short):  # every folder checked before anything runs
+        print(line)
+    if args.dry_run:
+        return 0
+    from fedmi_flower.apps.preflight import check_devices, preflight
+
+    todo = [r for r in runs if run_state(r, out) != "done"]
+    for run in todo:
+        check_devices(run.config)
+        preflight(run.config)
+    from fedmi_flower.apps.simulation import SimulationRuntime
+    from fedmi_flower.apps.study import run_study
+
+    current = out
+    with _interruptible(lambda: current), SimulationRuntime(args.verbose) as runtime:
+
+        def run_one(run: Any, folder: Path, resume: bool) -> None:
+            nonlocal current
+            current = folder
+            runtime.run(run.config, folder, args.data_root, resume)
+
+        failed = run_study(study, runs, out, run_one, sys.stdout) if todo else []
+    claims = write_claims(study, runs, out)
+    print(
+        f"fedmi study: {len(runs) - len(failed)} of {len(runs)} runs done ({study_seconds(out) / 60:.1f} min of runs); "
+        f"claims in {claims}" + (f"; failed: {', '.join(failed)} (a second call retries them)" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _cmd_claims(args: argparse.Namespace) -> int:
+    from fedmi_flower.apps.study import Study
+    from fedmi_flower.records.digest import read_digests
+    from fedmi_flower.views.claims import claims_table, evaluate_all, replace_table
+
+    study = Study.load(args.study)
+    digests = read_digests(args.digests)
+    table = claims_table(evaluate_all(study.claims, digests, study.objectives))
+    if args.update:
+        target = Path(args.update)
+        target.write_text(replace_table(target.read_text(), table, str(target)))
+        print(f"fedmi: {len(study.claims)} claims on {len(digests)} runs -> the generated table of {target}")
+    else:
+        print(table, end="")
+    return 0
+
+
+def add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """``fedmi study`` and ``fedmi claims``: a whole study in one command, and its claims judged."""
+    study = sub.add_parser(
+        "study",
+        help="run a study (experiments x objectives x seeds; `paper` is the whole paper) and judge its claims",
+    )
+    study.add_argument("study", nargs="?", help="a bundled study (--list) or a study TOML file")
+    study.add_argument("--list", action="store_true", help="list the bundled studies")
+    study.add_argument("--short", action="store_true", help="the study's shorter settings, for 2 CPU cores")
+    study.add_argument("--dry-run", action="store_true", help="print the plan (runs, states, expected minutes)")
+    study.add_argument(
+        "--out", help="the study's folder (default: runs/study-NAME[-short]; a second call continues it)"
+    )
+    study.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the study's")
+    study.add_argument("--data-root", help="folder holding the datasets (default: $FEDMI_DATA_ROOT, else ./data)")
+    study.add_argument("--verbose", action="store_true", help="Flower's debug logging")
+    study.set_defaults(func=_cmd_study)
+
+    claims = sub.add_parser("claims", help="judge a study's claims on run digests; print the table or --update a page")
+    claims.add_argument("study", help="a bundled study or a study TOML file (its [[claim]] tables)")
+    claims.add_argument("digests", nargs="+", metavar="DIGESTS", help="digest files or folders (a study's OUT/digests)")
+    claims.add_argument("--update", metavar="FILE", help="replace the generated block of this Markdown file")
+    claims.set_defaults(func=_cmd_claims)
+
+
 def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
     """``fedmi plot`` and ``fedmi report``: figures and pages from run directories."""
     plot = sub.add_parser("plot", help="draw every figure of the paper from a run directory (PNG and SVG)")
@@ -604,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("table", nargs="?", help="one table only: model, data, train, discovery, analysis, ...")
     keys.set_defaults(func=_cmd_keys)
     add_plot_and_report_commands(sub)
+    add_study_commands(sub)
     return parser
 
 
@@ -613,6 +710,8 @@ USER_ERRORS = (
     ("fedmi_flower.science.models", "ModelError"),
     ("fedmi_flower.apps.processes", "DeploymentError"),
     ("fedmi_flower.records.series", "RunError"),
+    ("fedmi_flower.records.digest", "DigestError"),
+    ("fedmi_flower.views.claims", "ClaimError"),
     ("builtins", "FileExistsError"),
     ("builtins", "FileNotFoundError"),
     ("builtins", "NotADirectoryError"),

@@ -1010,17 +1010,24 @@ def _label(value: Any) -> str:
 
 
 def load_sweep(
-    name_or_path: str, overrides: Mapping[str, Any] | None = None, seeds: Sequence[int] | None = None
+    name_or_path: str,
+    overrides: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
+    sweep: Mapping[str, list[Any]] | None = None,
 ) -> list[ExperimentConfig]:
     """Load an experiment as one config per point of its ``[sweep]`` (one config without a sweep).
 
     A swept key that ``overrides`` also sets is not swept. ``seeds`` adds (or
     replaces) ``seed`` as the last swept key: every point runs once per seed. Each
     config is named ``<experiment>-<key>=<value>`` after the swept values, e.g.
-    ``sparsity-ablation-sparsity=0.95-seed=1``.
+    ``sparsity-ablation-sparsity=0.95-seed=1``. ``sweep`` replaces (or adds) swept keys' values, as a
+    study's shorter settings do.
     """
     overrides = dict(overrides or {})
-    path, table, sweep = _read_experiment(name_or_path)
+    path, table, swept = _read_experiment(name_or_path)
+    if sweep and any(not isinstance(v, list) or not v for v in sweep.values()):
+        raise ConfigError(f"{path}: a replacement sweep must map dotted keys to non-empty lists of values")
+    sweep = {**swept, **(sweep or {})}
     if seeds is not None:
         if "seed" in overrides:
             raise ConfigError(

@@ -1,0 +1,333 @@
+"""A study: experiments x discovery objectives x seeds, planned, run where not yet done, judged by its claims.
+
+A study is a TOML file (the bundled ones in ``experiments/studies/``; ``fedmi study --list``)::
+
+    description = "..."
+    seeds = [0, 1, 2]
+    objectives = ["paper", "faithful"]      # discovery.objective of every run
+    [short]                                  # --short: overrides for every run (CPU settings)
+    rounds = 4
+    [[experiment]]
+    name = "iid"                             # an experiment (``fedmi list``), its [sweep] included
+    short = { "train.sparsity" = 0.9 }       # --short: this experiment's own overrides
+    short_sweep = { "train.sparsity" = [0.8, 0.9, 0.95] }
+    short_minutes = 2.0                      # measured minutes a run, for --dry-run's plan
+    [[claim]]                                # views/claims.py: what the runs are judged on
+    ...
+
+Every run goes to ``OUT/<experiment point>-<objective>-seed=<s>`` and, once finished, its digest to
+``OUT/digests/`` (records/digest.py); ``OUT/claims.md`` is the generated claim table, written again
+after every run. A second call runs what is not done: finished runs are skipped, an interrupted one
+is resumed after its last finished round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedmi_flower.config import ConfigError, ExperimentConfig, experiments_dir, load_sweep
+from fedmi_flower.records.digest import RunDigest, digest_run, read_digests
+from fedmi_flower.records.results import RUNS_DIR, RunDirectory, atomic_write
+from fedmi_flower.records.series import settings
+from fedmi_flower.science.objectives import OBJECTIVES
+from fedmi_flower.views.claims import Claim, ClaimError, claims_table, evaluate_all
+
+STUDIES = "studies"
+DIGESTS = "digests"
+CLAIMS_FILE = "claims.md"
+DONE, PARTIAL, NEW = "done", "interrupted", "new"
+
+
+def studies_dir() -> Path:
+    """Folder of the bundled studies: ``studies/`` inside the experiments folder."""
+    return experiments_dir() / STUDIES
+
+
+def list_studies() -> dict[str, Path]:
+    folder = studies_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """One experiment of a study and its shorter settings."""
+
+    name: str
+    short: Mapping[str, Any] = field(default_factory=dict)
+    short_sweep: Mapping[str, list[Any]] = field(default_factory=dict)
+    short_minutes: float | None = None
+    objectives: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study file, read (see the module docstring)."""
+
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    objectives: tuple[str, ...]
+    short: Mapping[str, Any]
+    entries: tuple[StudyEntry, ...]
+    claims: tuple[Claim, ...]
+    path: Path
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Study:
+        """Read a study by name (``paper``) or TOML path, with errors naming the key and the fix."""
+        path = Path(name_or_path)
+        if path.suffix != ".toml":
+            known = list_studies()
+            if name_or_path not in known:
+                raise ConfigError(f"unknown study {name_or_path!r}; the bundled ones: {', '.join(known) or 'none'}")
+            path = known[name_or_path]
+        if not path.is_file():
+            raise ConfigError(f"study file {path} does not exist")
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        known_keys = {"description", "seeds", "objectives", "short", "experiment", "claim"}
+        if unknown := set(table) - known_keys:
+            listed = ", ".join(sorted(known_keys))
+            raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {listed}")
+        seeds = table.get("seeds", [0])
+        if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{path}: seeds must list distinct non-negative whole numbers, e.g. seeds = [0, 1, 2]")
+        objectives = table.get("objectives", ["faithful"])
+
+        def check_objectives(found: Sequence[Any], where: str) -> tuple[str, ...]:
+            if not found or any(o not in OBJECTIVES for o in found):
+                raise ConfigError(f"{path}: {where} must list objectives among {', '.join(OBJECTIVES)}")
+            return tuple(found)
+
+        entries = []
+        for i, e in enumerate(table.get("experiment", [])):
+            allowed = {"name", "short", "short_sweep", "short_minutes", "objectives"}
+            if not isinstance(e, dict) or "name" not in e or set(e) - allowed:
+                listed = ", ".join(sorted(allowed))
+                raise ConfigError(f"{path}: [[experiment]] {i + 1} needs `name` and may set {listed}")
+            entries.append(
+                StudyEntry(
+                    name=str(e["name"]),
+                    short=dict(e.get("short", {})),
+                    short_sweep=dict(e.get("short_sweep", {})),
+                    short_minutes=e.get("short_minutes"),
+                    objectives=(
+                        check_objectives(e["objectives"], f"{e['name']}'s objectives") if "objectives" in e else None
+                    ),
+                )
+            )
+        if not entries:
+            raise ConfigError(f'{path}: a study lists at least one [[experiment]] with a name, e.g. name = "iid"')
+        try:
+            claims = tuple(Claim.from_table(c, f"{path} claim") for c in table.get("claim", []))
+        except ClaimError as err:
+            raise ConfigError(str(err)) from None
+        names = {e.name for e in entries}
+        if stray := sorted({c.experiment for c in claims} - names):
+            raise ConfigError(f"{path}: claims read experiments the study does not run: {', '.join(stray)}")
+        return cls(
+            name=path.stem,
+            description=str(table.get("description", "")),
+            seeds=tuple(seeds),
+            objectives=check_objectives(objectives, "objectives"),
+            short=dict(table.get("short", {})),
+            entries=tuple(entries),
+            claims=claims,
+            path=path,
+        )
+
+
+@dataclass
+class PlannedRun:
+    """One run of a study: an experiment's sweep point with one objective and one seed."""
+
+    entry: StudyEntry
+    config: ExperimentConfig
+    point: dict[str, Any]
+    folder: str
+    minutes: float | None
+
+    @property
+    def objective(self) -> str:
+        return self.config.discovery.objective
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+def plan(study: Study, short: bool, seeds: Sequence[int] | None = None) -> list[PlannedRun]:
+    """Every run of the study, seed by seed (one seed of everything first, so that a part of a study already
+    tests every claim), then experiment by experiment, objective by objective, sweep point by sweep point."""
+    runs = []
+    for seed in seeds if seeds is not None else study.seeds:
+        for entry in study.entries:
+            sweep = entry.short_sweep if short else None
+            swept = _swept_keys(load_sweep(entry.name, sweep=sweep))
+            # The study's common shorter settings never fix what the experiment sweeps; its own may.
+            common = {k: v for k, v in study.short.items() if k not in swept} if short else {}
+            for objective in entry.objectives or study.objectives:
+                overrides = common | dict(entry.short if short else {})
+                overrides |= {"discovery.objective": objective, "seed": seed}
+                configs = load_sweep(entry.name, overrides, sweep=sweep)
+                swept = [k for k in swept if k not in overrides]
+                for config in configs:
+                    flat = config.to_run_config()
+                    point = {k: flat[k] for k in swept}
+                    minutes = entry.short_minutes if short else _full_minutes(config, len(configs))
+                    runs.append(PlannedRun(entry, config, point, f"{config.name}-{objective}-seed={seed}", minutes))
+    return runs
+
+
+def _swept_keys(configs: Sequence[ExperimentConfig]) -> list[str]:
+    flat = [c.to_run_config() for c in configs]
+    return [k for k in flat[0] if len({json.dumps(f.get(k)) for f in flat}) > 1 and k != "name"]
+
+
+def _full_minutes(config: ExperimentConfig, points: int) -> float | None:
+    # An experiment's measured_minutes is for the whole file: with a [sweep], all its points.
+    return None if config.measured_minutes is None else config.measured_minutes / points
+
+
+def run_state(run: PlannedRun, out: Path) -> str:
+    """Whether the run is done, interrupted (its folder holds some rounds) or new; refuse a folder of other settings."""
+    folder = RunDirectory(out / run.folder)
+    if not (folder.path / "config.toml").is_file():
+        if folder.path.exists() and any(folder.path.iterdir()):
+            folder.check_new()  # a folder that is not a run: its own error
+        return NEW
+    theirs, ours = settings(folder.read_config()), settings(run.config)
+    if theirs != ours:
+        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ConfigError(
+            f"{folder.path} holds a run of other settings ({', '.join(changed[:4])}); the study changed since it "
+            "ran: move that folder away, or give the study another --out"
+        )
+    checkpoint = folder.read_checkpoint()
+    return DONE if checkpoint is not None and checkpoint.server_round >= run.config.rounds else PARTIAL
+
+
+def _digest_path(out: Path, run: PlannedRun) -> Path:
+    return out / DIGESTS / f"{run.folder}.json"
+
+
+def expected_minutes(runs: Sequence[PlannedRun], out: Path) -> dict[str, float | None]:
+    """Minutes each run is expected to take: measured by this study where a run of its experiment finished
+    (its digest), else the study's (or experiment's) measured minutes; None where nothing was measured."""
+    measured: dict[str, list[float]] = {}
+    for run in runs:
+        path = _digest_path(out, run)
+        if path.is_file():
+            seconds = RunDigest.read(path).seconds
+            if seconds is not None:
+                measured.setdefault(run.entry.name, []).append(seconds / 60)
+    return {
+        run.folder: (sum(measured[run.entry.name]) / len(measured[run.entry.name]))
+        if run.entry.name in measured
+        else run.minutes
+        for run in runs
+    }
+
+
+def describe_plan(study: Study, runs: Sequence[PlannedRun], out: Path, short: bool) -> list[str]:
+    """The lines of ``--dry-run``: every run, its state and expected minutes, and the total still to run."""
+    minutes = expected_minutes(runs, out)
+    states = [run_state(r, out) for r in runs]
+    width = max(len(r.folder) for r in runs)
+    lines = [
+        f"study {study.name}{' (--short)' if short else ''}: {len(runs)} runs "
+        f"({len(study.entries)} experiments, objectives {', '.join(study.objectives)}, seeds "
+        f"{', '.join(map(str, sorted({r.seed for r in runs})))}) -> {out}"
+    ]
+    for run, state in zip(runs, states, strict=True):
+        m = minutes[run.folder]
+        expect = f"~{m:.1f} min" if m is not None else "time not measured"
+        lines.append(f"  {run.folder:<{width}}  {state:<11}  {expect}")
+    todo = [minutes[r.folder] for r, s in zip(runs, states, strict=True) if s != DONE]
+    known = [m for m in todo if m is not None]
+    unknown = len(todo) - len(known)
+    total = f"~{sum(known):.0f} min" + (f" plus {unknown} run(s) not measured" if unknown else "")
+    lines.append(f"{len(runs) - len(todo)} of {len(runs)} done; to run: {len(todo)}, {total} on this machine's measure")
+    return lines
+
+
+def default_study_dir(study: Study, short: bool) -> Path:
+    """``runs/study-<name>[-short]``: the same folder every call, so that a second call continues the first."""
+    return RUNS_DIR / f"study-{study.name}{'-short' if short else ''}"
+
+
+def write_claims(study: Study, runs: Sequence[PlannedRun], out: Path) -> Path:
+    """``OUT/claims.md``: the generated claim table over the digests written so far, with the study's state."""
+    digests = read_digests([out / DIGESTS]) if (out / DIGESTS).is_dir() else []
+    results = evaluate_all(study.claims, digests, study.objectives)
+    seconds = [d.seconds for d in digests if d.seconds is not None]
+    text = (
+        f"# Study {study.name}: the claims, judged\n\n{study.description}\n\n"
+        f"{len(digests)} of {len(runs)} runs done ({sum(seconds) / 60:.0f} min of runs); "
+        f"generated by `fedmi study` from {out / DIGESTS}.\n\n" + claims_table(results)
+    )
+    path = out / CLAIMS_FILE
+    atomic_write(path, text)
+    return path
+
+
+def run_study(
+    study: Study,
+    runs: Sequence[PlannedRun],
+    out: Path,
+    run_one: Callable[[PlannedRun, Path, bool], None],
+    echo: TextIO,
+) -> list[str]:
+    """Run every run not yet done with ``run_one(run, folder, resume)``; digest each and rewrite the claims.
+
+    Returns the folders of the runs that failed (the study goes on past them; their error is in
+    their folder's log and on ``echo``).
+    """
+    states = {r.folder: run_state(r, out) for r in runs}
+    minutes = expected_minutes(runs, out)
+    todo = [r for r in runs if states[r.folder] != DONE]
+    for run in runs:  # finished runs of an earlier call whose digest was lost
+        if states[run.folder] == DONE and not _digest_path(out, run).is_file():
+            digest_run(out / run.folder, run.entry.name, run.point).write(_digest_path(out, run))
+    failed: list[str] = []
+    began = time.perf_counter()
+    for i, run in enumerate(todo):
+        left = [minutes[r.folder] for r in todo[i:]]
+        eta = sum(m for m in left if m is not None)
+        print(
+            f"fedmi study: {len(runs) - len(todo) + i} of {len(runs)} runs done, "
+            f"{time.perf_counter() - began:.0f} s so far, ~{eta:.0f} min to go; "
+            f"{'resuming' if states[run.folder] == PARTIAL else 'running'} {run.folder}",
+            file=echo,
+            flush=True,
+        )
+        started = time.perf_counter()
+        try:
+            run_one(run, out / run.folder, states[run.folder] == PARTIAL)
+        except Exception as err:  # one failed run does not stop the study; a second call retries it
+            if isinstance(err, ConfigError):
+                raise
+            failed.append(run.folder)
+            print(f"fedmi study: {run.folder} failed: {str(err).splitlines()[0]}", file=echo, flush=True)
+            continue
+        seconds = time.perf_counter() - started
+        digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(_digest_path(out, run))
+        write_claims(study, runs, out)
+    write_claims(study, runs, out)
+    return failed
+
+
+def study_seconds(out: Path) -> float:
+    """Seconds of runs the study's digests record (what `--short` took on this machine)."""
+    if not (out / DIGESTS).is_dir():
+        return 0.0
+    return sum(d.seconds or 0.0 for d in read_digests([out / DIGESTS]) if not math.isnan(d.seconds or 0.0))
