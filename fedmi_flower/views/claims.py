@@ -250,15 +250,15 @@ def _along_sweep(claim: Claim, runs: Sequence[RunDigest], result: ClaimResult) -
     if len(points) < 2:
         result.why = f"fewer than two values of {key} among the runs"
         return result
-    means = [
-        _mean_spread([run_value(d, claim.metric, claim.rounds) for d in runs if d.point.get(key) == p])[0]
-        for p in points
+    at_points = [
+        _mean_spread([run_value(d, claim.metric, claim.rounds) for d in runs if d.point.get(key) == p]) for p in points
     ]
+    means = [m for m, _, _ in at_points]
     if any(math.isnan(m) for m in (means[0], means[-1])):
         result.why = f"{claim.metric} undefined at {key} = {points[0] if math.isnan(means[0]) else points[-1]}"
         return result
-    result.mean, result.other = means[-1], means[0]
-    result.seeds = min(sum(1 for d in runs if d.point.get(key) == p) for p in points)
+    result.mean, result.spread, result.other = means[-1], at_points[-1][1], means[0]
+    result.seeds = min(n for _, _, n in at_points)
     change = (means[-1] - means[0]) * (1 if claim.test == "increasing" else -1)
     result.verdict = HOLDS if change > claim.tolerance else FLIPS
     result.why = f"{key} {points[0]:g} -> {points[-1]:g}: " + " / ".join(_number(m) for m in means)

@@ -1,0 +1,405 @@
+"""Studies and claims: a study's plan, its resumable runner (Flower replaced by a writer of planted runs), run
+digests, and claim verdicts on digests whose answers are planted."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedmi_flower.apps.study import DONE, NEW, PARTIAL, Study, describe_plan, plan, run_state, run_study
+from fedmi_flower.cli import main
+from fedmi_flower.config import ConfigError
+from fedmi_flower.records.digest import DigestError, RunDigest, digest_run, holding_counts, read_digests
+from fedmi_flower.records.results import Checkpoint, RunDirectory
+from fedmi_flower.records.round_record import CrossEvaluation, RoundRecord, RoundSummary
+from fedmi_flower.views.claims import (
+    ARTEFACT,
+    BEGIN,
+    END,
+    FLIPS,
+    HOLDS,
+    NOT_TESTABLE,
+    Claim,
+    ClaimError,
+    claims_table,
+    evaluate,
+    replace_table,
+    run_value,
+)
+
+
+def digest(experiment, seed, series, objective="faithful", point=None):
+    """A digest whose scalars are the given per-round lists."""
+    rounds = len(next(iter(series.values())))
+    return RunDigest(
+        name=f"{experiment}-{objective}-seed={seed}",
+        experiment=experiment,
+        objective=objective,
+        seed=seed,
+        point=point or {},
+        rounds=list(range(1, rounds + 1)),
+        scalars={k: [float(v) for v in vs] for k, vs in series.items()},
+    )
+
+
+def claim(**kw):
+    table = dict(id="c", text="a claim", section="3.1", experiment="e", metric="m", test="at-least", value=0.8) | kw
+    return Claim.from_table(table)
+
+
+# ---------------------------------------------------------------------- claims
+
+
+def test_at_least_reads_the_mean_over_seeds_of_the_chosen_rounds():
+    runs = [digest("e", 0, {"m": [0.1, 0.9]}), digest("e", 1, {"m": [0.2, 0.7]})]
+    last = evaluate(claim(rounds="last"), runs, "faithful")
+    assert last.verdict == HOLDS and last.mean == pytest.approx(0.8) and last.seeds == 2
+    assert last.spread == pytest.approx(np.std([0.9, 0.7], ddof=1))
+    every = evaluate(claim(rounds="all"), runs, "faithful")  # (0.5 + 0.45) / 2
+    assert every.verdict == FLIPS and every.mean == pytest.approx(0.475)
+    # The other objective's runs are not these.
+    assert evaluate(claim(), runs, "paper").verdict == NOT_TESTABLE
+
+
+def test_a_ratio_is_the_ratio_of_sums_not_the_mean_of_ratios():
+    # Round 1: 1 of 1 preserved; round 2: 0 of 9. Ratio of sums 0.1; mean of ratios would be 0.5.
+    run = digest("e", 0, {"kept": [1, 0], "worked": [1, 9]})
+    assert run_value(run, "kept / worked", "all") == pytest.approx(0.1)
+    assert math.isnan(run_value(digest("e", 0, {"kept": [0, 0], "worked": [0, 0]}), "kept / worked", "all"))
+
+
+def test_a_shortfall_within_the_noise_floor_is_an_artefact_and_a_guard_discredits_a_hold():
+    runs = [digest("e", 0, {"m": [0.83], "floor": [0.85], "spec": [0.9]})]
+    assert evaluate(claim(value=0.9), runs, "faithful").verdict == FLIPS
+    within = evaluate(claim(value=0.9, floor="floor"), runs, "faithful")
+    assert within.verdict == ARTEFACT and "0.85" in within.why
+    far = [digest("e", 0, {"m": [0.6], "floor": [0.85]})]
+    assert evaluate(claim(value=0.9, floor="floor"), far, "faithful").verdict == FLIPS
+    guarded = claim(value=0.5, artefact_if=[{"metric": "spec", "below": 0.95}])
+    result = evaluate(guarded, runs, "faithful")
+    assert result.verdict == ARTEFACT and "spec 0.90 < 0.95" in result.why
+    assert evaluate(claim(value=0.5, artefact_if=[{"metric": "spec", "below": 0.5}]), runs, "faithful").verdict == HOLDS
+
+
+def test_undefined_everywhere_is_not_testable():
+    runs = [digest("e", 0, {"m": [math.nan, math.nan]})]
+    result = evaluate(claim(), runs, "faithful")
+    assert result.verdict == NOT_TESTABLE and "undefined" in result.why
+
+
+def test_peak_then_decline_on_the_seed_mean_curve():
+    peak = [
+        digest("e", 0, {"m": [0.3, 0.8, 0.6, 0.5], "f": [0.9] * 4}),
+        digest("e", 1, {"m": [0.3, 0.6, 0.7, 0.5], "f": [0.9] * 4}),
+    ]
+    result = evaluate(claim(test="peak-then-decline"), peak, "faithful")
+    # Mean curve 0.3, 0.7, 0.65, 0.5: peak 0.7 in round 2, last 0.5.
+    assert result.verdict == HOLDS and result.mean == pytest.approx(0.7) and result.other == pytest.approx(0.5)
+    assert "round 2" in result.why
+    rising = [digest("e", 0, {"m": [0.3, 0.5, 0.7]})]
+    assert evaluate(claim(test="peak-then-decline"), rising, "faithful").verdict == FLIPS
+    # A floor of 0.6: the same circuit found twice agrees 0.6, so a decline of 0.2 is within reach of noise.
+    noisy = [digest("e", 0, {"m": [0.3, 0.7, 0.5], "f": [0.6, 0.6, 0.6]})]
+    assert evaluate(claim(test="peak-then-decline", floor="f"), noisy, "faithful").verdict == ARTEFACT
+    assert evaluate(claim(test="peak-then-decline"), [digest("e", 0, {"m": [0.3, 0.7]})], "faithful").verdict == (
+        NOT_TESTABLE
+    )
+
+
+def test_greater_than_compares_another_scalar_or_experiment():
+    runs = [digest("e", 0, {"a": [0.9], "b": [0.4]}), digest("x", 0, {"a": [0.88]})]
+    assert evaluate(claim(test="greater-than", metric="a", than={"metric": "b"}), runs, "faithful").verdict == HOLDS
+    assert evaluate(claim(test="greater-than", metric="b", than={"metric": "a"}), runs, "faithful").verdict == FLIPS
+    # Within the tolerance of the other experiment's: no difference, so the claim does not hold.
+    other = evaluate(claim(test="greater-than", metric="a", than={"experiment": "x"}), runs, "faithful")
+    assert other.verdict == FLIPS and other.other == pytest.approx(0.88)
+
+
+def test_along_a_sweep_first_point_against_last():
+    runs = [
+        digest("e", s, {"m": [v + 0.01 * s]}, point={"train.sparsity": p})
+        for s in (0, 1)
+        for p, v in ((0.8, 0.2), (0.9, 0.5), (0.97, 0.7))
+    ]
+    up = evaluate(claim(test="increasing", sweep="train.sparsity"), runs, "faithful")
+    assert up.verdict == HOLDS and up.seeds == 2 and "0.8 -> 0.97" in up.why
+    assert evaluate(claim(test="decreasing", sweep="train.sparsity"), runs, "faithful").verdict == FLIPS
+    one = [r for r in runs if r.point["train.sparsity"] == 0.8]
+    assert evaluate(claim(test="increasing", sweep="train.sparsity"), one, "faithful").verdict == NOT_TESTABLE
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"colour": "red"}, "unknown key"),
+        ({"test": "bigger"}, "not one of"),
+        ({"value": None}, "needs a number"),
+        ({"rounds": "middle"}, "rounds"),
+        ({"test": "greater-than"}, "needs `than"),
+        ({"test": "increasing"}, "needs `sweep"),
+        ({"artefact_if": [{"metric": "s"}]}, "artefact_if"),
+    ],
+)
+def test_a_malformed_claim_names_the_key(change, message):
+    table = dict(id="c", text="t", section="s", experiment="e", metric="m", test="at-least", value=0.5) | change
+    table = {k: v for k, v in table.items() if v is not None}
+    with pytest.raises(ClaimError, match=message):
+        Claim.from_table(table)
+
+
+def test_the_generated_block_is_replaced_and_nothing_else():
+    text = f"# Title\n\nprose before\n\n{BEGIN}\nold table\n{END}\n\nprose after\n"
+    table = claims_table([evaluate(claim(), [digest("e", 0, {"m": [0.9]})], "faithful")])
+    new = replace_table(text, table)
+    assert new.startswith("# Title\n\nprose before\n\n") and new.endswith("\n\nprose after\n")
+    assert "old table" not in new and "**holds**" in new and replace_table(new, table) == new
+    with pytest.raises(ClaimError, match="no generated block"):
+        replace_table("no markers", table)
+
+
+# ---------------------------------------------------------------------- digests
+
+
+def test_holding_counts_split_shared_from_distinct_classes():
+    working, collapsed = "working", "collapsed"
+    record = RoundRecord(
+        round=1,
+        cross_eval={
+            0: {
+                0: CrossEvaluation(verdict=working, local_verdict=working),
+                1: CrossEvaluation(verdict=collapsed, local_verdict=working),
+            },
+            1: {
+                0: CrossEvaluation(verdict=collapsed, local_verdict=working),
+                2: CrossEvaluation(verdict=working, local_verdict="weakened"),  # never worked: not counted
+            },
+            2: {3: CrossEvaluation(verdict=working, local_verdict=working)},
+        },
+    )
+    # Class 0 is held by clients 0 and 1 (shared); 1, 2 and 3 by one client each.
+    assert holding_counts(record) == {
+        "shared_working_locally": 2,
+        "shared_preserved": 1,
+        "distinct_working_locally": 2,
+        "distinct_preserved": 1,
+    }
+
+
+def test_a_digest_reads_back_and_bad_ones_name_the_fix(tmp_path):
+    run = digest("e", 3, {"m": [0.5, math.nan]}, point={"train.sparsity": 0.9})
+    run.seconds = 12.5
+    again = RunDigest.read(run.write(tmp_path / "d.json"))
+    assert again.point == {"train.sparsity": 0.9} and again.seed == 3 and again.seconds == 12.5
+    assert again.scalars["m"][0] == 0.5 and math.isnan(again.scalars["m"][1])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DigestError, match="not valid JSON"):
+        RunDigest.read(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({"version": 99}))
+    with pytest.raises(DigestError, match="version 99"):
+        RunDigest.read(tmp_path / "old.json")
+    with pytest.raises(DigestError, match="no scalar 'n'"):
+        again.series("n")
+
+
+# ---------------------------------------------------------------------- the study
+
+
+STUDY = """
+description = "two objectives, two seeds, one sweep"
+seeds = [0, 1]
+objectives = ["paper", "faithful"]
+[short]
+rounds = 2
+"train.sparsity" = 0.9
+[[experiment]]
+name = "smoke"
+short_minutes = 1.5
+[[experiment]]
+name = "sparsity-ablation"
+objectives = ["paper"]
+short_sweep = { "train.sparsity" = [0.8, 0.97] }
+short_minutes = 2.0
+[[claim]]
+id = "acc"
+text = "accuracy above a half"
+section = "3.1"
+experiment = "smoke"
+metric = "global_accuracy"
+rounds = "last"
+test = "at-least"
+value = 0.5
+[[claim]]
+id = "sweep"
+text = "accuracy rises with sparsity"
+section = "3.3"
+experiment = "sparsity-ablation"
+metric = "global_accuracy"
+test = "increasing"
+sweep = "train.sparsity"
+"""
+
+
+@pytest.fixture
+def study(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(STUDY)
+    return Study.load(str(path))
+
+
+def planted_accuracy(config, server_round):
+    """What the fake runtime's global model scores: known, and different for every run the study makes."""
+    faithful = config.discovery.objective == "faithful"
+    return 0.1 + 0.2 * faithful + 0.06 * config.seed + 0.5 * config.train.sparsity * server_round / config.rounds
+
+
+def fake_runtime(calls, fail=(), stop_after=None):
+    """Writes a run directory as `fedmi run` would, with planted summaries; ``fail``: folders that fail,
+    ``stop_after``: rounds after which a run is interrupted (a partial run)."""
+
+    def run_one(run, folder, resume):
+        calls.append((folder.name, resume))
+        if folder.name in fail:
+            raise RuntimeError(f"the run of {folder.name} did not complete")
+        directory = RunDirectory(folder).create(exist_ok=resume)
+        directory.write_config(run.config)
+        done = directory.read_checkpoint().server_round if resume else 0
+        last = run.config.rounds if stop_after is None else min(stop_after, run.config.rounds)
+        for t in range(done + 1, last + 1):
+            accuracy = planted_accuracy(run.config, t)
+            directory.append_round(RoundRecord(round=t, summary=RoundSummary(clients=2, global_accuracy=accuracy)))
+            directory.write_checkpoint(Checkpoint(server_round=t, weights=[np.zeros(2)], seed=run.config.seed))
+
+    return run_one
+
+
+def test_the_plan_is_seed_major_with_the_shorter_settings_and_the_sweep_kept(study):
+    runs = plan(study, short=True)
+    assert [r.folder for r in runs[:4]] == [
+        "smoke-paper-seed=0",
+        "smoke-faithful-seed=0",
+        "sparsity-ablation-sparsity=0.8-paper-seed=0",
+        "sparsity-ablation-sparsity=0.97-paper-seed=0",
+    ]
+    assert len(runs) == 8 and len({r.folder for r in runs}) == 8
+    assert all(r.config.rounds == 2 for r in runs)
+    # The study's common train.sparsity = 0.9 does not fix the sparsity the ablation sweeps.
+    assert [r.config.train.sparsity for r in runs[:4]] == [0.9, 0.9, 0.8, 0.97]
+    assert runs[2].point == {"train.sparsity": 0.8} and runs[0].point == {}
+    assert [r.minutes for r in runs[:3]] == [1.5, 1.5, 2.0]
+    full = plan(study, short=False)
+    assert full[0].config.rounds != 2 and {r.config.train.sparsity for r in full if r.point} == {
+        0.95,
+        0.97,
+        0.99,
+        0.995,
+    }
+
+
+def test_a_study_runs_what_is_not_done_and_judges_its_claims(study, tmp_path):
+    out = tmp_path / "out"
+    runs = plan(study, short=True)
+    calls = []
+    failed = run_study(study, runs, out, fake_runtime(calls, fail={"smoke-faithful-seed=1"}), io.StringIO())
+    assert failed == ["smoke-faithful-seed=1"] and len(calls) == 8
+    assert [run_state(r, out) for r in runs].count(DONE) == 7
+    # A second call runs the failed one only; a third, nothing.
+    again = []
+    assert run_study(study, runs, out, fake_runtime(again), io.StringIO()) == []
+    assert again == [("smoke-faithful-seed=1", False)]
+    assert run_study(study, runs, out, fake_runtime(third := []), io.StringIO()) == [] and third == []
+    digests = read_digests([out / "digests"])
+    assert len(digests) == 8
+    table = (out / "claims.md").read_text()
+    assert "8 of 8 runs done" in table
+    # Last-round accuracy = 0.1 + 0.2 (faithful) + 0.06 seed + 0.45: paper 0.58 (seeds 0.55, 0.61), faithful 0.78.
+    rows = [line for line in table.splitlines() if line.startswith("| accuracy")]
+    assert "| paper | 0.58 ± 0.04 (2) | **holds** |" in rows[0] and "| faithful | 0.78 ± 0.04 (2) |" in rows[1]
+    sweep = next(line for line in table.splitlines() if line.startswith("| accuracy rises"))
+    # Mean over both rounds 0.1 + 0.375 x sparsity (+ 0.03 for the seeds): 0.43 at 0.8, 0.49 at 0.97.
+    assert "| paper | 0.49 ± 0.04 (2) | **holds** | train.sparsity 0.8 -> 0.97: 0.43 / 0.49 |" in sweep
+    # The faithful objective never ran the ablation: that row says so instead of a number.
+    assert "no run of sparsity-ablation with the faithful objective" in table
+
+
+def test_an_interrupted_run_is_resumed_and_the_plan_says_what_is_left(study, tmp_path):
+    out = tmp_path / "out"
+    runs = plan(study, short=True, seeds=[0])
+    run_study(study, runs, out, fake_runtime([], stop_after=1), io.StringIO())
+    assert {run_state(r, out) for r in runs} == {PARTIAL}
+    lines = describe_plan(study, runs, out, short=True)
+    assert "interrupted" in lines[1] and lines[-1].startswith("0 of 4 done; to run: 4")
+    calls = []
+    run_study(study, runs, out, fake_runtime(calls), io.StringIO())
+    assert all(resume for _, resume in calls) and {run_state(r, out) for r in runs} == {DONE}
+    # Continued, not restarted: rounds 1 and 2 once each.
+    assert [r.round for r in RunDirectory(out / runs[0].folder).read_rounds()] == [1, 2]
+    assert digest_run(out / runs[0].folder, "smoke").rounds == [1, 2]
+    assert describe_plan(study, runs, out, short=True)[-1].startswith("4 of 4 done; to run: 0")
+
+
+def test_a_folder_of_other_settings_or_not_a_run_is_refused(study, tmp_path):
+    out = tmp_path / "out"
+    runs = plan(study, short=True, seeds=[0])
+    assert run_state(runs[0], out) == NEW
+    run_study(study, runs[:1], out, fake_runtime([]), io.StringIO())
+    changed = plan(Study.load(str(study.path)), short=False, seeds=[0])[0]  # same folder name, other settings
+    with pytest.raises(ConfigError, match="other settings"):
+        run_state(changed, out)
+    (out / runs[1].folder).mkdir(parents=True)
+    (out / runs[1].folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a fedmi run"):
+        run_state(runs[1], out)
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("seeds = [0, 0]\n[[experiment]]\nname = 'smoke'", "distinct"),
+        ("objectives = ['best']\n[[experiment]]\nname = 'smoke'", "objectives"),
+        ("colour = 1\n[[experiment]]\nname = 'smoke'", "unknown key"),
+        ("seeds = [0]", "at least one"),
+        (
+            "[[experiment]]\nname = 'smoke'\n[[claim]]\nid='x'\ntext='t'\nsection='s'\nexperiment='iid'\n"
+            "metric='m'\ntest='at-most'\nvalue=1",
+            "does not run: iid",
+        ),
+    ],
+)
+def test_a_malformed_study_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Study.load(str(path))
+
+
+def test_the_bundled_paper_study_plans_every_experiment_of_the_paper(capsys):
+    study = Study.load("paper")
+    assert {e.name for e in study.entries} == {
+        "iid",
+        "noniid-1class",
+        "noniid-2class",
+        "noniid-3class",
+        "shared-class",
+        "sparsity-ablation",
+    }
+    assert study.objectives == ("paper", "faithful") and study.seeds == (0, 1, 2)
+    short = plan(study, short=True)
+    assert all(r.minutes is not None for r in short) and all(r.config.rounds >= 3 for r in short)
+    assert main(["study", "paper", "--short", "--dry-run", "--out", "/nonexistent/study"]) == 0
+    printed = capsys.readouterr().out
+    assert f"0 of {len(short)} done; to run: {len(short)}" in printed and "iid-faithful-seed=2" in printed
+
+
+def test_fedmi_claims_updates_a_page(study, tmp_path, capsys):
+    out = tmp_path / "out"
+    run_study(study, plan(study, short=True), out, fake_runtime([]), io.StringIO())
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{BEGIN}\n{END}\noutro\n")
+    assert main(["claims", str(study.path), str(out / "digests"), "--update", str(page)]) == 0
+    assert "| accuracy above a half |" in page.read_text() and page.read_text().endswith(f"{END}\noutro\n")
+    assert main(["claims", str(study.path), str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
