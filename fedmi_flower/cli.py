@@ -503,7 +503,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
     study = Study.load(args.study)
     digests = read_digests(args.digests)
-    table = claims_table(evaluate_all(study.claims, digests, study.objectives))
+    table = claims_table(evaluate_all(study.claims, digests, study.objectives_of))
     if args.update:
         target = Path(args.update)
         target.write_text(replace_table(target.read_text(), table, str(target)))

@@ -42,6 +42,7 @@ from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import Failure, RoundRecord, SilentClient
 from fedmi_flower.wire.protocol import fit_instructions
 
+from .counting_proxy import CountingProxy
 from .seeded_client_manager import SeededClientManager
 
 Result = tuple[ClientProxy, FitRes]
@@ -160,7 +161,9 @@ class CircuitAnalysisMixin:
         self._sampled = [proxy.cid for proxy, _ in pairs]
         # Every sampled node's partition, so that a result claiming another's is caught (asked once per node).
         sampler.partitions({proxy.cid: proxy for proxy, _ in pairs})
-        return [(proxy, FitIns(ins.parameters, {**ours, **ins.config})) for proxy, ins in pairs]
+        self.recorder.progress.start(rnd, len(pairs), began=self.recorder.round_started)
+        done = self.recorder.progress.client_done
+        return [(CountingProxy(proxy, done), FitIns(ins.parameters, {**ours, **ins.config})) for proxy, ins in pairs]
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

@@ -170,7 +170,10 @@ class CircuitMessageMixin:
             chosen = [node_of[pid] for pid in sample_partitions(self.experiment.seed, rnd, list(node_of), wanted)]
         self._sampled = chosen
         ours = ConfigRecord({**fit_instructions(self.experiment, rnd), **dict(config)})
-        return super().configure_train(rnd, arrays, ours, _SampledGrid(grid, chosen))  # type: ignore[misc]
+        messages = list(super().configure_train(rnd, arrays, ours, _SampledGrid(grid, chosen)))  # type: ignore[misc]
+        # The Message API hands the replies over all at once: the live line counts no clients while they train.
+        self.recorder.progress.start(rnd, len(messages), counted=False, began=self.recorder.round_started)
+        return messages
 
     def ask_partitions(self, grid: Grid, nodes: list[int]) -> dict[int, int]:
         """Each node's partition id (asked once per node, all at once); nodes that claim one partition together

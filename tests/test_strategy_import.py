@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from fedmi_flower.analysis.progress import PROGRESS_MARK
+from fedmi_flower.apps.live_line import CLEAR_LINE
 from fedmi_flower.config import ConfigError, load_experiment
 from fedmi_flower.records.results import RunDirectory
 
@@ -55,6 +60,37 @@ def fedmi_in(folder: Path, *args: str, timeout: int = 600) -> subprocess.Complet
     )
 
 
+def fedmi_on_terminal(folder: Path, *args: str, timeout: int = 600) -> tuple[int, str]:
+    """``fedmi_in`` with a pseudo-terminal for stdout and stderr, as a user's shell gives it; returns what it drew."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"COLUMNS": "200"}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmi_flower.cli", *args],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    drawn, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # the terminal closed: the process and everything it started are gone
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        elif proc.poll() is not None:
+            break
+    else:
+        proc.kill()
+    os.close(master)
+    return proc.wait(), drawn.decode(errors="replace")
+
+
 def layout(value: object) -> object:
     """A record's keys, recursively; a table keyed by class or client is one leaf (which classes it holds is data)."""
     if isinstance(value, dict) and not all(str(k).isdigit() for k in value):
@@ -72,7 +108,7 @@ def user_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def user_run(user_folder, mnist_root) -> Path:
     out = user_folder / "runs" / "loud"
-    proc = fedmi_in(
+    code, drawn = fedmi_on_terminal(
         user_folder,
         "run",
         "smoke",
@@ -85,8 +121,22 @@ def user_run(user_folder, mnist_root) -> Path:
         "--data-root",
         mnist_root,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert code == 0, drawn[-3000:]
+    (user_folder / "terminal.txt").write_text(drawn)
     return out
+
+
+def test_a_terminal_shows_a_live_line_while_the_round_runs_and_no_log_keeps_it(user_folder, user_run):
+    drawn = (user_folder / "terminal.txt").read_text()
+    # Drawn in place (back to the line's start, erased) while clients train, each client counted as it returns,
+    # then the server's steps; erased before the round's own line, which stays.
+    for live in ("round 1/1 | training: 0/2 clients done", "training: 1/2 clients done", "server: global discovery"):
+        assert CLEAR_LINE + live in drawn, live
+    assert drawn.index("training: 1/2 clients done") < drawn.index("server: global discovery")
+    assert CLEAR_LINE + "[round 1/1] 2/2 clients" in drawn and PROGRESS_MARK not in drawn
+    for log in ("run.log", "runtime.log"):
+        text = (user_run / log).read_text()
+        assert "clients done" not in text and PROGRESS_MARK not in text, log
 
 
 def test_a_users_fedavg_subclass_runs_by_import_path(user_run):
@@ -117,6 +167,9 @@ def test_flowers_message_api_fedprox_runs_by_import_path_with_the_same_layout(us
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[round 1/1] 2/2 clients" in proc.stdout
+    # Off a terminal the live line is not drawn at all: a pipe holds the run's lines and nothing else.
+    assert "clients done" not in proc.stdout + proc.stderr and CLEAR_LINE not in proc.stdout
+    assert PROGRESS_MARK not in proc.stdout + proc.stderr
     log = (out / "run.log").read_text()
     assert "Starting CircuitFedProx strategy" in log and "Proximal mu: 0.5" in log
     assert RunDirectory(out).read_strategy() == {

@@ -202,6 +202,8 @@ class RoundAnalyst:
         self.client_rows = client_rows
         self.population_counts = list(population_counts) if population_counts is not None else None
         self.reference = reference
+        self.on_step: Callable[[str], None] = lambda name: None
+        """Told the name of every analysis step as it begins (the live progress line)."""
         self._control: GlobalEntry | None = None
         self._label_control: GlobalEntry | None = None
         # partition id -> classes whose circuit in its last report was degenerate
@@ -666,6 +668,7 @@ class RoundAnalyst:
 
         def step(name: str, run: Callable[[], T], fallback: T) -> T:
             """Run one optional analysis step, timed into ``timings.<name>``; a failure costs that step only."""
+            self.on_step(name.replace("_", " "))
             t0 = time.perf_counter()
             try:
                 return run()
@@ -676,6 +679,7 @@ class RoundAnalyst:
                 setattr(timings, name, time.perf_counter() - t0)
 
         # Global discovery and scoring are the round's analysis: their failure is the record's analysis_error.
+        self.on_step("global discovery")
         t0 = time.perf_counter()
         global_circuits, learned, present = self.discover_scored(
             model, self.probe, classes, "server-discovery", server_round
@@ -684,6 +688,7 @@ class RoundAnalyst:
         floor = step(
             Step.NOISE_FLOOR, lambda: self.noise_floor(model, global_circuits, server_round, reports), NoiseFloor()
         )
+        self.on_step("evaluation")
         t0 = time.perf_counter()
         global_scores, cross = self.score(model, global_circuits, reports)
         global_entry = self.global_entry(model, global_circuits, global_scores)

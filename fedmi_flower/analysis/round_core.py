@@ -24,6 +24,7 @@ import numpy as np
 import torch.nn as nn
 
 from fedmi_flower.analysis.counterfactual import Reaggregate
+from fedmi_flower.analysis.progress import RoundProgress
 from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import Checkpoint, RunDirectory
@@ -257,6 +258,8 @@ class RoundRecorder:
         self.run_dir = run_dir
         self.listeners = list(listeners)
         self.round_started = time.perf_counter()
+        self.progress = RoundProgress(experiment.rounds)
+        analyst.on_step = self.progress.phase
 
     def start_round(self) -> None:
         """Mark the start of a round (its ``timings.round`` counts from here)."""
@@ -281,6 +284,7 @@ class RoundRecorder:
             logger.warning(
                 "round %d: not aggregated (%s); the global model is unchanged", rnd, outcome.not_aggregated_because
             )
+        self.progress.phase("aggregating")
         model = make_model(self.experiment)
         set_weights(model, outcome.arrays)
         model.to(self.analyst.evaluation.images.device)
@@ -315,6 +319,7 @@ class RoundRecorder:
         self.run_dir.write_checkpoint(
             Checkpoint(rnd, outcome.arrays, outcome.strategy_state, self.analyst.state_dict(), self.experiment.seed)
         )
+        self.progress.end()
         self.notify(rnd, record)
         return record
 

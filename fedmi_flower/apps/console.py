@@ -18,6 +18,7 @@ from typing import TextIO
 
 from flwr.common.logger import FLOWER_LOGGER, console_handler
 
+from fedmi_flower.analysis.progress import PROGRESS_KEY
 from fedmi_flower.strategies import CONSOLE_KEY
 
 RUN_LOG = "run.log"
@@ -51,7 +52,7 @@ class QuietConsole(logging.StreamHandler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, CONSOLE_KEY, False):
+        if getattr(record, CONSOLE_KEY, False) or getattr(record, PROGRESS_KEY, False):
             return super().emit(record)
         if record.levelno < logging.WARNING or is_client_exception(record):
             return None
@@ -80,6 +81,7 @@ def install_console(run_dir: Path, verbose: bool = False) -> Callable[[], None]:
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setLevel(logging.DEBUG if verbose else logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    to_file.addFilter(lambda record: not getattr(record, PROGRESS_KEY, False))  # live-line updates are no log
     stream = console_handler.stream
     terminal = bool(getattr(stream, "isatty", lambda: False)())
     replacement: logging.Handler | None = None

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+from fedmi_flower.analysis.progress import decode
 from fedmi_flower.apps.app_folder import write_app_folder
+from fedmi_flower.apps.live_line import StreamEcho
 from fedmi_flower.apps.memory import return_large_blocks_to_os
 from fedmi_flower.apps.processes import (
     ANSI_CODE,
@@ -201,8 +205,13 @@ class SimulationRuntime(FlowerProcesses):
         return " ".join(f"{key}={json.dumps(value)}" for key, value in options.items())
 
     def _follow(self, command: list[str]) -> tuple[list[str], str | None]:
-        """Run ``flwr run --stream``, echoing the run's console; return the stream's lines and the run id."""
+        """Run ``flwr run --stream``, echoing the run's console; return the stream's lines and the run id.
+
+        The stream is read on a thread of its own, so that the live progress line's elapsed time
+        moves on between the run's updates (:class:`~fedmi_flower.apps.console.StreamEcho`).
+        """
         terminal = sys.stdout.isatty()
+        echo = StreamEcho(sys.stdout, terminal)
         transcript: list[str] = []
         run_id = None
         started = False
@@ -216,15 +225,38 @@ class SimulationRuntime(FlowerProcesses):
             text=True,
             start_new_session=True,
         )
-        assert self._running.stdout is not None
-        for raw in self._running.stdout:
-            line = ANSI_CODE.sub("", raw.rstrip("\n"))
-            transcript.append(line)
-            if run_id is None and (found := STARTED_RUN.search(line)):
-                run_id = found.group(1)
-            started = started or SERVERAPP_STARTED in line
-            if started or self.verbose:
-                print(raw.rstrip("\n") if terminal else line, flush=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        stdout = self._running.stdout
+        assert stdout is not None
+
+        def read() -> None:
+            for raw in stdout:
+                lines.put(raw)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True, name="fedmi-stream").start()
+        try:
+            while True:
+                try:
+                    raw = lines.get(timeout=1.0)
+                except queue.Empty:
+                    echo.tick()
+                    continue
+                if raw is None:
+                    break
+                line = ANSI_CODE.sub("", raw.rstrip("\n"))
+                if decode(line) is not None:  # a live-line update: for the terminal only, never the transcript
+                    if started:
+                        echo.line(line)
+                    continue
+                transcript.append(line)
+                if run_id is None and (found := STARTED_RUN.search(line)):
+                    run_id = found.group(1)
+                started = started or SERVERAPP_STARTED in line
+                if started or self.verbose:
+                    echo.line(raw.rstrip("\n") if terminal else line)
+        finally:
+            echo.close()
         self._running.wait()
         self._running = None
         return transcript, run_id

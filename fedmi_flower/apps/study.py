@@ -79,6 +79,11 @@ class Study:
     claims: tuple[Claim, ...]
     path: Path
 
+    @property
+    def objectives_of(self) -> dict[str, tuple[str, ...]]:
+        """Experiment -> the objectives the study runs it with."""
+        return {e.name: e.objectives or self.objectives for e in self.entries}
+
     @classmethod
     def load(cls, name_or_path: str) -> Study:
         """Read a study by name (``paper``) or TOML path, with errors naming the key and the fix."""
@@ -268,7 +273,7 @@ def default_study_dir(study: Study, short: bool) -> Path:
 def write_claims(study: Study, runs: Sequence[PlannedRun], out: Path) -> Path:
     """``OUT/claims.md``: the generated claim table over the digests written so far, with the study's state."""
     digests = read_digests([out / DIGESTS]) if (out / DIGESTS).is_dir() else []
-    results = evaluate_all(study.claims, digests, study.objectives)
+    results = evaluate_all(study.claims, digests, study.objectives_of)
     seconds = [d.seconds for d in digests if d.seconds is not None]
     text = (
         f"# Study {study.name}: the claims, judged\n\n{study.description}\n\n"

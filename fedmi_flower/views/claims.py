@@ -50,6 +50,8 @@ class Guard:
     metric: str
     below: float | None = None
     above: float | None = None
+    why: str = ""
+    """What a triggered guard means, in words (``every circuit degenerate``)."""
 
     def triggered(self, measured: float) -> bool:
         if math.isnan(measured):
@@ -58,7 +60,7 @@ class Guard:
 
     def describe(self, measured: float) -> str:
         side = f"< {self.below:g}" if self.below is not None else f"> {self.above:g}"
-        return f"{self.metric} {measured:.2f} {side}"
+        return f"{self.metric} {measured:.2f} {side}" + (f": {self.why}" if self.why else "")
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,16 @@ class Claim:
             raise ClaimError(f"{where} {name!r}: source must be paper or package")
         guards = []
         for g in table.get("artefact_if", []):
-            if not isinstance(g, Mapping) or "metric" not in g or ("below" in g) == ("above" in g):
+            if (
+                not isinstance(g, Mapping)
+                or "metric" not in g
+                or ("below" in g) == ("above" in g)
+                or set(g) - {"metric", "below", "above", "why"}
+            ):
                 raise ClaimError(
                     f"{where} {name!r}: each artefact_if is {{metric = ..., below = X}} or {{metric = ..., above = X}}"
                 )
-            guards.append(Guard(str(g["metric"]), g.get("below"), g.get("above")))
+            guards.append(Guard(str(g["metric"]), g.get("below"), g.get("above"), str(g.get("why", ""))))
         values = {k: v for k, v in table.items() if k != "artefact_if"}
         if "than" in values:
             values["than"] = dict(values["than"])
@@ -265,9 +272,14 @@ def _along_sweep(claim: Claim, runs: Sequence[RunDigest], result: ClaimResult) -
     return _guarded(claim, runs, result)
 
 
-def evaluate_all(claims: Sequence[Claim], digests: Sequence[RunDigest], objectives: Sequence[str]) -> list[ClaimResult]:
-    """Every claim on every objective it concerns, in the claims' order."""
-    return [evaluate(c, digests, o) for c in claims for o in ([c.objective] if c.objective else objectives)]
+def evaluate_all(
+    claims: Sequence[Claim], digests: Sequence[RunDigest], objectives: Mapping[str, Sequence[str]]
+) -> list[ClaimResult]:
+    """Every claim on every objective its experiment ran with (``objectives``: experiment -> objectives), in the
+    claims' order; a claim that fixes its objective, on that one only."""
+    return [
+        evaluate(c, digests, o) for c in claims for o in ([c.objective] if c.objective else objectives[c.experiment])
+    ]
 
 
 def _number(v: float) -> str:
