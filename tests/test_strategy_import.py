@@ -122,15 +122,19 @@ def user_run(user_folder, mnist_root) -> Path:
         mnist_root,
     )
     assert code == 0, drawn[-3000:]
-    (user_folder / "terminal.txt").write_text(drawn)
+    (user_folder / "terminal.txt").write_bytes(drawn.encode())  # bytes: a text read would turn each \r into \n
     return out
 
 
 def test_a_terminal_shows_a_live_line_while_the_round_runs_and_no_log_keeps_it(user_folder, user_run):
-    drawn = (user_folder / "terminal.txt").read_text()
+    drawn = (user_folder / "terminal.txt").read_bytes().decode()
     # Drawn in place (back to the line's start, erased) while clients train, each client counted as it returns,
     # then the server's steps; erased before the round's own line, which stays.
-    for live in ("round 1/1 | training: 0/2 clients done", "training: 1/2 clients done", "server: global discovery"):
+    for live in (
+        "round 1/1 | training: 0/2 clients done",
+        "round 1/1 | training: 1/2 clients done",
+        "round 1/1 | server: global discovery (2 of 2 updates in)",
+    ):
         assert CLEAR_LINE + live in drawn, live
     assert drawn.index("training: 1/2 clients done") < drawn.index("server: global discovery")
     assert CLEAR_LINE + "[round 1/1] 2/2 clients" in drawn and PROGRESS_MARK not in drawn

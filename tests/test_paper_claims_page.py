@@ -1,0 +1,32 @@
+"""docs/paper-claims.md's table is what `fedmi claims` makes from the digests committed beside it, to the character."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedmi_flower.apps.study import Study
+from fedmi_flower.records.digest import read_digests
+from fedmi_flower.views.claims import BEGIN, END, claims_table, evaluate_all, replace_table
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "paper-claims.md"
+DIGESTS = ROOT / "docs" / "claims" / "paper-short"
+
+
+def test_the_committed_claims_table_is_generated_from_the_committed_digests():
+    study = Study.load("paper")
+    digests = read_digests([DIGESTS])
+    assert len(digests) >= len(study.entries), f"{DIGESTS} holds {len(digests)} digests; the study has more experiments"
+    assert {d.experiment for d in digests} == {e.name for e in study.entries}, "a digest per experiment of the study"
+    page = PAGE.read_text()
+    table = claims_table(evaluate_all(study.claims, digests, study.objectives_of))
+    assert page.count(BEGIN) == 1 and page.count(END) == 1
+    assert replace_table(page, table) == page, (
+        "docs/paper-claims.md's table is not what its digests make: "
+        "run `fedmi claims paper docs/claims/paper-short --update docs/paper-claims.md`"
+    )
+    # Every claim of the study has a row: none is dropped on the way to the page.
+    rows = [
+        line for line in page.split(BEGIN)[1].split(END)[0].splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert len(rows) - 1 == sum(len(study.objectives_of[c.experiment]) for c in study.claims)
