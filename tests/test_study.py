@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -403,3 +404,21 @@ def test_fedmi_claims_updates_a_page(study, tmp_path, capsys):
     assert "| accuracy above a half |" in page.read_text() and page.read_text().endswith(f"{END}\noutro\n")
     assert main(["claims", str(study.path), str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_study_continues_from_digests_alone_when_their_settings_are_the_runs(study, tmp_path):
+    first = tmp_path / "first"
+    runs = plan(study, short=True, seeds=[0])
+    run_study(study, runs, first, fake_runtime([]), io.StringIO())
+    # Another machine, or a later checkout: the run folders are gone, the digests came along.
+    second = tmp_path / "second"
+    shutil.copytree(first / "digests", second / "digests")
+    assert {run_state(r, second) for r in runs} == {DONE}
+    calls = []
+    run_study(study, runs, second, fake_runtime(calls), io.StringIO())
+    assert calls == [] and "4 of 4 runs done" in (second / "claims.md").read_text()
+    # A digest of other settings (the study's shorter settings changed since) is not this run's.
+    stale = RunDigest.read(second / "digests" / f"{runs[0].folder}.json")
+    stale.settings = {**stale.settings, "rounds": 9}
+    stale.write(second / "digests" / f"{runs[0].folder}.json")
+    assert run_state(runs[0], second) == NEW and run_state(runs[1], second) == DONE

@@ -204,11 +204,18 @@ def _full_minutes(config: ExperimentConfig, points: int) -> float | None:
 
 
 def run_state(run: PlannedRun, out: Path) -> str:
-    """Whether the run is done, interrupted (its folder holds some rounds) or new; refuse a folder of other settings."""
+    """Whether the run is done, interrupted (its folder holds some rounds) or new; refuse a folder of other settings.
+
+    A run whose folder is gone is done when its digest is of the same settings: a study continues
+    from digests alone (copied from an earlier machine, or committed).
+    """
     folder = RunDirectory(out / run.folder)
     if not (folder.path / "config.toml").is_file():
         if folder.path.exists() and any(folder.path.iterdir()):
             folder.check_new()  # a folder that is not a run: its own error
+        digest = _digest_path(out, run)
+        if digest.is_file() and RunDigest.read(digest).settings == settings(run.config):
+            return DONE
         return NEW
     theirs, ours = settings(folder.read_config()), settings(run.config)
     if theirs != ours:
@@ -300,9 +307,12 @@ def run_study(
     states = {r.folder: run_state(r, out) for r in runs}
     minutes = expected_minutes(runs, out)
     todo = [r for r in runs if states[r.folder] != DONE]
-    for run in runs:  # finished runs of an earlier call whose digest was lost
-        if states[run.folder] == DONE and not _digest_path(out, run).is_file():
-            digest_run(out / run.folder, run.entry.name, run.point).write(_digest_path(out, run))
+    for run in runs:  # finished runs whose digest was lost, or lacks what a study now keeps
+        path = _digest_path(out, run)
+        kept = RunDigest.read(path) if path.is_file() else None
+        if states[run.folder] == DONE and (kept is None or kept.settings is None):
+            seconds = kept.seconds if kept is not None else None
+            digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(path)
     failed: list[str] = []
     began = time.perf_counter()
     for i, run in enumerate(todo):

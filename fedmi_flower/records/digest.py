@@ -25,6 +25,7 @@ import numpy as np
 
 from fedmi_flower.records.results import RunDirectory, atomic_write
 from fedmi_flower.records.round_record import RoundRecord, RoundSummary
+from fedmi_flower.records.series import settings
 from fedmi_flower.science.verdicts import VERDICTS
 
 DIGEST_FILE = "digest.json"
@@ -88,6 +89,9 @@ class RunDigest:
         Scalar name -> one value per round (NaN where not analysed).
     seconds : float or None
         Wall time of the run, when the study measured it.
+    settings : dict or None
+        The run's config as flat dotted keys (``records.series.settings``): a study knows by them that a
+        digest is of the run it plans, without the run's folder (a study continued from committed digests).
     """
 
     name: str
@@ -98,6 +102,7 @@ class RunDigest:
     rounds: list[int] = field(default_factory=list)
     scalars: dict[str, list[float]] = field(default_factory=dict)
     seconds: float | None = None
+    settings: dict[str, Any] | None = None
 
     def series(self, metric: str) -> np.ndarray:
         """One scalar over rounds; a ``"a / b"`` metric is the ratio of the two, round by round."""
@@ -122,6 +127,7 @@ class RunDigest:
             "seed": self.seed,
             "point": self.point,
             "seconds": self.seconds,
+            "settings": self.settings,
             "rounds": self.rounds,
             "scalars": {k: [safe(v) for v in vs] for k, vs in sorted(self.scalars.items())},
         }
@@ -150,6 +156,7 @@ class RunDigest:
                 rounds=rounds,
                 scalars=scalars,
                 seconds=None if data.get("seconds") is None else float(data["seconds"]),
+                settings=dict(data["settings"]) if data.get("settings") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as err:
             raise DigestError(f"{source}: not a run digest ({err}); delete it and digest its run again") from None
@@ -193,6 +200,7 @@ def digest_run(
         rounds=[r.round for r in records],
         scalars={k: [row[k] for row in rows] for k in names},
         seconds=seconds,
+        settings=settings(config),
     )
 
 
