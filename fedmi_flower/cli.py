@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -471,23 +472,33 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     from fedmi_flower.apps.preflight import check_devices, preflight
+    from fedmi_flower.apps.study import gpu_shares, run_study
 
+    gpu_shares(runs, args.parallel)
     todo = [r for r in runs if run_state(r, out) != "done"]
     for run in todo:
         check_devices(run.config)
         preflight(run.config)
     from fedmi_flower.apps.simulation import SimulationRuntime
-    from fedmi_flower.apps.study import run_study
 
-    current = out
-    with _interruptible(lambda: current), SimulationRuntime(args.verbose) as runtime:
+    # One runtime (a SuperLink and its Ray) per concurrent run, started on first use, all stopped at the end.
+    runtimes: dict[int, SimulationRuntime] = {}
+    lock = threading.Lock()
 
-        def run_one(run: Any, folder: Path, resume: bool) -> None:
-            nonlocal current
-            current = folder
-            runtime.run(run.config, folder, args.data_root, resume)
+    def run_one(run: Any, folder: Path, resume: bool) -> None:
+        with lock:
+            runtime = runtimes.get(threading.get_ident())
+            if runtime is None:
+                runtime = runtimes[threading.get_ident()] = SimulationRuntime(args.verbose, echo=args.parallel == 1)
+                runtime.start()
+        runtime.run(run.config, folder, args.data_root, resume)
 
-        failed = run_study(study, runs, out, run_one, sys.stdout) if todo else []
+    try:
+        with _interruptible(lambda: out):
+            failed = run_study(study, runs, out, run_one, sys.stdout, args.parallel) if todo else []
+    finally:
+        for runtime in runtimes.values():
+            runtime.stop()
     claims = write_claims(study, runs, out)
     print(
         f"fedmi study: {len(runs) - len(failed)} of {len(runs)} runs done ({study_seconds(out) / 60:.1f} min of runs); "
@@ -527,6 +538,14 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
         "--out", help="the study's folder (default: runs/study-NAME[-short]; a second call continues it)"
     )
     study.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the study's")
+    study.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at once (each its own SuperLink and Ray; clients asking for a GPU share one): "
+        "for a GPU, or more cores than one run uses (default: 1)",
+    )
     study.add_argument("--data-root", help="folder holding the datasets (default: $FEDMI_DATA_ROOT, else ./data)")
     study.add_argument("--verbose", action="store_true", help="Flower's debug logging")
     study.set_defaults(func=_cmd_study)

@@ -7,11 +7,13 @@ import io
 import json
 import math
 import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from fedmi_flower.apps.study import DONE, NEW, PARTIAL, Study, describe_plan, plan, run_state, run_study
+from fedmi_flower.apps.study import DONE, NEW, PARTIAL, Study, describe_plan, gpu_shares, plan, run_state, run_study
 from fedmi_flower.cli import main
 from fedmi_flower.config import ConfigError
 from fedmi_flower.records.digest import DigestError, RunDigest, digest_run, holding_counts, read_digests
@@ -422,3 +424,48 @@ def test_a_study_continues_from_digests_alone_when_their_settings_are_the_runs(s
     stale.settings = {**stale.settings, "rounds": 9}
     stale.write(second / "digests" / f"{runs[0].folder}.json")
     assert run_state(runs[0], second) == NEW and run_state(runs[1], second) == DONE
+
+
+def test_runs_go_several_at_once_and_share_a_gpu(study, tmp_path):
+    out = tmp_path / "out"
+    runs = plan(study, short=True)
+    running, most, lock = set(), [0], threading.Lock()
+    write = fake_runtime([])
+
+    def run_one(run, folder, resume):
+        with lock:
+            running.add(run.folder)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.2)  # long enough for the other worker to start its own
+        write(run, folder, resume)
+        with lock:
+            running.discard(run.folder)
+
+    failed = run_study(study, runs, out, run_one, io.StringIO(), parallel=3)
+    assert failed == [] and most[0] == 3 and {run_state(r, out) for r in runs} == {DONE}
+    assert len(read_digests([out / "digests"])) == len(runs)
+    # Every digest is whole, though three threads wrote them: the table covers all eight runs.
+    assert "8 of 8 runs done" in (out / "claims.md").read_text()
+    with pytest.raises(ConfigError, match="at least one"):
+        run_study(study, runs, out, run_one, io.StringIO(), parallel=0)
+    # Clients that ask for a GPU get a share small enough for every client of three concurrent runs.
+    gpu = plan(study, short=True)
+    gpu[0].config.resources.client_gpus = 1.0
+    gpu_shares(gpu, parallel=3)
+    assert gpu[0].config.resources.client_gpus == pytest.approx(1 / (3 * gpu[0].config.clients))
+    assert gpu[1].config.resources.client_gpus == 0.0  # a CPU run stays one
+
+
+def test_an_interrupt_stops_a_parallel_study_without_waiting_for_its_queue(study, tmp_path):
+    started = []
+
+    def run_one(run, folder, resume):
+        started.append(run.folder)
+        if len(started) == 1:
+            raise KeyboardInterrupt  # Ctrl-C, as the signal handler raises it
+        time.sleep(0.5)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, plan(study, short=True), tmp_path / "out", run_one, io.StringIO(), parallel=2)
+    time.sleep(1.0)
+    assert len(started) <= 3  # the queue's other runs never start

@@ -71,6 +71,9 @@ class SimulationRuntime(FlowerProcesses):
         Flower's own lines (and its debug level) on the console, and the Ray clients' output.
     startup_timeout : float
         Seconds to wait for the SuperLink to listen.
+    echo : bool
+        Echo the run's console (off where several runs go at once: their lines would interleave; each
+        run's ``runtime.log`` still holds its own).
 
     Examples
     --------
@@ -78,8 +81,9 @@ class SimulationRuntime(FlowerProcesses):
     ...     runtime.run(load_experiment("quickstart"), "runs/q")
     """
 
-    def __init__(self, verbose: bool = False, startup_timeout: float = 60.0) -> None:
+    def __init__(self, verbose: bool = False, startup_timeout: float = 60.0, echo: bool = True) -> None:
         self.verbose = verbose
+        self.echo = echo
         self.startup_timeout = startup_timeout
         self.workdir: Path | None = None
         self._superlink: subprocess.Popen | None = None
@@ -246,14 +250,14 @@ class SimulationRuntime(FlowerProcesses):
                     break
                 line = ANSI_CODE.sub("", raw.rstrip("\n"))
                 if decode(line) is not None:  # a live-line update: for the terminal only, never the transcript
-                    if started:
+                    if started and self.echo:
                         echo.line(line)
                     continue
                 transcript.append(line)
                 if run_id is None and (found := STARTED_RUN.search(line)):
                     run_id = found.group(1)
                 started = started or SERVERAPP_STARTED in line
-                if started or self.verbose:
+                if self.echo and (started or self.verbose):
                     echo.line(raw.rstrip("\n") if terminal else line)
         finally:
             echo.close()

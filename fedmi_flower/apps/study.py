@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -298,12 +300,17 @@ def run_study(
     out: Path,
     run_one: Callable[[PlannedRun, Path, bool], None],
     echo: TextIO,
+    parallel: int = 1,
 ) -> list[str]:
     """Run every run not yet done with ``run_one(run, folder, resume)``; digest each and rewrite the claims.
 
-    Returns the folders of the runs that failed (the study goes on past them; their error is in
-    their folder's log and on ``echo``).
+    ``parallel`` runs go at once, each on a thread of its own (``run_one`` must then give each
+    thread its own runtime); one at a time, the runs go on the calling thread. Returns the folders
+    of the runs that failed (the study goes on past them; their error is in their folder's log and
+    on ``echo``).
     """
+    if parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: run at least one run at a time")
     states = {r.folder: run_state(r, out) for r in runs}
     minutes = expected_minutes(runs, out)
     todo = [r for r in runs if states[r.folder] != DONE]
@@ -314,31 +321,59 @@ def run_study(
             seconds = kept.seconds if kept is not None else None
             digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(path)
     failed: list[str] = []
+    finished: list[str] = []
     began = time.perf_counter()
-    for i, run in enumerate(todo):
-        left = [minutes[r.folder] for r in todo[i:]]
-        eta = sum(m for m in left if m is not None)
-        print(
-            f"fedmi study: {len(runs) - len(todo) + i} of {len(runs)} runs done, "
-            f"{time.perf_counter() - began:.0f} s so far, ~{eta:.0f} min to go; "
-            f"{'resuming' if states[run.folder] == PARTIAL else 'running'} {run.folder}",
-            file=echo,
-            flush=True,
-        )
+    lock = threading.Lock()  # one run's bookkeeping at a time: the claims page reads every digest
+
+    def one(i: int, run: PlannedRun) -> None:
+        with lock:
+            eta = sum(m for m in (minutes[r.folder] for r in todo[i:]) if m is not None) / parallel
+            print(
+                f"fedmi study: {len(runs) - len(todo) + len(finished)} of {len(runs)} runs done, "
+                f"{time.perf_counter() - began:.0f} s so far, ~{eta:.0f} min to go; "
+                f"{'resuming' if states[run.folder] == PARTIAL else 'running'} {run.folder}",
+                file=echo,
+                flush=True,
+            )
         started = time.perf_counter()
         try:
             run_one(run, out / run.folder, states[run.folder] == PARTIAL)
         except Exception as err:  # one failed run does not stop the study; a second call retries it
             if isinstance(err, ConfigError):
                 raise
-            failed.append(run.folder)
-            print(f"fedmi study: {run.folder} failed: {str(err).splitlines()[0]}", file=echo, flush=True)
-            continue
+            with lock:
+                failed.append(run.folder)
+                print(f"fedmi study: {run.folder} failed: {str(err).splitlines()[0]}", file=echo, flush=True)
+            return
         seconds = time.perf_counter() - started
-        digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(_digest_path(out, run))
-        write_claims(study, runs, out)
+        with lock:
+            digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(_digest_path(out, run))
+            finished.append(run.folder)
+            write_claims(study, runs, out)
+
+    if parallel == 1:
+        for i, run in enumerate(todo):
+            one(i, run)
+    else:
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fedmi-study")
+        try:
+            for future in [pool.submit(one, i, run) for i, run in enumerate(todo)]:
+                future.result()
+        finally:
+            # Ctrl-C: queued runs never start, and the caller stops the runtimes the running ones are on,
+            # which ends their threads; waiting for them here would wait for their runs.
+            pool.shutdown(wait=False, cancel_futures=True)
     write_claims(study, runs, out)
-    return failed
+    return sorted(failed, key=[r.folder for r in todo].index)
+
+
+def gpu_shares(runs: Sequence[PlannedRun], parallel: int) -> None:
+    """Runs that go ``parallel`` at once share one GPU: each client that asks for a GPU (``resources.client_gpus``)
+    gets at most ``1 / (parallel x clients)`` of it, so that every client of every concurrent run fits."""
+    for run in runs:
+        asked = run.config.resources.client_gpus
+        if asked > 0:
+            run.config.resources.client_gpus = min(asked, 1.0 / (parallel * run.config.clients))
 
 
 def study_seconds(out: Path) -> float:
