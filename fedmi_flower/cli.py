@@ -13,7 +13,7 @@ fedmi report RUN_DIR... [--out FILE_OR_DIR]
 fedmi view RUN_DIR... [--out FILE_OR_DIR]
 fedmi tensorboard RUN_DIR... --logdir DIR
 fedmi frontier RUN_DIR [--round N] [--lambdas L,L,...]
-fedmi study NAME [--short] [--dry-run] [--out DIR] [--seeds 0,1,2] [--data-root DIR]
+fedmi study NAME [--short] [--dry-run] [--out DIR] [--seeds 0,1,2] [--parallel N] [--set KEY=VALUE ...]
 fedmi claims NAME DIGESTS... [--update FILE]
 """
 
@@ -465,7 +465,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
         raise ConfigError("name a study (`fedmi study --list` shows the bundled ones) or a study TOML file")
     study = Study.load(args.study)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    runs = plan(study, args.short, seeds)
+    overrides = dict(parse_override(text) for text in args.set)
+    if {"seed", "discovery.objective"} & set(overrides):
+        raise ConfigError("a study sets seed and discovery.objective itself: use --seeds, or its objectives")
+    runs = plan(study, args.short, seeds, overrides)
     out = Path(args.out) if args.out else default_study_dir(study, args.short)
     for line in describe_plan(study, runs, out, args.short):  # every folder checked before anything runs
         print(line)
@@ -538,6 +541,13 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
         "--out", help="the study's folder (default: runs/study-NAME[-short]; a second call continues it)"
     )
     study.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the study's")
+    study.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting of every run, e.g. --set resources.client_gpus=0.25 (repeatable)",
+    )
     study.add_argument(
         "--parallel",
         type=int,

@@ -469,3 +469,10 @@ def test_an_interrupt_stops_a_parallel_study_without_waiting_for_its_queue(study
         run_study(study, plan(study, short=True), tmp_path / "out", run_one, io.StringIO(), parallel=2)
     time.sleep(1.0)
     assert len(started) <= 3  # the queue's other runs never start
+
+
+def test_set_applies_to_every_run_and_the_study_keeps_seed_and_objective(study, capsys):
+    runs = plan(study, short=True, overrides={"resources.client_gpus": 0.5, "train.epochs": 3})
+    assert {r.config.resources.client_gpus for r in runs} == {0.5} and {r.config.train.epochs for r in runs} == {3}
+    assert main(["study", str(study.path), "--dry-run", "--set", "seed=4", "--out", "/nonexistent/x"]) == 2
+    assert "sets seed and discovery.objective itself" in capsys.readouterr().err

@@ -172,9 +172,13 @@ class PlannedRun:
         return self.config.seed
 
 
-def plan(study: Study, short: bool, seeds: Sequence[int] | None = None) -> list[PlannedRun]:
+def plan(
+    study: Study, short: bool, seeds: Sequence[int] | None = None, overrides: Mapping[str, Any] | None = None
+) -> list[PlannedRun]:
     """Every run of the study, seed by seed (one seed of everything first, so that a part of a study already
-    tests every claim), then experiment by experiment, objective by objective, sweep point by sweep point."""
+    tests every claim), then experiment by experiment, objective by objective, sweep point by sweep point.
+
+    ``overrides`` (``--set``) apply to every run last, e.g. ``resources.client_gpus``."""
     runs = []
     for seed in seeds if seeds is not None else study.seeds:
         for entry in study.entries:
@@ -183,10 +187,10 @@ def plan(study: Study, short: bool, seeds: Sequence[int] | None = None) -> list[
             # The study's common shorter settings never fix what the experiment sweeps; its own may.
             common = {k: v for k, v in study.short.items() if k not in swept} if short else {}
             for objective in entry.objectives or study.objectives:
-                overrides = common | dict(entry.short if short else {})
-                overrides |= {"discovery.objective": objective, "seed": seed}
-                configs = load_sweep(entry.name, overrides, sweep=sweep)
-                swept = [k for k in swept if k not in overrides]
+                fixed = common | dict(entry.short if short else {}) | dict(overrides or {})
+                fixed |= {"discovery.objective": objective, "seed": seed}
+                configs = load_sweep(entry.name, fixed, sweep=sweep)
+                swept = [k for k in swept if k not in fixed]
                 for config in configs:
                     flat = config.to_run_config()
                     point = {k: flat[k] for k in swept}
