@@ -503,6 +503,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
         for runtime in runtimes.values():
             runtime.stop()
     claims = write_claims(study, runs, out)
+    from fedmi_flower.apps.study import draw_figures
+
+    made, skipped = draw_figures(study, runs, out)
+    if study.figures:
+        print(f"fedmi study: {len({p.stem for p in made})} figures of the paper in {out / 'figures'}")
+        for why in skipped:
+            print(f"  not drawn: {why}")
     print(
         f"fedmi study: {len(runs) - len(failed)} of {len(runs)} runs done ({study_seconds(out) / 60:.1f} min of runs); "
         f"claims in {claims}" + (f"; failed: {', '.join(failed)} (a second call retries them)" if failed else "")

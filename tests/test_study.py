@@ -13,7 +13,18 @@ import time
 import numpy as np
 import pytest
 
-from fedmi_flower.apps.study import DONE, NEW, PARTIAL, Study, describe_plan, gpu_shares, plan, run_state, run_study
+from fedmi_flower.apps.study import (
+    DONE,
+    NEW,
+    PARTIAL,
+    Study,
+    describe_plan,
+    draw_figures,
+    gpu_shares,
+    plan,
+    run_state,
+    run_study,
+)
 from fedmi_flower.cli import main
 from fedmi_flower.config import ConfigError
 from fedmi_flower.records.digest import DigestError, RunDigest, digest_run, holding_counts, read_digests
@@ -476,3 +487,28 @@ def test_set_applies_to_every_run_and_the_study_keeps_seed_and_objective(study, 
     assert {r.config.resources.client_gpus for r in runs} == {0.5} and {r.config.train.epochs for r in runs} == {3}
     assert main(["study", str(study.path), "--dry-run", "--set", "seed=4", "--out", "/nonexistent/x"]) == 2
     assert "sets seed and discovery.objective itself" in capsys.readouterr().err
+
+
+def test_a_study_draws_its_figures_from_the_lowest_seed_with_every_run_here(study, tmp_path):
+    path = tmp_path / "figured.toml"
+    path.write_text(STUDY + '\n[[figure]]\nnumber = 1\nexperiment = "smoke"\nplot = "global_accuracy"\n')
+    figured = Study.load(str(path))
+    out = tmp_path / "out"
+    runs = plan(figured, short=True)
+    run_study(figured, runs, out, fake_runtime([]), io.StringIO())
+    shutil.rmtree(out / "smoke-faithful-seed=0")  # the faithful objective's seed 0 is a digest only now
+    made, skipped = draw_figures(figured, runs, out)
+    assert sorted(p.name for p in made) == [
+        "fig01-faithful.png",
+        "fig01-faithful.svg",
+        "fig01-paper.png",
+        "fig01-paper.svg",
+    ]
+    assert skipped == []
+    shutil.rmtree(out / "smoke-faithful-seed=1")
+    _, skipped = draw_figures(figured, runs, out)
+    assert skipped == ["fig01-faithful: no seed of smoke (faithful) has all its runs here"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(STUDY + '\n[[figure]]\nnumber = 1\nexperiment = "smoke"\nplot = "pie_chart"\n')
+    with pytest.raises(ConfigError, match="plot 'pie_chart' is not one of"):
+        Study.load(str(bad))

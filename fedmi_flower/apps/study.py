@@ -37,9 +37,10 @@ from typing import Any, TextIO
 from fedmi_flower.config import ConfigError, ExperimentConfig, experiments_dir, load_sweep
 from fedmi_flower.records.digest import RunDigest, digest_run, read_digests
 from fedmi_flower.records.results import RUNS_DIR, RunDirectory, atomic_write
-from fedmi_flower.records.series import settings
+from fedmi_flower.records.series import RunError, load_run, settings
 from fedmi_flower.science.objectives import OBJECTIVES
 from fedmi_flower.views.claims import Claim, ClaimError, claims_table, evaluate_all
+from fedmi_flower.views.paper_figures import PaperFigure
 
 STUDIES = "studies"
 DIGESTS = "digests"
@@ -80,6 +81,7 @@ class Study:
     entries: tuple[StudyEntry, ...]
     claims: tuple[Claim, ...]
     path: Path
+    figures: tuple[PaperFigure, ...] = ()
 
     @property
     def objectives_of(self) -> dict[str, tuple[str, ...]]:
@@ -101,7 +103,7 @@ class Study:
             table = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
-        known_keys = {"description", "seeds", "objectives", "short", "experiment", "claim"}
+        known_keys = {"description", "seeds", "objectives", "short", "experiment", "claim", "figure"}
         if unknown := set(table) - known_keys:
             listed = ", ".join(sorted(known_keys))
             raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {listed}")
@@ -138,9 +140,15 @@ class Study:
             claims = tuple(Claim.from_table(c, f"{path} claim") for c in table.get("claim", []))
         except ClaimError as err:
             raise ConfigError(str(err)) from None
+        try:
+            figures = tuple(PaperFigure.from_table(f, f"{path}") for f in table.get("figure", []))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         names = {e.name for e in entries}
         if stray := sorted({c.experiment for c in claims} - names):
             raise ConfigError(f"{path}: claims read experiments the study does not run: {', '.join(stray)}")
+        if stray := sorted({f.experiment for f in figures} - names):
+            raise ConfigError(f"{path}: figures draw experiments the study does not run: {', '.join(stray)}")
         return cls(
             name=path.stem,
             description=str(table.get("description", "")),
@@ -150,6 +158,7 @@ class Study:
             entries=tuple(entries),
             claims=claims,
             path=path,
+            figures=figures,
         )
 
 
@@ -378,6 +387,39 @@ def gpu_shares(runs: Sequence[PlannedRun], parallel: int) -> None:
         asked = run.config.resources.client_gpus
         if asked > 0:
             run.config.resources.client_gpus = min(asked, 1.0 / (parallel * run.config.clients))
+
+
+FIGURES = "figures"
+
+
+def draw_figures(study: Study, runs: Sequence[PlannedRun], out: Path) -> tuple[list[Path], list[str]]:
+    """The study's ``[[figure]]`` tables drawn into ``OUT/figures`` from the lowest seed whose runs are all done
+    with their folders here; returns the files written and, for each figure not drawn, why."""
+    made: list[Path] = []
+    skipped: list[str] = []
+    for figure in study.figures:
+        for objective in study.objectives_of[figure.experiment]:
+            mine = [r for r in runs if r.entry.name == figure.experiment and r.objective == objective]
+            seeds = sorted({r.seed for r in mine})
+            ready = [
+                s
+                for s in seeds
+                if all(
+                    (out / r.folder / "config.toml").is_file() and run_state(r, out) == DONE
+                    for r in mine
+                    if r.seed == s
+                )
+            ]
+            label = f"fig{figure.number:02d}-{objective}"
+            if not ready:
+                skipped.append(f"{label}: no seed of {figure.experiment} ({objective}) has all its runs here")
+                continue
+            try:
+                loaded = [load_run(out / r.folder) for r in mine if r.seed == ready[0]]
+                made += figure.write(loaded, out / FIGURES, objective)
+            except (RunError, ValueError) as err:
+                skipped.append(f"{label}: {err}")
+    return made, skipped
 
 
 def study_seconds(out: Path) -> float:
