@@ -100,13 +100,13 @@ def _resume(args: argparse.Namespace) -> int:
         return 0
     print(f"fedmi: resuming {config.name} after round {done} of {config.rounds} -> {run.path}", flush=True)
     began = time.perf_counter()
-    with _interruptible(lambda: run.path):
+    with _interruptible(lambda: f"fedmi run --resume {run.path}"):
         simulate(config, run.path, args.data_root, verbose=args.verbose, resume=True)
     return 0 if _report(config.name, run.path, began) else 1
 
 
 @contextlib.contextmanager
-def _interruptible(current_run: Callable[[], Path]) -> Iterator[None]:
+def _interruptible(resume_with: Callable[[], str]) -> Iterator[None]:
     """Ctrl-C or ``kill`` (SIGTERM) stop the run and every process it started; say how to resume it.
 
     SIGINT is set explicitly too: a shell without job control starts background commands
@@ -118,8 +118,7 @@ def _interruptible(current_run: Callable[[], Path]) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         print(
-            "fedmi: interrupted; every process of the run is stopped. "
-            f"Continue it with `fedmi run --resume {current_run()}`",
+            f"fedmi: interrupted; every process of the run is stopped. Continue it with `{resume_with()}`",
             file=sys.stderr,
         )
         raise SystemExit(130) from None
@@ -128,7 +127,7 @@ def _interruptible(current_run: Callable[[], Path]) -> Iterator[None]:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted-key overrides of ``--set`` and ``--seed``."""
     overrides = dict(parse_override(text) for text in args.set)
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed
     if isinstance(overrides.get("logging.tensorboard"), str):  # the ServerApp may run in another working directory
         overrides["logging.tensorboard"] = str(Path(overrides["logging.tensorboard"]).resolve())
@@ -181,7 +180,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     out = base
     all_good = True
-    with _interruptible(lambda: out), SimulationRuntime(args.verbose) as runtime:  # one SuperLink for all
+    with _interruptible(lambda: f"fedmi run --resume {out}"), SimulationRuntime(args.verbose) as runtime:  # one for all
         for i, config in enumerate(configs):
             out = base / config.name if swept else base
             if swept:
@@ -465,7 +464,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         raise ConfigError("name a study (`fedmi study --list` shows the bundled ones) or a study TOML file")
     study = Study.load(args.study)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    overrides = dict(parse_override(text) for text in args.set)
+    overrides = _overrides(args)
     if {"seed", "discovery.objective"} & set(overrides):
         raise ConfigError("a study sets seed and discovery.objective itself: use --seeds, or its objectives")
     runs = plan(study, args.short, seeds, overrides)
@@ -492,12 +491,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
         with lock:
             runtime = runtimes.get(threading.get_ident())
             if runtime is None:
-                runtime = runtimes[threading.get_ident()] = SimulationRuntime(args.verbose, echo=args.parallel == 1)
-                runtime.start()
+                runtime = SimulationRuntime(args.verbose, echo=args.parallel == 1)
+                runtime.start()  # a failed start leaves nothing behind for this thread's next run to trip on
+                runtimes[threading.get_ident()] = runtime
         runtime.run(run.config, folder, args.data_root, resume)
 
     try:
-        with _interruptible(lambda: out):
+        again = " ".join(["fedmi study", args.study, *(["--short"] if args.short else []), "--out", str(out)])
+        with _interruptible(lambda: again):
             failed = run_study(study, runs, out, run_one, sys.stdout, args.parallel) if todo else []
     finally:
         for runtime in runtimes.values():

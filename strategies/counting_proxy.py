@@ -36,7 +36,9 @@ class CountingProxy(ClientProxy):
         self.on_fit_done = on_fit_done
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["proxy"], name)
+        if name == "proxy":  # not set yet (a copy or an unpickling): no recursion, the usual error
+            raise AttributeError(name)
+        return getattr(self.proxy, name)
 
     def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
         try:

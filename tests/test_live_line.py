@@ -14,6 +14,7 @@ from fedmi_flower.analysis.progress import (
     decode,
     encode,
 )
+from fedmi_flower.apps.console import RUN_LOG, install_console
 from fedmi_flower.apps.live_line import CLEAR_LINE, StreamEcho
 
 
@@ -60,8 +61,28 @@ def test_off_a_terminal_updates_are_dropped_and_a_chunked_stream_is_cut_at_lines
     assert out.getvalue() == "a line\nanother line\n"
 
 
-def test_round_progress_logs_updates_the_log_file_filters_out(caplog):
-    progress = RoundProgress(rounds=4)
+def test_round_progress_says_nothing_unless_a_runtime_draws_it(caplog):
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        quiet = RoundProgress(rounds=4)  # `flwr run .`, a deployment: no raw lines in their consoles and logs
+        quiet.start(1, 3)
+        quiet.client_done()
+        quiet.end()
+    assert caplog.records == []
+
+
+def test_run_log_never_keeps_an_update(tmp_path):
+    restore = install_console(tmp_path)
+    try:
+        RoundProgress(rounds=2, enabled=True).start(1, 3)
+        logging.getLogger("flwr").info("a line the log keeps")
+    finally:
+        restore()
+    log = (tmp_path / RUN_LOG).read_text()
+    assert "a line the log keeps" in log and PROGRESS_MARK not in log
+
+
+def test_round_progress_logs_every_change(caplog):
+    progress = RoundProgress(rounds=4, enabled=True)
     with caplog.at_level(logging.INFO, logger="flwr"):
         progress.start(1, 3)
         progress.client_done()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
+import signal
 import threading
 import time
 
@@ -116,6 +118,10 @@ def test_peak_then_decline_on_the_seed_mean_curve():
     assert "round 2" in result.why
     rising = [digest("e", 0, {"m": [0.3, 0.5, 0.7]})]
     assert evaluate(claim(test="peak-then-decline"), rising, "faithful").verdict == FLIPS
+    falling = evaluate(claim(test="peak-then-decline"), [digest("e", 0, {"m": [0.9, 0.8, 0.7, 0.6]})], "faithful")
+    assert falling.verdict == FLIPS and "no rise first" in falling.why  # a decline alone is not a peak
+    late = evaluate(claim(test="peak-then-decline"), [digest("e", 0, {"m": [0.1, 0.2, 0.3, 0.8, 0.5]})], "faithful")
+    assert late.verdict == FLIPS and "not early" in late.why
     # A floor of 0.6: the same circuit found twice agrees 0.6, so a decline of 0.2 is within reach of noise.
     noisy = [digest("e", 0, {"m": [0.3, 0.7, 0.5], "f": [0.6, 0.6, 0.6]})]
     assert evaluate(claim(test="peak-then-decline", floor="f"), noisy, "faithful").verdict == ARTEFACT
@@ -156,6 +162,9 @@ def test_along_a_sweep_first_point_against_last():
         ({"test": "greater-than"}, "needs `than"),
         ({"test": "increasing"}, "needs `sweep"),
         ({"artefact_if": [{"metric": "s"}]}, "artefact_if"),
+        ({"test": "at-most", "floor": "f"}, "a floor applies to at-least"),
+        ({"test": "peak-then-decline", "rounds": "late"}, "reads every round"),
+        ({"test": "greater-than", "than": {"metrc": "m"}}, "`than` may set"),
     ],
 )
 def test_a_malformed_claim_names_the_key(change, message):
@@ -279,6 +288,8 @@ def fake_runtime(calls, fail=(), stop_after=None):
         if folder.name in fail:
             raise RuntimeError(f"the run of {folder.name} did not complete")
         directory = RunDirectory(folder).create(exist_ok=resume)
+        if resume:  # as the ServerApp does: a run resumes with exactly the config it saved
+            assert directory.read_config() == run.config, "resumed with another config than the folder's"
         directory.write_config(run.config)
         done = directory.read_checkpoint().server_round if resume else 0
         last = run.config.rounds if stop_after is None else min(stop_after, run.config.rounds)
@@ -381,9 +392,20 @@ def test_a_folder_of_other_settings_or_not_a_run_is_refused(study, tmp_path):
             "metric='m'\ntest='at-most'\nvalue=1",
             "does not run: iid",
         ),
+        (
+            "[[experiment]]\nname = 'smoke'\n[[claim]]\nid='x'\ntext='t'\nsection='s'\nexperiment='smoke'\n"
+            "metric='global_acuracy'\ntest='at-most'\nvalue=1",
+            "did you mean 'global_accuracy'",
+        ),
+        (
+            "[[experiment]]\nname = 'smoke'\n[[claim]]\nid='x'\ntext='t'\nsection='s'\nexperiment='smoke'\n"
+            "metric='global_accuracy'\ntest='greater-than'\nthan={experiment='iid'}",
+            "runs no experiment 'iid'",
+        ),
     ],
 )
 def test_a_malformed_study_names_the_problem(tmp_path, text, message):
+    """Also what a claim names: a misspelt scalar would read as a verdict, hours into a study."""
     path = tmp_path / "s.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
@@ -423,6 +445,12 @@ def test_a_study_continues_from_digests_alone_when_their_settings_are_the_runs(s
     first = tmp_path / "first"
     runs = plan(study, short=True, seeds=[0])
     run_study(study, runs, first, fake_runtime([]), io.StringIO())
+    # A digest of other settings beside a finished run is made again from the run.
+    wrong = RunDigest.read(first / "digests" / f"{runs[0].folder}.json")
+    wrong.settings = {"rounds": 99}
+    wrong.write(first / "digests" / f"{runs[0].folder}.json")
+    run_study(study, runs, first, fake_runtime([]), io.StringIO())
+    assert RunDigest.read(first / "digests" / f"{runs[0].folder}.json").settings["rounds"] == 2
     # Another machine, or a later checkout: the run folders are gone, the digests came along.
     second = tmp_path / "second"
     shutil.copytree(first / "digests", second / "digests")
@@ -473,13 +501,15 @@ def test_an_interrupt_stops_a_parallel_study_without_waiting_for_its_queue(study
     def run_one(run, folder, resume):
         started.append(run.folder)
         if len(started) == 1:
-            raise KeyboardInterrupt  # Ctrl-C, as the signal handler raises it
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Python raises it in the main thread, waiting on the runs
         time.sleep(0.5)
 
+    began = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run_study(study, plan(study, short=True), tmp_path / "out", run_one, io.StringIO(), parallel=2)
+    assert time.monotonic() - began < 0.5  # it did not wait for the running ones' half second
     time.sleep(1.0)
-    assert len(started) <= 3  # the queue's other runs never start
+    assert len(started) <= 2  # at most the two running when Ctrl-C came; the queue never starts
 
 
 def test_set_applies_to_every_run_and_the_study_keeps_seed_and_objective(study, capsys):

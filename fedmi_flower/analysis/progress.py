@@ -1,7 +1,8 @@
 """A round's progress, said while it runs: phase, clients done of sampled, elapsed, and what the last round took.
 
-The ServerApp logs one record marked :data:`PROGRESS_KEY` whenever the round's state changes (a
-round starts, a client's update arrives, an analysis step begins). Its console writes the record as
+Under ``fedmi run`` (only there: see :attr:`RoundProgress.enabled`) the ServerApp logs one record
+marked :data:`PROGRESS_KEY` whenever the round's state changes (a round starts, a client's update
+arrives, an analysis step begins). Its console writes the record as
 one line, :data:`PROGRESS_MARK` then JSON; ``run.log`` leaves it out. The process that follows the
 run's stream (``fedmi run``) draws it as a live line on a terminal and drops it anywhere else
 (``apps/console.py``), so a log or a pipe holds nothing extra.
@@ -79,8 +80,11 @@ class RoundProgress:
         The experiment's rounds (the ``/10`` of the line).
     """
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(self, rounds: int, enabled: bool = False) -> None:
         self.rounds = rounds
+        self.enabled = enabled
+        """Off unless the process that follows the run's stream draws the line (``fedmi run``): anywhere else
+        (``flwr run .``, a deployment) the updates would be raw lines in a console or a stored log."""
         self.state: ProgressState | None = None
         self.began = time.perf_counter()
         self.last_round: float | None = None
@@ -117,5 +121,7 @@ class RoundProgress:
 
     def _say(self) -> None:
         assert self.state is not None
+        if not self.enabled:
+            return
         self.state.elapsed = time.perf_counter() - self.began
         logger.info("%s", encode(self.state), extra={PROGRESS_KEY: True})

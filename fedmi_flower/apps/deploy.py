@@ -29,7 +29,6 @@ from typing import IO
 
 from fedmi_flower.apps.app_folder import write_app_folder
 from fedmi_flower.apps.credentials import Credentials, make_credentials
-from fedmi_flower.apps.live_line import StreamEcho
 from fedmi_flower.apps.processes import (
     ANSI_CODE,
     BIN_DIR,
@@ -221,11 +220,10 @@ class LocalDeployment(FlowerProcesses):
                 ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file)],
             )
             deadline = None if timeout is None else time.monotonic() + timeout
-            shown = StreamEcho(echo) if echo is not None else None  # the live progress line on a terminal
             while flwr_run.poll() is None:
-                if shown is not None:
-                    shown.write(stream.read())
-                    shown.tick()
+                if echo is not None:
+                    echo.write(stream.read())
+                    echo.flush()
                 self._check_services("during the run")
                 if deadline is not None and time.monotonic() > deadline:
                     raise DeploymentError(
@@ -233,9 +231,8 @@ class LocalDeployment(FlowerProcesses):
                         f"read {log} (ServerApp) and {self.logs}/supernode-*.log (ClientApps)"
                     )
                 time.sleep(1.0)
-            if shown is not None:
-                shown.write(stream.read())
-                shown.close()
+            if echo is not None:
+                echo.write(stream.read())
 
         runs = [run for run_id, run in self._runs().items() if run_id not in earlier_runs]
         if flwr_run.returncode != 0 or [run["status"] for run in runs] != ["finished:completed"]:

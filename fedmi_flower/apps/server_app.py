@@ -195,6 +195,8 @@ def build_components(run_config: Mapping[str, Any]) -> ServerAppComponents:
         if config.logging.tensorboard
         else [],
     )
+    if console in ("quiet", "verbose"):  # `fedmi run` follows the stream: it draws the live progress line
+        strategy.recorder.progress.enabled = True
     if checkpoint is not None:
         strategy.load_strategy_state(checkpoint.strategy_state)
     return ServerAppComponents(

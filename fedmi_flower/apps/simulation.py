@@ -219,7 +219,8 @@ class SimulationRuntime(FlowerProcesses):
         transcript: list[str] = []
         run_id = None
         started = False
-        self._running = subprocess.Popen(
+        # Held in a local too: stop() (Ctrl-C, from another thread) clears the attribute while this still reads.
+        running = self._running = subprocess.Popen(
             command,
             cwd=self.workdir,
             env=self._env(),
@@ -230,7 +231,7 @@ class SimulationRuntime(FlowerProcesses):
             start_new_session=True,
         )
         lines: queue.Queue[str | None] = queue.Queue()
-        stdout = self._running.stdout
+        stdout = running.stdout
         assert stdout is not None
 
         def read() -> None:
@@ -261,7 +262,7 @@ class SimulationRuntime(FlowerProcesses):
                     echo.line(raw.rstrip("\n") if terminal else line)
         finally:
             echo.close()
-        self._running.wait()
+        running.wait()
         self._running = None
         return transcript, run_id
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedmi_flower.config import ConfigError, ExperimentConfig, experiments_dir, load_sweep
-from fedmi_flower.records.digest import RunDigest, digest_run, read_digests
+from fedmi_flower.records.digest import RunDigest, digest_run, digest_scalars, read_digests
 from fedmi_flower.records.results import RUNS_DIR, RunDirectory, atomic_write
 from fedmi_flower.records.series import RunError, load_run, settings
 from fedmi_flower.science.objectives import OBJECTIVES
@@ -149,6 +149,13 @@ class Study:
             raise ConfigError(f"{path}: claims read experiments the study does not run: {', '.join(stray)}")
         if stray := sorted({f.experiment for f in figures} - names):
             raise ConfigError(f"{path}: figures draw experiments the study does not run: {', '.join(stray)}")
+        objectives_of = {e.name: e.objectives or check_objectives(objectives, "objectives") for e in entries}
+        scalars = digest_scalars()
+        try:
+            for c in claims:
+                c.check(scalars, objectives_of, f"{path} claim")
+        except ClaimError as err:
+            raise ConfigError(str(err)) from None
         return cls(
             name=path.stem,
             description=str(table.get("description", "")),
@@ -294,7 +301,8 @@ def default_study_dir(study: Study, short: bool) -> Path:
 
 def write_claims(study: Study, runs: Sequence[PlannedRun], out: Path) -> Path:
     """``OUT/claims.md``: the generated claim table over the digests written so far, with the study's state."""
-    digests = read_digests([out / DIGESTS]) if (out / DIGESTS).is_dir() else []
+    planned = {r.folder for r in runs}  # a digest of a run outside this plan (other seeds) is not counted
+    digests = [d for d in (read_digests([out / DIGESTS]) if (out / DIGESTS).is_dir() else []) if d.name in planned]
     results = evaluate_all(study.claims, digests, study.objectives_of)
     seconds = [d.seconds for d in digests if d.seconds is not None]
     text = (
@@ -330,7 +338,7 @@ def run_study(
     for run in runs:  # finished runs whose digest was lost, or lacks what a study now keeps
         path = _digest_path(out, run)
         kept = RunDigest.read(path) if path.is_file() else None
-        if states[run.folder] == DONE and (kept is None or kept.settings is None):
+        if states[run.folder] == DONE and (kept is None or kept.settings != settings(run.config)):
             seconds = kept.seconds if kept is not None else None
             digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(path)
     failed: list[str] = []
@@ -348,6 +356,8 @@ def run_study(
                 file=echo,
                 flush=True,
             )
+        if states[run.folder] == PARTIAL:  # the ServerApp resumes the very config it saved (its resources too)
+            run.config = RunDirectory(out / run.folder).read_config()
         started = time.perf_counter()
         try:
             run_one(run, out / run.folder, states[run.folder] == PARTIAL)

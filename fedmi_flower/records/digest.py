@@ -42,6 +42,11 @@ HOLDING_COUNTS = (
 (``distinct_*``): those that work on their own model, and of them those that still work on the global weights."""
 
 
+def digest_scalars() -> set[str]:
+    """Every scalar a digest holds: the summary's fields and :data:`HOLDING_COUNTS` (what a claim may read)."""
+    return {*RoundSummary().scalars(), *HOLDING_COUNTS}
+
+
 class DigestError(ValueError):
     """A digest file is missing, corrupt or of another version; the message names the file and the fix."""
 

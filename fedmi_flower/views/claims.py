@@ -23,6 +23,7 @@ circuit degenerate). A claim's table is generated from the digests, never typed.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,13 @@ class Claim:
             raise ClaimError(f"{where} {name!r}: test greater-than needs `than = {{metric = ..., experiment = ...}}`")
         if table["test"] in ("increasing", "decreasing") and not table.get("sweep"):
             raise ClaimError(f'{where} {name!r}: test {table["test"]} needs `sweep = "<swept key>"`')
+        if "floor" in table and table["test"] not in ("at-least", "peak-then-decline"):
+            test = table["test"]
+            raise ClaimError(f"{where} {name!r}: a floor applies to at-least and peak-then-decline, not {test}")
+        if table["test"] == "peak-then-decline" and table.get("rounds", "all") != "all":
+            raise ClaimError(f"{where} {name!r}: peak-then-decline reads every round; drop `rounds`")
+        if set(table.get("than", {})) - {"metric", "experiment", "objective"}:
+            raise ClaimError(f"{where} {name!r}: `than` may set metric, experiment and objective only")
         if table.get("source", "paper") not in ("paper", "package"):
             raise ClaimError(f"{where} {name!r}: source must be paper or package")
         guards = []
@@ -124,6 +132,18 @@ class Claim:
         if "than" in values:
             values["than"] = dict(values["than"])
         return cls(**values, artefact_if=tuple(guards))
+
+    def check(self, known: set[str], experiments: Mapping[str, Sequence[str]], where: str = "claim") -> None:
+        """Every scalar, experiment and objective the claim names exists (a typo would read as a verdict)."""
+        for name in sorted(self.scalars() - known):
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ClaimError(f"{where} {self.id!r}: no scalar {name!r} in a run's digest{hint}")
+        for experiment in (self.experiment, self.than.get("experiment", self.experiment)):
+            if experiment not in experiments:
+                raise ClaimError(f"{where} {self.id!r}: the study runs no experiment {experiment!r}")
+        if self.objective is not None and self.objective not in experiments[self.experiment]:
+            raise ClaimError(f"{where} {self.id!r}: {self.experiment} does not run with objective {self.objective!r}")
 
     def scalars(self) -> set[str]:
         """Every digest scalar the claim reads (to check them against the digests' before evaluating)."""
@@ -225,6 +245,8 @@ def _guarded(claim: Claim, runs: Sequence[RunDigest], result: ClaimResult) -> Cl
 
 
 def _peak_then_decline(claim: Claim, runs: Sequence[RunDigest], result: ClaimResult) -> ClaimResult:
+    """Holds when the seed-mean curve rises to a peak in an early round (after the first, in the first half of the
+    rounds) and ends at least ``tolerance`` below it: a curve that only falls, or peaks late, does not."""
     length = min(len(d.rounds) for d in runs)
     curves = np.array([d.series(claim.metric)[:length] for d in runs])
     defined = ~np.isnan(curves).all(axis=0)
@@ -236,12 +258,17 @@ def _peak_then_decline(claim: Claim, runs: Sequence[RunDigest], result: ClaimRes
     peak = int(np.argmax(curve))
     result.seeds = len(runs)
     result.mean, result.other = float(curve[peak]), float(curve[-1])
-    drops = [float(np.nanmax(c[defined]) - c[defined][-1]) for c in curves]
-    result.spread = float(np.nanstd(drops, ddof=1)) if len(drops) > 1 else 0.0
+    peaks = [float(np.nanmax(c[defined])) for c in curves]
+    result.spread = float(np.nanstd(peaks, ddof=1)) if len(peaks) > 1 else 0.0
     decline = result.mean - result.other
     rounds = np.asarray(runs[0].rounds[:length])[defined]
-    result.why = f"peak {result.mean:.2f} in round {rounds[peak]}, last {result.other:.2f} (round {rounds[-1]})"
-    result.verdict = HOLDS if peak < len(curve) - 1 and decline >= claim.tolerance else FLIPS
+    result.why = f"peak {result.mean:.2f} in round {rounds[peak]} of {len(curve)}, last {result.other:.2f}"
+    early = 0 < peak <= (len(curve) - 1) / 2
+    result.verdict = HOLDS if early and decline >= claim.tolerance else FLIPS
+    if peak == 0:
+        result.why += "; no rise first"
+    elif not early:
+        result.why += "; the peak is not early"
     if result.verdict == HOLDS and claim.floor:
         floors = np.array([d.series(claim.floor)[:length] for d in runs])[:, defined]
         noise = 1.0 - float(np.nanmean(floors[:, -1]))

@@ -72,7 +72,8 @@ class PaperFigure:
                     chosen = figure
                 else:
                     plt.close(figure)
-            assert chosen is not None
+            if chosen is None:
+                raise ValueError(f"figure {self.number}: the run draws no {self.plot}")
             return chosen
         return next(make for name, make, _ in RUN_FIGURES if name == self.plot)(run)
 
