@@ -99,6 +99,9 @@ def test_a_shortfall_within_the_noise_floor_is_an_artefact_and_a_guard_discredit
     result = evaluate(guarded, runs, "faithful")
     assert result.verdict == ARTEFACT and "spec 0.90 < 0.95: indiscriminate" in result.why
     assert evaluate(claim(value=0.5, artefact_if=[{"metric": "spec", "below": 0.5}]), runs, "faithful").verdict == HOLDS
+    # Discredited numbers cannot refute either: a flip on them is an artefact too.
+    refuted = evaluate(claim(value=0.95, artefact_if=[{"metric": "spec", "below": 0.95}]), runs, "faithful")
+    assert refuted.verdict == ARTEFACT and "not >= 0.95" in refuted.why
 
 
 def test_undefined_everywhere_is_not_testable():

@@ -15,9 +15,9 @@ digest count, or a ratio ``"a / b"`` of two, summed over the rounds first), the 
     The mean along a swept key (``sweep``, e.g. ``train.sparsity``), first point against last.
 
 The verdict is one of :data:`VERDICTS`: **holds**; **flips** (the test fails: the opposite, or no
-difference); **artefact** (the test holds only on numbers a guard discredits, ``artefact_if``,
-e.g. circuits that answer their class for every input; or it fails only by less than the
-instrument's own noise floor, ``floor``); **not testable here** (no run, or no defined value: every
+difference); **artefact** (the test was decided on numbers a guard discredits, ``artefact_if``,
+e.g. degenerate circuits or circuits that answer their class for every input; or it fails only by
+less than the instrument's own noise floor, ``floor``); **not testable here** (no run, or no defined value: every
 circuit degenerate). A claim's table is generated from the digests, never typed.
 """
 
@@ -233,8 +233,9 @@ def evaluate(claim: Claim, digests: Sequence[RunDigest], objective: str) -> Clai
 
 
 def _guarded(claim: Claim, runs: Sequence[RunDigest], result: ClaimResult) -> ClaimResult:
-    """Turn a claim that holds into an artefact when one of its guards discredits the numbers it holds on."""
-    if result.verdict != HOLDS:
+    """A claim decided (held or flipped) on numbers one of its guards discredits is an artefact: degenerate
+    circuits can neither confirm a claim about circuits nor refute it."""
+    if result.verdict not in (HOLDS, FLIPS):
         return result
     for guard in claim.artefact_if:
         measured, _, _ = _mean_spread([run_value(d, guard.metric, claim.rounds) for d in runs])
