@@ -195,3 +195,38 @@ def test_a_circuits_own_parameters_are_what_makes_and_reads_its_channels():
     assert masks["conv3.weight"][20].all() and masks["conv3.weight"][:, :].sum() == 64 * 9  # conv3's row 20
     fc = masks["fc.weight"].reshape(10, 128, 9)  # the classifier reads conv3's channels in channel-major blocks
     assert fc[:, 20].all() and fc.sum() == 10 * 9
+
+
+def test_the_interference_figure_puts_each_share_and_restorer_where_the_records_do(tmp_path):
+    from matplotlib.patches import Rectangle
+
+    from fedmi_flower.config import load_experiment
+    from fedmi_flower.records.round_record import RoundRecord
+    from fedmi_flower.records.series import Run
+    from fedmi_flower.views.plots import fig_interference, interference_matrix
+
+    # Round 2: client 0's circuit of class 7 collapsed; client 2 moved most of its parameters, and leaving
+    # client 2 out restores it. Round 3: client 1's circuit of class 3 collapsed with no single overwriter.
+    records = [
+        RoundRecord(round=1),
+        RoundRecord(
+            round=2,
+            interference={
+                0: {7: Interference(0.0, {1: 0.1, 2: 0.9}, restored_by=[2], overwrite_share={0: 0.2, 1: 0.1, 2: 0.7})}
+            },
+        ),
+        RoundRecord(
+            round=3,
+            interference={1: {3: Interference(0.05, {0: 0.0, 2: 0.1}, overwrite_share={0: 0.4, 2: 0.35})}},
+        ),
+    ]
+    run = Run(tmp_path, load_experiment("smoke"), records)
+    clients, labels, shares, restores = interference_matrix(run)
+    assert clients == [0, 1, 2] and labels == ["r2 c0:7", "r3 c1:3"]
+    np.testing.assert_allclose(shares[:, 0], [0.2, 0.1, 0.7])
+    assert shares[0, 1] == 0.4 and np.isnan(shares[1, 1]) and shares[2, 1] == 0.35
+    assert restores.tolist() == [[False, False], [False, False], [True, False]]
+    frames = [p for p in fig_interference(run).axes[0].patches if isinstance(p, Rectangle)]
+    assert [(f.get_x(), f.get_y()) for f in frames] == [(-0.5, 1.5)]  # column 0, row 2: client 2 restores
+    empty = Run(tmp_path, load_experiment("smoke"), records[:1])
+    assert "no collapsed circuit" in fig_interference(empty).axes[0].texts[0].get_text()

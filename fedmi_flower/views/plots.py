@@ -556,6 +556,77 @@ def _heatmap(ax: Axes, run: Run, score: str, annotate: bool = True, ylabels: boo
     return image
 
 
+def interference_matrix(run: Run) -> tuple[list[int], list[str], np.ndarray, np.ndarray]:
+    """Counterfactual aggregation over a run (issue 28): clients x collapsed circuits.
+
+    Returns the clients (rows), a label per collapsed circuit (``r3 c0:7``: round 3, client 0's
+    circuit of class 7), each client's share of the round's change to that circuit's own
+    parameters (NaN where not measured), and where leaving the client out restores the circuit.
+    """
+    entries = [
+        (record.round, owner, cls, entry)
+        for record in run.records
+        for owner, per in sorted(record.interference.items())
+        for cls, entry in sorted(per.items())
+    ]
+    clients = sorted({k for *_, e in entries for k in (*e.overwrite_share, *e.without)} | {o for _, o, _, _ in entries})
+    shares = np.full((len(clients), len(entries)), np.nan)
+    restores = np.zeros((len(clients), len(entries)), dtype=bool)
+    for j, (_, _, _, entry) in enumerate(entries):
+        for i, k in enumerate(clients):
+            shares[i, j] = entry.overwrite_share.get(k, np.nan)
+            restores[i, j] = k in entry.restored_by
+    labels = [f"r{t} c{owner}:{cls}" for t, owner, cls, _ in entries]
+    return clients, labels, shares, restores
+
+
+def fig_interference(run: Run) -> Figure:
+    """Who broke which circuit (issue 28): clients x collapsed circuits, coloured by each client's share of the
+    round's change to the circuit's own parameters; a black frame where leaving that client out restores it.
+
+    Every column is a circuit that worked on its own model and collapsed on the global weights
+    (``analysis.counterfactual``); a column without a frame has no single overwriter.
+    """
+    clients, labels, shares, restores = interference_matrix(run)
+    width = 2.6 + 0.42 * max(len(labels), 4)
+    fig, ax = plt.subplots(figsize=(min(width, 18.0), 1.9 + 0.35 * max(len(clients), 2)), layout="constrained", dpi=DPI)
+    if not labels:
+        ax.axis("off")
+        ax.text(
+            0.5,
+            0.5,
+            "no collapsed circuit was analysed counterfactually\n"
+            "(analysis.counterfactual off, or no circuit collapsed after working)",
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="0.35",
+            transform=ax.transAxes,
+        )
+    else:
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad=GREY)
+        image = ax.imshow(
+            np.ma.masked_invalid(shares), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
+        )
+        for i, j in zip(*np.nonzero(restores), strict=True):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(clients)), [f"client {k}" for k in clients], fontsize=8)
+        fig.colorbar(image, ax=ax, shrink=0.8, label="share of the change to its parameters")
+        fig.legend(
+            handles=[
+                Patch(fill=False, edgecolor="black", linewidth=1.6, label="left out, the circuit works again"),
+                Patch(facecolor=GREY, label="not measured"),
+            ],
+            loc="outside lower center",
+            ncol=2,
+            fontsize=8,
+            frameon=False,
+        )
+    _title(fig, run, "Interference: who moved each collapsed circuit's parameters, and whose absence restores it")
+    return fig
+
+
 def fig_cross_eval_heatmap(run: Run) -> Figure:
     """Cross-evaluation (paper Fig. 4, 7, 9): each local circuit on that round's global weights, client-class x round.
 
@@ -972,6 +1043,12 @@ RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
         "Robustness (issue 27): client circuits that collapse after working, found by the learned gates and by "
         "attribution; the two methods' IoU and the clients' CKA with the global model (dotted: chance); cascading "
         "randomisation of the final round's global model.",
+    ),
+    (
+        "interference",
+        fig_interference,
+        "Interference (issue 28): clients x collapsed circuits, coloured by each client's share of the change to "
+        "the circuit's own parameters; framed where leaving the client out restores the circuit.",
     ),
 ]
 """Name, figure function and caption of every per-run figure; circuit graphs are added by :func:`plot_run`."""
