@@ -130,6 +130,8 @@ def test_an_installed_wheel_lists_and_runs_outside_the_checkout(wheel, tmp_path,
     assert "site-packages" in where.stdout and str(REPO) not in where.stdout, where.stdout + where.stderr
     listed = fedmi("list")
     assert listed.returncode == 0 and "smoke" in listed.stdout and "quickstart" in listed.stdout, listed.stderr
+    studies = fedmi("study", "paper", "--short", "--dry-run", "--out", str(work / "study"))  # the studies ship too
+    assert studies.returncode == 0 and "39 runs" in studies.stdout, studies.stdout + studies.stderr
     ran = fedmi("run", "smoke", "--out", str(work / "smoke"), timeout=600)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "[round 1/1]" in ran.stdout

@@ -1045,7 +1045,7 @@ RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
         "randomisation of the final round's global model.",
     ),
     (
-        "interference",
+        "collapse_overwriters",
         fig_interference,
         "Interference (issue 28): clients x collapsed circuits, coloured by each client's share of the change to "
         "the circuit's own parameters; framed where leaving the client out restores the circuit.",
