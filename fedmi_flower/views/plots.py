@@ -1044,15 +1044,14 @@ RUN_FIGURES: list[tuple[str, Callable[[Run], Figure], str]] = [
         "attribution; the two methods' IoU and the clients' CKA with the global model (dotted: chance); cascading "
         "randomisation of the final round's global model.",
     ),
-    (
-        "collapse_overwriters",
-        fig_interference,
-        "Interference (issue 28): clients x collapsed circuits, coloured by each client's share of the change to "
-        "the circuit's own parameters; framed where leaving the client out restores the circuit.",
-    ),
 ]
 """Name, figure function and caption of every per-run figure; circuit graphs are added by :func:`plot_run`."""
 
+INTERFERENCE_FIGURE = "collapse_overwriters"
+INTERFERENCE_CAPTION = (
+    "Interference (issue 28): clients x collapsed circuits, coloured by each client's share of the change to the "
+    "circuit's own parameters; framed where leaving the client out restores the circuit."
+)
 GRAPH_FIGURES = ("circuit_graph", "overlay_two_clients", "overlay_rounds", "overlay_client_global")
 COMPARE_FIGURES = ("compare_summary", "compare_cross_eval")
 
@@ -1101,6 +1100,8 @@ def plot_run(
     made: list[tuple[Path, str]] = []
     for name, make, caption in RUN_FIGURES:
         made += [(p, caption) for p in save(make(run), out, name, formats)]
+    if any(r.interference for r in run.records):  # only a run that analysed collapses counterfactually has one
+        made += [(p, INTERFERENCE_CAPTION) for p in save(fig_interference(run), out, INTERFERENCE_FIGURE, formats)]
     for name, fig, caption in graph_figures(run, graph_class, graph_round):
         made += [(p, caption) for p in save(fig, out, name, formats)]
     return made
