@@ -535,6 +535,11 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_set(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): a setting overridden, read by :func:`_overrides`."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_study_commands(sub: argparse._SubParsersAction) -> None:
     """``fedmi study`` and ``fedmi claims``: a whole study in one command, and its claims judged."""
     study = sub.add_parser(
@@ -549,13 +554,7 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
         "--out", help="the study's folder (default: runs/study-NAME[-short]; a second call continues it)"
     )
     study.add_argument("--seeds", metavar="S,S,...", help="these seeds instead of the study's")
-    study.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting of every run, e.g. --set resources.client_gpus=0.25 (repeatable)",
-    )
+    _add_set(study, "override a setting of every run, e.g. --set resources.client_gpus=0.25 (repeatable)")
     study.add_argument(
         "--parallel",
         type=int,
@@ -659,13 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment as a Flower simulation (Ray virtual clients)")
     run.add_argument("experiment", nargs="?", help="experiment name (see `fedmi list`) or path to a TOML file")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run after its last finished round")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set train.sparsity=0.995 (repeatable)",
-    )
+    _add_set(run, "override a setting, e.g. --set train.sparsity=0.995 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
     seed = run.add_mutually_exclusive_group()
     seed.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
@@ -688,13 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument(
         "--clients", type=int, help="SuperNodes to start; must equal the experiment's clients (the default)"
     )
-    dep.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set rounds=2 (repeatable)",
-    )
+    _add_set(dep, "override a setting, e.g. --set rounds=2 (repeatable)")
     dep.add_argument("--out", help="run directory (default: runs/<experiment>-<date>-<time>)")
     dep.add_argument("--seed", type=int, help="the run's seed (overrides the experiment's)")
     dep.add_argument(

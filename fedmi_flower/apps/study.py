@@ -24,7 +24,6 @@ is resumed after its last finished round.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import tomllib
@@ -246,8 +245,7 @@ def run_state(run: PlannedRun, out: Path) -> str:
             f"{folder.path} holds a run of other settings ({', '.join(changed[:4])}); the study changed since it "
             "ran: move that folder away, or give the study another --out"
         )
-    checkpoint = folder.read_checkpoint()
-    return DONE if checkpoint is not None and checkpoint.server_round >= run.config.rounds else PARTIAL
+    return DONE if folder.finished_round() >= run.config.rounds else PARTIAL
 
 
 def _digest_path(out: Path, run: PlannedRun) -> Path:
@@ -436,4 +434,4 @@ def study_seconds(out: Path) -> float:
     """Seconds of runs the study's digests record (what `--short` took on this machine)."""
     if not (out / DIGESTS).is_dir():
         return 0.0
-    return sum(d.seconds or 0.0 for d in read_digests([out / DIGESTS]) if not math.isnan(d.seconds or 0.0))
+    return sum(d.seconds or 0.0 for d in read_digests([out / DIGESTS]))

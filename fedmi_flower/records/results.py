@@ -245,6 +245,14 @@ class RunDirectory:
         np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its allow_pickle flag
         atomic_write(self.path / CHECKPOINT_FILE, buf.getvalue())
 
+    def finished_round(self) -> int:
+        """The last finished round (0 before the first), from the checkpoint's metadata alone: no weights loaded."""
+        path = self.path / CHECKPOINT_FILE
+        if not path.exists():
+            return 0
+        with np.load(path) as npz:  # an npz loads lazily: only the meta entry is read
+            return int(json.loads(str(npz["meta"]))["round"])
+
     def read_checkpoint(self) -> Checkpoint | None:
         """The last checkpoint, or None when no round has finished."""
         path = self.path / CHECKPOINT_FILE
