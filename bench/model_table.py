@@ -37,14 +37,14 @@ def spread(values: Sequence[float]) -> str:
 
 ROWS: list[tuple[str, Callable[[RoundRecord], float]]] = [
     ("global accuracy", lambda r: r.summary.global_accuracy),
-    ("inter-client IoU, non-degenerate", lambda r: r.summary.inter_client_iou_nondegenerate),
-    ("inter-client seed floor", lambda r: r.summary.seed_floor),
-    ("inter-client IoU over the floor's classes", lambda r: r.summary.seed_floor_against),
-    ("local-global IoU, non-degenerate", lambda r: r.summary.local_global_iou_nondegenerate),
-    ("local-global source floor", lambda r: r.summary.source_floor),
-    ("local-global IoU over the floor's classes", lambda r: r.summary.source_floor_against),
-    ("chance of local-global IoU", lambda r: r.summary.local_global_iou_chance),
-    ("stability, non-degenerate", lambda r: r.summary.stability_nondegenerate),
+    ("inter-client IoU, non-degenerate", lambda r: r.summary.inter_client_iou.nondegenerate),
+    ("inter-client seed floor", lambda r: r.summary.inter_client_iou.floor),
+    ("inter-client IoU over the floor's classes", lambda r: r.summary.inter_client_iou.floor_against),
+    ("local-global IoU, non-degenerate", lambda r: r.summary.local_global_iou.nondegenerate),
+    ("local-global source floor", lambda r: r.summary.local_global_iou.floor),
+    ("local-global IoU over the floor's classes", lambda r: r.summary.local_global_iou.floor_against),
+    ("chance of local-global IoU", lambda r: r.summary.local_global_iou.chance),
+    ("stability, non-degenerate", lambda r: r.summary.stability.nondegenerate),
     ("local circuits degenerate (share)", lambda r: r.summary.degenerate_local / max(1, _locals(r))),
     ("working locally (share of local circuits)", lambda r: r.summary.cross_working_locally / max(1, _locals(r))),
     (

@@ -52,11 +52,11 @@ def old_and_new(records: list[RoundRecord]) -> dict[str, float]:
         "collapse rate, sufficiency < 0.1 (old)": sum(map(low, defined)) / len(defined) if defined else math.nan,
         "collapse rate after working (new)": sum(map(low, worked)) / len(worked) if worked else math.nan,
         "inter-client floor, every global class (old)": nanmean(v.mean for v in floor.seed.values()),
-        "inter-client floor, the view's classes (new)": s.seed_floor,
+        "inter-client floor, the view's classes (new)": s.inter_client_iou.floor,
         "local-global floor, the floor client's classes (old)": nanmean(
             v.mean for c, v in (floor.source or {}).items() if floor.source_clients.get(c) == floor.source_client
         ),
-        "local-global floor, the view's pairs (new)": s.source_floor,
+        "local-global floor, the view's pairs (new)": s.local_global_iou.floor,
         "local faithfulness, every circuit where defined (old)": nanmean(local_faith),
         "local faithfulness, not degenerate (new)": s.local_faithfulness,
     }

@@ -13,7 +13,6 @@ from flwr.common import NDArrays, Scalar
 
 from fedmi_flower.config import AnalysisConfig, ExperimentConfig
 from fedmi_flower.science.circuits import (
-    SCORE_NAMES,
     Circuit,
     evaluate_circuits,
 )
@@ -212,7 +211,7 @@ class CircuitClient(NumPyClient):
                 ablation=cfg.discovery.resolved_ablation,
                 means=means,
             )
-            local_scores = {c: {name: getattr(s, name) for name in SCORE_NAMES} for c, s in zip(circuits, scored)}
+            local_scores = dict(zip(circuits, scored))
         t_evaluate = time.perf_counter() - t0
 
         achieved = sparsity_report(model)

@@ -279,8 +279,8 @@ def test_aligned_iou_sees_the_same_circuit_in_other_channels(tmp_path):
         layer: int((p != np.arange(len(p))).sum()) for layer, p in planted.items()
     }
     s = record.summary
-    assert s.aligned_inter_client_iou == 1.0 and s.inter_client_iou < 0.5 and s.channels_moved > 100
-    assert s.aligned_inter_client_iou_chance == pytest.approx(s.inter_client_iou_chance)
+    assert s.aligned_inter_client_iou.mean == 1.0 and s.inter_client_iou.mean < 0.5 and s.channels_moved > 100
+    assert s.aligned_inter_client_iou.chance == pytest.approx(s.inter_client_iou.chance)
 
 
 def test_fedmi_run_with_maskedfedavg_keeps_the_sparsity_and_records_raw_and_aligned_iou(tmp_path, mnist_root):
@@ -306,7 +306,7 @@ def test_fedmi_run_with_maskedfedavg_keeps_the_sparsity_and_records_raw_and_alig
             if sum(client.channels_moved.values()) == 0:
                 for cls, raw in record.local_global_iou[pid].items():
                     np.testing.assert_equal(record.aligned_local_global_iou[pid][cls].layers, raw.layers)  # NaN = NaN
-        assert not math.isnan(record.summary.aligned_local_global_iou)
+        assert not math.isnan(record.summary.aligned_local_global_iou.mean)
 
 
 def test_modularfedavg_counts_a_client_with_undecodable_circuits_as_claiming_no_channel():
@@ -355,8 +355,8 @@ def test_a_failed_alignment_costs_the_round_its_aligned_iou_only(tmp_path, monke
     strategy.aggregate_fit(1, [client_result(p, ROUND1[p]) for p in range(3)], [])
     (record,) = run_dir.read_rounds()
     assert record.analysed and "matching exploded" in (record.alignment_error or "")
-    assert record.aligned_local_global_iou == {} and math.isnan(record.summary.aligned_local_global_iou)
-    assert not math.isnan(record.summary.local_global_iou) and not math.isnan(record.global_model.accuracy)
+    assert record.aligned_local_global_iou == {} and math.isnan(record.summary.aligned_local_global_iou.mean)
+    assert not math.isnan(record.summary.local_global_iou.mean) and not math.isnan(record.global_model.accuracy)
 
 
 def test_each_analysis_step_fails_alone_into_step_errors(tmp_path, monkeypatch):
@@ -377,6 +377,6 @@ def test_each_analysis_step_fails_alone_into_step_errors(tmp_path, monkeypatch):
     assert record.analysed and set(record.step_errors) == {"noise_floor", "alignment"}
     assert all("exploded" in error for error in record.step_errors.values())
     assert record.alignment_error == record.step_errors["alignment"]
-    assert math.isnan(record.summary.seed_floor) and record.noise_floor.seed == {}
-    assert not math.isnan(record.summary.inter_client_iou) and not math.isnan(record.summary.local_global_iou)
+    assert math.isnan(record.summary.inter_client_iou.floor) and record.noise_floor.seed == {}
+    assert not math.isnan(record.summary.inter_client_iou.mean) and not math.isnan(record.summary.local_global_iou.mean)
     assert record.timings.noise_floor >= 0 and record.timings.alignment >= 0

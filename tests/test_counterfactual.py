@@ -12,6 +12,7 @@ from planted import planted_model
 
 from fedmi_flower.analysis.counterfactual import agreement_with_dominance, interference
 from fedmi_flower.records.round_record import CrossEvaluation, Interference
+from fedmi_flower.science.circuits import CircuitScores
 from fedmi_flower.science.model import get_weights
 from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
 
@@ -24,7 +25,7 @@ def result(pid: int, circuits: dict, weights: list[np.ndarray], working: dict[in
         partition_id=pid,
         num_examples=100,
         circuits=circuits,
-        local_scores={c: {"sufficiency": s, "specificity": 0.9} for c, s in working.items()},
+        local_scores={c: CircuitScores(sufficiency=s, specificity=0.9) for c, s in working.items()},
     )
     return Proxy(f"node-{pid}"), FitRes(
         Status(Code.OK, ""), ndarrays_to_parameters(weights), 100, report_to_metrics(report, SIZES)

@@ -33,7 +33,7 @@ def test_the_pages_data_are_the_run_records(iid_run):
     assert data["rounds"] == [1, 2] and data["clients"] == ["0", "1", "2"] and data["classes"] == ["0", "1", "2", "7"]
     for i, record in enumerate(run.records):
         for view in View:
-            value = record.summary.view(view)
+            value = record.summary.view(view).mean
             assert data["views"][str(view)]["value"][i] == (None if math.isnan(value) else value)
     assert data["views"]["stability"]["value"][0] is None  # undefined in round 1: null, as rounds.jsonl says
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedmi_flower.config import ConfigError, ExperimentConfig, parse_override
+from fedmi_flower.science.circuits import SCORE_NAMES, CircuitScores
 from fedmi_flower.wire.protocol import ClientReport, PayloadError, report_from_metrics, report_to_metrics
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
@@ -41,7 +42,7 @@ def valid_metrics() -> dict:
         sparsity=0.99,
         timings={"t_train": 1.0},
         class_counts=[10] * 10,
-        local_scores={0: {"sufficiency": 0.9, "specificity": 0.8, "faithfulness": 0.85}},
+        local_scores={0: CircuitScores(sufficiency=0.9, specificity=0.8, faithfulness=0.85)},
         discovery_steps={0: 200, 7: 150},
     )
     return dict(report_to_metrics(report, SIZES))
@@ -93,7 +94,7 @@ def test_every_payload_is_decoded_or_refused_with_a_reason(case):
     for circuit in report.circuits.values():
         assert all(0 <= ch < SIZES[layer] for layer, channels in circuit.items() for ch in channels)
     for scores in report.local_scores.values():
-        assert all(v is None or (isinstance(v, float) and 0.0 <= v <= 1.0) for v in scores.values())
+        assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in (getattr(scores, name) for name in SCORE_NAMES))
 
 
 config_keys = st.sampled_from(sorted(ExperimentConfig().to_run_config()) + ["train.sparsty", "nope", "data."])

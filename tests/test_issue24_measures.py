@@ -19,25 +19,26 @@ from fedmi_flower.records.round_record import (
     IoU,
     NoiseFloor,
     RoundRecord,
+    RoundSummary,
     Scores,
     View,
 )
 from fedmi_flower.records.series import view_floor_series
-from fedmi_flower.science.circuits import evaluate_circuits, smallest_faithful_circuit
+from fedmi_flower.science.circuits import CircuitScores, evaluate_circuits, smallest_faithful_circuit
 from fedmi_flower.science.data import load_split
 from fedmi_flower.science.metrics import circuit_iou, polysemantic_share
 from fedmi_flower.science.models import build_model
 from fedmi_flower.wire.protocol import ClientReport
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
-WORKING = {
-    "sufficiency": 0.95,
-    "specificity": 0.95,
-    "necessity": 0.1,
-    "faithfulness": 0.95,
-    "model_sufficiency": 0.97,
-    "model_specificity": 0.97,
-}
+WORKING = CircuitScores(
+    sufficiency=0.95,
+    specificity=0.95,
+    necessity=0.1,
+    faithfulness=0.95,
+    model_sufficiency=0.97,
+    model_specificity=0.97,
+)
 
 
 def flat(value: float) -> IoU:
@@ -71,7 +72,9 @@ def test_faithfulness_bisection_does_not_return_an_empty_circuit_on_one_side():
 
 def test_faithfulness_means_leave_degenerate_circuits_out():
     """Every circuit degenerate: no faithfulness mean above 0.5 (they used to average 1.0 for lost classes)."""
-    perfect = Scores(0.0, 1.0, 0.0, 10, 1.0, 0.0, 1.0)  # faithfulness 1.0 of a class the model does not recognise
+    perfect = Scores(
+        0.0, 1.0, 0.0, 10, faithfulness=1.0, model_sufficiency=0.0, model_specificity=1.0
+    )  # faithfulness 1.0 of a class the model does not recognise
     record = RoundRecord(
         round=1,
         clients={
@@ -157,10 +160,11 @@ def test_floors_per_class_over_each_views_own_classes():
     s = record.summary
     # Inter-client IoU covers class 3 alone: its floor is class 3's, not the mean over every class (0.6).
     assert [c for c, v in record.inter_client_iou.items() if v.pairs] == [3]
-    assert s.seed_floor == pytest.approx(0.6) and (s.seed_floor_covers, s.inter_client_iou_entries) == (1, 1)
+    inter = s.inter_client_iou
+    assert inter.floor == pytest.approx(0.6) and (inter.floor_covers, inter.entries) == (1, 1)
     # Local-global covers (0, 3), (0, 8), (1, 3); client 2's empty circuit of class 0 is degenerate, out of both.
     assert 0 in record.clients[2].degenerate
-    assert s.source_floor == pytest.approx((0.6 + 0.9 + 0.6) / 3) and s.source_floor_covers == 3
+    assert s.local_global_iou.floor == pytest.approx((0.6 + 0.9 + 0.6) / 3) and s.local_global_iou.floor_covers == 3
     # The report's verdict reads the same floor.
     from fedmi_flower.views.report import FLOOR, SCALE, scale_numbers
 
@@ -172,13 +176,17 @@ def test_floors_per_class_over_each_views_own_classes():
 
 
 def floors_of(record: RoundRecord, previous_degenerate=None) -> dict:
-    """The summary's floors of a hand-made record, its views' IoUs taken as the non-degenerate ones."""
+    """The summary's floors of a hand-made record by their flat names (``summary.csv``'s), its views' IoUs taken as
+    the non-degenerate ones."""
     clean = {
         View.INTER_CLIENT_IOU: dict(record.inter_client_iou),
         View.LOCAL_GLOBAL_IOU: {(p, c): v for p, per in record.local_global_iou.items() for c, v in per.items()},
         View.STABILITY: {(p, c): v for p, per in record.stability.items() for c, v in per.items()},
     }
-    return view_floors(record, clean, previous_degenerate)
+    summary = RoundSummary()
+    for view, parts in view_floors(record, clean, previous_degenerate).items():
+        summary.set_view(view, **parts)
+    return summary.scalars()
 
 
 def test_a_view_whose_classes_have_no_floor_says_so():

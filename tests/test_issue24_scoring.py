@@ -73,7 +73,7 @@ def test_specificity_for_every_client(mnist_root, monkeypatch):
     (cls,) = report.circuits
     assert report.local_scores, "the client scored none of its circuits"
     scores = report.local_scores[cls]
-    spec, suff = scores["specificity"], scores["sufficiency"]
+    spec, suff = scores.specificity, scores.sufficiency
     # Before the fix: None (no image of another class to score it on), so the verdict was "unscored".
     assert spec is not None and not math.isnan(spec) and 0.0 <= spec <= 1.0
     assert suff is not None and 0.0 <= suff <= 1.0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from fedmi_flower.config import ConfigError, load_experiment
+from fedmi_flower.science.circuits import CircuitScores
 from fedmi_flower.wire.protocol import (
     ClientReport,
     FitInstructions,
@@ -62,7 +64,7 @@ def _report() -> ClientReport:
         sparsity=0.99,
         timings={"t_train": 1.0, "t_discovery": 2.0},
         class_counts=[10] * 10,
-        local_scores={0: {"sufficiency": 1.0, "specificity": float("nan"), "necessity": 0.1}},
+        local_scores={0: CircuitScores(sufficiency=1.0, specificity=float("nan"), necessity=0.1)},
         discovery_steps={0: 200, 7: 120},
     )
 
@@ -72,7 +74,8 @@ def test_report_round_trip():
     assert all(isinstance(v, (int, float, str, bytes, bool)) for v in metrics.values())
     back = report_from_metrics(metrics, 100, num_clients=3, layer_sizes=SIZES, num_classes=10)
     assert back.circuits == CIRCUITS and back.partition_id == 2 and back.discovery_steps == {0: 200, 7: 120}
-    assert back.local_scores[0]["specificity"] is None  # NaN travels as null
+    assert '"specificity": null' in str(metrics["report"])  # NaN travels as null
+    assert back.local_scores[0].sufficiency == 1.0 and math.isnan(back.local_scores[0].specificity)
     assert back.timings == {"t_train": 1.0, "t_discovery": 2.0}
 
 

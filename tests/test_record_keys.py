@@ -44,6 +44,10 @@ SHARED = {
     "faithfulness",
     "model_sufficiency",
     "model_specificity",
+    # A view summary's floor and the noise floor's source floor: a claim's comparison and the explorer's page
+    # data use the same plain words.
+    "floor",
+    "source",
 }
 # A figure's file name that happens to equal a summary's name.
 ALLOWED = {("fedmi_flower/views/plots.py", "global_accuracy")}

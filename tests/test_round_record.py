@@ -23,6 +23,7 @@ from fedmi_flower.records.round_record import (
     RoundRecord,
     RoundSummary,
     View,
+    ViewSummary,
 )
 from fedmi_flower.records.series import RunError, load_run
 
@@ -46,7 +47,7 @@ def a_record(t: int) -> RoundRecord:
         local_global_iou={2: {7: iou}},
         stability_gap={2: {7: IoU(iou.layers, iou.chance, previous_round=t - 3)}},
         cross_eval={2: {7: CrossEvaluation(0.9, 0.8, 0.1, 30, verdict="working", local_verdict="weakened")}},
-        summary=RoundSummary(clients=1, inter_client_iou=0.75, inter_client_iou_pairs=1, stability_gaps=1),
+        summary=RoundSummary(clients=1, inter_client_iou=ViewSummary(mean=0.75, pairs=1), stability_gaps=1),
         rejected=[Rejection("node-9", "num_examples = -50 must be a positive integer", False)],
     )
 
@@ -64,8 +65,34 @@ def test_a_record_reads_back_as_written(tmp_path):
     back4, back5 = run.read_rounds()
     assert json_safe(back4.to_json()) == raw4 and json_safe(back5.to_json()) == raw5
     assert back4.analysed and not back5.analysed
-    assert back4.summary.view(View.INTER_CLIENT_IOU) == 0.75 and back4.summary.view_pairs(View.INTER_CLIENT_IOU) == 1
+    inter = back4.summary.view(View.INTER_CLIENT_IOU)
+    assert (inter.mean, inter.pairs, inter.floor_covers) == (0.75, 1, 0) and math.isnan(inter.chance)
     assert math.isnan(back4.inter_client_iou[7].layer("conv2")) and back4.clients[2].circuits[7]["conv1"] == [1, 4]
+
+
+def test_the_summary_groups_each_view_and_reads_the_flat_summaries_of_schema_3():
+    """Schema 4 writes a view's numbers as one object; a schema-3 record's flat ``<view>_*`` and floor names read
+    into the same views, and :meth:`RoundSummary.scalars` gives those flat names back (``summary.csv``'s)."""
+    summary = RoundSummary(clients=3, global_accuracy=0.9, stability_gaps=2)
+    summary.set_view(View.INTER_CLIENT_IOU, mean=0.4, pairs=3, chance=0.1, nondegenerate=0.6, nondegenerate_pairs=2)
+    summary.set_view(View.INTER_CLIENT_IOU, entries=2, floor=0.8, floor_covers=1, floor_against=0.7)
+    summary.set_view(View.STABILITY, mean=0.5, pairs=4, floor=0.85, floor_covers=3, entries=4, floor_against=0.45)
+    summary.aligned_local_global_iou = ViewSummary(mean=0.9, pairs=5, chance=0.2)
+    written = json_safe(summary.to_json())
+    assert written["inter_client_iou"]["floor"] == 0.8 and written["stability"]["floor_covers"] == 3
+    assert written["clients"] == 3 and "seed_floor" not in written  # grouped: no flat floor names in schema 4
+    flat = json_safe(summary.scalars())
+    assert flat["inter_client_iou"] == 0.4 and flat["seed_floor"] == 0.8 and flat["seed_floor_against"] == 0.7
+    assert flat["client_seed_floor_covers"] == 3 and flat["stability_entries"] == 4
+    assert flat["aligned_local_global_iou_pairs"] == 5 and "aligned_local_global_iou_entries" not in flat
+    assert "class_pair_iou_entries" not in flat and flat["class_pair_iou"] is None  # no floor: none of its parts
+    for back in (RoundSummary.from_json(written, 4), RoundSummary.from_json(flat, 3)):
+        assert json_safe(back.scalars()) == flat
+        assert back.against_floor(View.INTER_CLIENT_IOU) == 0.7 and back.against_floor(View.STABILITY) == 0.45
+        assert math.isnan(back.against_floor(View.CLASS_PAIR_IOU))
+    # A record written before floors were taken per view (nothing covered): the verdict reads the plain mean.
+    old = RoundSummary.from_json({"local_global_iou": 0.3, "source_floor": 0.9}, 2)
+    assert old.local_global_iou.floor == 0.9 and old.against_floor(View.LOCAL_GLOBAL_IOU) == 0.3
 
 
 def test_a_record_without_a_version_reads_as_version_1(tmp_path):

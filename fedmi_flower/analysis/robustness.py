@@ -35,7 +35,6 @@ from fedmi_flower.records.round_record import (
     Cascade,
     Cka,
     IoU,
-    Scores,
     SecondMethod,
     StitchedCircuit,
 )
@@ -93,9 +92,7 @@ def stitched_circuits(
     scores = score(model, [(cls, circuit) for cls, _, _, circuit in found])
     out: dict[int, dict[str, StitchedCircuit]] = {}
     for (cls, rule, holders, circuit), s in zip(found, scores):
-        out.setdefault(cls, {})[rule] = StitchedCircuit(
-            circuit_size(circuit), holders, Scores.of(s), _verdict(circuit, s)
-        )
+        out.setdefault(cls, {})[rule] = StitchedCircuit(circuit_size(circuit), holders, s, _verdict(circuit, s))
     return out
 
 
@@ -206,11 +203,11 @@ def second_method(
         scored = score(model, pairs)
         for (c, circ), s in zip(pairs[: len(same_size)], scored[: len(same_size)]):
             out.same_size[c] = AttributionCircuit(
-                circuit_size(circ), _compare(circ, global_circuits[c], sizes), Scores.of(s), _verdict(circ, s)
+                circuit_size(circ), _compare(circ, global_circuits[c], sizes), s, _verdict(circ, s)
             )
         for (c, circ), s in zip(pairs[len(same_size) :], scored[len(same_size) :]):
             out.same_faithfulness[c] = AttributionCircuit(
-                circuit_size(circ), _compare(circ, global_circuits[c], sizes), Scores.of(s), _verdict(circ, s)
+                circuit_size(circ), _compare(circ, global_circuits[c], sizes), s, _verdict(circ, s)
             )
         if curve_rows is not None:
             curves = faithfulness_curves(model, curve_rows, ranked, classes, ablation=ablation, means=means)
@@ -226,7 +223,7 @@ def second_method(
         pairs = list(found[pid].items())
         on_own = score(client, pairs)
         out.clients[pid] = {
-            c: AttributionCircuit(circuit_size(circ), _compare(circ, own[c], sizes), Scores.of(s), _verdict(circ, s))
+            c: AttributionCircuit(circuit_size(circ), _compare(circ, own[c], sizes), s, _verdict(circ, s))
             for (c, circ), s in zip(pairs, on_own)
         }
     # Both methods' circuits on the global weights, on the same rows: their verdicts compare like with like.
@@ -236,7 +233,7 @@ def second_method(
     )
     for (pid, c), s, learned in zip(keys, on_global, on_global[len(keys) :]):
         entry = out.clients[pid][c]
-        entry.on_global, entry.global_verdict = Scores.of(s), _verdict(found[pid][c], s)
+        entry.on_global, entry.global_verdict = s, _verdict(found[pid][c], s)
         entry.learned_verdict = _verdict(client_circuits[pid][c], learned)
     for cls in sorted({c for per in found.values() for c in per}):
         holders = [per[cls] for _, per in sorted(found.items()) if cls in per]

@@ -68,7 +68,6 @@ from fedmi_flower.analysis.robustness import (
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.round_record import (
     FLOOR_OF_VIEW,
-    SUMMARY_FLOOR,
     ClientEntry,
     CrossEvaluation,
     Dominance,
@@ -81,7 +80,7 @@ from fedmi_flower.records.round_record import (
     Scores,
     Step,
     View,
-    number,
+    ViewSummary,
 )
 from fedmi_flower.science.alignment import (
     Permutation,
@@ -92,7 +91,6 @@ from fedmi_flower.science.alignment import (
     site_permutation,
 )
 from fedmi_flower.science.circuits import (
-    SCORE_NAMES,
     Circuit,
     CircuitScores,
     circuit_size,
@@ -601,7 +599,7 @@ class RoundAnalyst:
             sparsity_per_tensor=dict(achieved.per_tensor),
             circuits=dict(sorted(circuits.items())),
             circuit_sizes=sizes,
-            scores={c: Scores.of(s) for c, s in sorted(scores.items())},
+            scores={c: s for c, s in sorted(scores.items())},
             verdicts={c: circuit_verdict(sizes[c], s.sufficiency, s.specificity) for c, s in sorted(scores.items())},
             degenerate={c: why for c in sizes if (why := _degenerate(sizes[c], scores.get(c))) is not None},
         )
@@ -799,7 +797,8 @@ class RoundAnalyst:
             View.LOCAL_GLOBAL_IOU: {(p, c): v for p, per in clean_lg.items() for c, v in per.items()},
             View.STABILITY: {(p, c): v for p, per in clean_stability.items() for c, v in per.items()},
         }
-        record.summary = dataclasses.replace(record.summary, **view_floors(record, keyed, previous_degenerate))
+        for view, parts in view_floors(record, keyed, previous_degenerate).items():
+            record.summary.set_view(view, **parts)
         timings.analysis = time.perf_counter() - began
         return record
 
@@ -964,7 +963,7 @@ class RoundAnalyst:
     def client_entry(r: ClientReport) -> ClientEntry:
         """A client's part of the round record: what it reported, with its circuits' sizes and local verdicts."""
         sizes = {c: circuit_size(circ) for c, circ in sorted(r.circuits.items())}
-        local = {c: _reported_scores(s) for c, s in sorted(r.local_scores.items())}
+        local = dict(sorted(r.local_scores.items()))
         return ClientEntry(
             num_examples=r.num_examples,
             train_loss=r.train_loss,
@@ -988,12 +987,10 @@ class RoundAnalyst:
     def cross_entry(r: ClientReport, cls: int, s: CircuitScores) -> CrossEvaluation:
         """Cross-evaluation of one local circuit on the global weights, with its verdict there and on its own model."""
         size = circuit_size(r.circuits[cls])
-        own = r.local_scores.get(cls)
-        local = {cls: _reported_scores(own)} if own is not None else {}
         return CrossEvaluation(
-            **dataclasses.asdict(Scores.of(s)),
+            **dataclasses.asdict(s),
             verdict=circuit_verdict(size, s.sufficiency, s.specificity),
-            local_verdict=circuit_verdict(size, *_local_scores(local, cls)),
+            local_verdict=circuit_verdict(size, *_local_scores(r.local_scores, cls)),
             degenerate=_degenerate(size, s, own_model=False),
         )
 
@@ -1017,6 +1014,7 @@ class RoundAnalyst:
         worked = [s for s in cross if s.local_verdict == "working"]
         restored = sum(1 for per in record.interference.values() for e in per.values() if e.restored_by)
         support_inter, support_lg = record.support_inter_client_iou, record.support_local_global_iou
+        clean = nondegenerate or {}
         return RoundSummary(
             clients=len(record.clients),
             report_bytes=nanmean(float(c.report_bytes) for c in record.clients.values() if c.report_bytes),
@@ -1035,21 +1033,11 @@ class RoundAnalyst:
             ),
             global_accuracy=record.global_model.accuracy,
             global_loss=record.global_model.loss,
-            inter_client_iou=nanmean(v.mean for v in inter),
-            inter_client_iou_pairs=sum(v.pairs or 0 for v in inter),
-            inter_client_iou_chance=nanmean(v.chance_mean for v in inter),
-            class_pair_iou=nanmean(v.mean for v in pair),
-            class_pair_iou_pairs=sum(v.pairs or 0 for v in pair),
-            class_pair_iou_chance=nanmean(v.chance_mean for v in pair),
-            local_global_iou=nanmean(v.mean for v in lg),
-            local_global_iou_pairs=defined_pairs([v.layers for v in lg]),
-            local_global_iou_chance=nanmean(v.chance_mean for v in lg),
-            aligned_inter_client_iou=nanmean(v.mean for v in aligned_inter),
-            aligned_inter_client_iou_pairs=sum(v.pairs or 0 for v in aligned_inter),
-            aligned_inter_client_iou_chance=nanmean(v.chance_mean for v in aligned_inter),
-            aligned_local_global_iou=nanmean(v.mean for v in aligned_lg),
-            aligned_local_global_iou_pairs=defined_pairs([v.layers for v in aligned_lg]),
-            aligned_local_global_iou_chance=nanmean(v.chance_mean for v in aligned_lg),
+            inter_client_iou=_view_summary(inter, True, clean.get(View.INTER_CLIENT_IOU)),
+            class_pair_iou=_view_summary(pair, True, clean.get(View.CLASS_PAIR_IOU)),
+            local_global_iou=_view_summary(lg, False, clean.get(View.LOCAL_GLOBAL_IOU)),
+            aligned_inter_client_iou=_view_summary(aligned_inter, True),
+            aligned_local_global_iou=_view_summary(aligned_lg, False),
             channels_moved=nanmean(float(m) for m in moved),
             mean_label_emd=nanmean(c.label_emd for c in record.clients.values()),
             circuit_bloat=nanmean(record.global_model.bloat.values()),
@@ -1057,9 +1045,7 @@ class RoundAnalyst:
             polysemantic_global=nanmean(c.global_polysemantic_share for c in record.clients.values()),
             dominance_lead=nanmean(d.lead for d in record.dominance.values()),
             dominance_entropy=nanmean(d.entropy for d in record.dominance.values()),
-            stability=nanmean(v.mean for v in stab),
-            stability_pairs=defined_pairs([v.layers for v in stab]),
-            stability_chance=nanmean(v.chance_mean for v in stab),
+            stability=_view_summary(stab, False, clean.get(View.STABILITY)),
             stability_gaps=sum(len(per) for per in record.stability_gap.values()),
             cross_sufficiency=nanmean(s.sufficiency for s in cross),
             cross_specificity=nanmean(s.specificity for s in cross),
@@ -1099,7 +1085,6 @@ class RoundAnalyst:
             )
             if record.control is not None
             else math.nan,
-            **_nondegenerate_means(nondegenerate or {}),
             **robustness_summary(record),
         )
 
@@ -1108,7 +1093,7 @@ def view_floors(
     record: RoundRecord,
     clean: Mapping[View, Mapping[Any, IoU]],
     previous_degenerate: Mapping[int, set[int]] | None = None,
-) -> dict[str, Any]:
+) -> dict[View, dict[str, Any]]:
     """Each IoU view's noise floor over exactly the entries of its non-degenerate mean (README, "Reading the numbers").
 
     Floors differ by class (a model's circuit of one class is found again more reliably
@@ -1119,20 +1104,15 @@ def view_floors(
     exactly the entries the floor covers (``*_against``: what the verdict "below the floor"
     compares), and how many of the view's entries the floor covers. NaN when none.
     """
-    out: dict[str, Any] = {}
-    for view, kind in FLOOR_OF_VIEW.items():
+    out: dict[View, dict[str, Any]] = {}
+    for view in FLOOR_OF_VIEW:
         entries = [(key, f) for key, f in record.floor_entries(view, previous_degenerate) if key in clean[view]]
         covered = [(key, f) for key, f in entries if f is not None and not math.isnan(f.mean)]
-        name = SUMMARY_FLOOR[kind]
-        out.update(
-            dict(
-                [
-                    (name, nanmean(f.mean for _, f in covered)),
-                    (f"{name}_covers", len(covered)),
-                    (f"{name}_against", nanmean(clean[view][key].mean for key, _ in covered)),
-                    (f"{view.value}_entries", len(entries)),
-                ]
-            )
+        out[view] = dict(
+            floor=nanmean(f.mean for _, f in covered),
+            floor_covers=len(covered),
+            floor_against=nanmean(clean[view][key].mean for key, _ in covered),
+            entries=len(entries),
         )
     return out
 
@@ -1188,21 +1168,22 @@ def robustness_summary(record: RoundRecord) -> dict[str, Any]:
     return out
 
 
-def _nondegenerate_means(views: Mapping[View, Sequence[IoU]]) -> dict[str, Any]:
-    """``<view>_nondegenerate`` and its pair count for each view (means over groups carry their own pair counts)."""
-    out: dict[str, Any] = {}
-    for view, entries in views.items():
-        out[f"{view.value}_nondegenerate"] = nanmean(v.mean for v in entries)
-        grouped = view in (View.INTER_CLIENT_IOU, View.CLASS_PAIR_IOU)
-        pairs = sum(v.pairs or 0 for v in entries) if grouped else defined_pairs([v.layers for v in entries])
-        out[f"{view.value}_nondegenerate_pairs"] = pairs
-    return out
+def _view_summary(entries: Sequence[IoU], grouped: bool, nondegenerate: Sequence[IoU] | None = None) -> ViewSummary:
+    """A view's mean, pairs and chance over ``entries``, and its mean over the ``nondegenerate`` ones. A view of
+    means over groups (inter-client and class-pair IoU: ``grouped``) carries its own pair counts; a view of single
+    pairs counts the defined ones."""
 
+    def pairs(values: Sequence[IoU]) -> int:
+        return sum(v.pairs or 0 for v in values) if grouped else defined_pairs([v.layers for v in values])
 
-def _reported_scores(reported: Mapping[str, float | None]) -> Scores:
-    """A client's own scores of one of its circuits, as it reported them (wire names: ``SCORE_NAMES``)."""
-    suff, spec, nec, faith, model_suff, model_spec = (number(reported.get(name)) for name in SCORE_NAMES)
-    return Scores(suff, spec, nec, None, faith, model_suff, model_spec)
+    clean = nondegenerate if nondegenerate is not None else ()
+    return ViewSummary(
+        mean=nanmean(v.mean for v in entries),
+        pairs=pairs(entries),
+        chance=nanmean(v.chance_mean for v in entries),
+        nondegenerate=nanmean(v.mean for v in clean),
+        nondegenerate_pairs=pairs(clean),
+    )
 
 
 def _local_scores(local: Mapping[int, Scores], cls: int) -> tuple[float | None, float | None]:

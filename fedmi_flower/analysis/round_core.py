@@ -354,20 +354,21 @@ def round_line(record: RoundRecord, rounds: int) -> str:
         return "null" if value != value else f"{value:.{digits}f}"  # NaN as rounds.jsonl spells it
 
     def scaled(view: View, named: bool = False) -> str:
-        floor, chance = num(s.view_floor(view)), num(s.view_chance(view))
-        covers, entries = s.view_floor_coverage(view)
+        numbers = s.view(view)
+        floor, chance = num(numbers.floor), num(numbers.chance)
+        covers, entries = numbers.floor_covers, numbers.entries
         if covers < entries and floor != "null":  # the floor is measured for some of the view's classes only
             floor += f" on {covers}/{entries}"
-        against = s.view_against_floor(view)
-        if floor != "null" and abs(against - s.view(view)) >= 0.005:  # degenerate circuits or uncovered entries
+        against = s.against_floor(view)
+        if floor != "null" and abs(against - numbers.mean) >= 0.005:  # degenerate circuits or uncovered entries
             floor += f" vs {num(against)}"
-        return f"{num(s.view(view))} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
+        return f"{num(numbers.mean)} [{'floor ' if named else ''}{floor}, {'chance ' if named else ''}{chance}]"
 
     aligned = ""
     if record.aligned_inter_client_iou or record.aligned_local_global_iou:
         aligned = (
-            f" | aligned inter-client {num(s.aligned_inter_client_iou)} local-global "
-            f"{num(s.aligned_local_global_iou)}, {num(s.channels_moved, 0)} channels moved"
+            f" | aligned inter-client {num(s.aligned_inter_client_iou.mean)} local-global "
+            f"{num(s.aligned_local_global_iou.mean)}, {num(s.channels_moved, 0)} channels moved"
         )
     failed, refused = len(record.failures), len(record.rejected)
     trouble = [f"{failed} failed"] * bool(failed) + [f"{refused} rejected"] * bool(refused)

@@ -4,10 +4,10 @@ A record dataclass written with :func:`encode` and read with :func:`decode` need
 code of its own: field names are the keys, ``dict[int, ...]`` keys become strings and
 back, nested dataclasses, lists and ``X | None`` follow their annotations, a float that
 is absent or null reads as NaN, and a field absent from the JSON (a record written before
-the field existed) takes its default. A class with its own ``to_json``/``from_json`` (the
-older sections' hand-written layouts: :class:`IoU`, :class:`Scores`) is written and read
-by them. The round record's newer sections use it (issue
-26, item 4); the older ones keep their hand-written layout, which this reads alike.
+the field existed) takes its default. Every section of the round record is written and
+read this way but one: :class:`~fedmi_flower.records.round_record.IoU` keeps its own
+flat layout, whose keys are the model's circuit sites (``{"conv1": .., "mean": ..}``),
+so a class with its own ``to_json``/``from_json`` is written and read by them.
 """
 
 from __future__ import annotations

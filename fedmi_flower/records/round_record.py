@@ -9,7 +9,7 @@ spells a key of the JSON layout, so a renamed field fails loudly, in one place.
 JSON layout (schema :data:`SCHEMA_VERSION`; class and client ids are string keys,
 undefined values ``null``)::
 
-    {"schema": 2, "round": t, "classes": [...],
+    {"schema": 4, "round": t, "classes": [...],
      "clients": {pid: ClientEntry}, "global": GlobalEntry,
      "noise_floor": {"seed": {cls: IoU}, "source": {cls: IoU}, "source_client": pid,
                      "source_clients": {cls: pid}, "clients": {pid: {cls: IoU}},
@@ -19,7 +19,8 @@ undefined values ``null``)::
      "aligned_inter_client_iou": {cls: IoU}, "aligned_local_global_iou": {pid: {cls: IoU}},
      "dominance": {cls: {"winner": pid, "lead": .., "entropy": ..}},
      "stability_gap": {pid: {cls: IoU}}, "cross_eval": {pid: {cls: CrossEvaluation}},
-     "summary": RoundSummary, "timings": RoundTimings,
+     "summary": {name: scalar, view: {"mean": .., "pairs": .., "chance": .., "floor": .., ...}},
+     "timings": RoundTimings,
      "aggregated": bool, "not_aggregated_because": str, "sampled": n,
      "failures": [...], "silent_clients": [...], "rejected": [...]}
 
@@ -40,12 +41,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fedmi_flower.records.codec import Coded, decode, encode
+from fedmi_flower.records.codec import Coded, decode, decode_fields, encode, encode_fields
 from fedmi_flower.science.circuits import Circuit, CircuitScores
 from fedmi_flower.science.metrics import MEAN
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version written into every new record.
+
+4 (issue 26): the summary groups each IoU view's numbers into one object (:class:`ViewSummary`: mean,
+pairs, chance, non-degenerate mean and pairs, entries, floor, what the floor covers and what it is
+compared with) instead of flat ``<view>_*`` fields; :meth:`RoundSummary.scalars` still gives the flat
+names, so ``summary.csv``, Flower's metrics and the digests are unchanged.
 
 3 (issue 24): the summary's floors are each view's own, over its non-degenerate classes (with
 ``*_covers``, ``*_against`` and ``<view>_entries``), its faithfulness means leave degenerate circuits
@@ -53,7 +59,7 @@ out, ``polysemantic_global`` is the global model's share over each client's own 
 ``label_emd`` is against the partition's label counts; the noise floor keeps its circuits. Version 2
 records read as they were written: the same field names held the older definitions.
 """
-KNOWN_VERSIONS = (1, 2, 3)
+KNOWN_VERSIONS = (1, 2, 3, 4)
 """Versions this package reads; 1 is a record without a ``schema`` field (written before it existed)."""
 
 Json = dict[str, Any]
@@ -175,6 +181,8 @@ class IoU:
     def chance_layer(self, name: str) -> float:
         return number((self.chance or {}).get(name))
 
+    # Hand-written, unlike every other section (records/codec.py): the keys are the model's sites, flat
+    # beside the extras, the most repeated object of a record and the layout of every schema.
     def to_json(self) -> Json:
         out: Json = dict(self.layers)
         for name in _IOU_EXTRAS:
@@ -197,60 +205,13 @@ class IoU:
 # ---------------------------------------------------------------------- scores and entries
 
 
-@dataclass
-class Scores:
-    """How a circuit behaves on a model (:class:`~fedmi_flower.science.circuits.CircuitScores`).
-
-    Sufficiency, specificity, necessity, faithfulness to the model, and the model's own
-    sufficiency and specificity on the same images.
-    """
-
-    sufficiency: float = math.nan
-    specificity: float = math.nan
-    necessity: float = math.nan
-    num_target: int | None = None
-    faithfulness: float = math.nan
-    model_sufficiency: float = math.nan
-    model_specificity: float = math.nan
-
-    @classmethod
-    def of(cls, s: CircuitScores) -> Scores:
-        """The record's form of a circuit's scores as :func:`~fedmi_flower.science.circuits.evaluate_circuits` gives
-        them."""
-        return cls(
-            s.sufficiency,
-            s.specificity,
-            s.necessity,
-            s.num_target,
-            s.faithfulness,
-            s.model_sufficiency,
-            s.model_specificity,
-        )
-
-    def to_json(self) -> Json:
-        out: Json = {"sufficiency": self.sufficiency, "specificity": self.specificity, "necessity": self.necessity}
-        if self.num_target is not None:
-            out["num_target"] = self.num_target
-        out["faithfulness"] = self.faithfulness
-        out["model_sufficiency"] = self.model_sufficiency
-        out["model_specificity"] = self.model_specificity
-        return out
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Scores:
-        return cls(
-            number(raw.get("sufficiency")),
-            number(raw.get("specificity")),
-            number(raw.get("necessity")),
-            raw.get("num_target"),
-            number(raw.get("faithfulness")),
-            number(raw.get("model_sufficiency")),
-            number(raw.get("model_specificity")),
-        )
+Scores = CircuitScores
+"""A circuit's scores in a record: the one scores type, :class:`~fedmi_flower.science.circuits.CircuitScores`,
+which the scoring pass returns and a client reports; written field by field (records/codec.py)."""
 
 
 @dataclass
-class CrossEvaluation(Scores):
+class CrossEvaluation(Coded, CircuitScores):
     """A local circuit scored on the global weights.
 
     With its verdict there (``verdict``) and on its own model (``local_verdict``), and why
@@ -260,24 +221,6 @@ class CrossEvaluation(Scores):
     verdict: str = "unscored"
     local_verdict: str = "unscored"
     degenerate: str | None = None
-
-    def to_json(self) -> Json:
-        return {
-            **super().to_json(),
-            "verdict": self.verdict,
-            "local_verdict": self.local_verdict,
-            "degenerate": self.degenerate,
-        }
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> CrossEvaluation:
-        s = Scores.from_json(raw)
-        return cls(
-            **dataclasses.asdict(s),
-            verdict=raw.get("verdict", "unscored"),
-            local_verdict=raw.get("local_verdict", "unscored"),
-            degenerate=raw.get("degenerate"),
-        )
 
 
 @dataclass
@@ -551,31 +494,12 @@ class NoiseFloor:
         return self.clients
 
     def to_json(self) -> Json:
-        if not self.measured:
-            return {}
-        out: Json = {"seed": _str_keyed(self.seed, IoU.to_json)}
-        if self.source is not None:
-            out["source"] = _str_keyed(self.source, IoU.to_json)
-            out["source_client"] = self.source_client
-            out["source_clients"] = _str_keyed(self.source_clients)
-        out["clients"] = _str_keyed(self.clients, lambda per: _str_keyed(per, IoU.to_json))
-        out["seed_circuits"] = _str_keyed(self.seed_circuits)
-        out["source_circuits"] = _str_keyed(self.source_circuits)
-        return out
+        # A round without floors writes an empty object, as every schema has.
+        return {k: v for k, v in encode_fields(self).items() if k != "measured"} if self.measured else {}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> NoiseFloor:
-        if not raw:
-            return cls(measured=False)
-        return cls(
-            seed=_keyed(raw.get("seed"), IoU.from_json),
-            source=_keyed(raw["source"], IoU.from_json) if raw.get("source") is not None else None,
-            source_client=raw.get("source_client"),
-            source_clients=_keyed(raw.get("source_clients"), int),
-            clients=_nested(raw.get("clients"), IoU.from_json),
-            seed_circuits=_keyed(raw.get("seed_circuits"), _circuit),
-            source_circuits=_keyed(raw.get("source_circuits"), _circuit),
-        )
+        return typing.cast(NoiseFloor, decode_fields(cls, raw)) if raw else cls(measured=False)
 
     def source_of_class(self, cls: int) -> IoU | None:
         """The source floor of class ``cls`` (local-global IoU's scale for that class), or None."""
@@ -590,12 +514,39 @@ class NoiseFloor:
 
 
 @dataclass
+class ViewSummary(Coded):
+    """One IoU view of a round in numbers (paper section 2.3; issue 26 item 4): its mean, what the mean rests on,
+    and what to read it against (README, "Reading the numbers").
+    """
+
+    mean: float = math.nan
+    """Mean over classes (inter-client, class-pair) or over (client, class) pairs of the view's IoUs."""
+    pairs: int = 0
+    """Defined pairs behind the mean."""
+    chance: float = math.nan
+    """What random circuits of the same sizes share."""
+    nondegenerate: float = math.nan
+    """The mean over pairs of circuits that are not degenerate."""
+    nondegenerate_pairs: int = 0
+    entries: int = 0
+    """Classes (inter-client) or (client, class) pairs behind the non-degenerate mean: what the floor should cover."""
+    floor: float = math.nan
+    """The view's noise floor over its own non-degenerate entries (NaN for a view without one)."""
+    floor_covers: int = 0
+    """How many of ``entries`` the floor is averaged over (the rest have none)."""
+    floor_against: float = math.nan
+    """The non-degenerate mean over exactly the entries the floor covers: what the floor verdict compares."""
+
+
+@dataclass
 class RoundSummary:
     """Scalar summaries of a round: what Flower metrics, ``summary.csv`` and the progress line carry.
 
-    Every IoU mean comes with ``<view>_pairs`` (defined pairs behind it), ``<view>_chance``
-    and its view's noise floor (``seed_floor`` for inter-client IoU, ``client_seed_floor``
-    for stability, ``source_floor`` for local-global IoU).
+    Each IoU view is one :class:`ViewSummary` (``summary.inter_client_iou.floor``): its mean
+    with the pairs behind it, its chance level, its mean over non-degenerate circuits, and
+    its noise floor (the seed floor for inter-client IoU, the client floor for stability,
+    the source floor for local-global IoU). :meth:`scalars` flattens them into the names
+    ``summary.csv`` and Flower's metrics carry (``inter_client_iou_pairs``, ``seed_floor``).
     """
 
     clients: int = 0
@@ -668,27 +619,15 @@ class RoundSummary:
     the class (NaN when none was restored): does resemblance name the cause?"""
     global_accuracy: float = math.nan
     global_loss: float = math.nan
-    inter_client_iou: float = math.nan
-    inter_client_iou_pairs: int = 0
-    inter_client_iou_chance: float = math.nan
-    class_pair_iou: float = math.nan
-    class_pair_iou_pairs: int = 0
-    class_pair_iou_chance: float = math.nan
-    local_global_iou: float = math.nan
-    local_global_iou_pairs: int = 0
-    local_global_iou_chance: float = math.nan
-    stability: float = math.nan
-    stability_pairs: int = 0
-    stability_chance: float = math.nan
+    inter_client_iou: ViewSummary = field(default_factory=ViewSummary)
+    class_pair_iou: ViewSummary = field(default_factory=ViewSummary)
+    local_global_iou: ViewSummary = field(default_factory=ViewSummary)
+    stability: ViewSummary = field(default_factory=ViewSummary)
     stability_gaps: int = 0
-    aligned_inter_client_iou: float = math.nan
+    aligned_inter_client_iou: ViewSummary = field(default_factory=ViewSummary)
     """Inter-client IoU after every client's channels are matched to the global model's (``analysis.alignment``)."""
-    aligned_inter_client_iou_pairs: int = 0
-    aligned_inter_client_iou_chance: float = math.nan
-    aligned_local_global_iou: float = math.nan
+    aligned_local_global_iou: ViewSummary = field(default_factory=ViewSummary)
     """Local-global IoU after the same alignment."""
-    aligned_local_global_iou_pairs: int = 0
-    aligned_local_global_iou_chance: float = math.nan
     channels_moved: float = math.nan
     """Mean over aligned clients of how many of their channels the alignment moved."""
     mean_label_emd: float = math.nan
@@ -705,31 +644,6 @@ class RoundSummary:
     """Mean over classes held by two or more clients of the winning client's local-global IoU lead."""
     dominance_entropy: float = math.nan
     """Mean over those classes of the normalised entropy of the local-global IoUs (0: one client, 1: all alike)."""
-    seed_floor: float = math.nan
-    """Inter-client IoU's noise floor: the seed floor over the classes of the view's non-degenerate mean."""
-    source_floor: float = math.nan
-    """Local-global IoU's noise floor: each non-degenerate (client, class) pair's class's source floor, averaged."""
-    client_seed_floor: float = math.nan
-    """Stability's noise floor: each non-degenerate (client, class) pair's class's client floor, averaged."""
-    seed_floor_covers: int = 0
-    """How many of the inter-client view's non-degenerate classes its floor is averaged over (the rest have none)."""
-    source_floor_covers: int = 0
-    """How many of local-global IoU's non-degenerate (client, class) pairs its floor is averaged over."""
-    client_seed_floor_covers: int = 0
-    """How many of stability's non-degenerate (client, class) pairs its floor is averaged over."""
-    seed_floor_against: float = math.nan
-    """Inter-client IoU over exactly the classes its floor covers, non-degenerate circuits only: what the floor
-    verdict compares."""
-    source_floor_against: float = math.nan
-    """Local-global IoU over exactly the pairs its floor covers (non-degenerate)."""
-    client_seed_floor_against: float = math.nan
-    """Stability over exactly the pairs its floor covers (non-degenerate)."""
-    inter_client_iou_entries: int = 0
-    """Classes behind the inter-client view's non-degenerate mean (what its floor should cover)."""
-    local_global_iou_entries: int = 0
-    """(client, class) pairs behind local-global IoU's non-degenerate mean."""
-    stability_entries: int = 0
-    """(client, class) pairs behind stability's non-degenerate mean."""
     cross_sufficiency: float = math.nan
     cross_specificity: float = math.nan
     cross_collapsed: int = 0
@@ -756,68 +670,73 @@ class RoundSummary:
     """Circuits of the random-weight control that are degenerate (all of them, for an instrument that works)."""
     control_faithfulness: float = math.nan
     """Mean faithfulness of the control's circuits that are not degenerate (NaN when none: what should happen)."""
-    inter_client_iou_nondegenerate: float = math.nan
-    inter_client_iou_nondegenerate_pairs: int = 0
-    class_pair_iou_nondegenerate: float = math.nan
-    class_pair_iou_nondegenerate_pairs: int = 0
-    local_global_iou_nondegenerate: float = math.nan
-    local_global_iou_nondegenerate_pairs: int = 0
-    stability_nondegenerate: float = math.nan
-    stability_nondegenerate_pairs: int = 0
 
-    def view(self, view: View) -> float:
-        """The mean IoU of a view."""
-        return number(getattr(self, view.value))
+    def view(self, view: View) -> ViewSummary:
+        """The summary of one IoU view."""
+        return typing.cast(ViewSummary, getattr(self, view.value))
 
-    def view_pairs(self, view: View) -> int:
-        """How many defined pairs the view's mean rests on."""
-        return int(getattr(self, f"{view.value}_pairs"))
+    def set_view(self, view: View, **parts: Any) -> None:
+        """Replace some numbers of one view's summary (the analyst adds the floors after the means)."""
+        setattr(self, view.value, dataclasses.replace(self.view(view), **parts))
 
-    def view_chance(self, view: View) -> float:
-        """The view's chance level."""
-        return number(getattr(self, f"{view.value}_chance"))
-
-    def view_nondegenerate(self, view: View) -> tuple[float, int]:
-        """The view's mean over pairs of circuits that are not degenerate, and how many such pairs are defined."""
-        return number(getattr(self, f"{view.value}_nondegenerate")), int(
-            getattr(self, f"{view.value}_nondegenerate_pairs")
-        )
-
-    def view_floor(self, view: View) -> float:
-        """The view's noise floor over the view's own non-degenerate classes (NaN for a view without one)."""
-        kind = FLOOR_OF_VIEW.get(view)
-        return number(getattr(self, SUMMARY_FLOOR[kind])) if kind is not None else math.nan
-
-    def view_against_floor(self, view: View) -> float:
+    def against_floor(self, view: View) -> float:
         """The view's value its floor verdict reads: the non-degenerate mean over exactly the entries the floor
         covers (the plain mean for records written before floors were taken per view; NaN without a floor)."""
-        kind = FLOOR_OF_VIEW.get(view)
-        if kind is None:
+        if view not in FLOOR_OF_VIEW:
             return math.nan
-        if self.view_floor_coverage(view) == (0, 0):
-            return self.view(view)
-        return number(getattr(self, f"{SUMMARY_FLOOR[kind]}_against"))
-
-    def view_floor_coverage(self, view: View) -> tuple[int, int]:
-        """``(covered, entries)``: of the entries behind the view's non-degenerate mean, how many its floor covers
-        (both 0 for a view without a floor, or a record written before floors were taken per view)."""
-        kind = FLOOR_OF_VIEW.get(view)
-        if kind is None:
-            return 0, 0
-        return int(getattr(self, f"{SUMMARY_FLOOR[kind]}_covers")), int(getattr(self, f"{view.value}_entries"))
+        v = self.view(view)
+        return v.mean if (v.floor_covers, v.entries) == (0, 0) else v.floor_against
 
     def scalars(self) -> dict[str, float | int]:
-        """Every summary by name (the columns of ``summary.csv``, the metrics Flower receives)."""
-        return dataclasses.asdict(self)
+        """Every summary by one flat name (the columns of ``summary.csv``, the metrics Flower receives, the digests'
+        scalars): a view's parts as ``<view>``, ``<view>_pairs``, ..., its floor under the floor's name
+        (:data:`SUMMARY_FLOOR`), as every schema before 4 wrote them."""
+        out: dict[str, float | int] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ViewSummary):
+                out.update(_flat_view(f.name, value))
+            else:
+                out[f.name] = value
+        return out
+
+    def scalar(self, name: str) -> float:
+        """One of :meth:`scalars` by its flat name (NaN for a name this summary does not have)."""
+        return number(self.scalars().get(name))
+
+    def to_json(self) -> Json:
+        """Schema 4: scalars by name, and each view as an object of its :class:`ViewSummary`."""
+        return encode_fields(self)
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any] | None) -> RoundSummary:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for k, v in (raw or {}).items():
-            if k in names:
-                values[k] = int(v) if names[k].type == "int" and isinstance(v, (int, float)) else number(v)
-        return cls(**values)
+    def from_json(cls, raw: Mapping[str, Any] | None, version: int = SCHEMA_VERSION) -> RoundSummary:
+        """Read a summary of schema ``version``: grouped per view from 4 on, flat before (:meth:`scalars`' names)."""
+        if version >= 4:
+            return typing.cast(RoundSummary, decode_fields(cls, raw))
+        flat = raw or {}
+        grouped = {
+            **flat,
+            **{name: {p: flat[k] for p, k in parts.items() if k in flat} for name, parts in _FLAT_PARTS.items()},
+        }
+        return typing.cast(RoundSummary, decode_fields(cls, grouped))
+
+
+def _view_parts(name: str) -> dict[str, str]:
+    """Flat names (schemas 1-3, :meth:`RoundSummary.scalars`) of the parts of the summary's view field ``name``."""
+    parts = {"mean": name, "pairs": f"{name}_pairs", "chance": f"{name}_chance"}
+    if name.startswith("aligned_"):
+        return parts
+    parts.update(nondegenerate=f"{name}_nondegenerate", nondegenerate_pairs=f"{name}_nondegenerate_pairs")
+    kind = FLOOR_OF_VIEW.get(View(name))
+    if kind is not None:
+        floor = SUMMARY_FLOOR[kind]
+        parts.update(entries=f"{name}_entries", floor=floor, floor_covers=f"{floor}_covers")
+        parts.update(floor_against=f"{floor}_against")
+    return parts
+
+
+def _flat_view(name: str, view: ViewSummary) -> dict[str, float | int]:
+    return {key: getattr(view, part) for part, key in _FLAT_PARTS[name].items()}
 
 
 SUMMARY_GROUPS = ("accuracy", "iou", "cross_eval", "faithfulness", "degenerate", "circuits", "skew", "robustness")
@@ -865,7 +784,12 @@ SUMMARY_FLOOR: dict[FloorKind, str] = {
     FloorKind.SOURCE: "source_floor",
     FloorKind.CLIENTS: "client_seed_floor",
 }
-"""The summary field that holds each noise floor's mean."""
+"""The flat name (schemas 1-3, :meth:`RoundSummary.scalars`) of each noise floor's mean."""
+
+_FLAT_PARTS: dict[str, dict[str, str]] = {
+    name: _view_parts(name) for name in (*(v.value for v in View), *ALIGNED_SUMMARY.values())
+}
+"""Each view field of :class:`RoundSummary`: its parts' flat names."""
 
 
 @dataclass
@@ -1128,7 +1052,7 @@ class RoundRecord:
                     ),
                     "cross_eval": _str_keyed(self.cross_eval, lambda per: _str_keyed(per, CrossEvaluation.to_json)),
                     **{name: encode(getattr(self, name)) for name in _CODEC_SECTIONS},
-                    "summary": self.summary.scalars(),
+                    "summary": self.summary.to_json(),
                 }
             )
             if self.alignment_error is not None:
@@ -1187,7 +1111,7 @@ class RoundRecord:
             else None,
             cross_eval=_nested(raw.get("cross_eval"), CrossEvaluation.from_json),
             **{name: decode(hint, raw.get(name)) for name, hint in _codec_sections().items()},
-            summary=RoundSummary.from_json(raw.get("summary")),
+            summary=RoundSummary.from_json(raw.get("summary"), version),
             timings=RoundTimings.from_json(raw.get("timings")),
             aggregated=bool(raw.get("aggregated", True)),
             not_aggregated_because=raw.get("not_aggregated_because"),

@@ -345,7 +345,7 @@ def summary_series(records: Sequence[Record], name: str) -> np.ndarray:
 
     NaN where not analysed.
     """
-    return np.array([number(getattr(r.summary, name)) if r.analysed else math.nan for r in records], dtype=float)
+    return np.array([r.summary.scalar(name) if r.analysed else math.nan for r in records], dtype=float)
 
 
 # ---------------------------------------------------------------------- reductions

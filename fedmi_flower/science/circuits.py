@@ -32,9 +32,11 @@ smallest faithful circuit and the scores of a circuit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -49,10 +51,6 @@ from fedmi_flower.science.seeding import torch_generator
 
 Circuit = dict[str, list[int]]
 """Sorted channel indices per circuit site, e.g. ``{"conv1": [3, 7], "conv2": [], ...}``."""
-
-
-SCORE_NAMES = ("sufficiency", "specificity", "necessity", "faithfulness", "model_sufficiency", "model_specificity")
-"""The scores of :class:`CircuitScores` a client reports for each of its own circuits."""
 
 
 class HeavisideSTE(torch.autograd.Function):
@@ -358,9 +356,17 @@ def _balanced_agreement(says: torch.Tensor, model_says: torch.Tensor) -> float:
     return sum(sides) / 2
 
 
-@dataclass(frozen=True)
+SCORE_RANGE = (0.0, 1.0)
+"""Every score is a fraction in this range (NaN where undefined)."""
+_SCORE = {"range": SCORE_RANGE}
+"""Field metadata of a :class:`CircuitScores` score: a fraction, the range the wire check enforces."""
+
+
+@dataclass
 class CircuitScores:
-    """How a circuit behaves on a model.
+    """How a circuit behaves on a model: the one form of a circuit's scores, from the scoring pass through a
+    client's report (its wire form, :meth:`wire`, checked against the fields' ranges on arrival) to the round
+    record (``records.round_record.Scores`` is this class).
 
     Attributes
     ----------
@@ -374,8 +380,9 @@ class CircuitScores:
     necessity : float
         Accuracy on target-class images with the circuit's channels ablated and all
         others active; low means the circuit is needed.
-    num_target, num_other : int
-        Images the scores were measured on. A score is NaN when its count is zero.
+    num_target, num_other : int or None
+        Images the scores were measured on. A score is NaN when its count is zero. None where
+        they did not travel: a client reports its scores without the counts.
     faithfulness : float
         How often the circuit's "is it the class?" decision agrees with the full model's,
         balanced: the mean of the agreement on the images the model calls the class and
@@ -388,14 +395,29 @@ class CircuitScores:
         same images: a circuit cannot be judged on a class the model does not recognise.
     """
 
-    sufficiency: float
-    specificity: float
-    necessity: float
-    num_target: int
-    num_other: int
-    faithfulness: float = math.nan
-    model_sufficiency: float = math.nan
-    model_specificity: float = math.nan
+    sufficiency: float = field(default=math.nan, metadata=_SCORE)
+    specificity: float = field(default=math.nan, metadata=_SCORE)
+    necessity: float = field(default=math.nan, metadata=_SCORE)
+    num_target: int | None = None
+    num_other: int | None = None
+    faithfulness: float = field(default=math.nan, metadata=_SCORE)
+    model_sufficiency: float = field(default=math.nan, metadata=_SCORE)
+    model_specificity: float = field(default=math.nan, metadata=_SCORE)
+
+    def wire(self) -> dict[str, float | None]:
+        """The scores a client reports for one of its circuits, by :data:`SCORE_NAMES` (NaN as None: JSON null)."""
+        return {name: None if math.isnan(v := getattr(self, name)) else v for name in SCORE_NAMES}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, float | None]) -> CircuitScores:
+        """Scores as a client reported them (already checked against the fields' ``range``); absent or null is NaN."""
+        values: dict[str, Any] = {name: raw.get(name) for name in SCORE_NAMES}
+        converted: dict[str, Any] = {name: math.nan if v is None else float(v) for name, v in values.items()}
+        return cls(**converted)
+
+
+SCORE_NAMES = tuple(f.name for f in dataclasses.fields(CircuitScores) if "range" in f.metadata)
+"""The scores a client reports for each of its own circuits (the wire names: :class:`CircuitScores`' scores)."""
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:

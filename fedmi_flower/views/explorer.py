@@ -44,8 +44,8 @@ def explorer_data(run: Run) -> dict[str, Any]:
         str(view): {
             "label": label,
             "value": [json_safe(r.summary.view(view)) for r in records],
-            "floor": [json_safe(r.summary.view_floor(view)) for r in records],
-            "chance": [json_safe(r.summary.view_chance(view)) for r in records],
+            "floor": [json_safe(r.summary.view(view).floor) for r in records],
+            "chance": [json_safe(r.summary.view(view).chance) for r in records],
         }
         for view, label in VIEWS
     }

@@ -342,21 +342,21 @@ def scale_numbers(records: Sequence[Record]) -> Numbers:
     summaries = [r.summary for r in records if r.analysed]  # a round whose analysis failed has no summary
     last = summaries[-1] if summaries else RoundSummary()
     for label, view in SCALE_VIEWS:
-        value = last.view(view)
-        floor = last.view_floor(view)
-        out[(SCALE, label, FINAL)] = value
+        numbers = last.view(view)
+        floor = numbers.floor
+        out[(SCALE, label, FINAL)] = numbers.mean
         out[(SCALE, label, FLOOR)] = floor
-        out[(SCALE, label, CHANCE)] = last.view_chance(view)
-        out[(SCALE, label, PAIRS)] = float(last.view_pairs(view)) if summaries else float("nan")
+        out[(SCALE, label, CHANCE)] = numbers.chance
+        out[(SCALE, label, PAIRS)] = float(numbers.pairs) if summaries else float("nan")
         # The floor is taken over the view's non-degenerate classes that have one: the verdict compares the
         # view's mean over exactly those entries with it, and says how many of the view's entries that is.
-        clean = last.view_against_floor(view)
-        covers, entries = last.view_floor_coverage(view)
+        clean = last.against_floor(view)
+        covers, entries = numbers.floor_covers, numbers.entries
         out[(SCALE, label, AGAINST)] = clean
         out[(SCALE, label, COVERS)] = float(covers) if entries else float("nan")
         out[(SCALE, label, ENTRIES)] = float(entries) if entries else float("nan")
         out[(SCALE, label, BELOW)] = float("nan") if math.isnan(clean) or math.isnan(floor) else float(clean < floor)
-        pairs = [(s.view_against_floor(view), s.view_floor(view)) for s in summaries]
+        pairs = [(s.against_floor(view), s.view(view).floor) for s in summaries]
         defined = [(v, f) for v, f in pairs if not (math.isnan(v) or math.isnan(f))]
         out[(SCALE, label, ROUNDS_BELOW)] = float(sum(1 for v, f in defined if v < f)) if defined else float("nan")
     return out
@@ -388,9 +388,8 @@ def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
         ),
     }
     for label, view in SCALE_VIEWS:
-        value, pairs = s.view_nondegenerate(view)
-        out[(FAITHFUL, f"{label} {NONDEGENERATE}", VALUE)] = value
-        out[(FAITHFUL, f"{label} {NONDEGENERATE}: pairs", VALUE)] = float(pairs)
+        out[(FAITHFUL, f"{label} {NONDEGENERATE}", VALUE)] = s.view(view).nondegenerate
+        out[(FAITHFUL, f"{label} {NONDEGENERATE}: pairs", VALUE)] = float(s.view(view).nondegenerate_pairs)
     return out
 
 
@@ -407,10 +406,10 @@ def alignment_numbers(records: Sequence[Record]) -> Numbers:
     last = analysed[-1]
     s = last.summary
     return {
-        (ALIGNED, "inter-client IoU, raw", VALUE): s.inter_client_iou,
-        (ALIGNED, "inter-client IoU, aligned", VALUE): s.aligned_inter_client_iou,
-        (ALIGNED, "local-global IoU, raw", VALUE): s.local_global_iou,
-        (ALIGNED, "local-global IoU, aligned", VALUE): s.aligned_local_global_iou,
+        (ALIGNED, "inter-client IoU, raw", VALUE): s.inter_client_iou.mean,
+        (ALIGNED, "inter-client IoU, aligned", VALUE): s.aligned_inter_client_iou.mean,
+        (ALIGNED, "local-global IoU, raw", VALUE): s.local_global_iou.mean,
+        (ALIGNED, "local-global IoU, aligned", VALUE): s.aligned_local_global_iou.mean,
         (ALIGNED, "channels moved by the alignment, per client", VALUE): s.channels_moved,
         (ALIGNED, "share of local circuits degenerate", VALUE): last.local_degenerate_share,
         (ALIGNED, "share of global circuits degenerate", VALUE): last.global_degenerate_share,
@@ -475,8 +474,8 @@ def skew_law_points(runs: Sequence[Run]) -> dict[str, tuple[list[float], list[fl
         emd.append(s.mean_label_emd)
         for name, value in (
             ("global accuracy", s.global_accuracy),
-            ("inter-client IoU", s.inter_client_iou),
-            ("local-global IoU", s.local_global_iou),
+            ("inter-client IoU", s.inter_client_iou.mean),
+            ("local-global IoU", s.local_global_iou.mean),
             (
                 "local-global IoU slope per round",
                 _slope_over_rounds(layer_curve(local_global_series(run.records), "mean", n)),
@@ -572,9 +571,9 @@ def method_numbers(records: Sequence[Record]) -> Numbers:
         out[(METHODS, ROBUSTNESS_COUNTS[1], name)] = float(preserved)
         out[(METHODS, ROBUSTNESS_COUNTS[2], name)] = float(collapsed)
         out[(METHODS, COLLAPSE_RATE + " (all rounds)", name)] = collapsed / worked if worked else math.nan
-    out[(METHODS, "inter-client IoU (final round)", LEARNED)] = s.inter_client_iou
+    out[(METHODS, "inter-client IoU (final round)", LEARNED)] = s.inter_client_iou.mean
     out[(METHODS, "inter-client IoU (final round)", ATTRIBUTION)] = s.attribution_inter_client_iou
-    out[(METHODS, "inter-client IoU: chance (final round)", LEARNED)] = s.inter_client_iou_chance
+    out[(METHODS, "inter-client IoU: chance (final round)", LEARNED)] = s.inter_client_iou.chance
     out[(METHODS, "inter-client IoU: chance (final round)", ATTRIBUTION)] = s.attribution_inter_client_iou_chance
     out[(METHODS, "global circuits' faithfulness (final round)", LEARNED)] = s.global_faithfulness
     out[(METHODS, "global circuits' faithfulness (final round)", ATTRIBUTION)] = s.attribution_faithfulness

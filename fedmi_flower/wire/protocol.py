@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedmi_flower.config import ConfigError, ExperimentConfig
-from fedmi_flower.science.circuits import SCORE_NAMES, Circuit
+from fedmi_flower.science.circuits import SCORE_NAMES, SCORE_RANGE, Circuit, CircuitScores
 
 FIT_SECTIONS = ("train", "discovery", "analysis", "faults")
 FIT_SCALARS = ("clients", "rounds")
@@ -152,7 +152,7 @@ class ClientReport:
     sparsity: float = float("nan")
     timings: dict[str, float] = field(default_factory=dict)
     class_counts: list[int] = field(default_factory=list)
-    local_scores: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    local_scores: dict[int, CircuitScores] = field(default_factory=dict)
     discovery_steps: dict[int, int] = field(default_factory=dict)
     device: str = "cpu"
     sparsity_per_tensor: dict[str, float] = field(default_factory=dict)
@@ -187,10 +187,7 @@ def report_to_metrics(
     """Encode a report as Flower fit metrics."""
     nested = {
         "class_counts": report.class_counts,
-        "local_scores": {
-            str(c): {k: None if v is None or math.isnan(v) else v for k, v in s.items()}
-            for c, s in report.local_scores.items()
-        },
+        "local_scores": {str(c): s.wire() for c, s in report.local_scores.items()},
         "discovery_steps": {str(c): n for c, n in report.discovery_steps.items()},
         "device": report.device,
         "sparsity_per_tensor": report.sparsity_per_tensor,
@@ -237,8 +234,9 @@ def _number(metrics: Mapping[str, Any], key: str, lo: float, hi: float) -> float
 def _score(value: Any, where: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise PayloadError(f"{where} must be a fraction in [0, 1] or null, got {value!r}")
+    low, high = SCORE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= float(value) <= high:
+        raise PayloadError(f"{where} must be a fraction in [{low:g}, {high:g}] or null, got {value!r}")
     return float(value)
 
 
@@ -284,12 +282,13 @@ def report_from_metrics(
         or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts)
     ):
         raise PayloadError(f"class_counts must be {num_classes} non-negative integers")
-    local_scores: dict[int, dict[str, float | None]] = {}
+    local_scores: dict[int, CircuitScores] = {}
     for key, scores in _object(nested, "local_scores").items():
         cls = _class_key(key, circuits, "local_scores")
         if not isinstance(scores, dict):
             raise PayloadError(f"local_scores[{key}] must be an object")
-        local_scores[cls] = {name: _score(scores.get(name), f"local_scores[{key}].{name}") for name in SCORE_NAMES}
+        checked = {name: _score(scores.get(name), f"local_scores[{key}].{name}") for name in SCORE_NAMES}
+        local_scores[cls] = CircuitScores.from_wire(checked)
     steps: dict[int, int] = {}
     for key, n in _object(nested, "discovery_steps").items():
         cls = _class_key(key, circuits, "discovery_steps")
