@@ -433,6 +433,28 @@ def test_the_bundled_paper_study_plans_every_experiment_of_the_paper(capsys):
     assert f"0 of {len(short)} done; to run: {len(short)}" in printed and "iid-faithful-seed=2" in printed
 
 
+def test_the_bundled_skew_law_study_sweeps_alpha_and_its_claims_read_the_sweep():
+    """Its full plan is the page's sweep (5 alphas x 5 seeds), --short three alphas; planted digests in which
+    preservation rises with alpha make its claim hold, and the reverse flip it."""
+    study = Study.load("skew-law")
+    full, short = plan(study, short=False), plan(study, short=True)
+    assert sorted({r.point["data.alpha"] for r in full}) == [0.05, 0.1, 0.3, 1.0, 10.0] and len(full) == 25
+    assert sorted({r.point["data.alpha"] for r in short}) == [0.05, 0.3, 10.0] and len(short) == 15
+    assert all(r.objective == "faithful" and r.config.clients == 5 for r in full)
+    (claim_,) = [c for c in study.claims if c.id == "skew-preservation-falls"]
+
+    def digests(preserved_by_alpha: dict[float, int]) -> list[RunDigest]:
+        series = lambda p: {"cross_preserved": [5, p], "cross_working_locally": [10, 10]}  # the last round counts
+        return [
+            digest("skew-law", seed, series(p), point={"data.alpha": a})
+            for a, p in preserved_by_alpha.items()
+            for seed in (0, 1)
+        ]
+
+    assert evaluate(claim_, digests({0.05: 1, 0.3: 5, 10.0: 9}), "faithful").verdict == HOLDS
+    assert evaluate(claim_, digests({0.05: 9, 0.3: 5, 10.0: 1}), "faithful").verdict == FLIPS
+
+
 def test_fedmi_claims_updates_a_page(study, tmp_path, capsys):
     out = tmp_path / "out"
     run_study(study, plan(study, short=True), out, fake_runtime([]), io.StringIO())
