@@ -26,6 +26,7 @@ from inprocess import run_in_process
 
 from fedmi_flower.cli import _overrides
 from fedmi_flower.config import load_experiment
+from fedmi_flower.records.round_record import RoundRecord
 
 
 def _fmt(value: object) -> str:
@@ -54,7 +55,7 @@ def main() -> int:
     began = time.perf_counter()
     records = run_in_process(config, args.out, args.data_root, rounds=args.rounds)
     for r in records:
-        w, s = r["wall"], r["summary"]
+        w, s = r["wall"], RoundRecord.from_json(r).summary.scalars()  # flat names, as summary.csv has them
         print(
             f"round {r['round']}: {w['total']:.1f} s (clients {w['clients']:.1f} s, server {w['server']:.1f} s"
             + (f", setup {w['setup']:.1f} s" if w["setup"] else "")

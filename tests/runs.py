@@ -59,3 +59,12 @@ def rounds_json(run: object) -> list[dict]:
     """
     path = Path(getattr(run, "path", run)) / "rounds.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def flat_summary(record: dict) -> dict:
+    """A written record's summary by its flat names (``summary.csv``'s: ``stability_pairs``, ``seed_floor``), read
+    through the schema (schema 4 groups each view; NaN as None, as the JSON has it)."""
+    from fedmi_flower.records.results import json_safe
+    from fedmi_flower.records.round_record import RoundRecord
+
+    return json_safe(RoundRecord.from_json(record).summary.scalars())

@@ -13,7 +13,7 @@ import pytest
 from fakes import ROUND1, Proxy, distinct_weights, fit_res, make_strategy
 from flwr.common import Code, EvaluateRes, Status, parameters_to_ndarrays
 from planted import PLANTED, bright_images, concat, planted_model
-from runs import rounds_json
+from runs import flat_summary, rounds_json
 
 from fedmi_flower.clients import CircuitClient
 from fedmi_flower.clients.faults import InjectedFailure
@@ -111,7 +111,7 @@ def test_bug2_stability_compares_round_t_with_round_t_minus_1_only(tmp_path):
     gap = third["stability_gap"]["1"]["3"]
     assert gap["previous_round"] == 1 and gap["conv1"] == 0.5
     assert third["stability"]["0"]["3"]["mean"] == 1.0
-    assert third["summary"]["stability_pairs"] == 4  # clients 0 (classes 3, 8) and 2 (3, 8)
+    assert flat_summary(third)["stability_pairs"] == 4  # clients 0 (classes 3, 8) and 2 (3, 8)
 
 
 # ---------------------------------------------------------------------------- bug 3
@@ -225,7 +225,7 @@ def test_planted_model_has_noise_floor_one_and_its_circuits_a_chance_level(tmp_p
     # The planted model calls every bright image its default class: its global circuits are degenerate, so the
     # views' floors leave their classes out and have nothing left to average.
     assert set(record["global"]["degenerate"]) == {"3", "8"}
-    s = record["summary"]
+    s = flat_summary(record)
     assert s["seed_floor"] is None and s["seed_floor_covers"] == 0 and s["source_floor_covers"] == 0
     # Client 1's class-3 circuit against the planted one: 2+1+2 channels against 1+1+1 in 32, 64, 128.
     chance = record["local_global_iou"]["1"]["3"]["chance"]
@@ -296,7 +296,7 @@ def test_verdicts_never_call_an_empty_or_indiscriminate_circuit_preserved(tmp_pa
     cross = record["cross_eval"]
     assert cross["0"]["3"]["verdict"] == "working" and cross["0"]["3"]["local_verdict"] == "working"
     assert cross["2"]["3"]["verdict"] == "collapsed" and cross["2"]["8"]["verdict"] == "collapsed"
-    s = record["summary"]
+    s = flat_summary(record)
     working_on_global = sum(1 for per in cross.values() for e in per.values() if e["verdict"] == "working")
     assert (
         s["cross_working_locally"] == 5

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from runs import REPO, rounds_json, sets
+from runs import REPO, flat_summary, rounds_json, sets
 
 from fedmi_flower.config import ConfigError, ExperimentConfig, make_model
 from fedmi_flower.science.alignment import identity, inverse, layout_of, match_weights, permute, site_permutation
@@ -343,7 +343,7 @@ def test_the_docs_model_runs_federated_rounds_on_cifar10_by_import_path(tmp_path
     assert set(circuits) == {"0", "1", "2"} and all(set(c) == {"a", "b"} for c in circuits.values())
     some_client = next(iter(last["clients"].values()))
     assert set(next(iter(some_client["circuits"].values()))) == {"a", "b"}
-    summary = last["summary"]
+    summary = flat_summary(last)
     for key in ("inter_client_iou", "local_global_iou", "stability", "aligned_local_global_iou"):
         assert summary[key] is not None, key
     assert last["noise_floor"]["seed"], "the floor is measured on the user's model too"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from processes import stop_processes_mentioning
-from runs import REPO, fedmi, rounds_json, sets
+from runs import REPO, fedmi, flat_summary, rounds_json, sets
 from runs import SMALL_IID as SMALL
 
 from fedmi_flower.config import load_experiment, parse_override
@@ -236,8 +236,8 @@ def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
                 assert {k: entry[k] for k in expected} == pytest.approx(expected, abs=1e-12)
         values = [e["mean"] for per in record["stability"].values() for e in per.values() if e["mean"] is not None]
         if values:
-            assert record["summary"]["stability"] == pytest.approx(sum(values) / len(values), abs=1e-12)
-            assert record["summary"]["stability_pairs"] == len(values)
+            assert flat_summary(record)["stability"] == pytest.approx(sum(values) / len(values), abs=1e-12)
+            assert flat_summary(record)["stability_pairs"] == len(values)
         # Every IoU view carries its scale: noise floors of the global model, and floor client 0's own.
         floor = record["noise_floor"]
         assert (
@@ -258,10 +258,12 @@ def test_every_iou_in_the_record_recomputes_from_its_saved_circuits(quick_run):
         ]
         seed_floors = [floor["seed"][c]["mean"] for c in inter if c in floor["seed"]]
         if seed_floors:
-            assert record["summary"]["seed_floor"] == pytest.approx(sum(seed_floors) / len(seed_floors), abs=1e-12)
+            assert flat_summary(record)["seed_floor"] == pytest.approx(sum(seed_floors) / len(seed_floors), abs=1e-12)
         else:
-            assert record["summary"]["seed_floor"] is None
-        assert record["summary"]["seed_floor_covers"] == len(seed_floors)
+            assert flat_summary(record)["seed_floor"] is None
+        assert flat_summary(record)["seed_floor_covers"] == len(seed_floors)
+        # Schema 4 writes the same numbers grouped per view.
+        assert record["summary"]["inter_client_iou"]["floor_covers"] == len(seed_floors)
         # Every chance level recomputes from the recorded circuits' sizes.
         for cls, entry in record["inter_client_iou"].items():
             holders = [clients[str(p)]["circuits"][cls] for p in entry["clients"]]

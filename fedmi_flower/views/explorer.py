@@ -43,7 +43,7 @@ def explorer_data(run: Run) -> dict[str, Any]:
     views = {
         str(view): {
             "label": label,
-            "value": [json_safe(r.summary.view(view)) for r in records],
+            "value": [json_safe(r.summary.view(view).mean) for r in records],
             "floor": [json_safe(r.summary.view(view).floor) for r in records],
             "chance": [json_safe(r.summary.view(view).chance) for r in records],
         }
@@ -110,6 +110,8 @@ const DATA = __DATA__;
 const $ = (id) => document.getElementById(id);
 const chartTitle = (text) => ({ text, x: 0.01, xanchor: "left" });  // clear of the toolbar
 const fmt = (v, d = 3) => (v === null || v === undefined) ? "null" : Number(v).toFixed(d);
+// A view's mean: schema 4 groups each IoU view's numbers in an object, earlier schemas wrote the mean itself.
+const meanOf = (v) => (v !== null && typeof v === "object") ? v.mean : v;
 function fill(select, values) {
   select.innerHTML = values.map((v) => `<option value="${v}">${v}</option>`).join("");
 }
@@ -125,9 +127,9 @@ function drawNumbers(s) {
   $("round-label").textContent = `${r.round} of ${DATA.rounds[DATA.rounds.length - 1]}` +
     (r.analysis_error ? " (not analysed)" : "");
   $("acc").textContent = fmt(r.global.accuracy);
-  $("inter").textContent = fmt(m.inter_client_iou, 2);
-  $("lg").textContent = fmt(m.local_global_iou, 2);
-  $("stab").textContent = fmt(m.stability, 2);
+  $("inter").textContent = fmt(meanOf(m.inter_client_iou), 2);
+  $("lg").textContent = fmt(meanOf(m.local_global_iou), 2);
+  $("stab").textContent = fmt(meanOf(m.stability), 2);
   $("cross").textContent = `${fmt(m.cross_sufficiency, 2)} / ${fmt(m.cross_specificity, 2)} / ` +
     fmt(m.cross_faithfulness, 2);
   $("preserved").textContent = r.analysis_error ? "null" : `${m.cross_preserved}/${m.cross_working_locally}`;
