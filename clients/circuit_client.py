@@ -17,12 +17,13 @@ from fedmi_flower.science.circuits import (
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.disjoint import budget_occupied, occupied_by_others
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import circuit_iou
 from fedmi_flower.science.model import evaluate, get_weights, set_weights
 from fedmi_flower.science.seeding import derive_seed, torch_generator
 from fedmi_flower.science.sparsity import sparsity_report, train_sparse
-from fedmi_flower.wire.protocol import ClientReport, FitInstructions, report_to_metrics
+from fedmi_flower.wire.protocol import ClientReport, FitInstructions, decode_circuits, report_to_metrics
 
 from .faults import InjectedFailure, should_fail
 
@@ -145,6 +146,18 @@ class CircuitClient(NumPyClient):
             rows = ImageSplit(torch.cat([rows.images, reference.images]), torch.cat([rows.labels, reference.labels]))
         return rows
 
+    def kept_off(self, model: nn.Module, cfg: ExperimentConfig, class_circuits: bytes) -> Circuit:
+        """The channels this client's training keeps off (``train.disjoint``, science/disjoint.py): those other
+        clients' circuits of classes it does not hold used, as the server sent them, or the other classes' channel
+        blocks; none when the rule is off or the server sent no circuits yet."""
+        held = [c for c, n in enumerate(self.class_counts) if n > 0]
+        sizes = site_sizes(model)
+        if cfg.train.disjoint == "budget":
+            return budget_occupied(sizes, held, self.num_classes)
+        if cfg.train.disjoint == "circuits" and class_circuits:
+            return occupied_by_others(decode_circuits(class_circuits, sizes, self.num_classes), held)
+        return {}
+
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """The partition this node holds (the server samples clients by it)."""
         return {"partition_id": self.partition_id}
@@ -175,6 +188,8 @@ class CircuitClient(NumPyClient):
             proximal_mu=orders.proximal_mu,
             scope=cfg.train.sparsity_scope,
             anneal=cfg.train.anneal == "every_round" or rnd <= 1,
+            keep_off=self.kept_off(model, cfg, orders.class_circuits),
+            keep_off_lambda=cfg.train.disjoint_lambda,
         )
         t_train = time.perf_counter() - t0
 

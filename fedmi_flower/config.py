@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedmi_flower.science.catalog import DATASETS, IMPORT_PATH, MODEL_NAMES
-from fedmi_flower.science.objectives import ABLATIONS, GATES, OBJECTIVES, objective_setting
+from fedmi_flower.science.objectives import ABLATIONS, DISJOINT_RULES, GATES, OBJECTIVES, objective_setting
 
 if typing.TYPE_CHECKING:
     import torch.nn as nn
@@ -137,6 +137,18 @@ class TrainConfig:
             "re-anneal sparsity from 0 in every round (the paper's reference) or only in "
             "round 1, holding the target after"
         ),
+    )
+    disjoint: str = _spec(
+        "off",
+        choices=DISJOINT_RULES,
+        doc=(
+            "disjoint-circuit training, the paper's proposed cure (section 4): circuits: keep off the channels "
+            "other clients' circuits of classes this client does not hold used last round; budget: keep off "
+            "every site's channel blocks of other classes"
+        ),
+    )
+    disjoint_lambda: float = _spec(
+        0.0, lo=0.0, doc="price per unit of mean absolute activation on the kept-off channels (train.disjoint)"
     )
 
 
@@ -650,6 +662,13 @@ class ExperimentConfig:
             for i, classes in enumerate(d.class_map):
                 if not classes or any(not 0 <= c <= top for c in classes):
                     fail("data.class_map", d.class_map, f"entry {i} must be a non-empty list of classes in 0..{top}")
+        if (self.train.disjoint == "off") != (self.train.disjoint_lambda == 0):
+            key, value = (
+                ("train.disjoint_lambda", self.train.disjoint_lambda)
+                if self.train.disjoint == "off"
+                else ("train.disjoint", self.train.disjoint)
+            )
+            fail(key, value, "needs the other: set train.disjoint = circuits or budget and train.disjoint_lambda > 0")
         if self.analysis.classes is not None:
             if not self.analysis.classes or any(not 0 <= c <= top for c in self.analysis.classes):
                 fail(

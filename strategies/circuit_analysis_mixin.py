@@ -34,13 +34,13 @@ from fedmi_flower.analysis.round_core import (
     Update,
     clients_missing,
     not_aggregated_reason,
+    round_instructions,
     screen_updates,
     summary_metrics,
 )
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import Failure, RoundRecord, SilentClient
-from fedmi_flower.wire.protocol import fit_instructions
 
 from .counting_proxy import CountingProxy
 from .seeded_client_manager import SeededClientManager
@@ -157,7 +157,7 @@ class CircuitAnalysisMixin:
             raise RuntimeError(clients_missing(self.experiment, client_manager.num_available()))
         sampler = SeededClientManager(client_manager, self.experiment.seed, rnd, self._partition_of)
         pairs = super().configure_fit(rnd, parameters, sampler)  # type: ignore[misc]
-        ours = fit_instructions(self.experiment, rnd)
+        ours = round_instructions(self.experiment, rnd, self.analyst, self.template)
         self._sampled = [proxy.cid for proxy, _ in pairs]
         # Every sampled node's partition, so that a result claiming another's is caught (asked once per node).
         sampler.partitions({proxy.cid: proxy for proxy, _ in pairs})

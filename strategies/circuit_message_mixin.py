@@ -21,6 +21,7 @@ from fedmi_flower.analysis.round_core import (
     Update,
     clients_missing,
     not_aggregated_reason,
+    round_instructions,
     sample_partitions,
     screen_updates,
     state_arrays,
@@ -29,7 +30,7 @@ from fedmi_flower.analysis.round_core import (
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import RunDirectory
 from fedmi_flower.records.round_record import Failure, RoundRecord, SilentClient
-from fedmi_flower.wire.protocol import fit_instructions, scalars
+from fedmi_flower.wire.protocol import scalars
 
 # Attributes in which Flower's Message-API strategies keep state across rounds (FedOpt family, FedAvgM).
 STATE_ATTRIBUTES = ("current_arrays", "m_t", "v_t", "momentum_vector")
@@ -169,7 +170,7 @@ class CircuitMessageMixin:
             node_of = {pid: node for node, pid in partitions.items()}
             chosen = [node_of[pid] for pid in sample_partitions(self.experiment.seed, rnd, list(node_of), wanted)]
         self._sampled = chosen
-        ours = ConfigRecord({**fit_instructions(self.experiment, rnd), **dict(config)})
+        ours = ConfigRecord({**round_instructions(self.experiment, rnd, self.analyst, self.template), **dict(config)})
         messages = list(super().configure_train(rnd, arrays, ours, _SampledGrid(grid, chosen)))  # type: ignore[misc]
         # The Message API hands the replies over all at once: the live line counts no clients while they train.
         self.recorder.progress.start(rnd, len(messages), counted=False, began=self.recorder.round_started)

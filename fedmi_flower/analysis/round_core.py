@@ -29,10 +29,18 @@ from fedmi_flower.analysis.round_analyst import RoundAnalyst
 from fedmi_flower.config import ExperimentConfig, make_model
 from fedmi_flower.records.results import Checkpoint, RunDirectory
 from fedmi_flower.records.round_record import Failure, Rejection, RoundRecord, SilentClient, View
+from fedmi_flower.science.disjoint import class_unions
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.model import set_weights
 from fedmi_flower.science.seeding import numpy_rng
-from fedmi_flower.wire.protocol import ClientReport, PayloadError, payload_bytes, report_from_metrics
+from fedmi_flower.wire.protocol import (
+    ClientReport,
+    PayloadError,
+    encode_circuits,
+    fit_instructions,
+    payload_bytes,
+    report_from_metrics,
+)
 
 logger = logging.getLogger("flwr")  # Flower's logger: the run's log and console carry these lines as Flower's own
 
@@ -76,6 +84,20 @@ class Screening:
     circuits_refused: set[int] = field(default_factory=set)
     """Accepted updates whose reports do not decode: no rule that reads circuits may see them."""
     rejected: list[Rejection] = field(default_factory=list)
+
+
+def round_instructions(
+    experiment: ExperimentConfig, server_round: int, analyst: RoundAnalyst, template: nn.Module
+) -> dict[str, bool | int | float | str | bytes]:
+    """The fit config of a round under either API: the experiment's settings and, under ``train.disjoint =
+    "circuits"``, every class's union of the clients' last reported circuits that were not degenerate (a client
+    not sampled last round counts with its latest report; round 1 sends none)."""
+    packed = None
+    if experiment.train.disjoint == "circuits" and analyst.previous:
+        latest = {pid: circuits for pid, (_, circuits) in analyst.previous.items()}
+        unions = class_unions(latest, analyst.previous_degenerate)
+        packed = encode_circuits(unions, site_sizes(template)) if unions else None
+    return fit_instructions(experiment, server_round, packed)
 
 
 def screen_weights(update: Update, template: nn.Module) -> list[np.ndarray]:

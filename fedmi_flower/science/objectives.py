@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ABLATIONS", "SCORING_ABLATIONS", "GATES", "OBJECTIVES", "OBJECTIVE_DEFAULTS", "objective_setting"]
+__all__ = [
+    "ABLATIONS",
+    "SCORING_ABLATIONS",
+    "GATES",
+    "OBJECTIVES",
+    "OBJECTIVE_DEFAULTS",
+    "DISJOINT_RULES",
+    "objective_setting",
+]
 
 ABLATIONS = ("zero", "mean")
 SCORING_ABLATIONS = (*ABLATIONS, "resample")
@@ -17,6 +25,8 @@ SCORING_ABLATIONS = (*ABLATIONS, "resample")
 reference set (resample ablation, scoring only: discovery learns with zero or mean)."""
 OBJECTIVES = ("paper", "faithful")
 GATES = ("straight-through", "annealed", "hard-concrete")
+DISJOINT_RULES = ("off", "circuits", "budget")
+"""The values of ``train.disjoint``: which channels a client keeps off (:mod:`fedmi_flower.science.disjoint`)."""
 OBJECTIVE_DEFAULTS: dict[str, dict[str, object]] = {
     "paper": {"gate": "straight-through", "ablation": "zero", "l0_lambda": 0.01, "batch_per_class": 32},
     # 16 of the class and 16 others: as many images per step as the paper's 32, the same circuits as 32 + 32.

@@ -9,6 +9,7 @@ least ``min_per_neuron`` weights (Eq. 2) so that no unit goes dead.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -18,7 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fedmi_flower.science.circuits import Circuit
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.disjoint import activation_penalty
+from fedmi_flower.science.hook_points import captured
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -173,6 +177,8 @@ def train_sparse(
     proximal_mu: float = 0.0,
     scope: str = "tensor",
     anneal: bool = True,
+    keep_off: Circuit | None = None,
+    keep_off_lambda: float = 0.0,
 ) -> TrainStats:
     """Train ``model`` in place with Adam, pruning after every step (paper section 2.2, phase A).
 
@@ -203,6 +209,10 @@ def train_sparse(
     anneal : bool
         Raise the sparsity from 0 over ``anneal_fraction`` of the steps (the paper's
         reference does this in every round); False holds the target from the first step.
+    keep_off, keep_off_lambda : Circuit, float
+        Disjoint-circuit training (:mod:`fedmi_flower.science.disjoint`): channels by circuit
+        site that this client should not use, and the price per unit of their mean absolute
+        activation added to the loss. Off when either is empty or zero.
     """
     if epochs < 1 or len(data) == 0:
         raise ValueError(f"need at least one epoch and one example, got epochs={epochs}, examples={len(data)}")
@@ -210,6 +220,11 @@ def train_sparse(
     data = data.to(device)
     params = [p for p in model.parameters()]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    kept_off = (
+        {site: torch.tensor(ch, dtype=torch.long, device=device) for site, ch in (keep_off or {}).items() if ch}
+        if keep_off_lambda > 0
+        else {}
+    )
     optimizer = torch.optim.Adam(params, lr=lr)
     sparse = bool(sparsity)
     target = float(sparsity or 0.0)
@@ -226,11 +241,18 @@ def train_sparse(
         for start_row in range(0, n, batch_size):
             idx = order[start_row : start_row + batch_size]
             x, y = data.images[idx], data.labels[idx]
-            logits = model(x)
+            # Hooks only when the price is paid: the plain loop stays hook-free.
+            watch: contextlib.AbstractContextManager[dict[str, torch.Tensor]] = (
+                captured(model) if kept_off else contextlib.nullcontext({})
+            )
+            with watch as acts:
+                logits = model(x)
             ce = F.cross_entropy(logits, y)
             loss = ce
+            if kept_off:
+                loss = loss + keep_off_lambda * activation_penalty(acts, kept_off)
             if start is not None:
-                loss = ce + 0.5 * proximal_mu * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
+                loss = loss + 0.5 * proximal_mu * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -41,10 +41,22 @@ class PayloadError(ValueError):
 # ---------------------------------------------------------------------------- server -> client
 
 
-def fit_instructions(config: ExperimentConfig, server_round: int) -> dict[str, bool | int | float | str]:
-    """The fit config of one round: the experiment's train, discovery and analysis settings."""
-    flat = {k: v for k, v in config.to_run_config().items() if k.split(".", 1)[0] in FIT_SECTIONS or k in FIT_SCALARS}
+CLASS_CIRCUITS = "class_circuits"
+"""Fit config key: every class's union of its clients' circuits of the previous round, as :func:`encode_circuits`
+packs them (``train.disjoint = "circuits"``, :mod:`fedmi_flower.science.disjoint`)."""
+
+
+def fit_instructions(
+    config: ExperimentConfig, server_round: int, class_circuits: bytes | None = None
+) -> dict[str, bool | int | float | str | bytes]:
+    """The fit config of one round: the experiment's train, discovery and analysis settings, and the previous
+    round's circuits of every class where disjoint-circuit training asks for them."""
+    flat: dict[str, bool | int | float | str | bytes] = {
+        k: v for k, v in config.to_run_config().items() if k.split(".", 1)[0] in FIT_SECTIONS or k in FIT_SCALARS
+    }
     flat.update(seed=config.seed, server_round=int(server_round))
+    if class_circuits:
+        flat[CLASS_CIRCUITS] = class_circuits
     return flat
 
 
@@ -55,6 +67,8 @@ class FitInstructions:
     server_round: int
     config: ExperimentConfig  # its clients, rounds, train, discovery, analysis, faults and seed are the server's
     proximal_mu: float = 0.0  # set by FedProx's configure_fit (legacy) or configure_train (Message API)
+    class_circuits: bytes = b""
+    """The previous round's circuits of every class, packed (:data:`CLASS_CIRCUITS`); empty when none were sent."""
 
     @classmethod
     def parse(cls, fit_config: Mapping[str, Any]) -> FitInstructions:
@@ -67,7 +81,12 @@ class FitInstructions:
             raise ConfigError(f"fit config: server_round = {server_round!r} must be a non-negative integer")
         if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not math.isfinite(mu) or mu < 0:
             raise ConfigError(f"fit config: proximal_mu = {mu!r} must be a finite number >= 0")
-        return cls(server_round, ExperimentConfig.from_run_config(rest), float(mu))
+        packed = rest.pop(CLASS_CIRCUITS, b"")
+        if not isinstance(packed, bytes):
+            raise ConfigError(
+                f"fit config: {CLASS_CIRCUITS} must be bytes (encode_circuits), got {type(packed).__name__}"
+            )
+        return cls(server_round, ExperimentConfig.from_run_config(rest), float(mu), packed)
 
 
 # ---------------------------------------------------------------------------- circuits
