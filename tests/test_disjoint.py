@@ -19,7 +19,7 @@ from fedmi_flower.science.hook_points import captured, site_sizes
 from fedmi_flower.science.model import evaluate
 from fedmi_flower.science.models import SimpleCNN
 from fedmi_flower.science.sparsity import train_sparse
-from fedmi_flower.wire.protocol import CLASS_CIRCUITS, FitInstructions, decode_circuits
+from fedmi_flower.wire.protocol import CLASS_CIRCUITS, FitInstructions, decode_circuits, encode_circuits
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
 
@@ -136,3 +136,26 @@ def test_a_planted_collision_moves_apart_as_the_price_grows():
             assert evaluate(model, data, num_classes=10).accuracy > 0.9  # a small price: it still learns both
     assert overlaps[0] == 1.0 and overlaps[0] > overlaps[1] > overlaps[2] and overlaps[2] < 0.5, overlaps
     assert masses[0] > masses[1] > masses[2] and masses[2] < 0.2 * masses[0], masses
+
+
+def test_a_client_keeps_off_what_the_rule_says_for_the_classes_it_holds():
+    """The client's side: it decodes the server's class circuits and keeps off those of the classes it lacks (a
+    class it holds stays open), or the other classes' blocks; nothing before the server has sent circuits."""
+    from types import SimpleNamespace
+
+    from clients.circuit_client import CircuitClient
+
+    counts = [0] * 10
+    counts[3], counts[5] = 40, 1  # holds classes 3 and 5
+    client = SimpleNamespace(class_counts=counts, num_classes=10)
+    model = SimpleCNN()
+    circuits = load_experiment("quickstart", {"train.disjoint": "circuits", "train.disjoint_lambda": 1.0})
+    unions = {3: {"conv1": [1], "conv2": [], "conv3": []}, 7: {"conv1": [2], "conv2": [9], "conv3": []}}
+    packed = encode_circuits(unions, SIZES)
+    assert CircuitClient.kept_off(client, model, circuits, packed) == {"conv1": [2], "conv2": [9]}  # class 7's only
+    assert CircuitClient.kept_off(client, model, circuits, b"") == {}  # round 1
+    budget = load_experiment("quickstart", {"train.disjoint": "budget", "train.disjoint_lambda": 1.0})
+    kept = CircuitClient.kept_off(client, model, budget, b"")
+    assert kept["conv1"] == [c for c in range(32) if c not in (9, 10, 11, 16, 17, 18)]  # blocks of classes 3, 5
+    off = load_experiment("quickstart")
+    assert CircuitClient.kept_off(client, model, off, packed) == {}
