@@ -26,12 +26,14 @@ from fedmi_flower.apps.study import (
     plan,
     run_state,
     run_study,
+    same_settings,
 )
 from fedmi_flower.cli import main
-from fedmi_flower.config import ConfigError
+from fedmi_flower.config import ConfigError, load_experiment
 from fedmi_flower.records.digest import DigestError, RunDigest, digest_run, holding_counts, read_digests
 from fedmi_flower.records.results import Checkpoint, RunDirectory
 from fedmi_flower.records.round_record import CrossEvaluation, RoundRecord, RoundSummary
+from fedmi_flower.records.series import settings
 from fedmi_flower.views.claims import (
     ARTEFACT,
     BEGIN,
@@ -567,3 +569,15 @@ def test_a_study_draws_its_figures_from_the_lowest_seed_with_every_run_here(stud
     bad.write_text(STUDY + '\n[[figure]]\nnumber = 1\nexperiment = "smoke"\nplot = "pie_chart"\n')
     with pytest.raises(ConfigError, match="plot 'pie_chart' is not one of"):
         Study.load(str(bad))
+
+
+def test_a_digest_made_before_a_setting_existed_is_still_its_runs():
+    """A digest's settings lack the keys the config gained since (their defaults keep the earlier behaviour): the
+    run is still done; a value that differs, or a digest without settings, is not the run's."""
+    config = load_experiment("iid")
+    recorded = settings(config)
+    del recorded["train.disjoint"], recorded["train.disjoint_lambda"]  # made before disjoint training existed
+    assert same_settings(recorded, config)
+    assert not same_settings({**recorded, "train.epochs": config.train.epochs + 1}, config)
+    assert not same_settings({**recorded, "train.disjoint": "budget", "train.disjoint_lambda": 1.0}, config)
+    assert not same_settings(None, config)

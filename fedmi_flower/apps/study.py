@@ -235,7 +235,7 @@ def run_state(run: PlannedRun, out: Path) -> str:
         if folder.path.exists() and any(folder.path.iterdir()):
             folder.check_new()  # a folder that is not a run: its own error
         digest = _digest_path(out, run)
-        if digest.is_file() and RunDigest.read(digest).settings == settings(run.config):
+        if digest.is_file() and same_settings(RunDigest.read(digest).settings, run.config):
             return DONE
         return NEW
     theirs, ours = settings(folder.read_config()), settings(run.config)
@@ -246,6 +246,19 @@ def run_state(run: PlannedRun, out: Path) -> str:
             "ran: move that folder away, or give the study another --out"
         )
     return DONE if folder.finished_round() >= run.config.rounds else PARTIAL
+
+
+def same_settings(recorded: Mapping[str, Any] | None, config: ExperimentConfig) -> bool:
+    """Whether a digest's settings are a run's. A key the config gained after the digest was made counts at its
+    default, which keeps the earlier behaviour (``train.disjoint = "off"``): a new setting does not undo a study.
+    A digest without settings (made before digests kept them) is no run's."""
+    if recorded is None:
+        return False
+    try:
+        theirs = settings(ExperimentConfig.from_run_config(dict(recorded)))
+    except ConfigError:
+        return False
+    return theirs == settings(config)
 
 
 def _digest_path(out: Path, run: PlannedRun) -> Path:
@@ -336,7 +349,7 @@ def run_study(
     for run in runs:  # finished runs whose digest was lost, or lacks what a study now keeps
         path = _digest_path(out, run)
         kept = RunDigest.read(path) if path.is_file() else None
-        if states[run.folder] == DONE and (kept is None or kept.settings != settings(run.config)):
+        if states[run.folder] == DONE and (kept is None or not same_settings(kept.settings, run.config)):
             seconds = kept.seconds if kept is not None else None
             digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(path)
     failed: list[str] = []
