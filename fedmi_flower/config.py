@@ -148,7 +148,12 @@ class TrainConfig:
         ),
     )
     disjoint_lambda: float = _spec(
-        0.0, lo=0.0, doc="price per unit of mean absolute activation on the kept-off channels (train.disjoint)"
+        0.0,
+        lo=0.0,
+        doc=(
+            "price per unit of mean absolute activation on the kept-off channels (train.disjoint); 0 with a rule "
+            "on is the cure's control: the server sends the circuits, training pays nothing"
+        ),
     )
 
 
@@ -662,13 +667,13 @@ class ExperimentConfig:
             for i, classes in enumerate(d.class_map):
                 if not classes or any(not 0 <= c <= top for c in classes):
                     fail("data.class_map", d.class_map, f"entry {i} must be a non-empty list of classes in 0..{top}")
-        if (self.train.disjoint == "off") != (self.train.disjoint_lambda == 0):
-            key, value = (
-                ("train.disjoint_lambda", self.train.disjoint_lambda)
-                if self.train.disjoint == "off"
-                else ("train.disjoint", self.train.disjoint)
+        if self.train.disjoint == "off" and self.train.disjoint_lambda > 0:
+            # The other way round is allowed: a rule at lambda 0 is the cure's control (the same wire, no price).
+            fail(
+                "train.disjoint_lambda",
+                self.train.disjoint_lambda,
+                "prices nothing while train.disjoint = off: set train.disjoint = circuits or budget",
             )
-            fail(key, value, "needs the other: set train.disjoint = circuits or budget and train.disjoint_lambda > 0")
         if self.analysis.classes is not None:
             if not self.analysis.classes or any(not 0 <= c <= top for c in self.analysis.classes):
                 fail(

@@ -55,11 +55,11 @@ def test_the_price_is_the_mean_absolute_activation_of_the_kept_off_channels():
         activation_penalty(acts, {"a": torch.tensor([], dtype=torch.long)})
 
 
-def test_the_rule_and_its_price_come_together():
-    with pytest.raises(ConfigError, match="train.disjoint_lambda = 0.5 needs the other"):
+def test_a_price_needs_a_rule_and_a_rule_at_price_0_is_the_control():
+    with pytest.raises(ConfigError, match="train.disjoint_lambda = 0.5 prices nothing while train.disjoint = off"):
         load_experiment("quickstart", {"train.disjoint_lambda": 0.5})
-    with pytest.raises(ConfigError, match="train.disjoint = 'budget' needs the other"):
-        load_experiment("quickstart", {"train.disjoint": "budget"})
+    # A rule at lambda 0 is the control of a lambda sweep: allowed.
+    assert load_experiment("quickstart", {"train.disjoint": "budget"}).train.disjoint_lambda == 0
     with pytest.raises(ConfigError, match="train.disjoint"):
         load_experiment("quickstart", {"train.disjoint": "orthogonal", "train.disjoint_lambda": 1.0})
 
