@@ -190,6 +190,7 @@ class CircuitClient(NumPyClient):
             anneal=cfg.train.anneal == "every_round" or rnd <= 1,
             keep_off=self.kept_off(model, cfg, orders.class_circuits),
             keep_off_lambda=cfg.train.disjoint_lambda,
+            restricted_alpha=cfg.train.restricted_softmax,
         )
         t_train = time.perf_counter() - t0
 

@@ -147,6 +147,15 @@ class TrainConfig:
             "every site's channel blocks of other classes"
         ),
     )
+    restricted_softmax: float = _spec(
+        1.0,
+        lo=0.0,
+        hi=1.0,
+        doc=(
+            "FedRS's restricted softmax (a label-skew baseline): the logits of classes a client lacks are scaled "
+            "by this in its loss; 1 is plain softmax, 0 leaves their classifier rows untouched"
+        ),
+    )
     disjoint_lambda: float = _spec(
         0.0,
         lo=0.0,

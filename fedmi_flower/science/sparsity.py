@@ -23,6 +23,7 @@ from fedmi_flower.science.circuits import Circuit
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.disjoint import activation_penalty
 from fedmi_flower.science.hook_points import captured
+from fedmi_flower.science.restricted_softmax import present_classes, restricted_logits
 
 
 def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -179,6 +180,7 @@ def train_sparse(
     anneal: bool = True,
     keep_off: Circuit | None = None,
     keep_off_lambda: float = 0.0,
+    restricted_alpha: float = 1.0,
 ) -> TrainStats:
     """Train ``model`` in place with Adam, pruning after every step (paper section 2.2, phase A).
 
@@ -213,6 +215,9 @@ def train_sparse(
         Disjoint-circuit training (:mod:`fedmi_flower.science.disjoint`): channels by circuit
         site that this client should not use, and the price per unit of their mean absolute
         activation added to the loss. Off when either is empty or zero.
+    restricted_alpha : float
+        FedRS's restricted softmax (:mod:`fedmi_flower.science.restricted_softmax`): the logits of
+        classes absent from ``data`` are scaled by it in the loss; 1 (the default) is plain softmax.
     """
     if epochs < 1 or len(data) == 0:
         raise ValueError(f"need at least one epoch and one example, got epochs={epochs}, examples={len(data)}")
@@ -226,6 +231,7 @@ def train_sparse(
         else {}
     )
     optimizer = torch.optim.Adam(params, lr=lr)
+    present: torch.Tensor | None = None  # FedRS's flags, once the logits tell the number of classes
     sparse = bool(sparsity)
     target = float(sparsity or 0.0)
     n = len(data)
@@ -248,7 +254,10 @@ def train_sparse(
             with watch as acts:
                 logits = model(x)
             ce = F.cross_entropy(logits, y)
-            loss = ce
+            if restricted_alpha != 1.0 and present is None:
+                present = present_classes(data.labels, logits.shape[1])
+            # FedRS trains on the restricted logits; the reported loss stays plain cross-entropy, comparable.
+            loss = ce if present is None else F.cross_entropy(restricted_logits(logits, present, restricted_alpha), y)
             if kept_off:
                 loss = loss + keep_off_lambda * activation_penalty(acts, kept_off)
             if start is not None:
