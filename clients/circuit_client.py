@@ -191,6 +191,7 @@ class CircuitClient(NumPyClient):
             keep_off=self.kept_off(model, cfg, orders.class_circuits),
             keep_off_lambda=cfg.train.disjoint_lambda,
             restricted_alpha=cfg.train.restricted_softmax,
+            frozen_head=cfg.train.frozen_head,
         )
         t_train = time.perf_counter() - t0
 

@@ -156,6 +156,13 @@ class TrainConfig:
             "by this in its loss; 1 is plain softmax, 0 leaves their classifier rows untouched"
         ),
     )
+    frozen_head: bool = _spec(
+        False,
+        doc=(
+            "FedBABU (a label-skew baseline): clients train the body only; the classifier keeps the initial "
+            "weights, one head shared by all"
+        ),
+    )
     disjoint_lambda: float = _spec(
         0.0,
         lo=0.0,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from fedmi_flower.science.circuits import Circuit
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.disjoint import activation_penalty
+from fedmi_flower.science.frozen_head import classifier
 from fedmi_flower.science.hook_points import captured
 from fedmi_flower.science.restricted_softmax import present_classes, restricted_logits
 
@@ -181,6 +182,7 @@ def train_sparse(
     keep_off: Circuit | None = None,
     keep_off_lambda: float = 0.0,
     restricted_alpha: float = 1.0,
+    frozen_head: bool = False,
 ) -> TrainStats:
     """Train ``model`` in place with Adam, pruning after every step (paper section 2.2, phase A).
 
@@ -218,12 +220,16 @@ def train_sparse(
     restricted_alpha : float
         FedRS's restricted softmax (:mod:`fedmi_flower.science.restricted_softmax`): the logits of
         classes absent from ``data`` are scaled by it in the loss; 1 (the default) is plain softmax.
+    frozen_head : bool
+        FedBABU (:mod:`fedmi_flower.science.frozen_head`): the classifier keeps its weights; only the
+        body trains. Pruning still applies to it, and is the same on every client holding the same head.
     """
     if epochs < 1 or len(data) == 0:
         raise ValueError(f"need at least one epoch and one example, got epochs={epochs}, examples={len(data)}")
     device = next(model.parameters()).device
     data = data.to(device)
-    params = [p for p in model.parameters()]
+    frozen = {id(p) for p in classifier(model, data.images[:2]).parameters()} if frozen_head else set()
+    params = [p for p in model.parameters() if id(p) not in frozen]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     kept_off = (
         {site: torch.tensor(ch, dtype=torch.long, device=device) for site, ch in (keep_off or {}).items() if ch}
@@ -262,7 +268,7 @@ def train_sparse(
                 loss = loss + keep_off_lambda * activation_penalty(acts, kept_off)
             if start is not None:
                 loss = loss + 0.5 * proximal_mu * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
-            optimizer.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)  # a frozen head's gradients too
             loss.backward()
             optimizer.step()
             step += 1
