@@ -142,6 +142,8 @@ def test_greater_than_compares_another_scalar_or_experiment():
     # Within the tolerance of the other experiment's: no difference, so the claim does not hold.
     other = evaluate(claim(test="greater-than", metric="a", than={"experiment": "x"}), runs, "faithful")
     assert other.verdict == FLIPS and other.other == pytest.approx(0.88)
+    assert evaluate(claim(test="less-than", metric="b", than={"metric": "a"}), runs, "faithful").verdict == HOLDS
+    assert evaluate(claim(test="less-than", metric="a", than={"metric": "b"}), runs, "faithful").verdict == FLIPS
 
 
 def test_along_a_sweep_first_point_against_last():
@@ -581,3 +583,83 @@ def test_a_digest_made_before_a_setting_existed_is_still_its_runs():
     assert not same_settings({**recorded, "train.epochs": config.train.epochs + 1}, config)
     assert not same_settings({**recorded, "train.disjoint": "budget", "train.disjoint_lambda": 1.0}, config)
     assert not same_settings(None, config)
+
+
+VARIANTS = """
+description = "one experiment as two variants"
+seeds = [0, 1]
+objectives = ["faithful"]
+[short]
+rounds = 2
+"train.sparsity" = 0.9
+[[experiment]]
+name = "smoke"
+[[experiment]]
+name = "smoke"
+label = "smoke-half"
+settings = { "train.sparsity" = 0.5, "strategy.name" = "fedprox" }
+[[claim]]
+id = "less"
+text = "the half-sparse variant scores less"
+section = "x"
+experiment = "smoke-half"
+metric = "global_accuracy"
+rounds = "last"
+test = "less-than"
+than = { experiment = "smoke" }
+"""
+
+
+def test_one_experiment_runs_as_variants_each_with_its_label_and_settings(tmp_path):
+    path = tmp_path / "variants.toml"
+    path.write_text(VARIANTS)
+    study = Study.load(str(path))
+    runs = plan(study, short=True)
+    assert [r.folder for r in runs] == [
+        "smoke-faithful-seed=0",
+        "smoke-half-faithful-seed=0",
+        "smoke-faithful-seed=1",
+        "smoke-half-faithful-seed=1",
+    ]
+    # The variant's settings beat the study's common short ones; the plain entry keeps those.
+    assert [(r.config.train.sparsity, r.config.strategy.name) for r in runs[:2]] == [(0.9, "fedavg"), (0.5, "fedprox")]
+    out = tmp_path / "out"
+    assert run_study(study, runs, out, fake_runtime([]), io.StringIO()) == []
+    assert {d.experiment for d in read_digests([out / "digests"])} == {"smoke", "smoke-half"}
+    # Last-round accuracy 0.3 + 0.06 seed + 0.5 x sparsity: 0.58 for the variant against 0.78.
+    row = next(line for line in (out / "claims.md").read_text().splitlines() if line.startswith("| the half-sparse"))
+    assert "**holds** | 0.58 against 0.78 (global_accuracy)" in row
+    path.write_text(VARIANTS.replace('label = "smoke-half"\n', ""))
+    with pytest.raises(ConfigError, match="give variants of one experiment each its own label"):
+        Study.load(str(path))
+
+
+def test_the_bundled_baselines_study_runs_each_method_on_each_split_with_only_its_own_setting():
+    study = Study.load("baselines")
+    runs = plan(study, short=True, seeds=[0])
+    assert len(runs) == 15 and [r.folder for r in runs[:5]] == [
+        f"{m}-3class-faithful-seed=0" for m in ("fedavg", "fedprox", "fedrs", "fedbabu", "cure")
+    ]
+    by_label = {r.entry.label: r.config for r in runs}
+
+    def method(c):
+        return (c.strategy.name, c.train.restricted_softmax, c.train.frozen_head, c.train.disjoint)
+
+    for split in ("3class", "2class", "dir0.1"):
+        base = by_label[f"fedavg-{split}"]
+        assert method(base) == ("fedavg", 1.0, False, "off")
+        assert method(by_label[f"fedprox-{split}"]) == ("fedprox", 1.0, False, "off")
+        assert method(by_label[f"fedrs-{split}"]) == ("fedavg", 0.5, False, "off")
+        assert method(by_label[f"fedbabu-{split}"]) == ("fedavg", 1.0, True, "off")
+        assert method(by_label[f"cure-{split}"]) == ("fedavg", 1.0, False, "circuits")
+        # Everything but the method is the split's: the comparison is of methods alone.
+        for m in ("fedprox", "fedrs", "fedbabu", "cure"):
+            other = by_label[f"{m}-{split}"]
+            assert (other.data, other.rounds, other.clients, other.discovery) == (
+                base.data,
+                base.rounds,
+                base.clients,
+                base.discovery,
+            )
+    assert by_label["fedavg-dir0.1"].data.partition == "dirichlet" and by_label["fedavg-dir0.1"].data.alpha == 0.1
+    assert all(c.than.get("experiment", "").startswith("fedavg-") for c in study.claims)

@@ -9,6 +9,8 @@ A study is a TOML file (the bundled ones in ``experiments/studies/``; ``fedmi st
     rounds = 4
     [[experiment]]
     name = "iid"                             # an experiment (``fedmi list``), its [sweep] included
+    label = "iid-fedprox"                    # optional: the entry's name in the study (default: name), so
+    settings = { "strategy.name" = "fedprox" }  # one experiment can run as variants, each with its settings
     short = { "train.sparsity" = 0.9 }       # --short: this experiment's own overrides
     short_sweep = { "train.sparsity" = [0.8, 0.9, 0.95] }
     short_minutes = 2.0                      # measured minutes a run, for --dry-run's plan
@@ -59,13 +61,22 @@ def list_studies() -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class StudyEntry:
-    """One experiment of a study and its shorter settings."""
+    """One experiment of a study, as the study names it, with its own settings and its shorter ones."""
 
     name: str
+    label: str = ""
+    """The entry's name in the study (its runs' folders, digests, claims and figures): ``name`` unless a
+    study runs one experiment as several variants."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Settings of every run of the entry, short or not (a variant's: ``strategy.name``, ...)."""
     short: Mapping[str, Any] = field(default_factory=dict)
     short_sweep: Mapping[str, list[Any]] = field(default_factory=dict)
     short_minutes: float | None = None
     objectives: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ class Study:
     @property
     def objectives_of(self) -> dict[str, tuple[str, ...]]:
         """Experiment -> the objectives the study runs it with."""
-        return {e.name: e.objectives or self.objectives for e in self.entries}
+        return {e.label: e.objectives or self.objectives for e in self.entries}
 
     @classmethod
     def load(cls, name_or_path: str) -> Study:
@@ -118,13 +129,15 @@ class Study:
 
         entries = []
         for i, e in enumerate(table.get("experiment", [])):
-            allowed = {"name", "short", "short_sweep", "short_minutes", "objectives"}
+            allowed = {"name", "label", "settings", "short", "short_sweep", "short_minutes", "objectives"}
             if not isinstance(e, dict) or "name" not in e or set(e) - allowed:
                 listed = ", ".join(sorted(allowed))
                 raise ConfigError(f"{path}: [[experiment]] {i + 1} needs `name` and may set {listed}")
             entries.append(
                 StudyEntry(
                     name=str(e["name"]),
+                    label=str(e.get("label", "")),
+                    settings=dict(e.get("settings", {})),
                     short=dict(e.get("short", {})),
                     short_sweep=dict(e.get("short_sweep", {})),
                     short_minutes=e.get("short_minutes"),
@@ -143,12 +156,16 @@ class Study:
             figures = tuple(PaperFigure.from_table(f, f"{path}") for f in table.get("figure", []))
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        names = {e.name for e in entries}
+        names = {e.label for e in entries}
+        if len(names) < len(entries):
+            raise ConfigError(
+                f"{path}: two [[experiment]] entries share a name; give variants of one experiment each its own label"
+            )
         if stray := sorted({c.experiment for c in claims} - names):
             raise ConfigError(f"{path}: claims read experiments the study does not run: {', '.join(stray)}")
         if stray := sorted({f.experiment for f in figures} - names):
             raise ConfigError(f"{path}: figures draw experiments the study does not run: {', '.join(stray)}")
-        objectives_of = {e.name: e.objectives or check_objectives(objectives, "objectives") for e in entries}
+        objectives_of = {e.label: e.objectives or check_objectives(objectives, "objectives") for e in entries}
         scalars = digest_scalars()
         try:
             for c in claims:
@@ -202,11 +219,13 @@ def plan(
             # The study's common shorter settings never fix what the experiment sweeps; its own may.
             common = {k: v for k, v in study.short.items() if k not in swept} if short else {}
             for objective in entry.objectives or study.objectives:
-                fixed = common | dict(entry.short if short else {}) | dict(overrides or {})
+                fixed = common | dict(entry.settings) | dict(entry.short if short else {}) | dict(overrides or {})
                 fixed |= {"discovery.objective": objective, "seed": seed}
                 configs = load_sweep(entry.name, fixed, sweep=sweep)
                 swept = [k for k in swept if k not in fixed]
                 for config in configs:
+                    if entry.label != entry.name:  # a variant's runs go by its label
+                        config.name = entry.label + config.name.removeprefix(entry.name)
                     flat = config.to_run_config()
                     point = {k: flat[k] for k in swept}
                     minutes = entry.short_minutes if short else _full_minutes(config, len(configs))
@@ -274,10 +293,10 @@ def expected_minutes(runs: Sequence[PlannedRun], out: Path) -> dict[str, float |
         if path.is_file():
             seconds = RunDigest.read(path).seconds
             if seconds is not None:
-                measured.setdefault(run.entry.name, []).append(seconds / 60)
+                measured.setdefault(run.entry.label, []).append(seconds / 60)
     return {
-        run.folder: (sum(measured[run.entry.name]) / len(measured[run.entry.name]))
-        if run.entry.name in measured
+        run.folder: (sum(measured[run.entry.label]) / len(measured[run.entry.label]))
+        if run.entry.label in measured
         else run.minutes
         for run in runs
     }
@@ -351,7 +370,7 @@ def run_study(
         kept = RunDigest.read(path) if path.is_file() else None
         if states[run.folder] == DONE and (kept is None or not same_settings(kept.settings, run.config)):
             seconds = kept.seconds if kept is not None else None
-            digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(path)
+            digest_run(out / run.folder, run.entry.label, run.point, seconds=seconds).write(path)
     failed: list[str] = []
     finished: list[str] = []
     began = time.perf_counter()
@@ -381,7 +400,7 @@ def run_study(
             return
         seconds = time.perf_counter() - started
         with lock:
-            digest_run(out / run.folder, run.entry.name, run.point, seconds=seconds).write(_digest_path(out, run))
+            digest_run(out / run.folder, run.entry.label, run.point, seconds=seconds).write(_digest_path(out, run))
             finished.append(run.folder)
             write_claims(study, runs, out)
 
@@ -420,7 +439,7 @@ def draw_figures(study: Study, runs: Sequence[PlannedRun], out: Path) -> tuple[l
     skipped: list[str] = []
     for figure in study.figures:
         for objective in study.objectives_of[figure.experiment]:
-            mine = [r for r in runs if r.entry.name == figure.experiment and r.objective == objective]
+            mine = [r for r in runs if r.entry.label == figure.experiment and r.objective == objective]
             seeds = sorted({r.seed for r in mine})
             ready = [
                 s

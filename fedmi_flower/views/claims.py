@@ -9,7 +9,7 @@ digest count, or a ratio ``"a / b"`` of two, summed over the rounds first), the 
 ``peak-then-decline``
     The seed-mean curve peaks before the last round and falls by at least ``tolerance`` (paper
     3.2, Fig. 5 and 8).
-``greater-than``
+``greater-than`` / ``less-than``
     The mean against the mean of another scalar or experiment (``than``), by more than ``tolerance``.
 ``increasing`` / ``decreasing``
     The mean along a swept key (``sweep``, e.g. ``train.sparsity``), first point against last.
@@ -35,7 +35,7 @@ from fedmi_flower.records.digest import RunDigest
 
 HOLDS, FLIPS, ARTEFACT, NOT_TESTABLE = "holds", "flips", "artefact", "not testable here"
 VERDICTS = (HOLDS, FLIPS, ARTEFACT, NOT_TESTABLE)
-TESTS = ("at-least", "at-most", "peak-then-decline", "greater-than", "increasing", "decreasing")
+TESTS = ("at-least", "at-most", "peak-then-decline", "greater-than", "less-than", "increasing", "decreasing")
 ROUNDS = ("all", "last", "late", "first")
 """Which rounds a claim reads: every round, the last, the second half, the first."""
 
@@ -103,8 +103,9 @@ class Claim:
             raise ClaimError(f"{where} {name!r}: rounds {table['rounds']!r} is not one of {', '.join(ROUNDS)}")
         if table["test"] in ("at-least", "at-most") and not isinstance(table.get("value"), int | float):
             raise ClaimError(f"{where} {name!r}: test {table['test']} needs a number `value`")
-        if table["test"] == "greater-than" and not table.get("than"):
-            raise ClaimError(f"{where} {name!r}: test greater-than needs `than = {{metric = ..., experiment = ...}}`")
+        if table["test"] in ("greater-than", "less-than") and not table.get("than"):
+            test = table["test"]
+            raise ClaimError(f"{where} {name!r}: test {test} needs `than = {{metric = ..., experiment = ...}}`")
         if table["test"] in ("increasing", "decreasing") and not table.get("sweep"):
             raise ClaimError(f'{where} {name!r}: test {table["test"]} needs `sweep = "<swept key>"`')
         if "floor" in table and table["test"] not in ("at-least", "peak-then-decline"):
@@ -209,14 +210,14 @@ def evaluate(claim: Claim, digests: Sequence[RunDigest], objective: str) -> Clai
     if result.seeds == 0:
         result.why = f"{claim.metric} undefined in every run (no circuit it can be read on)"
         return result
-    if claim.test == "greater-than":
+    if claim.test in ("greater-than", "less-than"):
         others = _runs(digests, claim.than.get("experiment", claim.experiment), claim.than.get("objective", objective))
         other_metric = claim.than.get("metric", claim.metric)
         result.other, _, n_other = _mean_spread([run_value(d, other_metric, claim.rounds) for d in others])
         if n_other == 0:
             result.verdict, result.why = NOT_TESTABLE, f"{other_metric} undefined on the runs it is compared with"
             return result
-        gap = result.mean - result.other
+        gap = (result.mean - result.other) * (1 if claim.test == "greater-than" else -1)
         result.verdict = HOLDS if gap > claim.tolerance else FLIPS
         result.why = f"{result.mean:.2f} against {result.other:.2f} ({other_metric})"
     else:
