@@ -18,6 +18,7 @@ from fedmi_flower.science.circuits import (
 )
 from fedmi_flower.science.data import ImageSplit
 from fedmi_flower.science.disjoint import budget_occupied, occupied_by_others
+from fedmi_flower.science.faithfulness_curve import CURVE_ROWS_PER_CLASS, cpr_cmd, faithfulness_curves
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import circuit_iou
 from fedmi_flower.science.model import evaluate, get_weights, set_weights
@@ -200,8 +201,9 @@ class CircuitClient(NumPyClient):
         means = self.fill_means(model, cfg)
         circuits: dict[int, Circuit] = {}
         steps_run: list[int] = []
+        learned: dict[str, torch.Tensor] = {}
         if classes:
-            circuits, steps_run = cfg.discovery.recipe().find(
+            circuits, steps_run, learned = cfg.discovery.recipe().find_scored(
                 model,
                 self.train,
                 classes,
@@ -221,14 +223,17 @@ class CircuitClient(NumPyClient):
         t0 = time.perf_counter()
         local_scores = {}
         if cfg.analysis.evaluate_local and circuits:
-            scored = evaluate_circuits(
-                model,
-                self.local_eval_split(cfg.seed),
-                list(circuits.items()),
-                ablation=cfg.discovery.resolved_ablation,
-                means=means,
-            )
+            rows = self.local_eval_split(cfg.seed)
+            ablation = cfg.discovery.resolved_ablation
+            scored = evaluate_circuits(model, rows, list(circuits.items()), ablation=ablation, means=means)
             local_scores = dict(zip(circuits, scored))
+            if cfg.analysis.integrated_faithfulness:
+                # The server's grid and rows per class, so that a local CPR reads like the global model's.
+                curve_rows = rows.first_per_class(CURVE_ROWS_PER_CLASS)
+                curves = faithfulness_curves(model, curve_rows, learned, classes, ablation=ablation, means=means)
+                for cls, curve in curves.items():
+                    if cls in local_scores:
+                        local_scores[cls].cpr, local_scores[cls].cmd = cpr_cmd(curve)
         t_evaluate = time.perf_counter() - t0
 
         achieved = sparsity_report(model)

@@ -418,7 +418,7 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from fedmi_flower.analysis.frontier import FrontierPoint, frontier
     from fedmi_flower.records.round_record import RecordError
-    from fedmi_flower.records.series import RunError
+    from fedmi_flower.records.series import RunError, load_run
     from fedmi_flower.views.plots import fig_frontier, save
 
     try:
@@ -433,7 +433,9 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
         raise RunError(str(err)) from None
     out = Path(args.out) if args.out else Path(args.run) / "frontier"
     title = f"Circuit size against faithfulness: global model of round {server_round} of {Path(args.run).name}"
-    made = save(fig_frontier(points, title), out, "frontier")
+    analysed = {r.round: r for r in load_run(args.run).records}.get(server_round)
+    ranking = analysed.global_model if analysed is not None else None
+    made = save(fig_frontier(points, title, ranking), out, "frontier")
     fields = [f.name for f in dataclasses.fields(FrontierPoint)]
     lines = [",".join(fields)] + [",".join(str(getattr(p, f)) for f in fields) for p in points]
     (out / "frontier.csv").write_text("\n".join(lines) + "\n")

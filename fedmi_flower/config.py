@@ -297,8 +297,8 @@ class AnalysisConfig:
     integrated_faithfulness: bool = _spec(
         True,
         doc=(
-            "score the global circuits' faithfulness over circuit size (their top-scored channels at 1-100% of the "
-            "model's channels) and record its areas, CPR and CMD (the MIB benchmark's)"
+            "score the global, local and control circuits' faithfulness over circuit size (their top-scored "
+            "channels at 1-100% of the model's channels) and record its areas, CPR and CMD (the MIB benchmark's)"
         ),
     )
     counterfactual: bool = _spec(

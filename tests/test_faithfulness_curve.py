@@ -48,3 +48,42 @@ def test_areas_of_simple_curves():
     assert cpr_cmd([0.5] * len(SIZE_GRID)) == (pytest.approx(0.5), pytest.approx(0.5))
     assert all(math.isnan(v) for v in cpr_cmd([1.0, math.nan] + [1.0] * (len(SIZE_GRID) - 2)))
     assert grid_sizes(224) == [3, 5, 12, 23, 45, 68, 112, 168, 224]
+
+
+def test_a_rounds_summary_integrates_the_global_local_and_control_rankings():
+    """The summary's CPRs are the record's: the global model's per class (the planted network's faithful ranking
+    integrates near 1), the clients' reported ones (planted, different per client) and the random control's."""
+    from fedmi_flower.analysis.round_analyst import RoundAnalyst
+    from fedmi_flower.config import ExperimentConfig
+    from fedmi_flower.science.circuits import CircuitScores
+    from fedmi_flower.wire.protocol import ClientReport
+
+    config = ExperimentConfig.from_dict(
+        {
+            "clients": 2,
+            "analysis": {
+                "classes": CLASSES,
+                "random_control": True,
+                "alignment": "off",
+                **dict.fromkeys(("noise_floor", "second_method", "ablations", "stitching", "cka"), False),
+            },
+            "discovery": {"objective": "faithful", "ablation": "mean", "steps": 60},
+        }
+    )
+    analyst = RoundAnalyst(config, mixed_data(24), mixed_data(24, seed=1), reference=mixed_data(24, seed=2))
+    channels = {"conv1": [0], "conv2": [0], "conv3": [0]}
+    reports = [
+        ClientReport(0, 100, {3: channels, 8: channels}, local_scores={3: CircuitScores(cpr=0.9, cmd=0.1),
+                                                                     8: CircuitScores(cpr=0.7, cmd=0.3)}),
+        ClientReport(1, 40, {3: channels}, local_scores={3: CircuitScores(cpr=0.2, cmd=0.8)}),
+    ]  # fmt: skip
+    record = analyst.analyse(1, shortcut_model(), reports)
+    s = record.summary
+    assert sorted(record.global_model.cpr) == CLASSES
+    assert s.global_cpr == pytest.approx(sum(record.global_model.cpr.values()) / 2) and s.global_cpr >= 0.95
+    assert s.global_cmd == pytest.approx(sum(record.global_model.cmd.values()) / 2)
+    assert s.local_cpr == pytest.approx((0.9 + 0.7 + 0.2) / 3) and s.local_cmd == pytest.approx((0.1 + 0.3 + 0.8) / 3)
+    control = record.control
+    assert control is not None and sorted(control.faithfulness_curve) == CLASSES
+    defined = [v for v in control.cpr.values() if not math.isnan(v)]
+    assert s.control_cpr == pytest.approx(sum(defined) / len(defined)) if defined else math.isnan(s.control_cpr)

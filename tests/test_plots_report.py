@@ -482,7 +482,8 @@ def test_no_figure_draws_text_outside_itself(iid_run, noniid_runs):
             for lam, size in ((0.003, 120), (0.01, 70), (0.03, 20))
             for cls in (0, 1, 2, 7)
         ]
-        yield "frontier", fig_frontier(points, "Circuit size against faithfulness: a round of a run")
+        ranking = load_run(iid_run).records[-1].global_model  # the run's own curve drawn over the sweep
+        yield "frontier", fig_frontier(points, "Circuit size against faithfulness: a round of a run", ranking)
 
     outside, drawn = {}, 0
     for name, fig in figures():  # each checked and closed before the next is drawn
@@ -518,3 +519,27 @@ def test_paper_figures_name_no_run_and_comparison_panels_carry_letters(iid_run, 
     cross = fig_compare_cross_eval(groups, labels, setting)
     assert [ax.get_title()[:4] for ax in cross.axes if ax.get_title()][:2] == ["(a) ", "(b) "]
     plt.close("all")
+
+
+def test_the_frontier_draws_the_runs_own_ranking_and_its_cpr():
+    import matplotlib.pyplot as plt
+
+    from fedmi_flower.analysis.frontier import FrontierPoint
+    from fedmi_flower.records.round_record import GlobalEntry
+    from fedmi_flower.views.plots import fig_frontier
+
+    points = [FrontierPoint("faithful", lam, 3, size, 0.9, 0.8, 0.95) for lam, size in ((0.003, 120), (0.03, 20))]
+    ranking = GlobalEntry(
+        faithfulness_curve={3: [0.6, 0.8, 1.0], 8: [0.4, float("nan"), 1.0]},
+        curve_sizes=[3, 23, 224],
+        cpr={3: 0.85, 8: float("nan")},
+    )
+    fig = fig_frontier(points, "a round", ranking)
+    line = next(ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--")
+    assert list(line.get_xdata()) == [3, 23, 224] and list(line.get_ydata()) == pytest.approx([0.5, 0.8, 1.0])
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert "the run's top-k (CPR 0.85)" in labels
+    plt.close(fig)
+    without = fig_frontier(points, "a round")
+    assert not any(ln.get_linestyle() == "--" for ln in without.axes[0].lines)
+    plt.close(without)

@@ -64,7 +64,7 @@ def _report() -> ClientReport:
         sparsity=0.99,
         timings={"t_train": 1.0, "t_discovery": 2.0},
         class_counts=[10] * 10,
-        local_scores={0: CircuitScores(sufficiency=1.0, specificity=float("nan"), necessity=0.1)},
+        local_scores={0: CircuitScores(sufficiency=1.0, specificity=float("nan"), necessity=0.1, cpr=0.8, cmd=0.25)},
         discovery_steps={0: 200, 7: 120},
     )
 
@@ -76,6 +76,7 @@ def test_report_round_trip():
     assert back.circuits == CIRCUITS and back.partition_id == 2 and back.discovery_steps == {0: 200, 7: 120}
     assert '"specificity": null' in str(metrics["report"])  # NaN travels as null
     assert back.local_scores[0].sufficiency == 1.0 and math.isnan(back.local_scores[0].specificity)
+    assert (back.local_scores[0].cpr, back.local_scores[0].cmd) == (0.8, 0.25)  # a client's integrated faithfulness
     assert back.timings == {"t_train": 1.0, "t_discovery": 2.0}
 
 

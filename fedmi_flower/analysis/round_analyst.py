@@ -97,7 +97,7 @@ from fedmi_flower.science.circuits import (
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
-from fedmi_flower.science.faithfulness_curve import cpr_cmd, faithfulness_curves, grid_sizes
+from fedmi_flower.science.faithfulness_curve import CURVE_ROWS_PER_CLASS, cpr_cmd, faithfulness_curves, grid_sizes
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import (
     MEAN,
@@ -540,24 +540,19 @@ class RoundAnalyst:
             summarise_pairs(local_global, tensors) if local_global else None,
         )
 
-    CURVE_ROWS_PER_CLASS = 32
-    """Evaluation rows per class the faithfulness curves are scored on: 9 sizes x every class is many circuits, and
-    the curve's shape, not its third decimal, is what its area reads."""
-
     ROBUSTNESS_ROWS_PER_CLASS = 64
     """Evaluation rows per class the robustness steps score on (:meth:`robustness`): they score many circuits again
     (stitched, attribution, under other ablations), and a verdict's thresholds (0.1, 0.5) are far wider than the
     sampling error of 64 rows; every verdict a step compares is scored on the same rows."""
 
     def curve_rows(self) -> ImageSplit:
-        """The first :attr:`CURVE_ROWS_PER_CLASS` evaluation rows of every class."""
-        return self.rows_per_class(self.CURVE_ROWS_PER_CLASS)
+        """The first :data:`~fedmi_flower.science.faithfulness_curve.CURVE_ROWS_PER_CLASS` evaluation rows of every
+        class."""
+        return self.rows_per_class(CURVE_ROWS_PER_CLASS)
 
     def rows_per_class(self, n: int) -> ImageSplit:
         """The first ``n`` evaluation rows of every class (the evaluation rows are already a seeded random draw)."""
-        labels = self.evaluation.labels.cpu()
-        keep = [i for cls in torch.unique(labels).tolist() for i in torch.nonzero(labels == cls).flatten()[:n].tolist()]
-        return self.evaluation.subset(sorted(keep))
+        return self.evaluation.first_per_class(n)
 
     @staticmethod
     def overwrite_shares(
@@ -631,10 +626,30 @@ class RoundAnalyst:
             if train.sparsity:
                 prune_(model, train.sparsity, train.min_per_neuron, train.sparsity_scope)
             model.to(device)
-            circuits = self.discover(model, self.probe, classes, "random-control", 0)
+            circuits, learned, present = self.discover_scored(model, self.probe, classes, "random-control", 0)
             scores, _ = self.score(model, circuits, [])
             self._control = self.global_entry(model, circuits, scores)
+            if self.config.analysis.integrated_faithfulness and present:
+                self.integrate(self._control, model, learned, present)
         return self._control
+
+    def integrate(
+        self, entry: GlobalEntry, model: nn.Module, learned: Mapping[str, torch.Tensor], classes: Sequence[int]
+    ) -> None:
+        """Integrated faithfulness (issue 27 item 1): each class's faithfulness curve over the fixed grid of sizes,
+        top channels of the learned scores, and its CPR and CMD, into ``entry``."""
+        curves = faithfulness_curves(
+            model,
+            self.curve_rows(),
+            learned,
+            classes,
+            ablation=self.config.discovery.resolved_ablation,
+            means=self.fill_means(model),
+        )
+        entry.faithfulness_curve = curves
+        entry.curve_sizes = grid_sizes(sum(site_sizes(model).values())) if curves else []
+        for cls, curve in curves.items():
+            entry.cpr[cls], entry.cmd[cls] = cpr_cmd(curve)
 
     # ------------------------------------------------------------------ the analysis
 
@@ -692,23 +707,7 @@ class RoundAnalyst:
         global_entry = self.global_entry(model, global_circuits, global_scores)
         timings.evaluation = time.perf_counter() - t0
         if self.config.analysis.integrated_faithfulness and present:
-            no_curves: dict[int, list[float]] = {}
-            curves = step(
-                Step.INTEGRATED_FAITHFULNESS,
-                lambda: faithfulness_curves(
-                    model,
-                    self.curve_rows(),
-                    learned,
-                    present,
-                    ablation=self.config.discovery.resolved_ablation,
-                    means=self.fill_means(model),
-                ),
-                no_curves,
-            )
-            global_entry.faithfulness_curve = curves
-            global_entry.curve_sizes = grid_sizes(sum(site_sizes(model).values())) if curves else []
-            for cls, curve in curves.items():
-                global_entry.cpr[cls], global_entry.cmd[cls] = cpr_cmd(curve)
+            step(Step.INTEGRATED_FAITHFULNESS, lambda: self.integrate(global_entry, model, learned, present), None)
         control = step(Step.CONTROL, lambda: self.control(classes), None)
         no_alignment: dict[int, Permutation] = {}
         alignments = step(Step.ALIGNMENT, lambda: self.alignments(model, local_weights or {}), no_alignment)
@@ -1071,6 +1070,14 @@ class RoundAnalyst:
             global_faithfulness=nanmean(
                 s.faithfulness for c, s in record.global_model.scores.items() if c not in record.global_model.degenerate
             ),
+            # Integrated faithfulness reads a ranking, not one cut of it: every class, degenerate or not (a curve
+            # with an undefined point has no area, NaN, and drops out of the mean).
+            global_cpr=nanmean(record.global_model.cpr.values()),
+            global_cmd=nanmean(record.global_model.cmd.values()),
+            local_cpr=nanmean(s.cpr for c in record.clients.values() for s in c.local_scores.values()),
+            local_cmd=nanmean(s.cmd for c in record.clients.values() for s in c.local_scores.values()),
+            control_cpr=nanmean(record.control.cpr.values()) if record.control is not None else math.nan,
+            control_cmd=nanmean(record.control.cmd.values()) if record.control is not None else math.nan,
             cross_faithfulness=nanmean(
                 s.faithfulness
                 for pid, per in record.cross_eval.items()

@@ -603,6 +603,12 @@ class RoundSummary:
     """Integrated faithfulness of the global model's circuits: CPR, mean over classes (higher is better)."""
     global_cmd: float = math.nan
     """Its CMD, mean over classes (lower is better)."""
+    local_cpr: float = math.nan
+    """The clients' own circuits' CPR (each ranking on its own model), mean over clients and classes."""
+    local_cmd: float = math.nan
+    control_cpr: float = math.nan
+    """The random-weight control's CPR: a ranking of a model that recognises nothing should integrate to little."""
+    control_cmd: float = math.nan
     report_bytes: float = math.nan
     """Mean bytes of a client's report this round (its circuits and scores)."""
     report_to_weights: float = math.nan

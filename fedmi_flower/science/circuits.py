@@ -393,6 +393,12 @@ class CircuitScores:
     model_sufficiency, model_specificity : float
         The full model's own sufficiency (recall of the class) and specificity on the
         same images: a circuit cannot be judged on a class the model does not recognise.
+    cpr, cmd : float
+        Integrated faithfulness of the ranking the circuit was cut from (MIB, ICML 2025;
+        :mod:`fedmi_flower.science.faithfulness_curve`): the area under its faithfulness
+        over a fixed grid of sizes, and the area between that curve and 1. Set for a model's
+        own circuits where ``analysis.integrated_faithfulness`` is on (a client's, the
+        controls'); NaN elsewhere (a circuit cross-evaluated on other weights has no ranking there).
     """
 
     sufficiency: float = field(default=math.nan, metadata=_SCORE)
@@ -403,6 +409,8 @@ class CircuitScores:
     faithfulness: float = field(default=math.nan, metadata=_SCORE)
     model_sufficiency: float = field(default=math.nan, metadata=_SCORE)
     model_specificity: float = field(default=math.nan, metadata=_SCORE)
+    cpr: float = field(default=math.nan, metadata=_SCORE)
+    cmd: float = field(default=math.nan, metadata=_SCORE)
 
     def wire(self) -> dict[str, float | None]:
         """The scores a client reports for one of its circuits, by :data:`SCORE_NAMES` (NaN as None: JSON null)."""

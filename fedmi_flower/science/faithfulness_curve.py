@@ -27,6 +27,10 @@ from fedmi_flower.science.data import ImageSplit
 SIZE_GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 """Circuit sizes of the curve, as shares of the model's circuit channels (rounded up to whole channels)."""
 
+CURVE_ROWS_PER_CLASS = 32
+"""Rows per class a curve is scored on: 9 sizes x every class is many circuits, and the curve's shape, not its
+third decimal, is what its area reads."""
+
 
 def grid_sizes(total: int, grid: Sequence[float] = SIZE_GRID) -> list[int]:
     """The channel counts of ``grid`` for a model of ``total`` circuit channels (at least one each)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from fedmi_flower.records.round_record import ALIGNED_SUMMARY, FLOOR_OF_VIEW, SUMMARY_FLOOR, RoundSummary, View
+from fedmi_flower.records.round_record import (
+    ALIGNED_SUMMARY,
+    FLOOR_OF_VIEW,
+    SUMMARY_FLOOR,
+    GlobalEntry,
+    RoundSummary,
+    View,
+)
 from fedmi_flower.records.series import (
     OVERALL,
     Run,
@@ -1131,14 +1139,26 @@ def plot_compare(
 # ---------------------------------------------------------------------- size against faithfulness
 
 
-def fig_frontier(points: Sequence[Any], title: str) -> Figure:
+def fig_frontier(points: Sequence[Any], title: str, ranking: GlobalEntry | None = None) -> Figure:
     """Circuit size against faithfulness and specificity, one colour per objective, one marker per class.
 
     ``points`` carry ``objective``, ``l0_lambda``, ``cls``, ``size``, ``faithfulness`` and
     ``specificity`` (:class:`fedmi_flower.analysis.frontier.FrontierPoint`); the line joins
-    each objective's mean over classes at each L0 coefficient, labelled with it.
+    each objective's mean over classes at each L0 coefficient, labelled with it. ``ranking``,
+    the round's global entry where it recorded integrated faithfulness, adds the run's own curve
+    (top channels of its learned scores at the fixed grid of sizes, mean over classes) and its CPR.
     """
     fig, axes = _figure(1, 2, width=4.6, height=3.4)
+    if ranking is not None and ranking.faithfulness_curve and ranking.curve_sizes:
+        curves = ranking.faithfulness_curve
+        with warnings.catch_warnings():  # a class whose curve is undefined at a size leaves it out of the mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(np.array([c for c in curves.values()], dtype=float), axis=0)
+        areas = [v for v in ranking.cpr.values() if not math.isnan(v)]
+        cpr = f"CPR {np.mean(areas):.2f}" if areas else "CPR undefined"
+        axes[0][0].plot(
+            ranking.curve_sizes, mean, color="black", linestyle="--", linewidth=1.2, label=f"the run's top-k ({cpr})"
+        )
     objectives = list(dict.fromkeys(p.objective for p in points))
     classes = sorted({p.cls for p in points})
     markers = "os^DvP*X"

@@ -386,6 +386,10 @@ def faithfulness_numbers(records: Sequence[Record]) -> Numbers:
         (FAITHFUL, "random-weight control: faithfulness of its circuits that are not degenerate", VALUE): (
             s.control_faithfulness
         ),
+        # MIB's area under faithfulness over circuit size (analysis.integrated_faithfulness): the ranking, not one cut.
+        (FAITHFUL, "integrated faithfulness (CPR) of the local rankings", VALUE): s.local_cpr,
+        (FAITHFUL, "integrated faithfulness (CPR) of the global rankings", VALUE): s.global_cpr,
+        (FAITHFUL, "random-weight control: integrated faithfulness (CPR)", VALUE): s.control_cpr,
     }
     for label, view in SCALE_VIEWS:
         out[(FAITHFUL, f"{label} {NONDEGENERATE}", VALUE)] = s.view(view).nondegenerate
