@@ -1,20 +1,24 @@
-"""docs/paper-claims.md's table is what `fedmi claims` makes from the digests committed beside it, to the character."""
+"""The docs' claim tables are what `fedmi claims` makes from the digests committed beside them, to the character:
+docs/paper-claims.md's from the paper study's, docs/interference.md's from the cure study's."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from fedmi_flower.apps.study import Study, plan, same_settings
 from fedmi_flower.records.digest import read_digests
 from fedmi_flower.views.claims import BEGIN, END, claims_table, evaluate_all, replace_table
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "docs" / "paper-claims.md"
-DIGESTS = ROOT / "docs" / "claims" / "paper-short"
+PAGES = [("paper", "paper-claims.md", "paper-short"), ("cure", "interference.md", "cure-short")]
 
 
-def test_the_committed_claims_table_is_generated_from_the_committed_digests():
-    study = Study.load("paper")
+@pytest.mark.parametrize(("name", "page", "folder"), PAGES)
+def test_the_committed_claims_table_is_generated_from_the_committed_digests(name, page, folder):
+    PAGE, DIGESTS = ROOT / "docs" / page, ROOT / "docs" / "claims" / folder
+    study = Study.load(name)
     digests = read_digests([DIGESTS])
     assert digests, f"{DIGESTS} holds no digest"
     # The page covers what has been run so far; a claim without runs says so in its row ("no run of ...").
@@ -26,8 +30,8 @@ def test_the_committed_claims_table_is_generated_from_the_committed_digests():
     table = claims_table(evaluate_all(study.claims, digests, study.objectives_of))
     assert page.count(BEGIN) == 1 and page.count(END) == 1
     assert replace_table(page, table) == page, (
-        "docs/paper-claims.md's table is not what its digests make: "
-        "run `fedmi claims paper docs/claims/paper-short --update docs/paper-claims.md`"
+        f"docs/{page}'s table is not what its digests make: "
+        f"run `fedmi claims {name} docs/claims/{folder} --update docs/{page}`"
     )
     # Every claim of the study has a row: none is dropped on the way to the page.
     rows = [
