@@ -1049,6 +1049,11 @@ def _label(value: Any) -> str:
     return json.dumps(value).replace(" ", "").replace('"', "")
 
 
+def point_name(name: str, point: Mapping[str, Any]) -> str:
+    """A sweep point's run name: ``name`` and each swept key's last part with its value, ``iid-sparsity=0.95``."""
+    return "-".join([name] + [f"{k.rsplit('.', 1)[-1]}={_label(v)}" for k, v in point.items()])
+
+
 def load_sweep(
     name_or_path: str,
     overrides: Mapping[str, Any] | None = None,
@@ -1082,6 +1087,6 @@ def load_sweep(
         source = f"{path} with --set {', '.join(overrides)}" if overrides else str(path)
         config = ExperimentConfig.from_dict(apply_overrides(table, {**point, **overrides}), source)
         if point:
-            config.name = "-".join([config.name] + [f"{k.rsplit('.', 1)[-1]}={_label(v)}" for k, v in point.items()])
+            config.name = point_name(config.name, point)
         configs.append(config)
     return configs

@@ -43,6 +43,19 @@ def test_the_paper_objectives_smallest_circuits_take_the_shortcut():
     assert cpr_cmd(paper[3])[1] > 0
 
 
+def test_a_perfect_curve_integrates_to_exactly_one_so_a_report_carrying_it_passes_the_wire_check():
+    from fedmi_flower.science.circuits import CircuitScores
+    from fedmi_flower.wire.protocol import ClientReport, report_from_metrics, report_to_metrics
+
+    cpr, cmd = cpr_cmd([1.0] * len(SIZE_GRID))
+    assert (cpr, cmd) == (1.0, 0.0)  # exactly: the trapezoids alone give 1.0000000000000002
+    sizes = {"conv1": 4, "conv2": 4, "conv3": 4}
+    circuit = {"conv1": [0], "conv2": [1], "conv3": [2]}
+    report = ClientReport(0, 10, {3: circuit}, local_scores={3: CircuitScores(cpr=cpr, cmd=cmd)})
+    back = report_from_metrics(report_to_metrics(report, sizes), 10, num_clients=1, layer_sizes=sizes, num_classes=10)
+    assert back.local_scores[3].cpr == 1.0 and back.circuits == {3: circuit}
+
+
 def test_areas_of_simple_curves():
     assert cpr_cmd([1.0] * len(SIZE_GRID)) == (pytest.approx(1.0), pytest.approx(0.0))
     assert cpr_cmd([0.5] * len(SIZE_GRID)) == (pytest.approx(0.5), pytest.approx(0.5))

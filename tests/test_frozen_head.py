@@ -32,14 +32,17 @@ def test_the_classifier_is_the_linear_layer_whose_output_is_the_logits(name):
     assert head is last
 
 
-def test_two_clients_of_different_classes_keep_one_head_and_train_different_bodies():
+@pytest.mark.parametrize(("sparsity", "scope"), [(None, "tensor"), (0.9, "tensor"), (0.9, "global")])
+def test_two_clients_of_different_classes_keep_one_head_and_train_different_bodies(sparsity, scope):
+    """Neither training nor pruning touches the head: under a global budget its mask would follow each client's
+    body, and the clients' heads would part."""
     start = build_model("simple-cnn", in_channels=1, num_classes=10, image_size=28, seed=3)
     head_name = [n for n, m in start.named_modules() if m is classifier(start, torch.randn(2, 1, 28, 28))][0]
     trained = []
     for pid, (classes, n) in enumerate([([0, 1], 40), ([5, 6, 7], 60)]):  # different classes and sizes
         model = build_model("simple-cnn", in_channels=1, num_classes=10, image_size=28, seed=3)
         model.load_state_dict(_state(start))
-        train_sparse(model, _split(classes, n, pid), epochs=2, batch_size=16, sparsity=None,
+        train_sparse(model, _split(classes, n, pid), epochs=2, batch_size=16, sparsity=sparsity, scope=scope,
                      generator=torch.Generator().manual_seed(pid), frozen_head=True)  # fmt: skip
         trained.append(_state(model))
     for key, value in _state(start).items():

@@ -22,7 +22,7 @@ def test_the_committed_claims_table_is_generated_from_the_committed_digests(name
     digests = read_digests([DIGESTS])
     assert digests, f"{DIGESTS} holds no digest"
     # The page covers what has been run so far; a claim without runs says so in its row ("no run of ...").
-    assert {d.experiment for d in digests} <= {e.name for e in study.entries}, "digests of experiments the study lacks"
+    assert {d.experiment for d in digests} <= {e.label for e in study.entries}, "digests of experiments the study lacks"
     planned = {r.folder: r for r in plan(study, short=True)}
     for d in digests:  # each one of the study's --short runs, with the settings it plans today (new keys at defaults)
         assert d.name in planned and same_settings(d.settings, planned[d.name].config), d.name

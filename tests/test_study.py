@@ -632,6 +632,31 @@ def test_one_experiment_runs_as_variants_each_with_its_label_and_settings(tmp_pa
     path.write_text(VARIANTS.replace('label = "smoke-half"\n', ""))
     with pytest.raises(ConfigError, match="give variants of one experiment each its own label"):
         Study.load(str(path))
+    path.write_text(VARIANTS.replace('label = "smoke-half"', 'label = "../elsewhere"'))
+    with pytest.raises(ConfigError, match="label '../elsewhere' names the entry's run folders"):
+        Study.load(str(path))
+
+
+def test_a_variant_is_named_by_its_label_even_where_its_experiment_file_names_itself(tmp_path):
+    """The run folder is the label and the sweep point, not a prefix edit of the file's own name; two entries
+    whose runs would share a folder are refused."""
+    (tmp_path / "abl.toml").write_text('name = "mine"\nrounds = 2\n[sweep]\n"train.sparsity" = [0.9, 0.95]\n')
+    text = (
+        'objectives = ["faithful"]\n[[experiment]]\nname = "{0}"\n'
+        '[[experiment]]\nname = "{0}"\nlabel = "prox"\nsettings = {{ "strategy.name" = "fedprox" }}\n'
+    ).format(tmp_path / "abl.toml")
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    folders = [r.folder for r in plan(Study.load(str(path)), short=False)]
+    assert folders == [
+        "mine-sparsity=0.9-faithful-seed=0",
+        "mine-sparsity=0.95-faithful-seed=0",
+        "prox-sparsity=0.9-faithful-seed=0",
+        "prox-sparsity=0.95-faithful-seed=0",
+    ]
+    path.write_text(text.replace('label = "prox"', 'label = "mine"'))
+    with pytest.raises(ConfigError, match="share the folder mine-sparsity=0.9-faithful-seed=0"):
+        plan(Study.load(str(path)), short=False)
 
 
 def test_the_bundled_baselines_study_runs_each_method_on_each_split_with_only_its_own_setting():

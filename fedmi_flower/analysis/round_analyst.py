@@ -628,9 +628,10 @@ class RoundAnalyst:
             model.to(device)
             circuits, learned, present = self.discover_scored(model, self.probe, classes, "random-control", 0)
             scores, _ = self.score(model, circuits, [])
-            self._control = self.global_entry(model, circuits, scores)
+            control = self.global_entry(model, circuits, scores)
             if self.config.analysis.integrated_faithfulness and present:
-                self.integrate(self._control, model, learned, present)
+                self.integrate(control, model, learned, present)
+            self._control = control  # kept only whole: a failure above is tried again next round
         return self._control
 
     def integrate(

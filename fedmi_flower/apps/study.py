@@ -26,6 +26,7 @@ is resumed after its last finished round.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import tomllib
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from fedmi_flower.config import ConfigError, ExperimentConfig, experiments_dir, load_sweep
+from fedmi_flower.config import ConfigError, ExperimentConfig, experiments_dir, load_sweep, point_name
 from fedmi_flower.records.digest import RunDigest, digest_run, digest_scalars, read_digests
 from fedmi_flower.records.results import RUNS_DIR, RunDirectory, atomic_write
 from fedmi_flower.records.series import RunError, load_run, settings
@@ -47,6 +48,8 @@ STUDIES = "studies"
 DIGESTS = "digests"
 CLAIMS_FILE = "claims.md"
 DONE, PARTIAL, NEW = "done", "interrupted", "new"
+SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
+"""What an entry's label may be: it names run folders, so no path separators and no leading dot."""
 
 
 def studies_dir() -> Path:
@@ -156,6 +159,12 @@ class Study:
             figures = tuple(PaperFigure.from_table(f, f"{path}") for f in table.get("figure", []))
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        for e in entries:
+            if e.label != e.name and not SAFE_LABEL.fullmatch(e.label):  # a label given; a name is the file's
+                raise ConfigError(
+                    f"{path}: label {e.label!r} names the entry's run folders: letters, digits, '.', '_', '=' and '-' "
+                    "only, starting with a letter or digit"
+                )
         names = {e.label for e in entries}
         if len(names) < len(entries):
             raise ConfigError(
@@ -224,12 +233,17 @@ def plan(
                 configs = load_sweep(entry.name, fixed, sweep=sweep)
                 swept = [k for k in swept if k not in fixed]
                 for config in configs:
-                    if entry.label != entry.name:  # a variant's runs go by its label
-                        config.name = entry.label + config.name.removeprefix(entry.name)
                     flat = config.to_run_config()
                     point = {k: flat[k] for k in swept}
+                    if entry.label != entry.name:  # a variant's runs go by its label, whatever the file names itself
+                        config.name = point_name(entry.label, point)
                     minutes = entry.short_minutes if short else _full_minutes(config, len(configs))
                     runs.append(PlannedRun(entry, config, point, f"{config.name}-{objective}-seed={seed}", minutes))
+    folders = [r.folder for r in runs]
+    if clash := sorted({f for f in folders if folders.count(f) > 1}):
+        raise ConfigError(
+            f"{study.path}: two runs of the study would share the folder {clash[0]}; label the entries apart"
+        )
     return runs
 
 

@@ -76,4 +76,6 @@ def cpr_cmd(curve: Sequence[float], grid: Sequence[float] = SIZE_GRID) -> tuple[
     span = float(x[-1] - x[0])
     cpr = float(np.trapezoid(values, x)) / span
     cmd = float(np.trapezoid(np.abs(1.0 - values), x)) / span
-    return cpr, cmd
+    # Both lie in [0, 1] for faithfulness in [0, 1]; the division can leave 1 + 2e-16, which a report's range
+    # check would refuse (and with it the client's circuits of the round).
+    return min(max(cpr, 0.0), 1.0), min(max(cmd, 0.0), 1.0)

@@ -122,6 +122,12 @@ def prune_(model: nn.Module, sparsity: float, min_per_neuron: int = 4, scope: st
             weight.mul_(magnitude_mask(weight, sparsity, min_per_neuron))
 
 
+@torch.no_grad()
+def _restore(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    for p, v in zip(params, values):
+        p.copy_(v)
+
+
 def sparsity_schedule(step: int, total_steps: int, target: float, anneal_fraction: float = 0.5) -> float:
     """Sparsity to enforce after optimizer step ``step`` (1-based) of ``total_steps``.
 
@@ -221,14 +227,17 @@ def train_sparse(
         FedRS's restricted softmax (:mod:`fedmi_flower.science.restricted_softmax`): the logits of
         classes absent from ``data`` are scaled by it in the loss; 1 (the default) is plain softmax.
     frozen_head : bool
-        FedBABU (:mod:`fedmi_flower.science.frozen_head`): the classifier keeps its weights; only the
-        body trains. Pruning still applies to it, and is the same on every client holding the same head.
+        FedBABU (:mod:`fedmi_flower.science.frozen_head`): the classifier keeps its weights exactly, neither
+        trained nor pruned (so every client holding the same head keeps it, under either sparsity scope);
+        only the body trains. Under ``scope="global"`` the head's weights still count in the one budget.
     """
     if epochs < 1 or len(data) == 0:
         raise ValueError(f"need at least one epoch and one example, got epochs={epochs}, examples={len(data)}")
     device = next(model.parameters()).device
     data = data.to(device)
-    frozen = {id(p) for p in classifier(model, data.images[:2]).parameters()} if frozen_head else set()
+    head = list(classifier(model, data.images[:2]).parameters()) if frozen_head else []
+    kept_head = [p.detach().clone() for p in head]  # pruning must not touch it either (nor, globally, shift it)
+    frozen = {id(p) for p in head}
     params = [p for p in model.parameters() if id(p) not in frozen]
     start = [p.detach().clone() for p in params] if proximal_mu > 0 else None
     kept_off = (
@@ -275,11 +284,13 @@ def train_sparse(
             if sparse:
                 level = sparsity_schedule(step, total_steps, target, anneal_fraction) if anneal else target
                 prune_(model, level, min_per_neuron, scope)
+                _restore(head, kept_head)
             # Accumulate on the device: no host round-trip per batch.
             loss_sum += ce.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
     if sparse:
         prune_(model, target, min_per_neuron, scope)
+        _restore(head, kept_head)
     return TrainStats(
         loss=float(loss_sum) / n,
         accuracy=float(correct) / n,

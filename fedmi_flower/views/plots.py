@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1146,18 +1145,27 @@ def fig_frontier(points: Sequence[Any], title: str, ranking: GlobalEntry | None 
     ``specificity`` (:class:`fedmi_flower.analysis.frontier.FrontierPoint`); the line joins
     each objective's mean over classes at each L0 coefficient, labelled with it. ``ranking``,
     the round's global entry where it recorded integrated faithfulness, adds the run's own curve
-    (top channels of its learned scores at the fixed grid of sizes, mean over classes) and its CPR.
+    (top channels of its learned scores at the fixed grid of sizes, mean over the classes whose curve is
+    defined at every size) and their CPR.
     """
     fig, axes = _figure(1, 2, width=4.6, height=3.4)
-    if ranking is not None and ranking.faithfulness_curve and ranking.curve_sizes:
-        curves = ranking.faithfulness_curve
-        with warnings.catch_warnings():  # a class whose curve is undefined at a size leaves it out of the mean
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(np.array([c for c in curves.values()], dtype=float), axis=0)
-        areas = [v for v in ranking.cpr.values() if not math.isnan(v)]
-        cpr = f"CPR {np.mean(areas):.2f}" if areas else "CPR undefined"
+    # The line and its CPR read the same classes: those whose curve is defined at every size (an area needs all).
+    whole = {
+        cls: curve
+        for cls, curve in (ranking.faithfulness_curve if ranking is not None else {}).items()
+        if np.all(np.isfinite(curve))
+    }
+    if ranking is not None and whole and ranking.curve_sizes:
+        cpr = f"CPR {np.mean([ranking.cpr[c] for c in whole]):.2f}"
+        if len(whole) < len(ranking.faithfulness_curve):
+            cpr += f", {len(whole)} of {len(ranking.faithfulness_curve)} classes"
         axes[0][0].plot(
-            ranking.curve_sizes, mean, color="black", linestyle="--", linewidth=1.2, label=f"the run's top-k ({cpr})"
+            ranking.curve_sizes,
+            np.mean(list(whole.values()), axis=0),
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"the run's top-k ({cpr})",
         )
     objectives = list(dict.fromkeys(p.objective for p in points))
     classes = sorted({p.cls for p in points})
