@@ -17,6 +17,8 @@ from fedmi_flower.science.model import get_weights
 from fedmi_flower.wire.protocol import ClientReport, report_to_metrics
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
+UNMEASURED = {"noise_floor": False, "random_control": False}
+"""Analysis steps these tests never read: off, they would be two thirds of each round's time."""
 
 
 def result(pid: int, circuits: dict, weights: list[np.ndarray], working: dict[int, float]) -> tuple[Proxy, FitRes]:
@@ -42,7 +44,7 @@ def overwriting_client_weights() -> list[np.ndarray]:
 
 def test_counterfactual_aggregation_names_the_client_that_broke_a_circuit(tmp_path):
     strategy, run_dir = make_strategy(
-        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"counterfactual": True}
+        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"counterfactual": True, **UNMEASURED}
     )
     intact = get_weights(planted_model())
     results = [
@@ -118,7 +120,7 @@ def test_counterfactual_aggregations_leave_a_stateful_strategy_as_the_real_one_l
             "fedavgm",
             folder=f"cf-{on}",
             partition_sizes={0: 100, 1: 100, 2: 100},
-            analysis={"counterfactual": on},
+            analysis={"counterfactual": on, **UNMEASURED},
         )
         params, _ = strategy.aggregate_fit(1, results, [])
         (record,) = run_dir.read_rounds()
@@ -137,7 +139,7 @@ def test_the_report_counts_what_counterfactual_aggregation_found(tmp_path):
     from fedmi_flower.views.report import INTERFERENCE, interference_numbers
 
     strategy, run_dir = make_strategy(
-        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"counterfactual": True}
+        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"counterfactual": True, **UNMEASURED}
     )
     intact = get_weights(planted_model())
     strategy.aggregate_fit(
@@ -172,7 +174,7 @@ def test_with_more_clients_than_the_cap_a_seeded_draw_is_left_out(tmp_path):
             "fedavg",
             folder=folder,
             partition_sizes={0: 100, 1: 100, 2: 100},
-            analysis={"counterfactual": True, "counterfactual_clients": 2},
+            analysis={"counterfactual": True, "counterfactual_clients": 2, **UNMEASURED},
         )
         strategy.aggregate_fit(1, results, [])
         (record,) = run_dir.read_rounds()
