@@ -12,7 +12,11 @@ from fedmi_flower.records.digest import read_digests
 from fedmi_flower.views.claims import BEGIN, END, claims_table, evaluate_all, replace_table
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [("paper", "paper-claims.md", "paper-short"), ("cure", "interference.md", "cure-short")]
+PAGES = [
+    ("paper", "paper-claims.md", "paper-short"),
+    ("cure", "interference.md", "cure-short"),
+    ("baselines", "label-skew-baselines.md", "baselines-short"),
+]
 
 
 @pytest.mark.parametrize(("name", "page", "folder"), PAGES)
