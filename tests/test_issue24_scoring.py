@@ -62,7 +62,7 @@ def test_specificity_for_every_client(mnist_root, monkeypatch):
     node = {"partition-id": 0, "num-partitions": config.clients, "data-root": mnist_root}
     client = build_client(config.to_run_config(), node)
     assert len(torch.unique(client.train.labels)) == 1  # the split holds one class, as the experiment says
-    discovered = _recording(monkeypatch, Discovery, "find")
+    discovered = _recording(monkeypatch, Discovery, "learn")  # find and find_scored both learn
     _, _, metrics = client.fit(get_weights(build_model(seed=0)), fit_instructions(config, 1))
 
     # Discovery is the paper's Eq. 3 as before: target images only, no other images given.
