@@ -46,6 +46,10 @@ TEMPLATE = build_model()
 LAYOUT = layout_of(TEMPLATE)
 
 
+UNREAD = {"noise_floor": False, "random_control": False}
+"""Analysis steps a test of alignment or rejection never reads: off, they would be most of its round."""
+
+
 def random_permutation(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {layer: rng.permutation(n) for layer, n in SIZES.items()}
@@ -289,7 +293,7 @@ def test_fedmi_run_with_maskedfedavg_keeps_the_sparsity_and_records_raw_and_alig
 
     out = tmp_path / "masked"
     small = [s for s in SMALL_NONIID if not s.startswith("rounds=")]
-    args = sets([*small, "rounds=2", "strategy.name=maskedfedavg"])
+    args = sets([*small, "rounds=2", "strategy.name=maskedfedavg", *(f"analysis.{k}=false" for k in UNREAD)])
     proc = fedmi("run", "noniid-2class", *args, "--out", str(out), "--data-root", mnist_root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "aligned inter-client" in proc.stdout + proc.stderr
@@ -328,7 +332,9 @@ def test_a_report_the_analysis_rejects_lends_modularfedavg_no_circuits(tmp_path)
 
     weights = [get_weights(build_model(seed=s)) for s in (0, 1)]
     claim = {3: {"conv1": [0, 1], "conv2": [5], "conv3": [9]}}
-    strategy, run_dir = make_strategy(tmp_path, "modularfedavg", partition_sizes={0: 100, 1: 300, 2: 50})
+    strategy, run_dir = make_strategy(
+        tmp_path, "modularfedavg", partition_sizes={0: 100, 1: 300, 2: 50}, analysis=UNREAD
+    )
     results = [
         client_result(0, claim, weights[0], 100),
         client_result(1, claim, weights[1], 300, report="{not json"),  # its circuits decode; its report does not
@@ -351,7 +357,7 @@ def test_a_failed_alignment_costs_the_round_its_aligned_iou_only(tmp_path, monke
         raise RuntimeError("matching exploded")
 
     monkeypatch.setattr(round_analyst, "match_all", broken)
-    strategy, run_dir = make_strategy(tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100})
+    strategy, run_dir = make_strategy(tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis=UNREAD)
     strategy.aggregate_fit(1, [client_result(p, ROUND1[p]) for p in range(3)], [])
     (record,) = run_dir.read_rounds()
     assert record.analysed and "matching exploded" in (record.alignment_error or "")
@@ -371,7 +377,9 @@ def test_each_analysis_step_fails_alone_into_step_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(round_analyst, "match_all", broken)
     monkeypatch.setattr(round_analyst.RoundAnalyst, "noise_floor", broken)
-    strategy, run_dir = make_strategy(tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100})
+    strategy, run_dir = make_strategy(
+        tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"random_control": False}
+    )
     strategy.aggregate_fit(1, [client_result(p, ROUND1[p]) for p in range(3)], [])
     (record,) = run_dir.read_rounds()
     assert record.analysed and set(record.step_errors) == {"noise_floor", "alignment"}
