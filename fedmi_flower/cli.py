@@ -446,6 +446,36 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_overwrite(args: argparse.Namespace) -> int:
+    from fedmi_flower.analysis.overwrite_sites import OverwriteSite, summarise_sites, where_overwritten
+    from fedmi_flower.records.round_record import RecordError
+    from fedmi_flower.records.series import RunError
+
+    try:
+        sites = where_overwritten(args.run, data_root=args.data_root)
+    except RecordError as err:
+        raise RunError(str(err)) from None
+    out = Path(args.out) if args.out else Path(args.run) / "overwrite"
+    out.mkdir(parents=True, exist_ok=True)
+    fields = [f.name for f in dataclasses.fields(OverwriteSite)]
+    lines = [",".join(fields)] + [",".join(str(getattr(s, f)) for f in fields) for s in sites]
+    (out / "overwrite.csv").write_text("\n".join(lines) + "\n")
+    print(
+        "verdict on the global model | circuits | activity global/own | others' share: makes, reads "
+        "| restored | strongest overwriter: makes, reads, activity on its model/own"
+    )
+    summaries = summarise_sites(sites)
+    if not summaries:
+        print("(no circuit worked on its own model in these rounds: the csv has every circuit, with its verdicts)")
+    for g in summaries:
+        print(
+            f"{g.verdict} | {g.circuits} | {g.activity_ratio:.2f} | {g.others_writes:.2f}, {g.others_reads:.2f} "
+            f"| {g.restorers} | {g.restorer_writes:.2f}, {g.restorer_reads:.2f}, {g.restorer_activity_ratio:.2f}"
+        )
+    print(f"fedmi: {len(sites)} circuit-client pairs; wrote {out / 'overwrite.csv'}")
+    return 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from fedmi_flower.apps.study import (
         Study,
@@ -650,6 +680,16 @@ def add_plot_and_report_commands(sub: argparse._SubParsersAction) -> None:
     frontier.add_argument("--data-root", help="folder holding MNIST/raw (default: $FEDMI_DATA_ROOT, else ./data)")
     frontier.add_argument("--out", help="folder for frontier.png, .svg and .csv (default: RUN_DIR/frontier)")
     frontier.set_defaults(func=_cmd_frontier)
+
+    overwrite = sub.add_parser(
+        "overwrite",
+        help="where each working circuit was overwritten: the change to the weights that make or read its channels, "
+        "and its channels' activity on the global model",
+    )
+    overwrite.add_argument("run", metavar="RUN_DIR", help="a run directory (its weights/round-<t>/ are read)")
+    overwrite.add_argument("--data-root", help="folder holding the run's dataset (default: $FEDMI_DATA_ROOT)")
+    overwrite.add_argument("--out", help="folder for overwrite.csv (default: RUN_DIR/overwrite)")
+    overwrite.set_defaults(func=_cmd_overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -233,3 +233,36 @@ def test_the_interference_figure_puts_each_share_and_restorer_where_the_records_
     assert [(f.get_x(), f.get_y()) for f in frames] == [(-0.5, 1.5)]  # column 0, row 2: client 2 restores
     empty = Run(tmp_path, load_experiment("smoke"), records[:1])
     assert "no collapsed circuit" in fig_interference(empty).axes[0].texts[0].get_text()
+
+
+def test_an_overwrite_share_lands_on_the_side_of_the_circuit_a_client_changed():
+    """One client remakes a circuit's channel, another rewires what reads it, a third changes a stranger's filter."""
+    from fedmi_flower.analysis.counterfactual import overwrite_by_side, overwrite_shares
+    from fedmi_flower.science.alignment import layout_of
+
+    model = planted_model()
+    layout = layout_of(model)
+    start = get_weights(model)
+    circuit = {"conv1": [5]}
+
+    def changed(name: str, index: tuple, by: float) -> list[np.ndarray]:
+        weights = [w.copy() for w in start]
+        weights[layout.index[name]][index] += by
+        return weights
+
+    local = {
+        0: changed("conv1.weight", (5,), 1.0),  # the channel's own filter: 9 entries
+        1: changed("conv2.weight", (slice(None), 5), 2.0),  # every conv2 filter's column reading it: 64 x 9
+        2: changed("conv1.weight", (7,), 5.0),  # channel 7, no part of the circuit
+    }
+    counts = {0: 100, 1: 300, 2: 600}
+    sides = overwrite_by_side(layout, start, local, counts, circuit)
+    writes, reads = 9 * 0.1**2, 64 * 9 * (2 * 0.3) ** 2  # |change|^2 on each side
+    assert sides[0]["writes"] == pytest.approx(writes / (writes + reads)) and sides[0]["reads"] == 0.0
+    assert sides[1]["reads"] == pytest.approx(reads / (writes + reads)) and sides[1]["writes"] == 0.0
+    assert sides[2] == {"writes": 0.0, "reads": 0.0}
+    whole = overwrite_shares(layout, start, local, counts, circuit)
+    assert whole == pytest.approx({p: s["writes"] + s["reads"] for p, s in sides.items()})
+    assert sum(whole.values()) == pytest.approx(1.0)
+    unchanged = overwrite_by_side(layout, start, {0: start, 1: start}, {0: 1, 1: 2}, circuit)
+    assert all(math.isnan(v) for s in unchanged.values() for v in s.values())

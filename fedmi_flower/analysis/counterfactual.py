@@ -99,13 +99,31 @@ def agreement_with_dominance(
     return sum(1 for cls, who in restored if dominance_winner.get(cls) == who) / len(restored)
 
 
-def circuit_parameter_mask(layout: WeightLayout, circuit: Circuit) -> dict[str, np.ndarray]:
+SIDES = ("writes", "reads")
+"""The two sides of a circuit's own parameters: those that make its channels (a producing tensor's
+rows, its bias and norm entries) and those that read them (the next layer's input columns, a
+classifier's blocks)."""
+
+
+def circuit_parameter_mask(layout: WeightLayout, circuit: Circuit, side: str | None = None) -> dict[str, np.ndarray]:
     """Per weight tensor, the entries that produce or read the circuit's channels (its own parameters).
 
     Every axis the site's permutation group orders (the producing rows, the next layer's
     input columns, a classifier's channel-major blocks) is selected at the circuit's
-    channels; an entry on both sides of two circuit sites is counted once.
+    channels; an entry on both sides of two circuit sites is counted once. ``side``
+    (one of :data:`SIDES`) keeps one side only: ``"writes"`` the first axes (what makes
+    the channels), ``"reads"`` the later ones, less any entry that also writes.
     """
+    if side is not None and side not in SIDES:
+        raise ValueError(f"side {side!r} is not one of {SIDES}")
+    if side == "reads":
+        writes = circuit_parameter_mask(layout, circuit, "writes")
+        reads = _select(layout, circuit, lambda axis: axis > 0)
+        return {name: mask & ~writes[name] if name in writes else mask for name, mask in reads.items()}
+    return _select(layout, circuit, (lambda axis: axis == 0) if side == "writes" else (lambda axis: True))
+
+
+def _select(layout: WeightLayout, circuit: Circuit, keep_axis: Callable[[int], bool]) -> dict[str, np.ndarray]:
     masks: dict[str, np.ndarray] = {}
     for site, channels in circuit.items():
         group = layout.spec.site_groups.get(site)
@@ -113,6 +131,8 @@ def circuit_parameter_mask(layout: WeightLayout, circuit: Circuit) -> dict[str, 
             continue
         n = layout.sizes[group]
         for name, axis in layout.spec.entries(group):
+            if not keep_axis(axis):
+                continue
             shape = layout.shapes[name]
             mask = masks.setdefault(name, np.zeros(shape, dtype=bool))
             blocks = mask.reshape(*shape[:axis], n, -1, *shape[axis + 1 :])  # a view: writes reach the mask
@@ -120,6 +140,27 @@ def circuit_parameter_mask(layout: WeightLayout, circuit: Circuit) -> dict[str, 
             index[axis] = list(channels)
             blocks[tuple(index)] = True
     return masks
+
+
+def _weighted_updates(
+    layout: WeightLayout,
+    start: Sequence[np.ndarray],
+    local: Mapping[int, Sequence[np.ndarray]],
+    counts: Mapping[int, int],
+    masks: Mapping[str, np.ndarray],
+) -> dict[int, np.ndarray]:
+    """FedAvg's decomposition ``u_k = n_k / N (w_k - w_start)`` restricted to ``masks``, one flat vector a client."""
+    total = sum(counts[p] for p in local)
+    return {
+        p: np.concatenate(
+            [np.zeros(0)]
+            + [
+                (counts[p] / total) * (np.asarray(w[layout.index[name]], np.float64) - start[layout.index[name]])[mask]
+                for name, mask in masks.items()
+            ]
+        )
+        for p, w in local.items()
+    }
 
 
 def overwrite_shares(
@@ -138,22 +179,34 @@ def overwrite_shares(
     against the change gets a negative one. For another aggregation rule it is FedAvg's
     decomposition of the same updates.
     """
-    masks = circuit_parameter_mask(layout, circuit)
-    total = sum(counts[p] for p in local)
+    by_side = overwrite_by_side(layout, start, local, counts, circuit)
+    return {p: sides["writes"] + sides["reads"] for p, sides in by_side.items()}
+
+
+def overwrite_by_side(
+    layout: WeightLayout,
+    start: Sequence[np.ndarray],
+    local: Mapping[int, Sequence[np.ndarray]],
+    counts: Mapping[int, int],
+    circuit: Circuit,
+) -> dict[int, dict[str, float]]:
+    """:func:`overwrite_shares` split by :data:`SIDES`: where on the circuit each client's share lands.
+
+    Both sides are projected on the same total change (writes and reads together), so a
+    client's two numbers add up to its :func:`overwrite_shares` and all of them to 1. A
+    share on ``"writes"`` changed how the circuit's channels are made (on every input,
+    its own class's included); one on ``"reads"`` changed what the next layer or the
+    classifier does with them. NaN where the circuit's parameters did not change.
+    """
     updates = {
-        p: np.concatenate(
-            [
-                (counts[p] / total) * (np.asarray(w[layout.index[name]], np.float64) - start[layout.index[name]])[mask]
-                for name, mask in masks.items()
-            ]
-        )
-        for p, w in local.items()
+        side: _weighted_updates(layout, start, local, counts, circuit_parameter_mask(layout, circuit, side))
+        for side in SIDES
     }
-    change = sum(updates.values())
-    norm = float(np.dot(change, change)) if isinstance(change, np.ndarray) else 0.0
+    norm = sum(float(np.dot(c, c)) for c in (sum(u.values()) for u in updates.values()) if isinstance(c, np.ndarray))
     if norm == 0.0:
-        return {p: float("nan") for p in local}
-    return {p: float(np.dot(u, change) / norm) for p, u in sorted(updates.items())}
+        return {p: dict.fromkeys(SIDES, float("nan")) for p in sorted(local)}
+    change = {side: sum(u.values()) for side, u in updates.items()}
+    return {p: {side: float(np.dot(updates[side][p], change[side]) / norm) for side in SIDES} for p in sorted(local)}
 
 
 def restorer_moved_most(found: Mapping[int, Mapping[int, Interference]]) -> float:
