@@ -25,7 +25,15 @@ from fedmi_flower.apps.deploy import DeploymentError, LocalDeployment
 from fedmi_flower.records.results import RunDirectory
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["rounds=2", "data.max_per_client=600", "discovery.steps=10", "data.eval_per_class=20"]
+SMALL = [
+    "rounds=2",
+    "data.max_per_client=600",
+    "discovery.steps=10",
+    "data.eval_per_class=20",
+    # No test here reads the noise floor or the random control: off, they would be most of each round's time.
+    "analysis.noise_floor=false",
+    "analysis.random_control=false",
+]
 STRATEGY = "strategy.name=matchedfedavg"  # a strategy of fedmi's own, through the deployment runtime
 LAYERS = {"conv1", "conv2", "conv3"}
 
