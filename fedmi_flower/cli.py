@@ -450,10 +450,11 @@ def _cmd_overwrite(args: argparse.Namespace) -> int:
     from fedmi_flower.analysis.overwrite_sites import OverwriteSite, summarise_sites, where_overwritten
     from fedmi_flower.records.round_record import RecordError
     from fedmi_flower.records.series import RunError
+    from fedmi_flower.science.alignment import AlignmentError
 
     try:
         sites = where_overwritten(args.run, data_root=args.data_root)
-    except RecordError as err:
+    except (RecordError, AlignmentError) as err:  # a model without a permutation spec has no circuit parameters
         raise RunError(str(err)) from None
     out = Path(args.out) if args.out else Path(args.run) / "overwrite"
     out.mkdir(parents=True, exist_ok=True)
