@@ -94,11 +94,12 @@ def where_overwritten(
     for record in records:
         start = run.read_round_weights(record.round - 1)
         global_weights = run.read_round_weights(record.round)
-        local = {pid: run.read_round_weights(record.round, pid) for pid in record.clients}
-        if start is None or global_weights is None or any(w is None for w in local.values()):
+        # The clients whose weights the run kept (a failed or silent client sent none): the updates decomposed.
+        found = {pid: run.read_round_weights(record.round, pid) for pid in record.clients}
+        weights = {pid: w for pid, w in found.items() if w is not None}
+        if start is None or global_weights is None or len(weights) < 2:
             continue
         kept += 1
-        weights = {pid: w for pid, w in local.items() if w is not None}
         counts = {pid: record.clients[pid].num_examples for pid in weights}
         sites += _round_sites(record, model, layout, start, global_weights, weights, counts, evaluation)
     if not kept:
