@@ -531,7 +531,10 @@ def test_an_interrupt_stops_a_parallel_study_without_waiting_for_its_queue(study
     def run_one(run, folder, resume):
         started.append(run.folder)
         if len(started) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Python raises it in the main thread, waiting on the runs
+            # Ctrl-C, as the kernel may deliver it: to a run's thread, once the study waits on its runs. Python
+            # raises it in the main thread, which must run Python to see it: an untimed wait sat until runs ended.
+            time.sleep(0.5)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
         release.wait(30)  # the running ones hang until the test lets them go (a study that waited for them would too)
 
     began = time.monotonic()

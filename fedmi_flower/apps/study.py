@@ -31,7 +31,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -424,8 +424,13 @@ def run_study(
     else:
         pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fedmi-study")
         try:
-            for future in [pool.submit(one, i, run) for i, run in enumerate(todo)]:
-                future.result()
+            pending = {pool.submit(one, i, run) for i, run in enumerate(todo)}
+            while pending:
+                # A timed wait: a Ctrl-C the kernel hands to a run's thread is only acted on when the main thread
+                # runs Python again, and an untimed wait would hold it until a run ends.
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a run's error that stops the study (a bad config), raised here
         finally:
             # Ctrl-C: queued runs never start, and the caller stops the runtimes the running ones are on,
             # which ends their threads; waiting for them here would wait for their runs.
