@@ -200,7 +200,8 @@ def test_the_skew_sweep_runs_short_and_its_report_fits_the_law(tmp_path, mnist_r
     experiment.write_text(bundled.replace(sweep, '"data.alpha" = [0.05, 0.3, 10.0]'))
     out = tmp_path / "skew"
     short = ["rounds=2", "clients=3", "data.max_per_client=300", "discovery.steps=10", "data.eval_per_class=10"]
-    unread = ["noise_floor", "second_method", "ablations", "stitching", "cka", "integrated_faithfulness"]
+    unread = ["noise_floor", "random_control", "second_method", "ablations", "stitching", "cka"]
+    unread += ["integrated_faithfulness"]
     short += [f"analysis.{step}=false" for step in unread]
     proc = fedmi("run", str(experiment), *sets(short), "--out", str(out), "--data-root", mnist_root, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
