@@ -536,6 +536,9 @@ def test_an_interrupt_stops_a_parallel_study_without_waiting_for_its_queue(study
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
         release.wait(30)  # the running ones hang until the test lets them go (a study that waited for them would too)
 
+    # Ctrl-C raises KeyboardInterrupt, as `fedmi study` arranges: an earlier test's in-process Flower run may have
+    # left its own SIGINT handler behind (CI failed twice on that, waiting 30 s for a KeyboardInterrupt never raised).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     began = time.monotonic()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -545,6 +548,7 @@ def test_an_interrupt_stops_a_parallel_study_without_waiting_for_its_queue(study
         assert len(started) <= 2  # at most the two running when Ctrl-C came; the queue never starts
     finally:
         release.set()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_set_applies_to_every_run_and_the_study_keeps_seed_and_objective(study, capsys):
