@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,15 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_rows(path: Path, row_type: type, rows: Sequence[Any]) -> None:
+    """A CSV of dataclass rows, one column a field, in field order."""
+    fields = [f.name for f in dataclasses.fields(row_type)]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(fields)
+        writer.writerows([getattr(row, name) for name in fields] for row in rows)
+
+
 def _cmd_frontier(args: argparse.Namespace) -> int:
     from fedmi_flower.analysis.frontier import FrontierPoint, frontier
     from fedmi_flower.records.round_record import RecordError
@@ -436,9 +446,7 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     analysed = {r.round: r for r in load_run(args.run).records}.get(server_round)
     ranking = analysed.global_model if analysed is not None else None
     made = save(fig_frontier(points, title, ranking), out, "frontier")
-    fields = [f.name for f in dataclasses.fields(FrontierPoint)]
-    lines = [",".join(fields)] + [",".join(str(getattr(p, f)) for f in fields) for p in points]
-    (out / "frontier.csv").write_text("\n".join(lines) + "\n")
+    _write_rows(out / "frontier.csv", FrontierPoint, points)
     print(
         f"fedmi: {len(points)} circuits of round {server_round}; "
         f"wrote {', '.join(str(p) for p in made)} and frontier.csv"
@@ -458,9 +466,7 @@ def _cmd_overwrite(args: argparse.Namespace) -> int:
         raise RunError(str(err)) from None
     out = Path(args.out) if args.out else Path(args.run) / "overwrite"
     out.mkdir(parents=True, exist_ok=True)
-    fields = [f.name for f in dataclasses.fields(OverwriteSite)]
-    lines = [",".join(fields)] + [",".join(str(getattr(s, f)) for f in fields) for s in sites]
-    (out / "overwrite.csv").write_text("\n".join(lines) + "\n")
+    _write_rows(out / "overwrite.csv", OverwriteSite, sites)
     print(
         "verdict on the global model | circuits | activity global/own | others' share: makes, reads "
         "| restored | strongest overwriter: makes, reads, activity on its model/own"

@@ -264,5 +264,10 @@ def test_an_overwrite_share_lands_on_the_side_of_the_circuit_a_client_changed():
     whole = overwrite_shares(layout, start, local, counts, circuit)
     assert whole == pytest.approx({p: s["writes"] + s["reads"] for p, s in sides.items()})
     assert sum(whole.values()) == pytest.approx(1.0)
+    # conv2's filter 10 reading channel 5 of conv1: it makes one circuit channel and reads another, counted once,
+    # as making.
+    two_sites = {"conv1": [5], "conv2": [10]}
+    overlap = overwrite_by_side(layout, start, {0: changed("conv2.weight", (10, 5), 1.0), 1: start}, counts, two_sites)
+    assert overlap[0] == {"writes": pytest.approx(1.0), "reads": 0.0}
     unchanged = overwrite_by_side(layout, start, {0: start, 1: start}, {0: 1, 1: 2}, circuit)
     assert all(math.isnan(v) for s in unchanged.values() for v in s.values())

@@ -29,6 +29,10 @@ def test_a_circuits_activity_is_what_its_channels_carry_and_nothing_once_silence
         model.conv1.bias[PLANTED[3]["conv1"][0]] = 0.0
     assert circuit_activity(model, images, circuit) == 0.0
     assert math.isnan(circuit_activity(model, images, {"conv1": []}))
+    # Two relays of one weight each: silencing one halves the circuit's mean, whatever the other carries.
+    both = {"conv1": [PLANTED[3]["conv1"][0], PLANTED[8]["conv1"][0]]}
+    assert circuit_activity(planted_model(), images, both) == pytest.approx(alive, rel=1e-5)
+    assert circuit_activity(model, images, both) == pytest.approx(alive / 2, rel=1e-5)
 
 
 def _site(client: int, cls: int, verdict: str, other: int, **kw: float | bool | str) -> OverwriteSite:

@@ -202,10 +202,10 @@ def overwrite_by_side(
         side: _weighted_updates(layout, start, local, counts, circuit_parameter_mask(layout, circuit, side))
         for side in SIDES
     }
-    norm = sum(float(np.dot(c, c)) for c in (sum(u.values()) for u in updates.values()) if isinstance(c, np.ndarray))
+    change = {side: sum(u.values()) for side, u in updates.items()}
+    norm = sum(float(np.dot(c, c)) for c in change.values())
     if norm == 0.0:
         return {p: dict.fromkeys(SIDES, float("nan")) for p in sorted(local)}
-    change = {side: sum(u.values()) for side, u in updates.items()}
     return {p: {side: float(np.dot(updates[side][p], change[side]) / norm) for side in SIDES} for p in sorted(local)}
 
 

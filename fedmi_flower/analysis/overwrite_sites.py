@@ -35,7 +35,7 @@ from fedmi_flower.science.permutation_spec import WeightLayout
 
 @dataclasses.dataclass(frozen=True)
 class OverwriteSite:
-    """One circuit that worked on its own model, seen from one other client of the same round."""
+    """One client circuit of a round, seen from one other client of the same round."""
 
     round: int
     client: int
@@ -62,16 +62,22 @@ class OverwriteSite:
     """The same on ``other``'s model of the round."""
 
 
-def circuit_activity(model: nn.Module, images: torch.Tensor, circuit: Circuit) -> float:
-    """Mean over ``images`` and the circuit's channels of each channel's mean activation at its site."""
+def channel_activity(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per site, each channel's mean activation over ``images`` and positions: one forward pass for every circuit."""
     with torch.no_grad():
         acts = activations(model, images)
-    per_channel = [
-        acts[site][:, list(channels)].reshape(len(images), len(channels), -1).mean(dim=(0, 2))
-        for site, channels in circuit.items()
-        if channels
-    ]
-    return float(torch.cat(per_channel).mean()) if per_channel else float("nan")
+    return {site: a.reshape(len(images), a.shape[1], -1).mean(dim=(0, 2)) for site, a in acts.items()}
+
+
+def circuit_activity(model: nn.Module, images: torch.Tensor, circuit: Circuit) -> float:
+    """Mean over ``images`` and the circuit's channels of each channel's mean activation at its site."""
+    return activity_of(channel_activity(model, images), circuit)
+
+
+def activity_of(per_channel: Mapping[str, torch.Tensor], circuit: Circuit) -> float:
+    """The circuit's mean over its channels of :func:`channel_activity`; NaN for a circuit of no channel."""
+    picked = [per_channel[site][list(channels)] for site, channels in circuit.items() if channels]
+    return float(torch.cat(picked).mean()) if picked else float("nan")
 
 
 def where_overwritten(
@@ -120,9 +126,18 @@ def _round_sites(
     counts: Mapping[int, int],
     evaluation: ImageSplit,
 ) -> list[OverwriteSite]:
-    def activity_on(weights: Sequence[np.ndarray], cls: int, circuit: Circuit) -> float:
+    # One forward pass a model and class, read by every circuit of the class: the global model and each client's.
+    models: dict[int | None, Sequence[np.ndarray]] = {None: global_weights}
+    models.update((pid, w) for pid, w in local.items())
+    classes = sorted({cls for per in record.cross_eval.values() for cls in per})
+    per_channel: dict[tuple[int | None, int], dict[str, torch.Tensor]] = {}
+    for key, weights in models.items():
         set_weights(model, weights)
-        return circuit_activity(model, evaluation.images[evaluation.labels == cls], circuit)
+        for cls in classes:
+            per_channel[key, cls] = channel_activity(model, evaluation.images[evaluation.labels == cls])
+
+    def activity_on(key: int | None, cls: int, circuit: Circuit) -> float:
+        return activity_of(per_channel[key, cls], circuit)
 
     sites = []
     for pid, per in sorted(record.cross_eval.items()):
@@ -133,7 +148,7 @@ def _round_sites(
             sides = overwrite_by_side(layout, start, local, counts, circuit)
             found = record.interference.get(pid, {}).get(cls)
             restored_by = set(found.restored_by) if found is not None else set()
-            own, on_global = activity_on(local[pid], cls, circuit), activity_on(global_weights, cls, circuit)
+            own, on_global = activity_on(pid, cls, circuit), activity_on(None, cls, circuit)
             for other in sorted(local):
                 if other == pid:
                     continue
@@ -152,7 +167,7 @@ def _round_sites(
                         reads=sides[other]["reads"],
                         activity_local=own,
                         activity_global=on_global,
-                        activity_other=activity_on(local[other], cls, circuit),
+                        activity_other=activity_on(other, cls, circuit),
                     )
                 )
     return sites
