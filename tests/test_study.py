@@ -158,6 +158,31 @@ def test_along_a_sweep_first_point_against_last():
     assert evaluate(claim(test="increasing", sweep="train.sparsity"), one, "faithful").verdict == NOT_TESTABLE
 
 
+def test_each_seed_is_judged_alone_and_a_comparison_pairs_a_seed_with_itself():
+    # The mean 0.803 holds, carried by seed 0: seed 1 alone (0.7) and seed 2 alone (0.75) flip.
+    runs = [digest("e", 0, {"m": [0.96]}), digest("e", 1, {"m": [0.7]}), digest("e", 2, {"m": [0.75]})]
+    result = evaluate(claim(value=0.8), runs, "faithful")
+    assert result.verdict == HOLDS and result.by_seed == {0: HOLDS, 1: FLIPS, 2: FLIPS}
+    assert result.seed_tally() == "holds 1, flips 2"
+    # Against another experiment: seed 0's 0.6 beats x's seed 0 (0.3) but not x's seed 1 (0.9); the
+    # seed means (0.55 against 0.6) and seed 1 alone (0.5 against 0.9) flip.
+    paired = [
+        digest("e", 0, {"m": [0.6]}),
+        digest("e", 1, {"m": [0.5]}),
+        digest("x", 0, {"m": [0.3]}),
+        digest("x", 1, {"m": [0.9]}),
+    ]
+    versus = evaluate(claim(test="greater-than", than={"experiment": "x"}), paired, "faithful")
+    assert versus.verdict == FLIPS and versus.by_seed == {0: HOLDS, 1: FLIPS}
+    # A seed with nothing to read is not testable on its own; one seed alone is the pooled verdict.
+    holes = [digest("e", 0, {"m": [0.9]}), digest("e", 1, {"m": [math.nan]})]
+    assert evaluate(claim(), holes, "faithful").by_seed == {0: HOLDS, 1: NOT_TESTABLE}
+    assert evaluate(claim(), runs[:1], "faithful").seed_tally() == "holds 1"
+    assert evaluate(claim(), runs, "paper").seed_tally() == "-"
+    # The table shows the tally beside the verdict.
+    assert "| **holds** | holds 1, flips 2 |" in claims_table([result])
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
@@ -351,7 +376,7 @@ def test_a_study_runs_what_is_not_done_and_judges_its_claims(study, tmp_path):
     assert "| paper | 0.58 ± 0.04 (2) | **holds** |" in rows[0] and "| faithful | 0.78 ± 0.04 (2) |" in rows[1]
     sweep = next(line for line in table.splitlines() if line.startswith("| accuracy rises"))
     # Mean over both rounds 0.1 + 0.375 x sparsity (+ 0.03 for the seeds): 0.43 at 0.8, 0.49 at 0.97.
-    assert "| paper | 0.49 ± 0.04 (2) | **holds** | train.sparsity 0.8 -> 0.97: 0.43 / 0.49 |" in sweep
+    assert "| paper | 0.49 ± 0.04 (2) | **holds** | holds 2 | train.sparsity 0.8 -> 0.97: 0.43 / 0.49 |" in sweep
     # The study runs the ablation with the paper objective only: no faithful row for it, two for the smoke claim.
     assert len(rows) == 2 and sum(line.startswith("| accuracy rises") for line in table.splitlines()) == 1
 
@@ -638,7 +663,7 @@ def test_one_experiment_runs_as_variants_each_with_its_label_and_settings(tmp_pa
     assert {d.experiment for d in read_digests([out / "digests"])} == {"smoke", "smoke-half"}
     # Last-round accuracy 0.3 + 0.06 seed + 0.5 x sparsity: 0.58 for the variant against 0.78.
     row = next(line for line in (out / "claims.md").read_text().splitlines() if line.startswith("| the half-sparse"))
-    assert "**holds** | 0.58 against 0.78 (global_accuracy)" in row
+    assert "**holds** | holds 2 | 0.58 against 0.78 (global_accuracy)" in row
     path.write_text(VARIANTS.replace('label = "smoke-half"\n', ""))
     with pytest.raises(ConfigError, match="give variants of one experiment each its own label"):
         Study.load(str(path))

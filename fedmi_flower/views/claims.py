@@ -14,11 +14,13 @@ digest count, or a ratio ``"a / b"`` of two, summed over the rounds first), the 
 ``increasing`` / ``decreasing``
     The mean along a swept key (``sweep``, e.g. ``train.sparsity``), first point against last.
 
-The verdict is one of :data:`VERDICTS`: **holds**; **flips** (the test fails: the opposite, or no
-difference); **artefact** (the test was decided on numbers a guard discredits, ``artefact_if``,
+The verdict is one of :data:`VERDICTS`, decided on the seeds' mean: **holds**; **flips** (the test fails: the
+opposite, or no difference); **artefact** (the test was decided on numbers a guard discredits, ``artefact_if``,
 e.g. degenerate circuits or circuits that answer their class for every input; or it fails only by
 less than the instrument's own noise floor, ``floor``); **not testable here** (no run, or no defined value: every
-circuit degenerate). A claim's table is generated from the digests, never typed.
+circuit degenerate). Beside it, each seed's own verdict (the same check on that seed's runs alone, compared
+with the same seed's runs where the test reads another experiment), so that a mean carried by one seed shows.
+A claim's table is generated from the digests, never typed.
 """
 
 from __future__ import annotations
@@ -166,6 +168,13 @@ class ClaimResult:
     seeds: int = 0
     other: float = math.nan
     why: str = ""
+    by_seed: dict[int, str] = field(default_factory=dict)
+    """Each seed's own verdict: the same check on that seed's runs alone."""
+
+    def seed_tally(self) -> str:
+        """How the seeds' own verdicts fall, e.g. ``holds 2, flips 1``; ``-`` where no seed ran."""
+        counts = [(v, sum(1 for w in self.by_seed.values() if w == v)) for v in VERDICTS]
+        return ", ".join(f"{v} {n}" for v, n in counts if n) or "-"
 
 
 def _selected(rounds: Sequence[int], which: str) -> slice:
@@ -196,7 +205,18 @@ def _runs(digests: Sequence[RunDigest], experiment: str, objective: str) -> list
 
 
 def evaluate(claim: Claim, digests: Sequence[RunDigest], objective: str) -> ClaimResult:
-    """The verdict of ``claim`` on the digests of its experiment run with ``objective``."""
+    """The verdict of ``claim`` on the digests of its experiment run with ``objective``, and each seed's own."""
+    result = _evaluate(claim, digests, objective)
+    seeds = sorted({d.seed for d in _runs(digests, claim.experiment, objective)})
+    for seed in seeds:
+        # Every digest of the seed, not only the claim's experiment: a comparison with another experiment or
+        # objective pairs the seed with itself (seed-means could hide that the seeds disagree).
+        alone = [d for d in digests if d.seed == seed]
+        result.by_seed[seed] = result.verdict if len(seeds) == 1 else _evaluate(claim, alone, objective).verdict
+    return result
+
+
+def _evaluate(claim: Claim, digests: Sequence[RunDigest], objective: str) -> ClaimResult:
     runs = _runs(digests, claim.experiment, objective)
     result = ClaimResult(claim, objective, NOT_TESTABLE)
     if not runs:
@@ -318,8 +338,8 @@ def _number(v: float) -> str:
 def claims_table(results: Sequence[ClaimResult]) -> str:
     """The generated Markdown table: one row per claim and objective."""
     lines = [
-        "| claim | where | runs | objective | measured (mean ± sd, seeds) | verdict | reading |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | where | runs | objective | measured (mean ± sd, seeds) | verdict | each seed alone | reading |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r.claim
@@ -327,7 +347,7 @@ def claims_table(results: Sequence[ClaimResult]) -> str:
         where = c.section if c.source == "paper" else f"this package ({c.section})"
         lines.append(
             f"| {c.text} | {where} | {c.experiment}: `{c.metric}`, {c.rounds} rounds | {r.objective} | "
-            f"{measured} | **{r.verdict}** | {r.why} |"
+            f"{measured} | **{r.verdict}** | {r.seed_tally()} | {r.why} |"
         )
     return "\n".join(lines) + "\n"
 
