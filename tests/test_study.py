@@ -10,10 +10,12 @@ import shutil
 import signal
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
 
+import fedmi_flower.apps.study as study_module
 from fedmi_flower.apps.study import (
     DONE,
     NEW,
@@ -379,6 +381,29 @@ def test_a_study_runs_what_is_not_done_and_judges_its_claims(study, tmp_path):
     assert "| paper | 0.49 ± 0.04 (2) | **holds** | holds 2 | train.sparsity 0.8 -> 0.97: 0.43 / 0.49 |" in sweep
     # The study runs the ablation with the paper objective only: no faithful row for it, two for the smoke claim.
     assert len(rows) == 2 and sum(line.startswith("| accuracy rises") for line in table.splitlines()) == 1
+
+
+def test_the_time_to_go_follows_this_calls_pace_once_a_run_has_finished(study, tmp_path, monkeypatch):
+    # The measure says 1.5 min a smoke run and 2 min a sweep point (14 min in all); on this "machine"
+    # every run takes 1 min of a clock the fake runtime moves.
+    clock = [0.0]
+    monkeypatch.setattr(study_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    runtime = fake_runtime(calls := [])
+
+    def one_minute_a_run(run, folder, resume):
+        runtime(run, folder, resume)
+        clock[0] += 60.0
+
+    echo = io.StringIO()
+    runs = plan(study, short=True)
+    assert [r.minutes for r in runs[:4]] == [1.5, 1.5, 2.0, 2.0]
+    assert run_study(study, runs, tmp_path / "out", one_minute_a_run, echo) == [] and len(calls) == 8
+    etas = [line.split(" so far, ")[1].split(";")[0] for line in echo.getvalue().splitlines() if "to go" in line]
+    # Before any run: the measure. After the first (1 min for 1.5 expected): the 12.5 min left x 2/3 (the
+    # measure alone would say 12); after two (2 for 3): 11 x 2/3; after seven (7 for 12): the last 2 x 7/12.
+    assert etas[0] == "~14 min to go"
+    assert etas[1:3] == ["~8 min to go at this call's pace", "~7 min to go at this call's pace"]
+    assert etas[7] == "~1 min to go at this call's pace" and len(etas) == 8
 
 
 def test_an_interrupted_run_is_resumed_and_the_plan_says_what_is_left(study, tmp_path):

@@ -389,13 +389,19 @@ def run_study(
     finished: list[str] = []
     began = time.perf_counter()
     lock = threading.Lock()  # one run's bookkeeping at a time: the claims page reads every digest
+    # Minutes expected and taken by the runs this call finished: the measure may come from another machine
+    # (a digest made elsewhere, a study's measured minutes), so the ETA follows this call's own pace.
+    pace = {"expected": 0.0, "taken": 0.0}
 
     def one(i: int, run: PlannedRun) -> None:
         with lock:
             eta = sum(m for m in (minutes[r.folder] for r in todo[i:]) if m is not None) / parallel
+            note = ""
+            if pace["expected"] > 0:
+                eta, note = eta * pace["taken"] / pace["expected"], " at this call's pace"
             print(
                 f"fedmi study: {len(runs) - len(todo) + len(finished)} of {len(runs)} runs done, "
-                f"{time.perf_counter() - began:.0f} s so far, ~{eta:.0f} min to go; "
+                f"{time.perf_counter() - began:.0f} s so far, ~{eta:.0f} min to go{note}; "
                 f"{'resuming' if states[run.folder] == PARTIAL else 'running'} {run.folder}",
                 file=echo,
                 flush=True,
@@ -416,6 +422,10 @@ def run_study(
         with lock:
             digest_run(out / run.folder, run.entry.label, run.point, seconds=seconds).write(_digest_path(out, run))
             finished.append(run.folder)
+            expected = minutes[run.folder]
+            if expected and states[run.folder] != PARTIAL:  # a resumed run did only part of its work
+                pace["expected"] += expected
+                pace["taken"] += seconds / 60
             write_claims(study, runs, out)
 
     if parallel == 1:
