@@ -211,8 +211,7 @@ def evaluate(claim: Claim, digests: Sequence[RunDigest], objective: str) -> Clai
     for seed in seeds:
         # Every digest of the seed, not only the claim's experiment: a comparison with another experiment or
         # objective pairs the seed with itself (seed-means could hide that the seeds disagree).
-        alone = [d for d in digests if d.seed == seed]
-        result.by_seed[seed] = result.verdict if len(seeds) == 1 else _evaluate(claim, alone, objective).verdict
+        result.by_seed[seed] = _evaluate(claim, [d for d in digests if d.seed == seed], objective).verdict
     return result
 
 
