@@ -17,6 +17,7 @@ from fedmi_flower.science.circuits import (
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.discovery import DiscoveryJob
 from fedmi_flower.science.disjoint import budget_occupied, occupied_by_others
 from fedmi_flower.science.faithfulness_curve import CURVE_ROWS_PER_CLASS, cpr_cmd, faithfulness_curves
 from fedmi_flower.science.hook_points import site_sizes
@@ -196,28 +197,22 @@ class CircuitClient(NumPyClient):
         )
         t_train = time.perf_counter() - t0
 
+        # The floor client's second discovery (its seed floor) runs in the same loop as its first (issue 29):
+        # t_discovery holds both, t_floor only the comparison.
         t0 = time.perf_counter()
         classes = self.analysed_classes(cfg.analysis)
         means = self.fill_means(model, cfg)
-        circuits: dict[int, Circuit] = {}
-        steps_run: list[int] = []
-        learned: dict[str, torch.Tensor] = {}
+        jobs = []
         if classes:
-            circuits, steps_run, learned = cfg.discovery.recipe().find_scored(
-                model,
-                self.train,
-                classes,
-                means=means,
-                negatives=self.negatives(cfg, self.train),
-                seed=derive_seed(cfg.seed, "client-discovery", rnd, pid),
-            )
+            seed = derive_seed(cfg.seed, "client-discovery", rnd, pid)
+            jobs.append(DiscoveryJob(self.train, classes, seed, self.negatives(cfg, self.train)))
+            if cfg.analysis.noise_floor and pid == cfg.analysis.floor_client:
+                jobs.append(self.floor_job(cfg, rnd, classes))
+        found = cfg.discovery.recipe().find_jobs(model, jobs, means=means)
+        circuits, steps_run, learned = found[0] if found else ({}, [], {})
         t_discovery = time.perf_counter() - t0
         t0 = time.perf_counter()
-        floor = (
-            self.seed_floor(model, circuits, cfg, rnd)
-            if circuits and cfg.analysis.noise_floor and pid == cfg.analysis.floor_client
-            else {}
-        )
+        floor = self.seed_floor(circuits, jobs[1], found[1][0]) if len(jobs) > 1 else {}
         t_floor = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -260,28 +255,28 @@ class CircuitClient(NumPyClient):
         )
         return get_weights(model), len(self.train), report_to_metrics(report, site_sizes(model))
 
-    def seed_floor(
-        self, model: nn.Module, circuits: dict[int, Circuit], cfg: ExperimentConfig, rnd: int
-    ) -> dict[int, dict[str, float]]:
-        """This client's noise floor.
-
-        Its circuits against the same model's found again on another draw of its rows with another seed.
-
-        Stability and inter-client IoU compare circuits found with different seeds on
-        different draws; this is their IoU when the model has not changed at all.
-        """
+    def floor_job(self, cfg: ExperimentConfig, rnd: int, classes: list[int]) -> DiscoveryJob:
+        """The discovery of this client's noise floor: the same classes found again on a bootstrap of its rows with
+        another seed (those classes the redraw still holds)."""
         seed = derive_seed(cfg.seed, "client-floor", rnd, self.partition_id)
         redraw = self.train.subset(
             torch.randint(len(self.train), (len(self.train),), generator=torch_generator(seed, "bootstrap"))
             .sort()
             .values
         )
-        classes = [c for c in circuits if bool((redraw.labels == c).any())]
-        means = self.fill_means(model, cfg)
-        again, _ = cfg.discovery.recipe().find(
-            model, redraw, classes, means=means, negatives=self.negatives(cfg, redraw), seed=seed
-        )
-        return {c: circuit_iou(circuits[c], again[c]) for c in classes}
+        held = [c for c in classes if bool((redraw.labels == c).any())]
+        return DiscoveryJob(redraw, held, seed, self.negatives(cfg, redraw))
+
+    @staticmethod
+    def seed_floor(
+        circuits: dict[int, Circuit], job: DiscoveryJob, again: dict[int, Circuit]
+    ) -> dict[int, dict[str, float]]:
+        """This client's noise floor: its circuits against the same model's found again by ``job`` (:meth:`floor_job`).
+
+        Stability and inter-client IoU compare circuits found with different seeds on
+        different draws; this is their IoU when the model has not changed at all.
+        """
+        return {c: circuit_iou(circuits[c], again[c]) for c in job.classes}
 
     def evaluate(self, parameters: NDArrays, config: dict[str, Scalar]) -> tuple[float, int, dict[str, Scalar]]:
         """Loss and accuracy of the global model on this client's held-out rows."""

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from runs import NONIID_SEEDS, SMALL_IID, SMALL_NONIID, fedmi, sets
 
-from fedmi_flower.science.data import CACHE_ENV, load_raw, resolve_data_root
+from fedmi_flower.analysis.round_analyst import RoundAnalyst
+from fedmi_flower.config import ExperimentConfig
+from fedmi_flower.science.data import CACHE_ENV, load_raw, load_split, resolve_data_root
+from fedmi_flower.science.models import build_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,3 +69,26 @@ def noniid_runs(tmp_path_factory, mnist_root) -> list[Path]:
 def noniid_run(noniid_runs) -> Path:
     """The first seed's run of :func:`noniid_runs`."""
     return noniid_runs[0]
+
+
+@pytest.fixture(scope="session")
+def random_model_analyst(mnist_root):
+    """A seeded random model: which channels discovery keeps depends on the draw, so no floor is 1."""
+    rows = load_split("mnist", False, mnist_root, np.arange(900))
+    train = load_split("mnist", True, mnist_root, np.arange(1200))
+    # Client 0 holds classes 0 and 1, client 1 classes 2 and 3.
+    halves = [
+        train.subset(torch.nonzero(train.labels < 2).flatten()),
+        train.subset(torch.nonzero((train.labels >= 2) & (train.labels < 4)).flatten()),
+    ]
+    config = ExperimentConfig.from_dict(
+        {
+            "clients": 2,
+            "analysis": {"classes": [0, 1, 2, 3], "floor_client": 0, "min_class_examples": 5},
+            "discovery": {"steps": 30, "objective": "paper"},
+        }
+    )
+    analyst = RoundAnalyst(
+        config, rows.subset(range(450)), rows.subset(range(450, 900)), client_rows=lambda pid: halves[pid]
+    )
+    return analyst, build_model(seed=3)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 from planted import DEFAULT_CLASS, DISTRACTOR, PLANTED, bright_images, concat, planted_model
 
@@ -173,10 +176,16 @@ def test_circuit_edges_follow_nonzero_weights_between_active_channels():
     assert circuit_edges(planted_model(), PLANTED[3], target_class=8)["fc"] == []
 
 
-def test_circuit_only_subnetwork_equals_the_gated_dense_network():
+@pytest.mark.parametrize("filled", [False, True], ids=["zero ablation", "mean ablation"])
+def test_circuit_only_subnetwork_equals_the_gated_dense_network(filled):
     from fedmi_flower.science.circuits import circuit_masks, circuit_only_logits
 
     model = build_model(seed=2)
+    # Means far from zero: an ablated channel that the sub-network dropped instead of filling moves the logits.
+    fill = {
+        site: torch.rand(n, generator=torch.Generator().manual_seed(3)) + 0.5 for site, n in site_sizes(model).items()
+    }
+    fill = fill if filled else None
     images = torch.randn(40, 1, 28, 28)
     g = torch.Generator().manual_seed(1)
     circuits = [
@@ -193,8 +202,46 @@ def test_circuit_only_subnetwork_equals_the_gated_dense_network():
         for circuit in circuits:
             gates = {layer: m[0] for layer, m in circuit_masks([circuit], site_sizes(model)).items()}
             torch.testing.assert_close(
-                circuit_only_logits(model, stem, circuit), model.head(stem, gates), rtol=1e-5, atol=1e-5
+                circuit_only_logits(model, stem, circuit, fill), model.head(stem, gates, fill), rtol=1e-5, atol=1e-5
             )
+
+
+class OlderCNN(SimpleCNN):
+    """A model whose ``circuit_logits`` was written before fills: it takes no ``fill``."""
+
+    def circuit_logits(self, stem, circuit):
+        return super().circuit_logits(stem, circuit)
+
+
+@pytest.mark.parametrize("make", [SimpleCNN, OlderCNN], ids=["sub-networks", "a capability without fill"])
+def test_mean_ablation_scores_equal_the_gated_dense_passes(make, monkeypatch):
+    import fedmi_flower.science.circuits as circuits_module
+
+    torch.manual_seed(1)
+    model = make().eval()
+    images = torch.randn(400, 1, 28, 28)
+    with torch.no_grad():
+        said = model(images).argmax(1)  # labelled by the model itself: every circuit class has target rows
+    data = ImageSplit(images, said)
+    means = channel_means(model, data)
+    g = torch.Generator().manual_seed(0)
+    classes = torch.bincount(said).argsort(descending=True)[:2].tolist()
+    circuits = [
+        (
+            cls,
+            {
+                site: torch.nonzero(torch.rand(n, generator=g) < share).flatten().tolist()
+                for site, n in site_sizes(model).items()
+            },
+        )
+        for cls in classes
+        for share in (0.3, 0.6, 0.9)
+    ]
+    fast = evaluate_circuits(model, data, circuits, ablation="mean", means=means)
+    monkeypatch.setattr(circuits_module, "_sub_network", lambda model, filled: None)
+    dense = evaluate_circuits(model, data, circuits, ablation="mean", means=means)
+    assert [repr(dataclasses.astuple(s)) for s in fast] == [repr(dataclasses.astuple(s)) for s in dense]
+    assert len({(s.sufficiency, s.specificity) for s in fast}) > 2, "scores that do not vary test nothing"
 
 
 def test_discovery_without_the_stem_cache_gives_the_same_scores(monkeypatch):

@@ -25,9 +25,7 @@ from fedmi_flower.records.round_record import (
 )
 from fedmi_flower.records.series import view_floor_series
 from fedmi_flower.science.circuits import CircuitScores, evaluate_circuits, smallest_faithful_circuit
-from fedmi_flower.science.data import load_split
 from fedmi_flower.science.metrics import circuit_iou, polysemantic_share
-from fedmi_flower.science.models import build_model
 from fedmi_flower.wire.protocol import ClientReport
 
 SIZES = {"conv1": 32, "conv2": 64, "conv3": 128}
@@ -126,7 +124,7 @@ def test_polysemanticity_like_with_like():
 class PlantedFloors(RoundAnalyst):
     """The real analysis, with each class's floor planted: class 3's is 0.6, class 8's 0.9, class 0's 0.3."""
 
-    def noise_floor(self, model, global_circuits, server_round, reports):
+    def floor_from(self, planned, found, global_circuits, sizes, reports):
         floors = {3: flat(0.6), 8: flat(0.9), 0: flat(0.3)}
         return NoiseFloor(
             seed=dict(floors),
@@ -236,29 +234,6 @@ def test_stability_floor_leaves_out_a_degenerate_floor_circuit_and_figures_agree
     earlier = RoundRecord(round=1, clients={0: ClientEntry(10, degenerate={8: "empty"}), 1: ClientEntry(10)})
     run_bands = view_floor_series([earlier, record], View.STABILITY)
     assert not any(np.isfinite(v[1]) for v in run_bands.values())
-
-
-@pytest.fixture(scope="module")
-def random_model_analyst(mnist_root):
-    """A seeded random model: which channels discovery keeps depends on the draw, so no floor is 1."""
-    rows = load_split("mnist", False, mnist_root, np.arange(900))
-    train = load_split("mnist", True, mnist_root, np.arange(1200))
-    # Client 0 holds classes 0 and 1, client 1 classes 2 and 3.
-    halves = [
-        train.subset(torch.nonzero(train.labels < 2).flatten()),
-        train.subset(torch.nonzero((train.labels >= 2) & (train.labels < 4)).flatten()),
-    ]
-    config = ExperimentConfig.from_dict(
-        {
-            "clients": 2,
-            "analysis": {"classes": [0, 1, 2, 3], "floor_client": 0, "min_class_examples": 5},
-            "discovery": {"steps": 30, "objective": "paper"},
-        }
-    )
-    analyst = RoundAnalyst(
-        config, rows.subset(range(450)), rows.subset(range(450, 900)), client_rows=lambda pid: halves[pid]
-    )
-    return analyst, build_model(seed=3)
 
 
 def test_floors_fail_when_wrong(random_model_analyst):

@@ -62,11 +62,17 @@ def test_specificity_for_every_client(mnist_root, monkeypatch):
     node = {"partition-id": 0, "num-partitions": config.clients, "data-root": mnist_root}
     client = build_client(config.to_run_config(), node)
     assert len(torch.unique(client.train.labels)) == 1  # the split holds one class, as the experiment says
-    discovered = _recording(monkeypatch, Discovery, "learn")  # find and find_scored both learn
+    discovered: list = []  # every discovery runs its jobs through learn_jobs
+    learn_jobs = Discovery.learn_jobs
+    monkeypatch.setattr(
+        Discovery,
+        "learn_jobs",
+        lambda self, model, jobs, **kw: discovered.extend(jobs) or learn_jobs(self, model, jobs, **kw),
+    )
     _, _, metrics = client.fit(get_weights(build_model(seed=0)), fit_instructions(config, 1))
 
     # Discovery is the paper's Eq. 3 as before: target images only, no other images given.
-    assert discovered and all(call["negatives"] is None for call in discovered)
+    assert discovered and all(job.negatives is None for job in discovered)
     report = report_from_metrics(
         metrics, len(client.train), num_clients=config.clients, layer_sizes=LAYER_SIZES, num_classes=10
     )

@@ -97,6 +97,7 @@ from fedmi_flower.science.circuits import (
     evaluate_circuits,
 )
 from fedmi_flower.science.data import ImageSplit
+from fedmi_flower.science.discovery import DiscoveryJob
 from fedmi_flower.science.faithfulness_curve import CURVE_ROWS_PER_CLASS, cpr_cmd, faithfulness_curves, grid_sizes
 from fedmi_flower.science.hook_points import site_sizes
 from fedmi_flower.science.metrics import (
@@ -263,26 +264,35 @@ class RoundAnalyst:
         min_rows: int = 1,
     ) -> tuple[dict[int, Circuit], dict[str, torch.Tensor], list[int]]:
         """:meth:`discover`, with the learned gate scores and the classes they are rows of."""
-        device = next(model.parameters()).device
+        job = self.discovery_job(data, classes, purpose, server_round, min_rows)
+        if job is None:
+            return {}, {}, []
+        circuits, _, scores = self.find_jobs(model, [job])[0]
+        return circuits, scores, list(job.classes)
+
+    def discovery_job(
+        self, data: ImageSplit, classes: Sequence[int], purpose: str, server_round: int, min_rows: int = 1
+    ) -> DiscoveryJob | None:
+        """The discovery of the ``classes`` that ``data`` holds at least ``min_rows`` of, with a seed for ``purpose``
+        and the reference set as other images where the objective needs them; None when it holds none."""
         present = [c for c in classes if int((data.labels == c).sum()) >= min_rows]
         if not present:
-            return {}, {}, []
-        discovery = self.config.discovery
+            return None
         min_rows_held = self.config.analysis.min_class_examples
-        use_reference = discovery.uses_reference(
+        use_reference = self.config.discovery.uses_reference(
             sum(1 for n in data.class_counts(self.config.num_classes) if n >= min_rows_held)
         )
         if use_reference and self.reference is None:
             raise ValueError("the faithful objective needs the reference set here, and the analyst was given none")
-        circuits, _, scores = discovery.recipe().find_scored(
-            model,
-            data.to(device),
-            present,
-            negatives=self.reference.to(device) if use_reference and self.reference is not None else None,
-            means=self.fill_means(model),
-            seed=derive_seed(self.config.seed, purpose, server_round),
-        )
-        return circuits, scores, present
+        seed = derive_seed(self.config.seed, purpose, server_round)
+        return DiscoveryJob(data, present, seed, self.reference if use_reference else None)
+
+    def find_jobs(
+        self, model: nn.Module, jobs: Sequence[DiscoveryJob]
+    ) -> list[tuple[dict[int, Circuit], list[int], dict[str, torch.Tensor]]]:
+        """Every job's circuits on ``model``, learned in one loop (:meth:`Discovery.find_jobs`), with the model's own
+        channel means filling ablated channels."""
+        return self.config.discovery.recipe().find_jobs(model, jobs, means=self.fill_means(model))
 
     def noise_floor(
         self,
@@ -291,36 +301,46 @@ class RoundAnalyst:
         server_round: int,
         reports: Sequence[ClientReport],
     ) -> NoiseFloor:
-        """The noise floors of this round (see the module docstring).
+        """The noise floors of this round (see the module docstring): :meth:`floor_jobs` run, then compared.
 
-        Unmeasured when ``analysis.noise_floor`` is off.
+        Unmeasured when ``analysis.noise_floor`` is off. :meth:`analyse` runs the floor's
+        discoveries in one loop with the global circuits' instead (:meth:`global_circuits_and_floor`).
         """
         if not self.config.analysis.noise_floor or not global_circuits:
             return NoiseFloor(measured=False)
-        sizes = site_sizes(model)
+        planned = self.floor_jobs(sorted(global_circuits), server_round, reports)
+        found = [circuits for circuits, _, _ in self.find_jobs(model, [job for _, job in planned])]
+        return self.floor_from(planned, found, global_circuits, site_sizes(model), reports)
+
+    def floor_from(
+        self,
+        planned: Sequence[tuple[int | None, DiscoveryJob]],
+        found: Sequence[Mapping[int, Circuit]],
+        global_circuits: Mapping[int, Circuit],
+        sizes: Mapping[str, int],
+        reports: Sequence[ClientReport],
+    ) -> NoiseFloor:
+        """The noise floors from the circuits ``found`` by the ``planned`` floor discoveries (:meth:`floor_jobs`)."""
+        if not self.config.analysis.noise_floor or not global_circuits:
+            return NoiseFloor(measured=False)
+        if len(found) != len(planned):
+            raise ValueError(f"{len(found)} sets of floor circuits for {len(planned)} planned floor discoveries")
         classes = sorted(global_circuits)
-        redraw = bootstrap(self.probe, derive_seed(self.config.seed, "floor-bootstrap", server_round))
-        again = self.discover(model, redraw, classes, "floor-discovery", server_round)
-        floor = NoiseFloor(
-            seed={c: compare(global_circuits[c], again[c], sizes) for c in classes if c in again},
-            seed_circuits={c: again[c] for c in classes if c in again},
-        )
+        floor = NoiseFloor()
         if self.client_rows is not None:
             floor.source, floor.source_clients = {}, {}
-            for pid, candidates in self.source_floor_clients(reports, classes):
-                wanted = [c for c in candidates if c not in floor.source]
-                rows = self.client_rows(pid) if wanted else None
-                if rows is None:
-                    continue
-                # A client analyses only the classes it holds enough of; so does its floor.
-                min_rows = self.config.analysis.min_class_examples
-                elsewhere = self.discover(model, rows, wanted, "floor-source", server_round, min_rows)
-                for c in wanted:
-                    if c in elsewhere and c not in floor.source:
-                        floor.source[c] = compare(elsewhere[c], global_circuits[c], sizes)
-                        floor.source_clients[c] = pid
-                        floor.source_circuits[c] = elsewhere[c]
             floor.source_client = self.config.analysis.floor_client
+        for (pid, _), circuits in zip(planned, found):
+            for c in classes:
+                if c not in circuits:
+                    continue
+                if pid is None:
+                    floor.seed[c] = compare(global_circuits[c], circuits[c], sizes)
+                    floor.seed_circuits[c] = circuits[c]
+                elif floor.source is not None and c not in floor.source:
+                    floor.source[c] = compare(circuits[c], global_circuits[c], sizes)
+                    floor.source_clients[c] = pid
+                    floor.source_circuits[c] = circuits[c]
         # Only the floor client was asked for its own floor; anything another client sends is ignored.
         floor.clients = {
             r.partition_id: {c: IoU(dict(v)) for c, v in sorted(r.noise_floor.items())}
@@ -328,6 +348,39 @@ class RoundAnalyst:
             if r.noise_floor and r.partition_id == self.config.analysis.floor_client
         }
         return floor
+
+    def floor_jobs(
+        self, classes: Sequence[int], server_round: int, reports: Sequence[ClientReport]
+    ) -> list[tuple[int | None, DiscoveryJob]]:
+        """The noise floor's discoveries on the global model of ``classes``, planned before any runs.
+
+        ``(None, job)`` for the seed floor (a bootstrap redraw of the probe rows, another
+        seed), then ``(partition, job)`` for the source floor on each client's rows that
+        adds classes (:meth:`source_floor_clients`): whether a client adds a class depends
+        on the rows it holds, not on what discovery finds, so every floor discovery is
+        known before any runs and all of them can share one loop with the global circuits'.
+        Empty when ``analysis.noise_floor`` is off.
+        """
+        if not self.config.analysis.noise_floor or not classes:
+            return []
+        redraw = bootstrap(self.probe, derive_seed(self.config.seed, "floor-bootstrap", server_round))
+        jobs: list[tuple[int | None, DiscoveryJob]] = []
+        seed_job = self.discovery_job(redraw, classes, "floor-discovery", server_round)
+        if seed_job is not None:
+            jobs.append((None, seed_job))
+        if self.client_rows is None:
+            return jobs
+        covered: set[int] = set()
+        # A client analyses only the classes it holds enough of; so does its floor.
+        min_rows = self.config.analysis.min_class_examples
+        for pid, candidates in self.source_floor_clients(reports, classes):
+            wanted = [c for c in candidates if c not in covered]
+            rows = self.client_rows(pid) if wanted else None
+            job = self.discovery_job(rows, wanted, "floor-source", server_round, min_rows) if rows is not None else None
+            if job is not None:
+                jobs.append((pid, job))
+                covered.update(job.classes)
+        return jobs
 
     def source_floor_clients(
         self, reports: Sequence[ClientReport], classes: Sequence[int]
@@ -693,14 +746,8 @@ class RoundAnalyst:
                 setattr(timings, name, time.perf_counter() - t0)
 
         # Global discovery and scoring are the round's analysis: their failure is the record's analysis_error.
-        self.on_step("global discovery")
-        t0 = time.perf_counter()
-        global_circuits, learned, present = self.discover_scored(
-            model, self.probe, classes, "server-discovery", server_round
-        )
-        timings.global_discovery = time.perf_counter() - t0
-        floor = step(
-            Step.NOISE_FLOOR, lambda: self.noise_floor(model, global_circuits, server_round, reports), NoiseFloor()
+        global_circuits, learned, present, floor = self.global_circuits_and_floor(
+            model, classes, server_round, reports, timings, step_errors
         )
         self.on_step("evaluation")
         t0 = time.perf_counter()
@@ -801,6 +848,52 @@ class RoundAnalyst:
             record.summary.set_view(view, **parts)
         timings.analysis = time.perf_counter() - began
         return record
+
+    def global_circuits_and_floor(
+        self,
+        model: nn.Module,
+        classes: Sequence[int],
+        server_round: int,
+        reports: Sequence[ClientReport],
+        timings: RoundTimings,
+        step_errors: dict[str, str],
+    ) -> tuple[dict[int, Circuit], dict[str, torch.Tensor], list[int], NoiseFloor]:
+        """The global model's circuits (with their learned scores and classes) and the round's noise floor.
+
+        The floor's discoveries run on the same model as the global circuits', so all of
+        them share one optimisation loop (issue 29): ``timings.global_discovery`` is that
+        loop, ``timings.noise_floor`` choosing the floor's rows and comparing. A failure of
+        the floor costs the floor only: the global circuits are then found alone.
+        """
+        self.on_step("global discovery")
+        began = time.perf_counter()
+        job = self.discovery_job(self.probe, classes, "server-discovery", server_round)
+        if job is None:
+            timings.global_discovery = time.perf_counter() - began
+            return {}, {}, [], NoiseFloor(measured=False)
+        planned: list[tuple[int | None, DiscoveryJob]] = []
+        floor_seconds = 0.0
+        t0 = time.perf_counter()
+        try:
+            planned = self.floor_jobs(job.classes, server_round, reports)
+            found = self.find_jobs(model, [job] + [j for _, j in planned])
+        except Exception:  # the floor's failure must not cost the round its global circuits
+            step_errors[Step.NOISE_FLOOR] = traceback.format_exc()
+            planned = []
+            found = self.find_jobs(model, [job])
+        timings.global_discovery = time.perf_counter() - t0
+        circuits, _, learned = found[0]
+        floor = NoiseFloor()
+        if Step.NOISE_FLOOR not in step_errors:
+            self.on_step("noise floor")
+            t0 = time.perf_counter()
+            try:
+                floor = self.floor_from(planned, [f for f, _, _ in found[1:]], circuits, site_sizes(model), reports)
+            except Exception:
+                step_errors[Step.NOISE_FLOOR] = traceback.format_exc()
+            floor_seconds = time.perf_counter() - t0
+        timings.noise_floor = floor_seconds
+        return circuits, learned, list(job.classes), floor
 
     def robustness(
         self,

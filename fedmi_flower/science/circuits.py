@@ -33,6 +33,7 @@ smallest faithful circuit and the scores of a circuit.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -432,18 +433,29 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> list[float]:
     return [float(n) / int(d) if int(d) else float("nan") for n, d in zip(num.tolist(), den.tolist())]
 
 
-def circuit_only_logits(model: nn.Module, stem: torch.Tensor, circuit: Circuit) -> torch.Tensor:
-    """Logits with only ``circuit``'s channels active (zero ablation).
+def circuit_only_logits(
+    model: nn.Module, stem: torch.Tensor, circuit: Circuit, fill: Mapping[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Logits with only ``circuit``'s channels active (ablated ones output zero, or their ``fill``: mean ablation).
 
-    The model's ``circuit_logits`` capability computes only the circuit's sub-network
-    (an ablated channel outputs zero and adds nothing downstream); without it, the gated
-    dense pass gives the same logits.
+    The model's ``circuit_logits`` capability computes only the circuit's sub-network;
+    without it, or when a fill is asked of a capability that takes none, the gated dense
+    pass gives the same logits.
     """
-    fast = capability(model, "circuit_logits")
+    fast = _sub_network(model, filled=fill is not None)
     if fast is not None:
-        return fast(stem, circuit)
+        return fast(stem, circuit, fill) if fill is not None else fast(stem, circuit)
     keep = circuit_masks([circuit], site_sizes(model), stem.device)
-    return run_head(model, stem, {site: g[0] for site, g in keep.items()})
+    return run_head(model, stem, {site: g[0] for site, g in keep.items()}, fill)
+
+
+def _sub_network(model: nn.Module, filled: bool) -> Any:
+    """The model's ``circuit_logits`` capability where it can serve: any, for zero ablation; for a per-channel fill
+    (mean ablation), one that takes a ``fill`` argument (models written before it take none)."""
+    fast = capability(model, "circuit_logits")
+    if fast is None or not filled:
+        return fast
+    return fast if "fill" in inspect.signature(fast).parameters else None
 
 
 @torch.no_grad()
@@ -457,20 +469,22 @@ def evaluate_circuits(
     resample: torch.Tensor | None = None,
     seed: int = 0,
     rows_per_pass: int = 2048,
+    necessity: bool = True,
 ) -> list[CircuitScores]:
     """Score many ``(target class, circuit)`` pairs on ``data`` in few passes.
 
     The model's ungated prefix (its ``stem``) is computed once per image and shared by
-    all circuits. With zero ablation, sufficiency and specificity run each
-    circuit's own sub-network only (:func:`circuit_only_logits`); with mean ablation,
-    and for necessity (the circuit ablated, everything else active), the gated dense
-    network runs on batches of up to ``rows_per_pass`` (circuit, image) rows.
+    all circuits. With zero or mean ablation, sufficiency and specificity run each
+    circuit's own sub-network only where the model can (:func:`circuit_only_logits`);
+    otherwise, and for necessity (the circuit ablated, everything else active), the
+    gated dense network runs on batches of up to ``rows_per_pass`` (circuit, image) rows.
 
     Resample ablation (``ablation="resample"``, scoring only) gives each closed channel
     its value on an image drawn with ``seed`` from ``resample`` (the reference images;
     ``data``'s own when None), the same draw for every circuit on a given image: the
     ablation of causal scrubbing and of "Transformer Circuit Metrics are not Robust"
     (2024), which keeps activations on the data distribution where a mean may not be.
+    ``necessity=False`` leaves necessity out (NaN): the faithfulness curve reads none.
     """
     if not circuits:
         return []
@@ -502,9 +516,12 @@ def evaluate_circuits(
     model_no = torch.zeros_like(suff)
     model_suff = torch.zeros_like(suff)
     model_spec = torch.zeros_like(suff)
-    # Zero ablation runs each circuit's sub-network alone where the model can; otherwise
+    # Each circuit's sub-network alone where the model can (zero, or a per-channel mean); otherwise
     # every circuit's gated dense pass shares one batch of (circuit, image) rows.
-    sub_networks = fill is None and not resampling and capability(model, "circuit_logits") is not None
+    per_channel_fill = fill is not None and all(f.dim() == 1 for f in fill.values())
+    sub_networks = (
+        not resampling and (fill is None or per_channel_fill) and _sub_network(model, fill is not None) is not None
+    )
     chunk = rows_per_pass if sub_networks else max(1, rows_per_pass // m)
     for start in range(0, len(data), chunk):
         y = data.labels[start : start + chunk]
@@ -514,7 +531,7 @@ def evaluate_circuits(
             fill = activations(model, pool[draws[start : start + chunk].to(device)])  # per image, as (b, C, ...)
         # Every circuit on every image: sufficiency (target rows) and specificity (the rest).
         if sub_networks:
-            pred = torch.stack([circuit_only_logits(model, stem, circ).argmax(1) for _, circ in circuits])
+            pred = torch.stack([circuit_only_logits(model, stem, circ, fill).argmax(1) for _, circ in circuits])
         else:
             pred = (
                 run_head(
@@ -541,7 +558,7 @@ def evaluate_circuits(
         model_suff += (model_says & is_target).sum(1)
         model_spec += (~model_says & ~is_target).sum(1)
         # Necessity: each circuit ablated, on its target rows only.
-        circ_idx, img_idx = torch.nonzero(is_target, as_tuple=True)
+        circ_idx, img_idx = torch.nonzero(is_target & necessity, as_tuple=True)
         for lo in range(0, circ_idx.numel(), rows_per_pass):
             ci, ii = circ_idx[lo : lo + rows_per_pass], img_idx[lo : lo + rows_per_pass]
             rows_fill = {site: f[ii] for site, f in fill.items()} if resampling and fill is not None else fill
@@ -553,7 +570,7 @@ def evaluate_circuits(
         for s, p, n, t, o, f, ms, mp in zip(
             _ratio(suff, n_target),
             _ratio(spec, n_other),
-            _ratio(nec, n_target),
+            _ratio(nec, n_target) if necessity else [math.nan] * m,
             n_target.tolist(),
             n_other.tolist(),
             faithfulness,

@@ -187,6 +187,34 @@ class EarlyStop:
 
 
 @dataclass(frozen=True)
+class DiscoveryJob:
+    """One discovery on a model: the ``classes`` of ``data`` to find, with its seed and any other images.
+
+    :meth:`Discovery.learn_jobs` runs several on one model in one loop; the fields are
+    :meth:`Discovery.learn`'s arguments of the same names.
+    """
+
+    data: ImageSplit
+    classes: Sequence[int]
+    seed: int = 0
+    negatives: ImageSplit | None = None
+
+    def __post_init__(self) -> None:
+        classes = [int(c) for c in self.classes]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes repeat: {classes}")
+        object.__setattr__(self, "classes", classes)
+
+    def to(self, device: torch.device) -> DiscoveryJob:
+        negatives = self.negatives.to(device) if self.negatives is not None else None
+        return DiscoveryJob(self.data.to(device), self.classes, self.seed, negatives)
+
+
+def _concat_all(parts: Sequence[ImageSplit]) -> ImageSplit:
+    return ImageSplit(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
+
+@dataclass(frozen=True)
 class Discovery:
     """Every knob of circuit discovery; ``None`` takes the objective's measured default (``OBJECTIVE_DEFAULTS``).
 
@@ -294,14 +322,32 @@ class Discovery:
         channel means for mean ablation (measured on ``data`` when omitted). Returns the
         final scores per site, shape (len(classes), channels), and the steps each class ran.
         """
-        gate, objective = self.gate_function(seed), self.objective_function()
-        classes = [int(c) for c in classes]
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"classes repeat: {classes}")
+        return self.learn_jobs(model, [DiscoveryJob(data, classes, seed, negatives)], means=means)[0]
+
+    def learn_jobs(
+        self, model: nn.Module, jobs: Sequence[DiscoveryJob], *, means: Mapping[str, torch.Tensor] | None = None
+    ) -> list[tuple[Scores, list[int]]]:
+        """:meth:`learn` for several discoveries on one model at once: one optimisation loop over every job's classes.
+
+        Each job keeps its own images, draws, seed and other images, so each result equals
+        that job's :meth:`learn` alone (Adam acts element-wise and each class's loss term
+        touches only its own scores); together they share every step's pass and the
+        one-off passes (stem cache, the model's own decisions). This is how the server
+        finds the global circuits and their noise floors, and the floor client its
+        circuits and its floor, in one call (issue 29). ``means`` fill the ablated
+        channels of every job (measured on the first job's data when omitted). The
+        hard-concrete gate draws its noise from one seed, so under it jobs run one by one.
+        """
+        if not jobs:
+            return []
+        if self.gate == "hard-concrete" and len(jobs) > 1:
+            return [self.learn_jobs(model, [job], means=means)[0] for job in jobs]
+        gate, objective = self.gate_function(jobs[0].seed), self.objective_function()
         device = next(model.parameters()).device
-        data = data.to(device)
-        fill = _ablation_fill(model, data, str(self.ablation), means)
-        draws, pool = self._draws(data, classes, objective, negatives, seed, device)
+        jobs = [job.to(device) for job in jobs]
+        fill = _ablation_fill(model, jobs[0].data, str(self.ablation), means)
+        draws, pool = self._pooled_draws(jobs, objective, device)
+        classes = [c for job in jobs for c in job.classes]
         k, per_class = len(classes), objective.images_per_class
         stems, draws = _stem_cache(model, pool.images, draws)
         owner = torch.arange(k, device=device).repeat_interleave(per_class)  # gate row of every image
@@ -362,7 +408,25 @@ class Discovery:
                     retired = (~active).to(device)
                     live = torch.nonzero(active).flatten().to(device)
                     rows_live = torch.isin(owner, live)
-        return {site: s.detach() for site, s in scores.items()}, steps_run
+        out, first = [], 0
+        for job in jobs:
+            rows = slice(first, first + len(job.classes))
+            out.append(({site: s.detach()[rows] for site, s in scores.items()}, steps_run[rows]))
+            first = rows.stop
+        return out
+
+    def _pooled_draws(
+        self, jobs: Sequence[DiscoveryJob], objective: Objective, device: torch.device
+    ) -> tuple[torch.Tensor, ImageSplit]:
+        """Every job's draws, ``(steps, K, n)`` over all jobs' classes, into one pool of every job's images."""
+        parts, draws, offset = [], [], 0
+        for job in jobs:
+            job_draws, job_pool = self._draws(job.data, list(job.classes), objective, job.negatives, job.seed, device)
+            parts.append(job_pool)
+            draws.append(job_draws + offset)
+            offset += len(job_pool)
+        pool = parts[0] if len(parts) == 1 else _concat_all(parts)
+        return torch.cat(draws, dim=1), pool
 
     def _draws(
         self,
@@ -428,25 +492,37 @@ class Discovery:
         negatives: ImageSplit | None = None,
     ) -> tuple[dict[int, Circuit], list[int], Scores]:
         """:meth:`find`, with the learned gate scores (one row per class) it chose the circuits from."""
-        scores, steps_run = self.learn(model, data, classes, seed=seed, means=means, negatives=negatives)
-        if self.target_faithfulness is None:
-            return circuits_from_scores(scores, classes), steps_run, scores
-        circuits = {
-            int(cls): smallest_faithful_circuit(
-                model,
-                data,
-                scores,
-                row,
-                int(cls),
-                self.target_faithfulness,
-                ablation=str(self.ablation),
-                means=means,
-                negatives=negatives,
-                seed=seed,
-            )
-            for row, cls in enumerate(classes)
-        }
-        return circuits, steps_run, scores
+        return self.find_jobs(model, [DiscoveryJob(data, classes, seed, negatives)], means=means)[0]
+
+    def find_jobs(
+        self, model: nn.Module, jobs: Sequence[DiscoveryJob], *, means: Mapping[str, torch.Tensor] | None = None
+    ) -> list[tuple[dict[int, Circuit], list[int], Scores]]:
+        """:meth:`find_scored` of every job, learned together (:meth:`learn_jobs`).
+
+        Returns ``[(circuits, steps_run, scores)]``, one per job.
+        """
+        found = []
+        for job, (scores, steps_run) in zip(jobs, self.learn_jobs(model, jobs, means=means)):
+            if self.target_faithfulness is None:
+                found.append((circuits_from_scores(scores, job.classes), steps_run, scores))
+                continue
+            circuits = {
+                cls: smallest_faithful_circuit(
+                    model,
+                    job.data,
+                    scores,
+                    row,
+                    cls,
+                    self.target_faithfulness,
+                    ablation=str(self.ablation),
+                    means=means,
+                    negatives=job.negatives,
+                    seed=job.seed,
+                )
+                for row, cls in enumerate(job.classes)
+            }
+            found.append((circuits, steps_run, scores))
+        return found
 
 
 # ---------------------------------------------------------------------- the functions of earlier versions

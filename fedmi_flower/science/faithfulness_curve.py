@@ -57,7 +57,7 @@ def faithfulness_curves(
     total = sum(int(s.shape[1]) for s in scores.values())
     sizes = grid_sizes(total, grid)
     pairs = [(int(cls), top_channels(scores, row, k)) for row, cls in enumerate(classes) for k in sizes]
-    scored = evaluate_circuits(model, data, pairs, ablation=ablation, means=means)
+    scored = evaluate_circuits(model, data, pairs, ablation=ablation, means=means, necessity=False)
     out: dict[int, list[float]] = {}
     for i, cls in enumerate(classes):
         out[int(cls)] = [s.faithfulness for s in scored[i * len(sizes) : (i + 1) * len(sizes)]]

@@ -8,7 +8,7 @@ the sub-network-only pass, circuit edges and a permutation spec.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,13 +20,24 @@ from fedmi_flower.science.permutation_spec import PermutationSpec
 
 
 def _conv_block(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """ReLU(max-pool(conv(h))) on the channels that ``weight`` keeps; a constant map when ``h`` has no channel."""
+    """ReLU(max-pool(conv(h) + bias)) on the channels that ``weight`` keeps; ``bias`` is ``(out,)`` or a map
+    ``(1, out, H, W)`` of the input's size."""
     side = h.shape[-1] // 2
     if weight.shape[0] == 0:
         return h.new_zeros(h.shape[0], 0, side, side)
-    if h.shape[1] == 0:  # nothing flows in: the output is the bias everywhere
-        return F.relu(bias).view(1, -1, 1, 1).expand(h.shape[0], -1, side, side)
-    return F.relu(F.max_pool2d(F.conv2d(h, weight, bias, padding=1), 2))
+    if h.shape[1] == 0:  # nothing flows in: the output is the bias (a map: pooled like any output)
+        out = F.relu(bias).view(1, -1, 1, 1) if bias.dim() == 1 else F.relu(F.max_pool2d(bias, 2))
+        return out.expand(h.shape[0], -1, side, side)
+    if bias.dim() == 1:
+        return F.relu(F.max_pool2d(F.conv2d(h, weight, bias, padding=1), 2))
+    return F.relu(F.max_pool2d(F.conv2d(h, weight, padding=1) + bias, 2))
+
+
+def _closed(open_channels: torch.Tensor, width: int) -> torch.Tensor:
+    """The channels of a site of ``width`` that are not in ``open_channels``."""
+    mask = torch.ones(width, dtype=torch.bool, device=open_channels.device)
+    mask[open_channels] = False
+    return torch.nonzero(mask).flatten()
 
 
 class ConvChain(StemHeadModel):
@@ -92,23 +103,50 @@ class ConvChain(StemHeadModel):
             h = hook(self._block(conv, h))
         return self.fc(h.flatten(1))
 
-    def circuit_logits(self, stem: torch.Tensor, circuit: dict[str, list[int]]) -> torch.Tensor:
-        """Logits with only ``circuit``'s channels active (zero ablation), computing only its sub-network.
+    def circuit_logits(
+        self, stem: torch.Tensor, circuit: dict[str, list[int]], fill: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits with only ``circuit``'s channels active, computing only its sub-network.
 
-        Equal to :meth:`head` with the circuit's 0/1 gates: an ablated channel outputs
-        zero and adds nothing downstream, so it can be left out of every convolution. A
-        circuit of k1, k2, k3 channels of the paper's CNN costs (k1*k2 + k2*k3) /
-        (32*64 + 64*128) of the dense pass; at the paper's sparsity that is a few percent.
+        Equal to :meth:`head` with the circuit's 0/1 gates. Without ``fill`` (zero
+        ablation) an ablated channel outputs zero and adds nothing downstream, so it can be
+        left out of every convolution. With ``fill`` (mean ablation: one value per channel
+        of each site) an ablated channel is a constant map, so what it adds to the next
+        convolution does not depend on the image: one convolution of that constant map per
+        circuit, added as a bias map before pooling (the zero padding makes it differ at
+        the borders, so it is a map, not a number). A circuit of k1, k2, k3 channels of the
+        paper's CNN costs about (k1*k2 + k2*k3) / (32*64 + 64*128) of the dense pass.
         """
         device = stem.device
         kept = [torch.as_tensor(circuit.get(site, []), dtype=torch.long, device=device) for site in self.sites]
-        h = stem.index_select(1, kept[0])
-        for conv, before, now in zip(self.convs()[1:], kept, kept[1:]):
+        # index_select returns NCHW even from channels-last: back to the layout oneDNN runs fast.
+        h = stem.index_select(1, kept[0]).contiguous(memory_format=torch.channels_last)
+        for site, conv, before, now in zip(self.sites, self.convs()[1:], kept, kept[1:]):
             assert conv.bias is not None, "the chain's convolutions have biases"
-            h = _conv_block(h, conv.weight[now][:, before], conv.bias[now])
+            weight = conv.weight[now]
+            bias: torch.Tensor = conv.bias[now]
+            if fill is not None:
+                bias = bias.view(1, -1, 1, 1) + self._ablated_map(weight, before, fill[site], h.shape[-1])
+            # oneDNN reorders a weight whose layout differs from the activations' on every call.
+            h = _conv_block(h, weight[:, before].contiguous(memory_format=torch.channels_last), bias)
         last = self.convs()[-1]
-        fc = self.fc.weight.view(self.fc.out_features, last.out_channels, -1)[:, kept[-1]]
-        return F.linear(h.flatten(1), fc.reshape(self.fc.out_features, -1), self.fc.bias)
+        fc = self.fc.weight.view(self.fc.out_features, last.out_channels, -1)
+        logits = F.linear(h.flatten(1), fc[:, kept[-1]].reshape(self.fc.out_features, -1), self.fc.bias)
+        if fill is not None:
+            closed = _closed(kept[-1], last.out_channels)
+            constant = fill[self.sites[-1]][closed].view(1, -1, 1).expand(1, -1, fc.shape[-1])
+            logits = logits + F.linear(constant.flatten(1), fc[:, closed].reshape(self.fc.out_features, -1))
+        return logits
+
+    @staticmethod
+    def _ablated_map(weight: torch.Tensor, open_in: torch.Tensor, fill: torch.Tensor, side: int) -> torch.Tensor:
+        """What the ablated input channels (each a constant map of its ``fill`` value) add to a 3x3 convolution with
+        padding 1: a ``(1, out, side, side)`` map."""
+        closed = _closed(open_in, weight.shape[1])
+        if closed.numel() == 0 or weight.shape[0] == 0:
+            return weight.new_zeros(1, weight.shape[0], side, side)
+        constant = fill[closed].view(1, -1, 1, 1).expand(1, -1, side, side)
+        return F.conv2d(constant, weight[:, closed], padding=1)
 
     def circuit_edge_strengths(
         self, circuit: dict[str, list[int]], target_class: int | None = None
