@@ -357,6 +357,30 @@ def test_the_plan_is_seed_major_with_the_shorter_settings_and_the_sweep_kept(stu
     }
 
 
+def test_the_studys_settings_apply_to_every_run_short_or_not_under_its_other_tables(tmp_path):
+    """[settings] sets every run; [short], an entry's settings and --set override it, and a sweep is never fixed."""
+    text = STUDY.replace(
+        "[short]\n",
+        '[settings]\n"analysis.cka" = false\n"analysis.stitching" = false\n'
+        '"train.sparsity" = 0.5\n"rounds" = 7\n[short]\n',
+        1,
+    ).replace('name = "smoke"\n', 'name = "smoke"\nsettings = { "analysis.stitching" = true }\n', 1)
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    study = Study.load(str(path))
+    for short in (True, False):
+        runs = plan(study, short=short, overrides={"analysis.cka": True} if not short else None)
+        smoke = [r for r in runs if r.entry.name == "smoke"]
+        ablation = [r for r in runs if r.entry.name == "sparsity-ablation"]
+        assert all(r.config.analysis.cka is (not short) for r in runs)  # --set over [settings]
+        assert all(r.config.analysis.stitching for r in smoke) and not any(
+            r.config.analysis.stitching for r in ablation
+        )
+        assert all(r.config.train.sparsity == (0.9 if short else 0.5) for r in smoke)  # [short] over [settings]
+        assert all(r.config.rounds == (2 if short else 7) for r in runs)
+        assert len({r.config.train.sparsity for r in ablation}) > 1  # the swept key stays the sweep's
+
+
 def test_a_study_runs_what_is_not_done_and_judges_its_claims(study, tmp_path):
     out = tmp_path / "out"
     runs = plan(study, short=True)
@@ -481,6 +505,10 @@ def test_the_bundled_paper_study_plans_every_experiment_of_the_paper(capsys):
     assert study.objectives == ("paper", "faithful") and study.seeds == (0, 1, 2)
     short = plan(study, short=True)
     assert all(r.minutes is not None for r in short) and all(r.config.rounds >= 3 for r in short)
+    # The analysis steps no claim reads are off at both settings; the 3-class runs keep counterfactual aggregation.
+    for runs in (short, plan(study, short=False)):
+        assert not any(r.config.analysis.second_method or r.config.analysis.cka for r in runs)
+        assert all(r.config.analysis.counterfactual == (r.entry.name == "noniid-3class") for r in runs)
     assert main(["study", "paper", "--short", "--dry-run", "--out", "/nonexistent/study"]) == 0
     printed = capsys.readouterr().out
     assert f"0 of {len(short)} done; to run: {len(short)}" in printed and "iid-faithful-seed=2" in printed

@@ -5,6 +5,8 @@ A study is a TOML file (the bundled ones in ``experiments/studies/``; ``fedmi st
     description = "..."
     seeds = [0, 1, 2]
     objectives = ["paper", "faithful"]      # discovery.objective of every run
+    [settings]                               # overrides for every run, short or not
+    "analysis.cka" = false
     [short]                                  # --short: overrides for every run (CPU settings)
     rounds = 4
     [[experiment]]
@@ -95,6 +97,8 @@ class Study:
     claims: tuple[Claim, ...]
     path: Path
     figures: tuple[PaperFigure, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides of every run, short or not (under ``[short]`` and each entry's own)."""
 
     @property
     def objectives_of(self) -> dict[str, tuple[str, ...]]:
@@ -116,7 +120,7 @@ class Study:
             table = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
-        known_keys = {"description", "seeds", "objectives", "short", "experiment", "claim", "figure"}
+        known_keys = {"description", "seeds", "objectives", "settings", "short", "experiment", "claim", "figure"}
         if unknown := set(table) - known_keys:
             listed = ", ".join(sorted(known_keys))
             raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {listed}")
@@ -187,6 +191,7 @@ class Study:
             seeds=tuple(seeds),
             objectives=check_objectives(objectives, "objectives"),
             short=dict(table.get("short", {})),
+            settings=dict(table.get("settings", {})),
             entries=tuple(entries),
             claims=claims,
             path=path,
@@ -225,8 +230,9 @@ def plan(
         for entry in study.entries:
             sweep = entry.short_sweep if short else None
             swept = _swept_keys(load_sweep(entry.name, sweep=sweep))
-            # The study's common shorter settings never fix what the experiment sweeps; its own may.
-            common = {k: v for k, v in study.short.items() if k not in swept} if short else {}
+            # The study's common settings never fix what the experiment sweeps; its own may.
+            common = dict(study.settings) | (dict(study.short) if short else {})
+            common = {k: v for k, v in common.items() if k not in swept}
             for objective in entry.objectives or study.objectives:
                 fixed = common | dict(entry.settings) | dict(entry.short if short else {}) | dict(overrides or {})
                 fixed |= {"discovery.objective": objective, "seed": seed}
