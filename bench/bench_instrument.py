@@ -133,7 +133,11 @@ def bench_one(code: Path, baseline: str, experiment: str, out: Path, new_set: li
         max(c.timings.get("t_floor", 0.0) for c in loaded.records[0].clients.values() if c.timings)
         for loaded in runs.values()
     ]
-    print(f"  the floor client's t_floor in round 1: {floors[0]:.2f} s (baseline), {floors[1]:.2f} s (new)")
+    server = [loaded.records[0].timings.noise_floor for loaded in runs.values()]
+    print(
+        f"  round 1's floors apart from discovery: the floor client's t_floor {floors[0]:.2f} s (baseline), "
+        f"{floors[1]:.2f} s (new); the server's noise_floor {server[0]:.2f} s, {server[1]:.2f} s"
+    )
     return compare(old_dir, new_dir)
 
 
@@ -144,7 +148,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
     parser.add_argument("--new-set", action="append", default=[], help="KEY=VALUE for the new code's runs only")
     args = parser.parse_args()
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-instrument-"))
+    # Absolute: the baseline runs from its own folder.
+    out = (Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-instrument-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     git = ["git", "-C", str(REPO)]
     baseline = subprocess.run([*git, "rev-parse", "--short", args.baseline], capture_output=True, text=True, check=True)

@@ -803,7 +803,9 @@ class RoundTimings:
     """Where a round's server time went, in seconds (NaN where a step did not run)."""
 
     global_discovery: float = math.nan
+    """The global model's discovery loop; since issue 29 the noise floor's discoveries run in it too."""
     noise_floor: float = math.nan
+    """Choosing the noise floor's rows and comparing its circuits (before issue 29: its discoveries as well)."""
     evaluation: float = math.nan
     analysis: float = math.nan
     control: float = math.nan

@@ -19,8 +19,10 @@ Optional capabilities a model may add, each only for speed (the results are the 
 - ``stem(x)`` and ``head(h, gates, fill)``: the part before the first site, which no
   gate changes, computed once for many circuits; without them the stem is the input
   and every pass runs the whole model.
-- ``circuit_logits(h, circuit)``: logits with only the circuit's channels active
-  (zero ablation) computed on the circuit's sub-network alone.
+- ``circuit_logits(h, circuit, fill=None)``: logits with only the circuit's channels
+  active, computed on the circuit's sub-network alone; closed channels output zero, or
+  their ``fill`` (one value per channel of each site: mean ablation) where the method
+  takes that argument (one without it serves zero ablation only).
 - ``circuit_edge_strengths(circuit, target_class)``: the weights between a circuit's
   channels of consecutive sites, for circuit graphs; without it graphs show nodes only.
 - ``permutation_spec()``: which parameters produce and consume each site's channels

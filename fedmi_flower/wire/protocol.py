@@ -32,6 +32,8 @@ MAX_REPORT_BYTES = 64 * 1024
 MAX_CIRCUIT_BYTES = 64 * 1024
 MAX_METRICS_BYTES = 256 * 1024
 TIMING_KEYS = ("t_train", "t_discovery", "t_floor", "t_evaluate", "t_total")
+"""A client's seconds. The floor client finds its floor in the loop of its own circuits (issue 29): ``t_discovery``
+holds both, ``t_floor`` the comparison alone (before: the floor's discovery)."""
 
 
 class PayloadError(ValueError):
