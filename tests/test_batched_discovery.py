@@ -120,3 +120,28 @@ def test_a_floor_that_cannot_be_planned_costs_the_floor_only(random_model_analys
     assert "partition 1's rows are unreadable" in record.step_errors[Step.NOISE_FLOOR]
     assert record.global_model.circuits == alone and record.analysis_error is None
     assert analyst.loops[0] == 1 and not record.noise_floor.seed
+
+
+def test_jobs_whose_stems_together_outgrow_the_cache_run_one_by_one_each_with_its_cache(monkeypatch):
+    """Each job's stems fit the cache alone, both jobs' do not: one loop would recompute every step's stems."""
+    import fedmi_flower.science.circuits as circuits_module
+    import fedmi_flower.science.discovery as discovery_module
+
+    model = build_model(seed=3)
+    jobs = [DiscoveryJob(random_rows(200, 2, seed=1), [0, 1], seed=5), DiscoveryJob(random_rows(200, 2, 2), [1], 6)]
+    per_image = 32 * 14 * 14 * 4  # the paper's CNN's stem output, float32
+    monkeypatch.setattr(circuits_module, "STEM_CACHE_BYTES", 250 * per_image)
+    cached: list[bool] = []
+    real = discovery_module._stem_cache
+
+    def spy(model, images, draws):
+        stems, where = real(model, images, draws)
+        cached.append(stems is not None)
+        return stems, where
+
+    monkeypatch.setattr(discovery_module, "_stem_cache", spy)
+    recipe = Discovery(objective="paper", steps=40, batch_per_class=8)
+    together = recipe.learn_jobs(model, jobs)
+    assert cached == [True, True]  # two loops, each with its cache; one loop of both would have had none
+    for job, (scores, _) in zip(jobs, together):
+        assert_same(scores, recipe.learn(model, job.data, job.classes, seed=job.seed)[0])

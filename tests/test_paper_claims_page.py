@@ -1,5 +1,6 @@
 """The docs' claim tables are what `fedmi claims` makes from the digests committed beside them, to the character:
-docs/paper-claims.md's from the paper study's, docs/interference.md's from the cure study's."""
+docs/paper-claims.md's from the paper study's, docs/interference.md's from the cure study's, and likewise the
+baselines' and the skew law's."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ PAGES = [
     ("paper", "paper-claims.md", "paper-short"),
     ("cure", "interference.md", "cure-short"),
     ("baselines", "label-skew-baselines.md", "baselines-short"),
+    ("skew-law", "skew-law.md", "skew-law-short"),
 ]
 
 

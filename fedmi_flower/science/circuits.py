@@ -150,15 +150,18 @@ def _stem_cache(
     ``(None, draws)`` when the cache would exceed :data:`STEM_CACHE_BYTES`.
     """
     used = torch.unique(draws)
-    if used.numel() == 0:
-        return None, draws
-    probe = run_stem(model, images[:1])
-    if used.numel() * probe.numel() * probe.element_size() > STEM_CACHE_BYTES:
+    if used.numel() == 0 or not _stem_cache_fits(model, images, used.numel()):
         return None, draws
     stems = torch.cat([run_stem(model, images[used[i : i + chunk]]) for i in range(0, used.numel(), chunk)])
     position = torch.full((images.shape[0],), -1, dtype=torch.long, device=draws.device)
     position[used] = torch.arange(used.numel(), device=draws.device)
     return stems, position[draws]
+
+
+def _stem_cache_fits(model: nn.Module, images: torch.Tensor, count: int) -> bool:
+    """Whether the first block's outputs of ``count`` of ``images`` fit in :data:`STEM_CACHE_BYTES`."""
+    probe = run_stem(model, images[:1])
+    return count * probe.numel() * probe.element_size() <= STEM_CACHE_BYTES
 
 
 def earliest_gate_change(init_score: float, lr: float) -> int:
@@ -259,8 +262,8 @@ def _faithful_loss(logits: torch.Tensor, target: torch.Tensor, model_says: torch
     return F.relu(FAITHFUL_MARGIN - sign * (target_logit - rival)).sum()
 
 
-def _concat(a: ImageSplit, b: ImageSplit) -> ImageSplit:
-    return ImageSplit(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]))
+def _concat(*parts: ImageSplit) -> ImageSplit:
+    return ImageSplit(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
 
 
 def circuits_from_scores(scores: Mapping[str, torch.Tensor], classes: Sequence[int]) -> dict[int, Circuit]:

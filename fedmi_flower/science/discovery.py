@@ -40,6 +40,7 @@ from fedmi_flower.science.circuits import (
     _other_rows,
     _rows,
     _stem_cache,
+    _stem_cache_fits,
     channel_means,
     circuits_from_scores,
     earliest_gate_change,
@@ -210,10 +211,6 @@ class DiscoveryJob:
         return DiscoveryJob(self.data.to(device), self.classes, self.seed, negatives)
 
 
-def _concat_all(parts: Sequence[ImageSplit]) -> ImageSplit:
-    return ImageSplit(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
-
-
 @dataclass(frozen=True)
 class Discovery:
     """Every knob of circuit discovery; ``None`` takes the objective's measured default (``OBJECTIVE_DEFAULTS``).
@@ -335,8 +332,9 @@ class Discovery:
         one-off passes (stem cache, the model's own decisions). This is how the server
         finds the global circuits and their noise floors, and the floor client its
         circuits and its floor, in one call (issue 29). ``means`` fill the ablated
-        channels of every job (measured on the first job's data when omitted). The
-        hard-concrete gate draws its noise from one seed, so under it jobs run one by one.
+        channels of every job (measured on the first job's data when omitted). Jobs run one
+        by one under the hard-concrete gate (its noise comes from one seed) and where
+        together their stems would not fit the stem cache.
         """
         if not jobs:
             return []
@@ -345,8 +343,12 @@ class Discovery:
         gate, objective = self.gate_function(jobs[0].seed), self.objective_function()
         device = next(model.parameters()).device
         jobs = [job.to(device) for job in jobs]
-        fill = _ablation_fill(model, jobs[0].data, str(self.ablation), means)
         draws, pool = self._pooled_draws(jobs, objective, device)
+        if len(jobs) > 1 and not _stem_cache_fits(model, pool.images, int(torch.unique(draws).numel())):
+            # Together the jobs' stems outgrow the cache that each keeps alone, and recomputing every step's
+            # stems costs more than one loop saves (a ResNet's 64-channel stem on CIFAR-10).
+            return [self.learn_jobs(model, [job], means=means)[0] for job in jobs]
+        fill = _ablation_fill(model, jobs[0].data, str(self.ablation), means)
         classes = [c for job in jobs for c in job.classes]
         k, per_class = len(classes), objective.images_per_class
         stems, draws = _stem_cache(model, pool.images, draws)
@@ -425,7 +427,7 @@ class Discovery:
             parts.append(job_pool)
             draws.append(job_draws + offset)
             offset += len(job_pool)
-        pool = parts[0] if len(parts) == 1 else _concat_all(parts)
+        pool = parts[0] if len(parts) == 1 else _concat(*parts)
         return torch.cat(draws, dim=1), pool
 
     def _draws(
