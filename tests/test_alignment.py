@@ -376,7 +376,7 @@ def test_each_analysis_step_fails_alone_into_step_errors(tmp_path, monkeypatch):
         raise RuntimeError("exploded")
 
     monkeypatch.setattr(round_analyst, "match_all", broken)
-    monkeypatch.setattr(round_analyst.RoundAnalyst, "noise_floor", broken)
+    monkeypatch.setattr(round_analyst.RoundAnalyst, "floor_from", broken)  # the floor, after its discoveries
     strategy, run_dir = make_strategy(
         tmp_path, "fedavg", partition_sizes={0: 100, 1: 100, 2: 100}, analysis={"random_control": False}
     )
