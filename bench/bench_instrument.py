@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from instrument_cost import run_costs
 
-from fedmi_flower.records.series import load_run
+from fedmi_flower.records.series import Run, load_run
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE = "0e89a8a"  # main before issue 29's instrument work (2026-12-07)
@@ -84,9 +84,8 @@ def run(code: Path | None, experiment: str, out: Path, extra: list[str] | None =
     return time.perf_counter() - began
 
 
-def compare(old_dir: Path, new_dir: Path) -> bool:
+def compare(old: Run, new: Run) -> bool:
     """Print the two runs' records side by side; True when they agree (the module docstring says how)."""
-    old, new = load_run(old_dir), load_run(new_dir)
     agree = True
     for a, b in zip(old.records, new.records):
         sa, sb = a.summary.scalars(), b.summary.scalars()
@@ -138,7 +137,7 @@ def bench_one(code: Path, baseline: str, experiment: str, out: Path, new_set: li
         f"  round 1's floors apart from discovery: the floor client's t_floor {floors[0]:.2f} s (baseline), "
         f"{floors[1]:.2f} s (new); the server's noise_floor {server[0]:.2f} s, {server[1]:.2f} s"
     )
-    return compare(old_dir, new_dir)
+    return compare(runs["baseline"], runs["new"])
 
 
 def main() -> None:

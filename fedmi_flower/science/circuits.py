@@ -522,9 +522,8 @@ def evaluate_circuits(
     # Each circuit's sub-network alone where the model can (zero, or a per-channel mean); otherwise
     # every circuit's gated dense pass shares one batch of (circuit, image) rows.
     per_channel_fill = fill is not None and all(f.dim() == 1 for f in fill.values())
-    sub_networks = (
-        not resampling and (fill is None or per_channel_fill) and _sub_network(model, fill is not None) is not None
-    )
+    fast = _sub_network(model, fill is not None) if not resampling and (fill is None or per_channel_fill) else None
+    sub_networks = fast is not None
     chunk = rows_per_pass if sub_networks else max(1, rows_per_pass // m)
     for start in range(0, len(data), chunk):
         y = data.labels[start : start + chunk]
@@ -534,7 +533,10 @@ def evaluate_circuits(
             fill = activations(model, pool[draws[start : start + chunk].to(device)])  # per image, as (b, C, ...)
         # Every circuit on every image: sufficiency (target rows) and specificity (the rest).
         if sub_networks:
-            pred = torch.stack([circuit_only_logits(model, stem, circ, fill).argmax(1) for _, circ in circuits])
+            assert fast is not None
+            pred = torch.stack(
+                [(fast(stem, c, fill) if fill is not None else fast(stem, c)).argmax(1) for _, c in circuits]
+            )
         else:
             pred = (
                 run_head(
